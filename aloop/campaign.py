@@ -1,0 +1,381 @@
+"""The campaign file: one YAML file that says what to learn, from which pool, with which labeler.
+
+`load_campaign(path)` reads and validates it. Every problem is reported at once, one per line, as
+`<file>: <dotted.field.path>: <what is wrong; what is expected>`, inside a `CampaignError`.
+Relative paths are resolved against the campaign file's folder. Units: eV, Å, eV/Å, K, fs.
+docs/campaign.md describes every field.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+
+
+class CampaignError(ValueError):
+    """The campaign file is missing, unreadable or invalid; the message lists every problem."""
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = Path((info.context or {}).get("base_dir", Path.cwd()))
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    path = _resolve(value, info)
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {path}")
+    return path
+
+
+FilePath = Annotated[Path, AfterValidator(_existing_file)]   # must exist
+AnyPath = Annotated[Path, AfterValidator(_resolve)]           # need not exist
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    path: FilePath
+    head: Optional[str] = None
+
+
+class FileSource(_Section):
+    kind: Literal["file"]
+    name: str
+    path: FilePath
+    index: str = ":"
+    forces_key: Optional[str] = None
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _int_index(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class MDSource(_Section):
+    kind: Literal["md"]
+    name: str
+    start: FilePath
+    temperatures: Annotated[list[PosFloat], Field(min_length=1)]
+    steps: PosInt = 500
+    interval: PosInt = 10
+    timestep: PosFloat = 0.5
+    friction: PosFloat = 0.02
+
+
+class NEBSource(_Section):
+    kind: Literal["neb"]
+    name: str
+    initial: FilePath
+    final: FilePath
+    images: Annotated[int, Field(ge=1)] = 7
+    climb: bool = True
+    fmax: PosFloat = 0.05
+    steps: PosInt = 500
+
+
+Source = Annotated[Union[FileSource, MDSource, NEBSource], Field(discriminator="kind")]
+
+
+class Pool(_Section):
+    sources: Annotated[list[Source], Field(min_length=1)]
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list) -> list:
+        seen: set[str] = set()
+        for s in sources:
+            if s.name in seen:
+                raise ValueError(f"duplicate source name {s.name!r}; source names must be unique")
+            seen.add(s.name)
+        return sources
+
+
+class Committee(_Section):
+    size: Annotated[int, Field(ge=2)] = 5
+    bootstrap: bool = True
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class Finetune(_Section):
+    epochs: PosInt = 300
+    lr: PosFloat = 0.01
+    batch_size: PosInt = 32
+    force_threshold: Annotated[float, Field(ge=0)] = 0.5
+    force_weight: Annotated[float, Field(ge=0)] = 1.0
+    noise_floor: PosFloat = 0.005
+    val_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
+    patience: PosInt = 50
+
+
+class Acquisition(_Section):
+    strategy: Literal["random", "max_std", "diverse"] = "diverse"
+    batch_size: PosInt = 4
+    initial_size: Optional[PosInt] = None
+
+    @model_validator(mode="after")
+    def _default_initial_size(self) -> "Acquisition":
+        if self.initial_size is None:
+            self.initial_size = self.batch_size
+        return self
+
+
+class PySCFLabeler(_Section):
+    kind: Literal["pyscf"]
+    method: str = "ccsd(t)"
+    basis: str = "aug-cc-pvtz"
+    charge: int = 0
+    spin: Optional[Annotated[int, Field(ge=0)]] = None
+    conv_tol: PosFloat = 1e-9
+
+
+class ReplayLabeler(_Section):
+    kind: Literal["replay"]
+    path: FilePath
+    energy_key: str = "energy"
+    sigma_key: Optional[str] = None
+    tolerance: PosFloat = 1e-4
+
+
+Labeler = Annotated[Union[PySCFLabeler, ReplayLabeler], Field(discriminator="kind")]
+
+
+class ObservableStop(_Section):
+    name: str
+    tolerance: PosFloat
+    window: Annotated[int, Field(ge=2)] = 3
+
+
+class Stop(_Section):
+    max_labels: PosInt
+    max_iterations: Optional[PosInt] = None
+    uncertainty_ratio: Optional[PosFloat] = None
+    observable: Optional[ObservableStop] = None
+
+
+class TestSet(_Section):
+    __test__ = False   # not a pytest test class
+    path: FilePath
+    energy_key: str = "energy"
+    sigma_key: Optional[str] = None
+
+
+class BarrierObservable(_Section):
+    kind: Literal["barrier"]
+    name: str
+    path: str
+    reference: Optional[float] = None
+    low_fidelity: Optional[float] = None
+
+
+Observable = Annotated[Union[BarrierObservable], Field(discriminator="kind")]
+
+
+class Evaluation(_Section):
+    test_set: Optional[TestSet] = None
+    observables: list[Observable] = Field(default_factory=list)
+
+
+class Campaign(_Section):
+    name: str
+    run_dir: Optional[AnyPath] = None
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: str = "auto"
+    model: ModelSpec
+    pool: Pool
+    committee: Committee = Field(default_factory=Committee)
+    finetune: Finetune = Field(default_factory=Finetune)
+    acquisition: Acquisition = Field(default_factory=Acquisition)
+    labeler: Labeler
+    stop: Stop
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    _source_file: Optional[Path] = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError(f"must use only letters, digits, '-', '_' and '.', got {v!r}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", v):
+            raise ValueError(f"expected one of: auto, cpu, cuda, cuda:N; got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> "Campaign":
+        if self.run_dir is None:
+            self.run_dir = _resolve(Path("runs") / self.name, info)
+        problems = []   # "dotted.path: message" lines; see _translate
+        neb = [s.name for s in self.pool.sources if s.kind == "neb"]
+        kinds = {s.name: s.kind for s in self.pool.sources}
+        for i, obs in enumerate(self.evaluation.observables):
+            where = f"evaluation.observables.{i}.path"
+            if obs.path not in kinds:
+                problems.append(f"{where}: no pool source named {obs.path!r}; "
+                                f"expected one of the neb sources: {', '.join(neb) or '(none)'}")
+            elif kinds[obs.path] != "neb":
+                problems.append(f"{where}: pool source {obs.path!r} is of kind {kinds[obs.path]!r}, "
+                                f"not 'neb'; expected one of the neb sources: {', '.join(neb) or '(none)'}")
+        if self.stop.observable is not None:
+            names = [o.name for o in self.evaluation.observables]
+            if self.stop.observable.name not in names:
+                problems.append(f"stop.observable.name: no observable named {self.stop.observable.name!r}; "
+                                f"expected one of evaluation.observables: {', '.join(names) or '(none)'}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def source_file(self) -> Optional[Path]:
+        """The absolute path this campaign was loaded from (None if built in memory)."""
+        return self._source_file
+
+    def to_dict(self) -> dict:
+        """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- error translation
+
+def _flatten(tp: Any) -> list:
+    """The alternatives of a type: unwraps Annotated, Optional and Union."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _flatten(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [t for a in get_args(tp) for t in _flatten(a)]
+    return [] if tp is type(None) else [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and get_origin(tp) is None and issubclass(tp, BaseModel)
+
+
+def _kind(model: type) -> Optional[str]:
+    field = model.model_fields.get("kind")
+    return get_args(field.annotation)[0] if field is not None else None
+
+
+def _walk(loc: tuple) -> tuple[list[str], list[type], list]:
+    """A pydantic loc → (dotted path parts with union tags dropped, models owning the last part,
+    the types the last part may take)."""
+    cands: list = [Campaign]
+    parts: list[str] = []
+    owners: list[type] = []
+    for seg in loc:
+        models = [c for c in cands if _is_model(c)]
+        if isinstance(seg, int):
+            parts.append(str(seg))
+            cands = [a for c in cands if get_origin(c) is list for a in _flatten(get_args(c)[0])]
+            continue
+        owner = next((m for m in models if seg in m.model_fields), None)
+        tagged = [m for m in models if _kind(m) == seg]
+        if owner is None and tagged:          # discriminator tag inserted by pydantic
+            cands = tagged
+            continue
+        parts.append(str(seg))
+        owners = models
+        cands = _flatten(owner.model_fields[seg].annotation) if owner else []
+    return parts, owners, cands
+
+
+def _unquote(s: str) -> str:
+    return ", ".join(x.strip().strip("'\"") for x in re.split(r",| or ", s) if x.strip())
+
+
+_EXPECTED = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+             "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+             "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+             "path_type": "a path (a string)"}
+
+
+def _translate(err: dict) -> list[str]:
+    """One pydantic error → lines of 'dotted.path: message'."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    parts, owners, cands = _walk(tuple(err["loc"]))
+    msg = str(err["msg"])
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not parts:                          # root validator: lines already carry their path
+            return msg.splitlines()
+    elif kind == "missing":
+        msg = "required field missing"
+    elif kind == "extra_forbidden":
+        allowed = list(owners[0].model_fields) if len(owners) == 1 else []
+        msg = "unknown key"
+        close = difflib.get_close_matches(str(parts[-1]), allowed, n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        if allowed:
+            msg += f"; allowed keys: {', '.join(allowed)}"
+    elif kind == "literal_error":
+        msg = f"expected one of: {_unquote(ctx['expected'])}; got {got!r}"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append(str(ctx.get("discriminator", "kind")).strip("'"))
+        choices = ", ".join(str(_kind(m)) for m in cands if _is_model(m))
+        msg = (f"expected one of: {choices}; got {ctx.get('tag')!r}" if kind == "union_tag_invalid"
+               else f"required field missing; expected one of: {choices}")
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+                     "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}[kind]
+        limit = ctx[bound]
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        msg = f"must be {op} {limit}, got {got!r}"
+    elif kind == "too_short":
+        msg = f"must have at least {ctx['min_length']} item(s), got {ctx.get('actual_length', 0)}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"expected a mapping (a section of keys), got {type(got).__name__} {got!r}"
+    elif kind in _EXPECTED:
+        msg = f"expected {_EXPECTED[kind]}, got {got!r}"
+    else:
+        msg = f"{msg[:1].lower()}{msg[1:]}, got {got!r}"
+    return [f"{'.'.join(parts) or '(top level)'}: {msg}"]
+
+
+def load_campaign(path: str | os.PathLike) -> Campaign:
+    """Read and validate a campaign file; raise CampaignError listing every problem."""
+    label = os.fspath(path)
+    source = Path(path).expanduser().resolve()
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        raise CampaignError(f"{label}: campaign file not found: {source}") from None
+    except OSError as exc:
+        raise CampaignError(f"{label}: cannot read campaign file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown line)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CampaignError(f"{label}: {where}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise CampaignError(f"{label}: (top level): expected a mapping of sections "
+                            f"(name, model, pool, labeler, stop, ...), got {got}")
+    try:
+        campaign = Campaign.model_validate(data, context={"base_dir": source.parent})
+    except ValidationError as exc:
+        lines = [line for err in exc.errors() for line in _translate(err)]
+        raise CampaignError("\n".join(f"{label}: {line}" for line in lines)) from None
+    campaign._source_file = source
+    return campaign

@@ -1,0 +1,109 @@
+"""The labeler protocol: submit → poll → collect.
+
+A labeler turns configurations into high-fidelity energies. QMC labels may take days and come back
+through a batch queue, so the loop never assumes a label is ready when it asks for it: it submits
+each selected configuration under a stable key, polls, and collects what is done. A local backend
+computes in `submit` and keeps the result in its work folder, so a killed run loses nothing that
+finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from ase import Atoms
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+class LabelError(RuntimeError):
+    """A job ran but gave no usable label; the message says why."""
+
+
+@dataclass
+class Label:
+    """One high-fidelity energy of one configuration.
+
+    energy and sigma are eV for the whole configuration (simulation cell); sigma is one standard
+    error (0 for a deterministic method). provenance says how the number was made.
+    """
+
+    energy: float
+    sigma: float
+    provenance: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Label":
+        return cls(float(d["energy"]), float(d["sigma"]), dict(d.get("provenance", {})))
+
+
+@runtime_checkable
+class Labeler(Protocol):
+    name: str
+
+    def submit(self, key: str, atoms: Atoms) -> None:
+        """Start (or queue) the job for `atoms` under `key`; submitting a known key again is a no-op."""
+
+    def poll(self, key: str) -> str:
+        """PENDING, DONE or FAILED."""
+
+    def collect(self, key: str) -> Label:
+        """The label of a DONE job; raises LabelError for a FAILED one."""
+
+
+class LocalLabeler:
+    """Base for labelers that compute here, now: subclasses implement `compute(atoms) -> Label`.
+
+    Each finished job is written atomically to `workdir/<key>.json` before it is reported, so a
+    crash after it never computes the same configuration again.
+    """
+
+    name = "local"
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def compute(self, atoms: Atoms) -> Label:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _path(self, key: str) -> Path:
+        return self.workdir / f"{key}.json"
+
+    def submit(self, key: str, atoms: Atoms) -> None:
+        path = self._path(key)
+        if path.exists():
+            return
+        start = time.time()
+        try:
+            label = self.compute(atoms)
+            record = {"state": DONE, "label": label.to_json()}
+            record["label"]["provenance"].setdefault("wall_s", round(time.time() - start, 3))
+        except LabelError as err:
+            record = {"state": FAILED, "reason": str(err)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def _record(self, key: str) -> dict | None:
+        path = self._path(key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def poll(self, key: str) -> str:
+        record = self._record(key)
+        return PENDING if record is None else record["state"]
+
+    def collect(self, key: str) -> Label:
+        record = self._record(key)
+        if record is None:
+            raise LabelError(f"job {key}: not finished")
+        if record["state"] == FAILED:
+            raise LabelError(f"job {key}: {record['reason']}")
+        return Label.from_json(record["label"])

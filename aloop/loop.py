@@ -1,0 +1,255 @@
+"""One active-learning iteration and the resumable campaign loop.
+
+An iteration: select a batch (recorded with the committee's predictions before anything is
+labelled), label it, fine-tune the committee on every label, measure, check the stop rules.
+Each step leaves its result in the run directory before the next starts, and each step first looks
+for its own result, so a run killed anywhere continues where it stopped: a selected batch is not
+re-drawn, a finished label is not recomputed, a saved committee is not retrained.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__, acquisition, metrics
+from .backbone import Backbone, Features, file_digest
+from .campaign import Campaign
+from .committee import Committee, TrainingSet
+from .labelers import DONE, FAILED, LabelError, make_labeler
+from .pool import generate
+from .store import FAILED as S_FAILED
+from .store import LABELLED, POOL, SELECTED, RunStore
+
+
+class WaitingForLabels(RuntimeError):
+    """External jobs must finish before the loop can go on."""
+
+
+@dataclass
+class RunResult:
+    iterations: int
+    n_labels: int
+    stop_reason: str | None
+
+
+def label_key(cid: int) -> str:
+    return f"cand{cid:07d}"
+
+
+class CampaignRun:
+    def __init__(self, campaign: Campaign, progress: bool = True):
+        self.c = campaign
+        self.progress = progress
+        self.store = RunStore(campaign.run_dir)
+        self.run_dir = self.store.run_dir
+        digest = file_digest(campaign.model.path)
+        known = self.store.get_meta("model_digest")
+        if known is not None and known != digest:
+            raise ValueError(
+                f"{self.run_dir}: this run was started with another base model (digest {known}, now {digest}); "
+                "use a new run_dir or restore the model file"
+            )
+        if known is None:
+            self.store.set_meta("model_digest", digest)
+            self.store.set_meta("created", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "aloop": __version__,
+                                            "python": platform.python_version()})
+        self.store.set_meta("campaign", campaign.to_dict())
+        self.backbone = Backbone.from_file(campaign.model.path, device=campaign.device, head=campaign.model.head)
+        self.labeler = make_labeler(campaign.labeler, self.run_dir / "labels")
+        self.cache = self.run_dir / "cache"
+        self.cache.mkdir(exist_ok=True)
+        (self.run_dir / "committee").mkdir(exist_ok=True)
+
+    # --- pool and caches ---------------------------------------------------------------------
+    def prepare_pool(self) -> None:
+        for spec in self.c.pool.sources:
+            if self.store.get_meta(f"source:{spec.name}") is not None:
+                continue
+            frames, forces = generate(spec, self.c.model.path, str(self.backbone.device), self.c.seed)
+            self.store.add_candidates(frames, spec.name, forces)
+            self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
+
+    def features(self, ids: list[int]) -> Features:
+        """Backbone features of candidates, computed once per candidate and kept in cache/."""
+        path = self.cache / "features.npz"
+        known: dict[int, int] = {}
+        if path.exists():
+            with np.load(path) as f:
+                cached = {k: f[k] for k in ("ids", "a", "e", "n")}
+            known = {int(i): r for r, i in enumerate(cached["ids"])}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            new = self.backbone.features(self.store.atoms(missing), progress=self.progress)
+            if known:
+                cached = {"ids": np.concatenate([cached["ids"], missing]), "a": np.vstack([cached["a"], new.a]),
+                          "e": np.concatenate([cached["e"], new.e]), "n": np.concatenate([cached["n"], new.n_atoms])}
+            else:
+                cached = {"ids": np.array(missing), "a": new.a, "e": new.e, "n": new.n_atoms}
+            tmp = self.cache / "features.tmp.npz"
+            np.savez(tmp, **cached)
+            tmp.replace(path)
+            known = {int(i): r for r, i in enumerate(cached["ids"])}
+        rows = np.array([known[i] for i in ids], dtype=int)
+        return Features(cached["a"][rows], cached["e"][rows], cached["n"][rows])
+
+    def jacobians(self, ids: list[int]):
+        folder = self.cache / "jacobians"
+        folder.mkdir(exist_ok=True)
+        missing = [i for i in ids if not (folder / f"{i}.npz").exists()]
+        if missing:
+            for cid, jac in zip(missing, self.backbone.force_jacobians(self.store.atoms(missing), progress=self.progress)):
+                np.savez(folder / f"{cid}.npz", f0=jac.f0, B=jac.B)
+        from .backbone import ForceJacobian
+
+        out = []
+        for cid in ids:
+            with np.load(folder / f"{cid}.npz") as f:
+                out.append(ForceJacobian(f0=f["f0"], B=f["B"]))
+        return out
+
+    def new_committee(self) -> Committee:
+        ft = self.c.finetune
+        return Committee(
+            self.backbone.theta0, size=self.c.committee.size, bootstrap=self.c.committee.bootstrap,
+            epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, force_threshold=ft.force_threshold,
+            force_weight=ft.force_weight, noise_floor=ft.noise_floor, val_fraction=ft.val_fraction,
+            patience=ft.patience, device=self.backbone.device,
+        )
+
+    def committee_path(self, iteration: int) -> Path:
+        return self.run_dir / "committee" / f"iter_{iteration:03d}.npz"
+
+    def load_committee(self, iteration: int) -> Committee | None:
+        path = self.committee_path(iteration)
+        return self.new_committee().load(path) if path.exists() else None
+
+    # --- the steps of one iteration ----------------------------------------------------------
+    def select(self, iteration: int, committee: Committee | None) -> None:
+        available = self.store.ids(state=POOL)
+        n_labels = self.store.count(state=LABELLED)
+        size = self.c.acquisition.initial_size if committee is None else self.c.acquisition.batch_size
+        size = min(size, self.c.stop.max_labels - n_labels, len(available))
+        if size <= 0:
+            return
+        feats = self.features(available)
+        descriptors = feats.a / feats.n_atoms[:, None]
+        rng = np.random.default_rng([self.c.seed, iteration, 1])
+        if committee is None:
+            idx, scores = acquisition.representative(descriptors, size, rng=rng)
+            mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
+        else:
+            mean_all, std_all = committee.predict(feats)
+            strategy = acquisition.STRATEGIES[self.c.acquisition.strategy]
+            idx, scores = strategy(std_all, descriptors, size, rng=rng)
+            mean, std = mean_all[idx], std_all[idx]
+        chosen = [available[i] for i in idx]
+        self.store.mark_selected(chosen, iteration, mean, std, scores)
+
+    def label(self, iteration: int) -> None:
+        pending_ids = self.store.ids(state=SELECTED)
+        if not pending_ids:
+            return
+        waiting = []
+        bar = tqdm(pending_ids, desc=f"labelling ({self.labeler.name})", unit="cfg", disable=not self.progress)
+        for cid, atoms in zip(bar, self.store.atoms(pending_ids)):
+            key = label_key(cid)
+            self.labeler.submit(key, atoms)
+            state = self.labeler.poll(key)
+            if state == DONE:
+                label = self.labeler.collect(key)
+                self.store.add_label(cid, label.energy, label.sigma, {**label.provenance, "labeler": self.labeler.name,
+                                                                      "key": key, "iteration": iteration})
+            elif state == FAILED:
+                try:
+                    self.labeler.collect(key)
+                except LabelError as err:
+                    self.store.mark_failed(cid, str(err))
+            else:
+                waiting.append(key)
+        if waiting:
+            raise WaitingForLabels(
+                f"{len(waiting)} jobs are not finished ({self.labeler.name}, in {self.run_dir / 'labels'}); "
+                "run them, then `aloop ingest` and `aloop run` again"
+            )
+
+    def training_set(self) -> tuple[list[int], TrainingSet]:
+        ids, energy, sigma = self.store.labels()
+        jacobians = self.jacobians(ids)
+        f_lf = []
+        for cid, jac in zip(ids, jacobians):
+            forces = self.store.lf_forces(cid)
+            f_lf.append(jac.f0 if forces is None else forces)
+        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf)
+
+    def train(self, iteration: int) -> Committee:
+        _, data = self.training_set()
+        if len(data) == 0:
+            raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
+        rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
+        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng)
+        path = self.committee_path(iteration)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        committee.save(tmp)
+        tmp.replace(path)
+        return committee
+
+    def measure(self, iteration: int, committee: Committee, seconds: dict) -> dict:
+        return metrics.iteration_record(self, iteration, committee, seconds)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, max_iterations: int | None = None) -> RunResult:
+        t0 = time.time()
+        self.prepare_pool()
+        seconds = {"pool": time.time() - t0}
+        records = self.store.iterations()
+        iteration = len(records)
+        reason = metrics.stop_reason(self.c, records) if records else None
+        done_now = 0
+        while reason is None and (max_iterations is None or done_now < max_iterations):
+            committee = self.load_committee(iteration)
+            if committee is None:
+                if self.store.count(iteration=iteration) == 0:
+                    t = time.time()
+                    self.select(iteration, self.load_committee(iteration - 1) if iteration else None)
+                    seconds["select"] = time.time() - t
+                    if self.store.count(iteration=iteration) == 0:
+                        reason = "pool exhausted: no unlabelled candidate left"
+                        break
+                t = time.time()
+                self.label(iteration)
+                seconds["label"] = time.time() - t
+                t = time.time()
+                committee = self.train(iteration)
+                seconds["train"] = time.time() - t
+            record = self.measure(iteration, committee, seconds)
+            records.append(record)
+            reason = metrics.stop_reason(self.c, records)
+            record["stop"] = reason
+            self.store.write_iteration(iteration, record)
+            if self.progress:
+                print(metrics.one_line(record), flush=True)
+            iteration += 1
+            done_now += 1
+            seconds = {}
+        self.store.set_meta("stop_reason", reason)
+        return RunResult(iteration, self.store.count(state=LABELLED), reason)
+
+    def export(self, out_dir: str | Path | None = None, members: bool = True) -> list[Path]:
+        """The committee mean (energies are linear in θ, so it is exactly the mean of the members'
+        energies) and each member, as ordinary MACE model files."""
+        records = self.store.iterations()
+        if not records:
+            raise ValueError(f"{self.run_dir}: nothing to export yet; run the campaign first")
+        iteration = records[-1]["iteration"]
+        committee = self.load_committee(iteration)
+        out = Path(out_dir) if out_dir else self.run_dir / "export"
+        paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
+        if members:
+            for k, theta in enumerate(committee.thetas_):
+                paths.append(self.backbone.export(theta, out / f"member_{k}.model"))
+        return paths

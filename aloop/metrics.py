@@ -1,0 +1,137 @@
+"""What is measured after each iteration, and the stop rules that read it.
+
+- prospective error: the batch labelled in this iteration against the committee that chose it,
+  predicted before it was trained on (the honest test of the committee's σ);
+- held-out error on the campaign's labelled test set, if any;
+- committee σ over the unlabelled pool (median, 95th percentile) against the labels' noise;
+- observables (NEB barriers), committee mean ± spread.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ase.io import read
+
+from .backbone import Features
+from .store import LABELLED, POOL
+
+
+def _errors(err: np.ndarray, sigma: np.ndarray | None = None) -> dict | None:
+    if len(err) == 0:
+        return None
+    out = {"n": int(len(err)), "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+           "max": float(np.max(np.abs(err)))}
+    if sigma is not None and np.all(np.isfinite(sigma)):
+        out["mean_sigma"] = float(np.mean(sigma))
+        out["within_1sigma"] = float(np.mean(np.abs(err) <= sigma))
+        out["within_2sigma"] = float(np.mean(np.abs(err) <= 2 * sigma))
+    return out
+
+
+def barrier(energies: np.ndarray) -> np.ndarray:
+    """Highest image minus the first image, along the last axis (eV)."""
+    return energies.max(-1) - energies[..., 0]
+
+
+def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
+    path = run.cache / "test_features.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return Features(f["a"], f["e"], f["n"]), f["y"]
+    frames = read(spec.path, index=":")
+    missing = [i for i, atoms in enumerate(frames) if spec.energy_key not in atoms.info]
+    if missing:
+        raise ValueError(f"{spec.path}: frames {missing[:5]} have no '{spec.energy_key}' (evaluation.test_set.energy_key)")
+    y = np.array([atoms.info[spec.energy_key] for atoms in frames], dtype=float)
+    feats = run.backbone.features(frames, progress=run.progress)
+    np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y)
+    return feats, y
+
+
+def observables(run, thetas: np.ndarray) -> dict:
+    out = {}
+    for obs in run.c.evaluation.observables:
+        images = run.features(run.store.source_ids(obs.path))
+        values = barrier(images.energies(thetas))
+        out[obs.name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "members": values.tolist()}
+    return out
+
+
+def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
+    c = run.c
+    ids, energy, sigma = run.store.labels()
+    noise = np.sqrt(sigma**2 + c.finetune.noise_floor**2)
+    batch = [r for r in run.store.rows(iteration=iteration) if r.state == LABELLED]
+    prospective = None
+    if batch and np.isfinite(batch[0].pred_energy):
+        err = np.array([r.energy_hf - r.pred_energy for r in batch])
+        prospective = _errors(err, np.array([r.pred_sigma for r in batch]))
+    test = None
+    if c.evaluation.test_set is not None:
+        feats, y = test_set_features(run, c.evaluation.test_set)
+        mean, std = committee.predict(feats)
+        test = _errors(mean - y, std)
+        test["rmse_per_atom"] = float(np.sqrt(np.mean(((mean - y) / feats.n_atoms) ** 2)))
+    pool_ids = run.store.ids(state=POOL)
+    pool_sigma = None
+    if pool_ids:
+        _, std = committee.predict(run.features(pool_ids))
+        pool_sigma = {"median": float(np.median(std)), "p95": float(np.percentile(std, 95))}
+    if iteration == 0:
+        run.store.set_meta("base_observables", observables(run, run.backbone.theta0[None]))
+    return {
+        "iteration": iteration,
+        "n_labels": len(ids),
+        "n_new": len(batch),
+        "n_failed": run.store.count(state="failed"),
+        "prospective": prospective,
+        "test": test,
+        "pool_sigma": pool_sigma,
+        "label_noise_median": float(np.median(noise)) if len(noise) else None,
+        "observables": observables(run, committee.thetas_),
+        "val_rmse": committee.val_rmse_.tolist(),
+        "seeds": {"selection": [c.seed, iteration, 1], "training": [c.committee.seed, iteration, 2]},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+
+
+def stop_reason(c, records: list[dict]) -> str | None:
+    """The first stop rule that fires on the records so far, as a sentence; None to go on."""
+    last = records[-1]
+    rules = c.stop
+    if last["n_labels"] >= rules.max_labels:
+        return f"label budget reached: {last['n_labels']} labels (stop.max_labels = {rules.max_labels})"
+    if rules.max_iterations is not None and len(records) >= rules.max_iterations:
+        return f"iteration limit reached: {len(records)} (stop.max_iterations)"
+    if rules.uncertainty_ratio is not None and last["pool_sigma"] and last["label_noise_median"]:
+        p95, noise = last["pool_sigma"]["p95"], last["label_noise_median"]
+        if p95 < rules.uncertainty_ratio * noise:
+            return (f"pool uncertainty converged: 95th-percentile σ {p95 * 1000:.1f} meV < "
+                    f"{rules.uncertainty_ratio} × label noise {noise * 1000:.1f} meV")
+    if rules.observable is not None and len(records) >= rules.observable.window:
+        name, tol = rules.observable.name, rules.observable.tolerance
+        window = [r["observables"][name] for r in records[-rules.observable.window:]]
+        means = [w["mean"] for w in window]
+        change, spread = max(means) - min(means), window[-1]["std"]
+        if change < tol and spread < tol:
+            return (f"observable '{name}' converged: changed {change * 1000:.1f} meV over the last "
+                    f"{rules.observable.window} iterations, committee spread {spread * 1000:.1f} meV (< {tol * 1000:.1f} meV)")
+    if not last["pool_sigma"]:
+        return "pool exhausted: every candidate is labelled or failed"
+    return None
+
+
+def one_line(record: dict) -> str:
+    parts = [f"iteration {record['iteration']}: {record['n_labels']} labels"]
+    if record["prospective"]:
+        p = record["prospective"]
+        parts.append(f"batch error {p['rmse'] * 1000:.1f} meV (σ {p.get('mean_sigma', float('nan')) * 1000:.1f})")
+    if record["test"]:
+        parts.append(f"test RMSE {record['test']['rmse'] * 1000:.1f} meV")
+    if record["pool_sigma"]:
+        parts.append(f"pool σ95 {record['pool_sigma']['p95'] * 1000:.1f} meV")
+    for name, o in record["observables"].items():
+        parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV")
+    if record.get("stop"):
+        parts.append(f"STOP: {record['stop']}")
+    return "; ".join(parts)

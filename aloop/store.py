@@ -1,0 +1,122 @@
+"""The run's database: candidates, labels with provenance, and per-iteration records.
+
+One SQLite file (`aloop.db`) holds everything that must survive a crash. Candidates and labels are
+ASE database rows (so `ase db aloop.db` browses them); iteration records and run metadata live in
+two extra tables of the same file. Every write is a single transaction: a killed process leaves
+either the old or the new state, never half of one.
+
+Candidate states: pool → selected → labelled | failed.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.db import connect
+
+POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "aloop.db"
+        self.db = connect(self.path, type="db", append=True)
+        with self._sql() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS aloop_meta (key TEXT PRIMARY KEY, value TEXT)")
+            con.execute("CREATE TABLE IF NOT EXISTS aloop_iterations (iteration INTEGER PRIMARY KEY, record TEXT)")
+
+    @contextmanager
+    def _sql(self):
+        con = sqlite3.connect(self.path, timeout=60)
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    # --- metadata ----------------------------------------------------------------------------
+    def set_meta(self, key: str, value) -> None:
+        with self._sql() as con:
+            con.execute("INSERT OR REPLACE INTO aloop_meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        with self._sql() as con:
+            row = con.execute("SELECT value FROM aloop_meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # --- candidates --------------------------------------------------------------------------
+    def add_candidates(self, atoms_list: list[Atoms], source: str, lf_forces: list | None = None) -> list[int]:
+        """Insert a whole source in one transaction: a source is in the pool entirely or not at all."""
+        ids = []
+        with self.db:
+            for i, atoms in enumerate(atoms_list):
+                data = {} if lf_forces is None else {"lf_forces": np.asarray(lf_forces[i], dtype=float)}
+                clean = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+                clean.info.update({k: v for k, v in atoms.info.items() if k in ("charge", "spin")})
+                ids.append(self.db.write(clean, source=source, index=i, state=POOL, data=data))
+        return ids
+
+    def count(self, **selection) -> int:
+        return self.db.count(**selection)
+
+    def rows(self, **selection):
+        return list(self.db.select(sort="id", **selection))
+
+    def ids(self, **selection) -> list[int]:
+        return [row.id for row in self.db.select(sort="id", include_data=False, **selection)]
+
+    def atoms(self, ids) -> list[Atoms]:
+        return [self.db.get_atoms(id=int(i)) for i in ids]
+
+    def source_ids(self, source: str) -> list[int]:
+        rows = self.db.select(source=source, include_data=False)
+        return [r.id for r in sorted(rows, key=lambda r: r.index)]
+
+    def lf_forces(self, cid: int):
+        return self.db.get(id=int(cid)).data.get("lf_forces")
+
+    # --- selection and labels ----------------------------------------------------------------
+    def mark_selected(self, ids, iteration: int, pred_energy, pred_sigma, scores) -> None:
+        with self.db:
+            for cid, e, s, score in zip(ids, pred_energy, pred_sigma, scores):
+                self.db.update(
+                    int(cid), state=SELECTED, iteration=int(iteration),
+                    pred_energy=float(e), pred_sigma=float(s), score=float(score),
+                )
+
+    def add_label(self, cid: int, energy: float, sigma: float, provenance: dict) -> None:
+        row = self.db.get(id=int(cid))
+        if row.state == LABELLED:
+            raise RuntimeError(f"candidate {cid} is already labelled; refusing to label it twice")
+        with self.db:
+            self.db.update(int(cid), state=LABELLED, energy_hf=float(energy), sigma_hf=float(sigma),
+                           data={**row.data, "provenance": provenance})
+
+    def mark_failed(self, cid: int, reason: str) -> None:
+        with self.db:
+            self.db.update(int(cid), state=FAILED, reason=str(reason)[:500])
+
+    def labels(self):
+        """(ids, energies, sigmas) of every labelled candidate, in label-id order."""
+        rows = self.rows(state=LABELLED)
+        return (
+            [r.id for r in rows],
+            np.array([r.energy_hf for r in rows]),
+            np.array([r.sigma_hf for r in rows]),
+        )
+
+    # --- iterations --------------------------------------------------------------------------
+    def write_iteration(self, iteration: int, record: dict) -> None:
+        with self._sql() as con:
+            con.execute("INSERT OR REPLACE INTO aloop_iterations VALUES (?, ?)", (iteration, json.dumps(record)))
+
+    def iterations(self) -> list[dict]:
+        with self._sql() as con:
+            rows = con.execute("SELECT record FROM aloop_iterations ORDER BY iteration").fetchall()
+        return [json.loads(r[0]) for r in rows]

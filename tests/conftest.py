@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny MACE models built in-process, small H3 geometries."""
+from __future__ import annotations
+
+import mace  # noqa: F401  (before e3nn)
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from e3nn import o3
+from mace import modules
+
+torch.set_num_threads(1)  # tiny graphs: threads only add contention on the 2-core CI machine
+
+
+def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elements=(1,), heads=None):
+    """A 2-layer MACE with a few channels: real architecture, milliseconds per call."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        kwargs = dict(
+            r_max=4.0,
+            num_bessel=4,
+            num_polynomial_cutoff=5,
+            max_ell=2,
+            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+            num_interactions=2,
+            num_elements=len(elements),
+            hidden_irreps=o3.Irreps("8x0e+8x1o"),
+            MLP_irreps=o3.Irreps("8x0e"),
+            atomic_energies=np.array([-13.6 * (i + 1) for i in range(len(elements))]),
+            avg_num_neighbors=2.0,
+            atomic_numbers=list(elements),
+            correlation=2,
+            gate=torch.nn.functional.silu,
+        )
+        if heads is not None:
+            kwargs["heads"] = heads
+            kwargs["atomic_energies"] = np.tile(kwargs["atomic_energies"][:, None], (1, len(heads)))
+        if scale_shift:
+            model = modules.ScaleShiftMACE(atomic_inter_scale=0.7, atomic_inter_shift=-0.1, **kwargs)
+        else:
+            model = modules.MACE(**kwargs)
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def h3(r1: float, r2: float, angle_deg: float = 180.0) -> Atoms:
+    """H_a–H_b–H_c with |ab| = r1, |bc| = r2 and the a-b-c angle."""
+    t = np.radians(angle_deg)
+    pos = [[-r1, 0, 0], [0, 0, 0], [-r2 * np.cos(t), r2 * np.sin(t), 0]]
+    return Atoms("H3", positions=pos)
+
+
+def h3_set(n: int, seed: int = 0) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    return [h3(*rng.uniform(0.6, 2.5, 2), rng.uniform(70, 180)) for _ in range(n)]
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path):
+    path = tmp_path / "tiny.model"
+    torch.save(tiny_mace(), path)
+    return path

@@ -1,0 +1,66 @@
+"""The frozen-backbone decomposition E = a·θ + e must reproduce the model exactly."""
+import numpy as np
+import pytest
+import torch
+from conftest import h3_set, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.backbone import Backbone
+
+
+def direct_energies(model, atoms_list):
+    """Energies from the model itself, through mace's own calculator (no aloop code involved)."""
+    calc = MACECalculator(models=[model], device="cpu", default_dtype="float64")
+    out = []
+    for atoms in atoms_list:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        out.append(atoms.get_potential_energy())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_cached_features_reproduce_the_model_float64(scale_shift):
+    model = tiny_mace(scale_shift=scale_shift)
+    bb = Backbone(model, device="cpu")
+    atoms = h3_set(12)
+    feats = bb.features(atoms, batch_size=5)
+    np.testing.assert_allclose(feats.energies(bb.theta0), direct_energies(bb.model_with(bb.theta0), atoms), rtol=0, atol=1e-10)
+    # a different θ: the cached features predict what a model carrying θ computes from scratch
+    theta = bb.theta0 + 0.2 * np.random.default_rng(0).normal(size=bb.n_params)
+    np.testing.assert_allclose(feats.energies(theta), direct_energies(bb.model_with(theta), atoms), rtol=0, atol=1e-10)
+
+
+def test_force_jacobian_gives_forces_of_any_theta():
+    bb = Backbone(tiny_mace(), device="cpu")
+    atoms = h3_set(6)
+    theta = bb.theta0 + 0.2 * np.random.default_rng(1).normal(size=bb.n_params)
+    jacobians = bb.force_jacobians(atoms, batch_size=4)
+    calc = MACECalculator(models=[bb.model_with(theta)], device="cpu", default_dtype="float64")
+    for a, jac in zip(atoms, jacobians):
+        a.calc = calc
+        predicted = jac.f0 + jac.B @ (theta - bb.theta0)
+        np.testing.assert_allclose(predicted, a.get_forces(), rtol=0, atol=1e-10)
+
+
+def test_float32_model_and_multihead():
+    bb32 = Backbone(tiny_mace(dtype=torch.float32), device="cpu")
+    assert bb32.model_with(bb32.theta0).readouts[0].linear.weight.dtype == torch.float32
+    atoms = h3_set(4)
+    feats = bb32.features(atoms)
+    np.testing.assert_allclose(feats.energies(bb32.theta0), direct_energies(bb32.model_with(bb32.theta0).double(), atoms), atol=1e-5)
+
+    model = tiny_mace(heads=["pbe", "ccsd"])
+    bb = Backbone(model, device="cpu", head="ccsd")
+    theta = bb.theta0 + 0.1
+    exported = bb.model_with(theta)
+    assert Backbone(exported, device="cpu", head="ccsd").theta0 == pytest.approx(theta)
+    with pytest.raises(ValueError, match="model.head"):
+        Backbone(model, device="cpu", head="r2scan")
+
+
+def test_bad_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a model")
+    with pytest.raises(ValueError, match="bad.model"):
+        Backbone.from_file(bad, device="cpu")

@@ -1,0 +1,94 @@
+"""The loss, the committee fit, and export to ordinary MACE files."""
+import numpy as np
+import pytest
+import torch
+from conftest import h3_set, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.backbone import Backbone, Features
+from aloop.committee import Committee, TrainingSet, force_penalty
+
+
+def test_force_penalty_zero_inside_threshold_quartic_outside():
+    t = 0.5
+    norms = torch.tensor([0.0, 0.3, 0.5, 0.6, 1.0, 2.0], dtype=torch.float64)
+    penalty = force_penalty(norms**2, t)
+    assert torch.all(penalty[:3] == 0)
+    np.testing.assert_allclose(penalty[3:], (norms[3:] ** 2 - t**2) ** 2)
+    # quartic: far outside, doubling ‖ΔF‖ multiplies the penalty by about 16
+    big = force_penalty(torch.tensor([100.0**2, 200.0**2], dtype=torch.float64), t)
+    assert big[1] / big[0] == pytest.approx(16, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    bb = Backbone(tiny_mace(), device="cpu")
+    atoms = h3_set(80, seed=3)
+    feats = bb.features(atoms)
+    jac = bb.force_jacobians(atoms)
+    rng = np.random.default_rng(0)
+    truth = bb.theta0 + 0.3 * rng.normal(size=bb.n_params)
+    truth[-1] += 1.5  # a constant offset per atom, as between DFT and CCSD(T)
+    return bb, feats, jac, feats.energies(truth)
+
+
+def subset(feats, idx):
+    return Features(feats.a[idx], feats.e[idx], feats.n_atoms[idx])
+
+
+def fit(bb, feats, jac, y, idx, **kw):
+    data = TrainingSet.build(subset(feats, idx), y[idx], np.zeros(len(idx)), [jac[i] for i in idx], [jac[i].f0 for i in idx])
+    settings = dict(size=4, epochs=400, lr=0.02, batch_size=16, force_weight=0.0, noise_floor=0.002)
+    settings.update(kw)
+    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1))
+
+
+def test_fine_tuning_learns_the_labels_and_spread_shrinks_with_data(problem):
+    bb, feats, jac, y = problem
+    test = np.arange(50, 80)
+    base_err = feats.energies(bb.theta0)[test] - y[test]
+    few = fit(bb, feats, jac, y, np.arange(8))
+    many = fit(bb, feats, jac, y, np.arange(50))
+    mean, std = many.predict(subset(feats, test))
+    rmse = np.sqrt(np.mean((mean - y[test]) ** 2))
+    assert rmse < 0.2 * np.sqrt(np.mean((base_err - base_err.mean()) ** 2))
+    assert np.median(many.predict(subset(feats, test))[1]) < np.median(few.predict(subset(feats, test))[1])
+
+
+def test_force_penalty_keeps_forces_near_low_fidelity(problem):
+    bb, feats, jac, y = problem
+    idx = np.arange(40)
+    t = 0.05
+    free = fit(bb, feats, jac, y, idx, force_weight=0.0, force_threshold=t)
+    held = fit(bb, feats, jac, y, idx, force_weight=1e4, force_threshold=t)
+
+    def worst(committee):
+        return max(np.linalg.norm(committee.member_forces(jac[i]).mean(0) - jac[i].f0) for i in idx)
+
+    assert worst(free) > 2 * t  # the energies alone pull the forces away
+    assert worst(held) < worst(free) / 2
+
+
+def test_export_loads_in_mace_calculator_with_member_energies(problem, tmp_path):
+    bb, feats, jac, y = problem
+    committee = fit(bb, feats, jac, y, np.arange(20))
+    atoms = h3_set(5, seed=9)
+    expected = committee.member_energies(bb.features(atoms))
+    for k in (0, 3):
+        path = bb.export(committee.thetas_[k], tmp_path / f"m{k}.model")
+        calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+        for i, a in enumerate(atoms):
+            a.calc = calc
+            assert a.get_potential_energy() == pytest.approx(expected[k, i], abs=1e-10)
+
+
+def test_predict_before_fit_and_checkpoint_round_trip(problem, tmp_path):
+    bb, feats, jac, y = problem
+    with pytest.raises(RuntimeError, match="before fit"):
+        Committee(bb.theta0).predict(feats)
+    committee = fit(bb, feats, jac, y, np.arange(10))
+    committee.save(tmp_path / "c.npz")
+    again = Committee(bb.theta0).load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(again.thetas_, committee.thetas_)
+    with pytest.raises(ValueError, match="different base model"):
+        Committee(bb.theta0 + 1).load(tmp_path / "c.npz")
