@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .backbone import Features, ForceJacobian
 
@@ -115,7 +116,7 @@ class Committee:
         vals = np.maximum(vals, 1e-6 * max(vals.max(), 1e-12))
         return (vecs / np.sqrt(vals)) @ vecs.T
 
-    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator) -> "Committee":
+    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, progress: bool = False) -> "Committee":
         """Train all members together (their losses are independent; Adam is per parameter)."""
         n = len(data)
         if n == 0:
@@ -152,7 +153,8 @@ class Committee:
         since_best = torch.zeros(self.size, dtype=torch.long, device=self.device)
         order_rng = np.random.default_rng(rng.integers(2**63))
         history = []
-        for epoch in range(self.epochs):
+        bar = tqdm(range(self.epochs), desc=f"fine-tuning {self.size} members", unit="epoch", disable=not progress)
+        for epoch in bar:
             for idx in np.array_split(order_rng.permutation(n), max(1, int(np.ceil(n / self.batch_size)))):
                 w = W[:, idx]
                 loss = ((losses(idx) * w).sum(1) / W.sum(1).clamp(min=1.0)).sum()
@@ -172,6 +174,7 @@ class Committee:
             history.append({"epoch": epoch, "train_rmse": train_rmse.cpu().tolist(), "val_rmse": val_rmse.cpu().tolist()})
             if bool((since_best[has_val] > self.patience).all()) and bool(has_val.all()):
                 break
+        bar.close()
         self.thetas_ = best.cpu().numpy()
         self.history_ = history
         self.val_rmse_ = best_val.cpu().numpy()

@@ -70,7 +70,7 @@ class CampaignRun:
         for spec in self.c.pool.sources:
             if self.store.get_meta(f"source:{spec.name}") is not None:
                 continue
-            frames, forces = generate(spec, self.c.model.path, str(self.backbone.device), self.c.seed)
+            frames, forces = generate(spec, self.c.model.path, str(self.backbone.device), self.c.seed, self.progress)
             self.store.add_candidates(frames, spec.name, forces)
             self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
 
@@ -191,7 +191,7 @@ class CampaignRun:
         if len(data) == 0:
             raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
         rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
-        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng)
+        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, progress=self.progress)
         path = self.committee_path(iteration)
         tmp = path.with_name(path.stem + ".tmp.npz")
         committee.save(tmp)

@@ -53,14 +53,15 @@ def from_file(spec) -> tuple[list[Atoms], list[np.ndarray] | None]:
     return frames, forces
 
 
-def molecular_dynamics(spec, calc, seed: int) -> list[Atoms]:
+def molecular_dynamics(spec, calc, seed: int, progress: bool = True) -> list[Atoms]:
     """Langevin MD from every start frame at every temperature; every `interval`-th step is kept."""
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     starts = _read(spec.start, ":", spec.name)
     frames = []
-    bar = tqdm(total=len(starts) * len(spec.temperatures) * spec.steps, desc=f"MD {spec.name}", unit="step")
+    bar = tqdm(total=len(starts) * len(spec.temperatures) * spec.steps, desc=f"MD {spec.name}", unit="step",
+               disable=not progress)
     for s, start in enumerate(starts):
         for t, temperature in enumerate(spec.temperatures):
             rng = np.random.default_rng([seed, s, t])
@@ -79,7 +80,7 @@ def molecular_dynamics(spec, calc, seed: int) -> list[Atoms]:
     return frames
 
 
-def nudged_elastic_band(spec, calc) -> list[Atoms]:
+def nudged_elastic_band(spec, calc, progress: bool = True) -> list[Atoms]:
     """Climbing-image NEB between fixed end points; returns every image, end points included."""
     from ase.mep import NEB
     from ase.optimize import FIRE
@@ -93,16 +94,23 @@ def nudged_elastic_band(spec, calc) -> list[Atoms]:
         image.calc = calc
     neb = NEB(images, climb=spec.climb, allow_shared_calculator=True)
     neb.interpolate(method="idpp")
-    FIRE(neb, logfile=None).run(fmax=spec.fmax, steps=spec.steps)
+    optimizer = FIRE(neb, logfile=None)
+    bar = tqdm(total=spec.steps, desc=f"NEB {spec.name}", unit="step", disable=not progress)
+    optimizer.attach(lambda: bar.update(1))
+    converged = optimizer.run(fmax=spec.fmax, steps=spec.steps)
+    bar.close()
+    if not converged:
+        print(f"warning: NEB '{spec.name}' did not reach fmax {spec.fmax} eV/Å in {spec.steps} steps; "
+              "its images are used as they are")
     return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
 
 
-def generate(spec, model_path: Path, device: str, seed: int) -> tuple[list[Atoms], list[np.ndarray] | None]:
+def generate(spec, model_path: Path, device: str, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:
     if spec.kind == "file":
         return from_file(spec)
     calc = base_calculator(model_path, device)
     if spec.kind == "md":
-        return molecular_dynamics(spec, calc, seed), None
+        return molecular_dynamics(spec, calc, seed, progress), None
     if spec.kind == "neb":
-        return nudged_elastic_band(spec, calc), None
+        return nudged_elastic_band(spec, calc, progress), None
     raise PoolError(f"pool source '{spec.name}': unknown kind '{spec.kind}'")

@@ -1,0 +1,226 @@
+"""Quantum-chemistry labels from PySCF: HF, DFT, MP2, CCSD and CCSD(T) for molecules.
+
+Open-shell configurations (2S > 0) run unrestricted (UHF/UKS and the U- correlated methods),
+closed-shell ones restricted. Energies come back in eV for the whole molecule; PySCF works in
+Hartree and Bohr and the conversion uses ase.units so that every number in the project shares one
+set of constants.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+import numpy as np
+import pyscf
+from ase import Atoms
+from ase.units import Bohr, Hartree
+from pyscf import cc, dft, gto, mp, scf
+from pyscf.gto import basis as pyscf_basis
+
+from .base import Label, LabelError, LocalLabeler
+
+WAVEFUNCTION_METHODS = ("hf", "mp2", "ccsd", "ccsd(t)")
+UNITS_NOTE = "energy in eV; Hartree converted with ase.units.Hartree"
+
+
+def check_method(method: str) -> str:
+    """The canonical (lower-case) method name; ValueError for one PySCF cannot run."""
+    if not isinstance(method, str):
+        raise ValueError(f"labeler.method must be a string, got {method!r}")
+    name = method.strip().lower()
+    if name in WAVEFUNCTION_METHODS:
+        return name
+    try:
+        dft.libxc.parse_xc(name)
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"labeler.method: unknown method {method!r}; valid choices are "
+            f"{', '.join(WAVEFUNCTION_METHODS)} or a DFT exchange-correlation functional known to "
+            f"libxc (e.g. pbe, b3lyp, pbe0)"
+        ) from err
+    return name
+
+
+def check_basis(basis: str) -> str:
+    """The basis as given; ValueError unless PySCF ships it or it names a basis file."""
+    if not isinstance(basis, str):
+        raise ValueError(f"labeler.basis must be a string, got {basis!r}")
+    if os.path.isfile(basis):
+        return basis
+    key = pyscf_basis._format_basis_name(basis)
+    if key in pyscf_basis.ALIAS:
+        return basis
+    close = difflib.get_close_matches(key, pyscf_basis.ALIAS, n=5)
+    hint = f"; closest known names: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"labeler.basis: unknown basis {basis!r}; valid choices are the basis sets PySCF ships "
+        f"(e.g. sto-3g, cc-pvdz, cc-pvtz, aug-cc-pvtz, def2-tzvp; full list in "
+        f"pyscf.gto.basis.ALIAS) or a path to a basis file{hint}"
+    )
+
+
+def _check_charge_spin(charge, spin) -> None:
+    if isinstance(charge, bool) or not isinstance(charge, (int, np.integer)):
+        raise ValueError(f"labeler.charge must be an integer, got {charge!r}")
+    if spin is not None and (
+        isinstance(spin, bool) or not isinstance(spin, (int, np.integer)) or spin < 0
+    ):
+        raise ValueError(f"labeler.spin must be None or an integer 2S >= 0, got {spin!r}")
+
+
+def build_molecule(
+    atoms: Atoms, basis: str, charge: int = 0, spin: int | None = None, max_memory_mb: int = 4000
+) -> gto.Mole:
+    """A PySCF molecule for `atoms` (Angstrom); LabelError if it cannot exist as asked."""
+    formula = atoms.get_chemical_formula()
+    if atoms.pbc.any():
+        raise LabelError(f"configuration {formula}: periodic cells are not supported by PySCFLabeler")
+    n_electrons = int(atoms.get_atomic_numbers().sum()) - int(charge)
+    if spin is None:
+        spin = n_electrons % 2
+    if n_electrons <= 0 or spin > n_electrons or (n_electrons - spin) % 2:
+        raise LabelError(
+            f"configuration {formula}: charge {charge} and spin 2S={spin} are inconsistent with "
+            f"its {n_electrons} electrons (2S must have the parity of the electron count and "
+            f"not exceed it)"
+        )
+    try:
+        return gto.M(
+            atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+            unit="Angstrom",
+            basis=basis,
+            charge=int(charge),
+            spin=int(spin),
+            verbose=0,
+            max_memory=max_memory_mb,
+        )
+    except (KeyError, RuntimeError) as err:
+        raise LabelError(f"configuration {formula}: basis {basis!r} cannot be built: {err}") from err
+
+
+def run_scf(mol: gto.Mole, method: str, conv_tol: float = 1e-9):
+    """A converged mean-field object (HF reference for wavefunction methods, else KS-DFT).
+
+    A second-order (Newton) solver gets one try where plain DIIS stalls, since stretched and
+    near-degenerate geometries are exactly where an active-learning pool goes; if that fails too
+    the configuration has no label.
+    """
+    open_shell = mol.spin != 0
+    if method in WAVEFUNCTION_METHODS:
+        mf = scf.UHF(mol) if open_shell else scf.RHF(mol)
+    else:
+        mf = dft.UKS(mol, xc=method) if open_shell else dft.RKS(mol, xc=method)
+    mf.conv_tol = conv_tol
+    mf.kernel()
+    if not mf.converged:
+        mf = mf.newton()
+        mf.kernel(mf.make_rdm1())
+    if not mf.converged:
+        raise LabelError(
+            f"{type(mf).__name__} did not converge to conv_tol={conv_tol:g} (DIIS and Newton)"
+        )
+    return mf
+
+
+def _correlated_energy(mf, method: str, conv_tol: float) -> dict:
+    """Total energy and its parts in Hartree for the post-HF `method` on top of `mf`."""
+    if method == "mp2":
+        e_corr = mp.MP2(mf).kernel()[0]
+        return {"e_total_hartree": mf.e_tot + e_corr, "e_corr_hartree": e_corr}
+    solver = cc.CCSD(mf)
+    solver.conv_tol = conv_tol
+    solver.kernel()
+    if not solver.converged:
+        raise LabelError(f"{type(solver).__name__} amplitudes did not converge")
+    parts = {"e_corr_hartree": solver.e_corr}
+    if method == "ccsd(t)":
+        parts["e_triples_hartree"] = solver.ccsd_t()
+    parts["e_total_hartree"] = mf.e_tot + sum(parts.values())
+    return parts
+
+
+def single_point(
+    atoms: Atoms,
+    method: str = "ccsd(t)",
+    basis: str = "aug-cc-pvtz",
+    charge: int = 0,
+    spin: int | None = None,
+    conv_tol: float = 1e-9,
+    max_memory_mb: int = 4000,
+) -> Label:
+    """The energy of `atoms` (eV, whole molecule) with `method`/`basis`, and its provenance."""
+    method, basis = check_method(method), check_basis(basis)
+    _check_charge_spin(charge, spin)
+    mol = build_molecule(atoms, basis, charge, spin, max_memory_mb)
+    mf = run_scf(mol, method, conv_tol)
+    provenance = {
+        "method": method,
+        "basis": basis,
+        "charge": int(charge),
+        "spin": int(mol.spin),
+        "reference": ("U" if mol.spin else "R") + ("HF" if method in WAVEFUNCTION_METHODS else "KS"),
+        "pyscf_version": pyscf.__version__,
+        "conv_tol": conv_tol,
+        "e_scf_hartree": float(mf.e_tot),
+        "units": UNITS_NOTE,
+    }
+    if method in WAVEFUNCTION_METHODS and method != "hf":
+        parts = _correlated_energy(mf, method, conv_tol)
+        provenance.update({k: float(v) for k, v in parts.items()})
+        e_total = parts["e_total_hartree"]
+    else:
+        e_total = mf.e_tot
+        provenance["e_total_hartree"] = float(e_total)
+    return Label(float(e_total) * Hartree, 0.0, provenance)
+
+
+def energy_and_forces(
+    atoms: Atoms, method: str, basis: str, charge: int = 0, spin: int | None = None
+) -> tuple[float, np.ndarray]:
+    """Energy (eV) and analytic forces (eV/Angstrom, shape (n, 3)) from HF or KS-DFT."""
+    method, basis = check_method(method), check_basis(basis)
+    if method in WAVEFUNCTION_METHODS and method != "hf":
+        raise ValueError(
+            f"method {method!r}: analytic gradients are not available here; use hf or a DFT "
+            f"functional"
+        )
+    _check_charge_spin(charge, spin)
+    mf = run_scf(build_molecule(atoms, basis, charge, spin), method)
+    gradient = mf.nuc_grad_method().kernel()
+    return float(mf.e_tot) * Hartree, -np.asarray(gradient) * (Hartree / Bohr)
+
+
+class PySCFLabeler(LocalLabeler):
+    """Labels molecules (no periodic cells) with a PySCF single point; sigma is 0."""
+
+    name = "pyscf"
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        method: str = "ccsd(t)",
+        basis: str = "aug-cc-pvtz",
+        charge: int = 0,
+        spin: int | None = None,
+        conv_tol: float = 1e-9,
+        max_memory_mb: int = 4000,
+    ):
+        self.method = check_method(method)
+        self.basis = check_basis(basis)
+        _check_charge_spin(charge, spin)
+        self.charge = int(charge)
+        self.spin = spin
+        self.conv_tol = conv_tol
+        self.max_memory_mb = max_memory_mb
+        super().__init__(workdir)
+
+    def compute(self, atoms: Atoms) -> Label:
+        return single_point(
+            atoms,
+            self.method,
+            self.basis,
+            self.charge,
+            self.spin,
+            self.conv_tol,
+            self.max_memory_mb,
+        )

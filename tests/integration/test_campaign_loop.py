@@ -1,0 +1,116 @@
+"""One end-to-end campaign on a tiny model with real PySCF labels, and resume after a kill."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.io import write
+from conftest import h3, h3_set, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.campaign import load_campaign
+from aloop.loop import CampaignRun
+from aloop.store import LABELLED, RunStore
+
+CAMPAIGN = """
+name: {name}
+seed: 3
+model: {{path: tiny.model}}
+pool:
+  sources:
+    - {{kind: file, name: random, path: pool.extxyz}}
+    - {{kind: md, name: md, start: start.xyz, temperatures: [300, 800], steps: 30, interval: 10}}
+    - {{kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 5, steps: 30}}
+committee: {{size: 4}}
+finetune: {{epochs: 60, batch_size: 8}}
+acquisition: {{strategy: diverse, batch_size: 4, initial_size: 4}}
+labeler: {{kind: pyscf, method: {method}, basis: {basis}}}
+stop: {{max_labels: {budget}}}
+evaluation:
+  observables: [{{kind: barrier, name: barrier, path: path}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def campaign_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("campaign")
+    torch.save(tiny_mace(), folder / "tiny.model")
+    write(folder / "pool.extxyz", h3_set(30))
+    write(folder / "reactant.xyz", h3(0.74, 2.5))
+    write(folder / "product.xyz", h3(2.5, 0.74))
+    write(folder / "start.xyz", h3(0.74, 1.5))
+    return folder
+
+
+def write_campaign(folder: Path, name: str, method="hf", basis="sto-3g", budget=10) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(CAMPAIGN.format(name=name, method=method, basis=basis, budget=budget))
+    return path
+
+
+def test_end_to_end_loop_exports_a_working_model(campaign_dir):
+    campaign = load_campaign(write_campaign(campaign_dir, "e2e"))
+    run = CampaignRun(campaign, progress=False)
+    result = run.run()
+    assert result.n_labels == 10 and "label budget" in result.stop_reason
+    records = run.store.iterations()
+    assert [r["n_labels"] for r in records] == [4, 8, 10]
+    assert records[0]["prospective"] is None  # no committee chose the first batch
+    assert all(r["prospective"]["n"] > 0 for r in records[1:])
+    assert set(records[-1]["observables"]) == {"barrier"}
+    rows = run.store.rows(state=LABELLED)
+    assert all(r.data["provenance"]["method"] == "hf" and r.data["provenance"]["basis"] == "sto-3g" for r in rows)
+    # the exported mean model is an ordinary MACE file whose energies are the committee mean
+    mean_path = run.export(members=False)[0]
+    calc = MACECalculator(model_paths=str(mean_path), device="cpu", default_dtype="float64")
+    ids = [r.id for r in rows[:3]]
+    expected, _ = run.load_committee(records[-1]["iteration"]).predict(run.features(ids))
+    for atoms, e in zip(run.store.atoms(ids), expected):
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-8)
+    # running a stopped campaign again does nothing new
+    again = CampaignRun(campaign, progress=False).run()
+    assert again.n_labels == 10 and len(run.store.iterations()) == len(records)
+
+
+def labelled(run_dir: Path):
+    store = RunStore(run_dir)
+    return sorted((r.source, r.index, r.energy_hf, r.iteration) for r in store.rows(state=LABELLED))
+
+
+def test_resume_after_kill_mid_iteration(campaign_dir):
+    """Kill `aloop run` while it labels the second batch; the rerun ends with exactly the labels of an
+    uninterrupted run, each computed once."""
+    budget = 12
+    reference = load_campaign(write_campaign(campaign_dir, "reference", "ccsd(t)", "cc-pvdz", budget))
+    CampaignRun(reference, progress=False).run()
+
+    killed = write_campaign(campaign_dir, "killed", "ccsd(t)", "cc-pvdz", budget)
+    run_dir = load_campaign(killed).run_dir
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    cmd = [sys.executable, "-m", "aloop.cli", "run", str(killed), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labels_dir = run_dir / "labels"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if labels_dir.exists() and len(list(labels_dir.glob("*.json"))) >= 6:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in labels_dir.glob("*.json")}
+    assert 6 <= len(done_before) < budget
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert labelled(run_dir) == labelled(reference.run_dir)
+    # nothing labelled twice: each finished job kept its file untouched, one file per label
+    after = {p.name: p.stat().st_mtime_ns for p in labels_dir.glob("*.json")}
+    assert all(after[name] == mtime for name, mtime in done_before.items())
+    assert len(after) == budget

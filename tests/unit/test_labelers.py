@@ -1,0 +1,86 @@
+"""Replay labels, and a run that waits for labels computed elsewhere."""
+import numpy as np
+import pytest
+from ase.io import write
+from conftest import h3, h3_set
+
+from aloop.labelers import DONE, FAILED, PENDING, Label, LabelError
+from aloop.labelers.replay import ReplayLabeler
+
+
+def test_replay_matches_by_position_within_tolerance(tmp_path):
+    frames = h3_set(4)
+    for i, a in enumerate(frames):
+        a.info.update(energy=-40.0 - i, energy_sigma=0.01 * i)
+    write(tmp_path / "labels.extxyz", frames)
+    labeler = ReplayLabeler(tmp_path / "jobs", tmp_path / "labels.extxyz", sigma_key="energy_sigma", tolerance=1e-3)
+    probe = frames[2].copy()
+    probe.positions += 5e-4
+    labeler.submit("k2", probe)
+    assert labeler.poll("k2") == DONE
+    label = labeler.collect("k2")
+    assert (label.energy, label.sigma) == (pytest.approx(-42.0), pytest.approx(0.02))
+    assert label.provenance["frame"] == 2
+    labeler.submit("far", h3(1.9, 1.9))
+    assert labeler.poll("far") == FAILED
+    with pytest.raises(LabelError, match="matches"):
+        labeler.collect("far")
+    assert labeler.poll("never-submitted") == PENDING
+
+
+def test_replay_file_without_energies_names_the_key(tmp_path):
+    write(tmp_path / "bare.extxyz", h3_set(2))
+    with pytest.raises(ValueError, match="labeler.energy_key"):
+        ReplayLabeler(tmp_path / "jobs", tmp_path / "bare.extxyz", energy_key="e_qmc")
+
+
+class QueueLabeler:
+    """Jobs finish only when the 'cluster' (the test) writes their result."""
+
+    name = "queue"
+
+    def __init__(self, results: dict):
+        self.results, self.submitted = results, []
+
+    def submit(self, key, atoms):
+        if key not in self.submitted:
+            self.submitted.append(key)
+
+    def poll(self, key):
+        return DONE if key in self.results else PENDING
+
+    def collect(self, key):
+        return Label(self.results[key], 0.01, {"method": "fake-dmc"})
+
+
+def test_loop_waits_for_external_labels_and_continues(tmp_path, monkeypatch):
+    import torch
+    from conftest import tiny_mace
+
+    from aloop import loop
+    from aloop.campaign import load_campaign
+
+    torch.save(tiny_mace(), tmp_path / "tiny.model")
+    write(tmp_path / "pool.extxyz", h3_set(20))
+    (tmp_path / "c.yaml").write_text(
+        "name: wait\nmodel: {path: tiny.model}\npool: {sources: [{kind: file, name: p, path: pool.extxyz}]}\n"
+        "committee: {size: 2}\nfinetune: {epochs: 5}\nacquisition: {batch_size: 3}\n"
+        "labeler: {kind: replay, path: pool.extxyz}\nstop: {max_labels: 6}\n"
+    )
+    results: dict = {}
+    fake = QueueLabeler(results)
+    monkeypatch.setattr(loop, "make_labeler", lambda spec, workdir: fake)
+    run = loop.CampaignRun(load_campaign(tmp_path / "c.yaml"), progress=False)
+    with pytest.raises(loop.WaitingForLabels, match="3 jobs are not finished"):
+        run.run()
+    assert len(fake.submitted) == 3 and run.store.count(state="labelled") == 0
+    for key in fake.submitted:  # the cluster finishes the jobs
+        results[key] = -40.0
+    with pytest.raises(loop.WaitingForLabels):  # the next batch is queued in turn
+        run.run()
+    assert run.store.count(state="labelled") == 3 and len(fake.submitted) == 6
+    for key in fake.submitted:
+        results[key] = -40.0
+    result = run.run()
+    assert result.n_labels == 6 and "label budget" in result.stop_reason
+    assert np.all(run.store.labels()[1] == -40.0)

@@ -1,0 +1,164 @@
+"""Report and status from a synthetic run directory: no MACE, no labeler, only the files a run leaves."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from aloop.report import status_text, write_report
+from aloop.store import RunStore
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+P = 6          # readout parameters
+K = 4          # committee members
+BARRIER_REF = 0.418
+BASE_BARRIER = 0.512
+STOP = "observable 'barrier' converged: changed 1.2 meV over the last 3 iterations, committee spread 3.0 meV (< 5.0 meV)"
+
+
+def _h3(i: int) -> Atoms:
+    r1, r2 = 0.7 + 0.05 * i, 1.6 - 0.04 * i
+    return Atoms("H3", positions=[[-r1, 0, 0], [0, 0, 0], [r2, 0, 0]])
+
+
+def _record(iteration, n_labels, n_new, rmse, sigma, test_rmse, p95, barrier, spread, stop=None):
+    prospective = None if iteration == 0 else {
+        "n": n_new, "rmse": rmse, "mae": 0.8 * rmse, "max": 2 * rmse, "mean_sigma": sigma,
+        "within_1sigma": 0.5, "within_2sigma": 0.75}
+    return {
+        "iteration": iteration, "n_labels": n_labels, "n_new": n_new, "n_failed": 1,
+        "prospective": prospective,
+        "test": {"n": 5, "rmse": test_rmse, "mae": test_rmse, "max": 2 * test_rmse, "rmse_per_atom": test_rmse / 3},
+        "pool_sigma": {"median": p95 / 3, "p95": p95},
+        "label_noise_median": 0.005,
+        "observables": {"barrier": {"mean": barrier, "std": spread,
+                                    "members": [barrier - spread, barrier, barrier + spread, barrier]}},
+        "val_rmse": [0.01] * K, "seeds": {}, "seconds": {"train": 1.0}, "stop": stop,
+    }
+
+
+def _fake_run(run_dir, stopped: bool = True) -> RunStore:
+    store = RunStore(run_dir)
+    ids = store.add_candidates([_h3(i) for i in range(20)], source="dft")
+    neb = store.add_candidates([_h3(i) for i in range(5)], source="exchange")
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=P) * 0.1
+    # Features and energies consistent with each other: E_true = truth·a + e, so the committee fits.
+    a = rng.normal(size=(len(ids) + len(neb), P))
+    e = -40.0 + 0.1 * rng.normal(size=len(a))
+    all_ids = np.array(ids + neb)
+    (run_dir / "cache").mkdir()
+    np.savez(run_dir / "cache" / "features.npz", ids=all_ids, a=a, e=e, n=np.full(len(a), 3))
+    ta = rng.normal(size=(5, P))
+    te = -40.0 + 0.1 * rng.normal(size=5)
+    np.savez(run_dir / "cache" / "test_features.npz", a=ta, e=te, n=np.full(5, 3), y=ta @ truth + te + 0.003)
+
+    true_e = {cid: float(a[r] @ truth + e[r]) for r, cid in enumerate(all_ids)}
+    batches = [ids[0:4], ids[4:8], ids[8:12], ids[12:16]]
+    for it, batch in enumerate(batches):
+        if it == 0:   # the first batch is picked without a committee: no prediction
+            pred, sig = [np.nan] * 4, [np.nan] * 4
+        else:
+            pred, sig = [true_e[c] + 0.01 * (-1) ** c for c in batch], [0.012] * 4
+        store.mark_selected(batch, it, pred, sig, [1.0] * 4)
+        for c in batch[:3] if it == 3 else batch:
+            store.add_label(c, true_e[c], 0.001, {"labeler": "fake"})
+    store.mark_failed(batches[3][3], "SCF did not converge\nafter 100 cycles")
+
+    (run_dir / "committee").mkdir()
+    thetas = truth + 0.002 * rng.normal(size=(K, P))
+    for it in range(4):
+        np.savez(run_dir / "committee" / f"iter_{it:03d}.npz", thetas=thetas, theta0=np.zeros(P), val_rmse=np.zeros(K))
+
+    rows = [(0, 4, 4, None, None, 0.080, 0.060, 0.470, 0.030),
+            (1, 8, 4, 0.040, 0.030, 0.035, 0.025, 0.430, 0.012),
+            (2, 12, 4, 0.020, 0.018, 0.015, 0.012, 0.421, 0.004),
+            (3, 15, 3, 0.009, 0.010, 0.008, 0.004, 0.4195, 0.003)]
+    for k, row in enumerate(rows):
+        store.write_iteration(row[0], _record(*row, stop=STOP if stopped and k == 3 else None))
+    store.set_meta("campaign", {
+        "name": "h3-exchange", "stop": {"max_labels": 40, "uncertainty_ratio": 0.5},
+        "finetune": {"noise_floor": 0.005},
+        "evaluation": {"observables": [{"kind": "barrier", "name": "barrier", "path": "exchange",
+                                        "reference": BARRIER_REF, "low_fidelity": 0.55}]}})
+    store.set_meta("base_observables", {"barrier": {"mean": BASE_BARRIER, "std": 0.0, "members": [BASE_BARRIER]}})
+    store.set_meta("stop_reason", STOP if stopped else None)
+    return store
+
+
+def _assert_png(path):
+    assert path.exists(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+def test_report_writes_plots_and_summary(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run)
+    summary = write_report(run)
+    assert summary == run / "report" / "summary.md"
+    for name in ("learning_curve", "observables", "uncertainty", "parity"):
+        _assert_png(run / "report" / f"{name}.png")
+    text = summary.read_text()
+    assert "h3-exchange" in text
+    assert STOP in text
+    assert "0.4195 ± 0.0030" in text                       # final committee barrier
+    assert f"{BASE_BARRIER:.4f}" in text and f"{BARRIER_REF:.4f}" in text
+    assert "| 1.5 |" in text                                # committee − reference, meV
+    assert "75% of 11" in text                              # 2σ coverage pooled over iterations 1–3
+    for name in ("learning_curve", "observables", "uncertainty", "parity"):
+        assert f"]({name}.png)" in text
+    assert text.count("\n| ") >= 4 + 1 + 1                 # iteration rows, header, observable row
+
+
+def test_report_with_one_iteration_and_no_test_or_observables(tmp_path):
+    store = RunStore(tmp_path)
+    store.add_candidates([_h3(i) for i in range(4)], source="dft")
+    rec = _record(0, 4, 4, None, None, 0.0, 0.02, 0.0, 0.0)
+    rec.update(test=None, observables={})
+    store.write_iteration(0, rec)
+    summary = write_report(tmp_path)
+    text = summary.read_text()
+    assert "still running" in text
+    _assert_png(tmp_path / "report" / "learning_curve.png")
+    _assert_png(tmp_path / "report" / "uncertainty.png")
+    assert not (tmp_path / "report" / "observables.png").exists()
+    assert not (tmp_path / "report" / "parity.png").exists()   # no labels, no checkpoint
+    assert "observables.png" not in text
+
+
+def test_report_on_empty_run(tmp_path):
+    store = RunStore(tmp_path)
+    store.add_candidates([_h3(i) for i in range(3)], source="dft")
+    summary = write_report(tmp_path)
+    assert "No iteration has finished yet" in summary.read_text()
+    assert not list((tmp_path / "report").glob("*.png"))
+
+
+def test_status_text(tmp_path):
+    _fake_run(tmp_path, stopped=False)
+    text = status_text(tmp_path)
+    assert "h3-exchange" in text
+    assert "9 pool, 0 selected, 15 labelled, 1 failed" in text
+    assert "SCF did not converge after 100 cycles" in text   # reason, folded onto one line
+    assert "iterations done: 4" in text
+    assert "iteration 3: 15 labels" in text
+    assert "not stopped" in text
+
+
+def test_status_lists_at_most_ten_failures(tmp_path):
+    store = RunStore(tmp_path)
+    ids = store.add_candidates([_h3(i) for i in range(12)], source="dft")
+    for c in ids:
+        store.mark_failed(c, f"boom {c}")
+    text = status_text(tmp_path)
+    assert text.count("failed #") == 10 and "and 2 more failed" in text
+    assert "iterations done: 0" in text
+
+
+@pytest.mark.parametrize("func", [status_text, write_report])
+def test_not_a_run_dir(tmp_path, func):
+    with pytest.raises(ValueError, match="not an aloop run directory"):
+        func(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()   # the check must not create a run by accident
