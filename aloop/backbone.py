@@ -221,6 +221,17 @@ class Backbone:
         bar.close()
         return result
 
+    def energy_forces(self, atoms_list, batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Base-model energies [M] and forces of many configurations, in as few model calls as possible."""
+        energies, forces = [], []
+        for batch in self.batches(atoms_list, batch_size):
+            out = self.model(batch, training=False, compute_force=True)
+            energies.append(out["energy"].detach().reshape(-1).cpu().numpy())
+            f = out["forces"].detach().cpu().numpy()
+            ptr = batch["ptr"].cpu().numpy()
+            forces.extend(f[lo:hi].astype(np.float64) for lo, hi in zip(ptr[:-1], ptr[1:]))
+        return np.concatenate(energies), forces
+
     def model_with(self, theta: np.ndarray) -> torch.nn.Module:
         """An ordinary MACE model (the source file's class and dtype) whose readouts carry θ."""
         theta = np.asarray(theta, dtype=np.float64)

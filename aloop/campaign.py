@@ -108,18 +108,19 @@ class Pool(_Section):
 class Committee(_Section):
     size: Annotated[int, Field(ge=2)] = 5
     bootstrap: bool = True
+    prior_sigma: PosFloat = 0.05
     seed: Annotated[int, Field(ge=0)] = 0
 
 
 class Finetune(_Section):
     epochs: PosInt = 300
-    lr: PosFloat = 0.01
+    lr: PosFloat = 0.002
     batch_size: PosInt = 32
     force_threshold: Annotated[float, Field(ge=0)] = 0.5
     force_weight: Annotated[float, Field(ge=0)] = 1.0
     noise_floor: PosFloat = 0.005
     val_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
-    patience: PosInt = 50
+    patience: PosInt = 100
 
 
 class Acquisition(_Section):

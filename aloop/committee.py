@@ -61,19 +61,21 @@ class Committee:
         theta0: np.ndarray,
         size: int = 5,
         bootstrap: bool = True,
+        prior_sigma: float = 0.05,
         epochs: int = 300,
-        lr: float = 0.01,
+        lr: float = 0.002,
         batch_size: int = 32,
         force_threshold: float = 0.5,
         force_weight: float = 1.0,
         noise_floor: float = 0.005,
         val_fraction: float = 0.2,
-        patience: int = 50,
+        patience: int = 100,
         device: str | torch.device = "cpu",
     ):
         self.theta0 = np.asarray(theta0, dtype=np.float64)
         self.size = size
         self.bootstrap = bootstrap
+        self.prior_sigma = prior_sigma
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -109,75 +111,115 @@ class Committee:
             shifts[k] = np.linalg.lstsq(counts * w[:, None], residual * w, rcond=None)[0]
         return shifts
 
-    def _whitening(self, a: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-        inv_var = 1.0 / (sigma**2 + self.noise_floor**2)
-        G = (a * inv_var[:, None]).T @ a / inv_var.sum()
-        vals, vecs = np.linalg.eigh(G)
-        vals = np.maximum(vals, 1e-6 * max(vals.max(), 1e-12))
-        return (vecs / np.sqrt(vals)) @ vecs.T
+    def _whitening(self, pool: Features) -> np.ndarray:
+        """M with θ = θ_start + M z, z in units of eV/atom of pool energy.
 
-    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, progress: bool = False) -> "Committee":
-        """Train all members together (their losses are independent; Adam is per parameter)."""
+        M = V Λ^(-1/2) over the eigenvectors of the pool's per-atom feature second moment whose
+        eigenvalue is above 1e-8 of the largest: a unit step of z changes the pool's per-atom
+        energies by 1 eV RMS, in whatever direction. Directions the pool cannot see stay frozen.
+        """
+        x = pool.a / pool.n_atoms[:, None]
+        vals, vecs = np.linalg.eigh(x.T @ x / len(x))
+        keep = vals > 1e-8 * vals.max()
+        return vecs[:, keep] / np.sqrt(vals[keep])
+
+    def _map_start(self, data: TrainingSet, theta: np.ndarray, weights: np.ndarray, M: np.ndarray, anchors: np.ndarray):
+        """Exact minimiser of the energy term + prior (no force penalty) per member, in z."""
+        inv_var = 1.0 / (data.sigma**2 + self.noise_floor**2)
+        b = data.features.a @ M
+        prior = M.shape[1] / self.prior_sigma**2
+        z = np.zeros((self.size, M.shape[1]))
+        for k in range(self.size):
+            w = weights[k] * inv_var
+            r0 = data.features.energies(theta[k]) - data.energy
+            H = (b * w[:, None]).T @ b + prior * np.eye(M.shape[1])
+            z[k] = np.linalg.solve(H, prior * anchors[k] - (b * w[:, None]).T @ r0)
+        return z
+
+    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, pool: Features | None = None,
+            progress: bool = False) -> "Committee":
+        """Fit every member: E0 refit, exact energy-only MAP, then Adam on the full loss.
+
+        `pool` (the candidates' features) sets the prior's coordinates; without it the labelled
+        configurations do. All members train together: their losses are independent and Adam
+        acts per parameter.
+        """
         n = len(data)
         if n == 0:
             raise ValueError("committee: no labelled configurations to fit")
         weights, val = self._splits(n, rng)
         theta = np.tile(self.theta0, (self.size, 1))
         theta[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
+        M_np = self._whitening(pool if pool is not None else data.features)
+        r = M_np.shape[1]
+        # Each member's prior is centred on its own random anchor: with the bootstrap this makes
+        # the committee a sample of the posterior (exactly so for the energy-only linear model),
+        # so σ stays large where the labels do not constrain the readouts.
+        anchors_np = rng.normal(size=(self.size, r)) * self.prior_sigma / np.sqrt(r)
+        z_start = self._map_start(data, theta, weights, M_np, anchors_np)
 
         t = lambda x: torch.as_tensor(x, dtype=torch.float64, device=self.device)  # noqa: E731
         a, e, y = t(data.features.a), t(data.features.e), t(data.energy)
         inv_var = 1.0 / (t(data.sigma) ** 2 + self.noise_floor**2)
         f0, B, f_lf = t(data.f0), t(data.B), t(data.f_lf)
         W, V = t(weights), t(val.astype(float))
-        theta0 = t(self.theta0)
-        # Adam in whitened coordinates θ = θ_start + M z, M = G^(-1/2): features of a MACE readout
-        # are strongly correlated, and without this the same lr is too large along some directions
-        # and far too small along others.
-        M = t(self._whitening(data.features.a, data.sigma))
-        start = t(theta)
-        z = torch.zeros_like(start).requires_grad_(True)
+        theta0, start, M, anchors = t(self.theta0), t(theta), t(M_np), t(anchors_np)
+        prior = r / self.prior_sigma**2
+        z = t(z_start).requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=self.lr)
 
-        def losses(idx):
-            params = start + z @ M
-            energy = params @ a[idx].T + e[idx]  # [K, b]
-            energy_term = (energy - y[idx]) ** 2 * inv_var[idx]
-            forces = f0[idx] + torch.einsum("bmp,kp->kbm", B[idx], params - theta0)
+        def params():
+            return start + z @ M.T
+
+        def per_config(idx):
+            theta_k = params()
+            energy_term = (theta_k @ a[idx].T + e[idx] - y[idx]) ** 2 * inv_var[idx]  # [K, b]
+            forces = f0[idx] + torch.einsum("bmp,kp->kbm", B[idx], theta_k - theta0)
             dF2 = ((forces - f_lf[idx]) ** 2).sum(-1)
-            return energy_term + self.force_weight * force_penalty(dF2, self.force_threshold)
+            return energy_term, self.force_weight * force_penalty(dF2, self.force_threshold)
+
+        def loss(idx):
+            energy_term, penalty = per_config(idx)
+            total = ((energy_term + penalty) * W[:, idx]).sum(1) + prior * ((z - anchors) ** 2).sum(1) * len(idx) / n
+            return total / W.sum(1).clamp(min=1.0)
+
+        def scores():
+            """Per member: the early-stopping score (validation loss, or the training loss where a
+            member has no validation split) and the energy RMSEs for the history."""
+            with torch.no_grad():
+                energy_term, penalty = per_config(np.arange(n))
+                val_loss = ((energy_term + penalty) * V).sum(1) / V.sum(1).clamp(min=1.0)
+                score = torch.where(has_val, val_loss, loss(np.arange(n)))
+                sq = energy_term / inv_var
+                rmse = [torch.sqrt((sq * m).sum(1) / m.sum(1).clamp(min=1.0)).tolist() for m in (W, V)]
+                return score, float(penalty.sum()), rmse
 
         has_val = V.sum(1) > 0
-        best = start.clone()
-        best_val = torch.full((self.size,), float("inf"), dtype=torch.float64, device=self.device)
+        best_score, active, (train_rmse, val_rmse) = scores()
+        best = params().detach().clone()
         since_best = torch.zeros(self.size, dtype=torch.long, device=self.device)
+        history = [{"epoch": 0, "train_rmse": train_rmse, "val_rmse": val_rmse}]
+        # The start is exactly optimal unless the force penalty is active somewhere.
+        epochs = self.epochs if active > 0 else 0
         order_rng = np.random.default_rng(rng.integers(2**63))
-        history = []
-        bar = tqdm(range(self.epochs), desc=f"fine-tuning {self.size} members", unit="epoch", disable=not progress)
+        bar = tqdm(range(1, epochs + 1), desc=f"fine-tuning {self.size} members", unit="epoch", disable=not progress)
         for epoch in bar:
             for idx in np.array_split(order_rng.permutation(n), max(1, int(np.ceil(n / self.batch_size)))):
-                w = W[:, idx]
-                loss = ((losses(idx) * w).sum(1) / W.sum(1).clamp(min=1.0)).sum()
                 optimizer.zero_grad()
-                loss.backward()
+                loss(idx).sum().backward()
                 optimizer.step()
-            with torch.no_grad():
-                params = start + z @ M
-                energy_err = (params @ a.T + e - y) ** 2
-                train_rmse = torch.sqrt((energy_err * W).sum(1) / W.sum(1).clamp(min=1.0))
-                val_rmse = torch.sqrt((energy_err * V).sum(1) / V.sum(1).clamp(min=1.0))
-                score = torch.where(has_val, val_rmse, train_rmse)
-                improved = score < best_val
-                best[improved] = params.detach()[improved]
-                best_val = torch.where(improved, score, best_val)
-                since_best = torch.where(improved, torch.zeros_like(since_best), since_best + 1)
-            history.append({"epoch": epoch, "train_rmse": train_rmse.cpu().tolist(), "val_rmse": val_rmse.cpu().tolist()})
-            if bool((since_best[has_val] > self.patience).all()) and bool(has_val.all()):
+            score, _, (train_rmse, val_rmse) = scores()
+            improved = score < best_score
+            best[improved] = params().detach()[improved]
+            best_score = torch.where(improved, score, best_score)
+            since_best = torch.where(improved, torch.zeros_like(since_best), since_best + 1)
+            history.append({"epoch": epoch, "train_rmse": train_rmse, "val_rmse": val_rmse})
+            if bool((since_best > self.patience).all()):
                 break
         bar.close()
         self.thetas_ = best.cpu().numpy()
         self.history_ = history
-        self.val_rmse_ = best_val.cpu().numpy()
+        self.val_score_ = best_score.cpu().numpy()
         return self
 
     # --- prediction --------------------------------------------------------------------------
@@ -202,12 +244,12 @@ class Committee:
     # --- persistence -------------------------------------------------------------------------
     def save(self, path) -> None:
         self._check_fitted()
-        np.savez(path, thetas=self.thetas_, theta0=self.theta0, val_rmse=self.val_rmse_)
+        np.savez(path, thetas=self.thetas_, theta0=self.theta0, val_score=self.val_score_)
 
     def load(self, path) -> "Committee":
         with np.load(path) as f:
             if not np.allclose(f["theta0"], self.theta0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             self.thetas_ = f["thetas"]
-            self.val_rmse_ = f["val_rmse"]
+            self.val_score_ = f["val_score"]
         return self

@@ -70,7 +70,7 @@ class CampaignRun:
         for spec in self.c.pool.sources:
             if self.store.get_meta(f"source:{spec.name}") is not None:
                 continue
-            frames, forces = generate(spec, self.c.model.path, str(self.backbone.device), self.c.seed, self.progress)
+            frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
             self.store.add_candidates(frames, spec.name, forces)
             self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
 
@@ -116,6 +116,7 @@ class CampaignRun:
         ft = self.c.finetune
         return Committee(
             self.backbone.theta0, size=self.c.committee.size, bootstrap=self.c.committee.bootstrap,
+            prior_sigma=self.c.committee.prior_sigma,
             epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, force_threshold=ft.force_threshold,
             force_weight=ft.force_weight, noise_floor=ft.noise_floor, val_fraction=ft.val_fraction,
             patience=ft.patience, device=self.backbone.device,
@@ -191,7 +192,8 @@ class CampaignRun:
         if len(data) == 0:
             raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
         rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
-        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, progress=self.progress)
+        pool = self.features(self.store.ids())
+        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, pool=pool, progress=self.progress)
         path = self.committee_path(iteration)
         tmp = path.with_name(path.stem + ".tmp.npz")
         committee.save(tmp)

@@ -89,7 +89,7 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         "pool_sigma": pool_sigma,
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables(run, committee.thetas_),
-        "val_rmse": committee.val_rmse_.tolist(),
+        "val_score": committee.val_score_.tolist(),
         "seeds": {"selection": [c.seed, iteration, 1], "training": [c.committee.seed, iteration, 2]},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }

@@ -1,7 +1,8 @@
 """Candidate configurations: read from files, or generated with the base model (Langevin MD, NEB).
 
 Each source returns (frames, low-fidelity forces or None). Generated frames get their forces from the
-base model later, through the backbone, so they need none here.
+base model later, through the backbone, so they need none here. The generators drive the backbone's
+own float64 copy of the base model with batched calls.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
 from tqdm.auto import tqdm
 
@@ -28,10 +30,24 @@ def _read(path: Path, index: str, source: str) -> list[Atoms]:
     return frames
 
 
-def base_calculator(model_path: Path, device: str):
-    from mace.calculators import MACECalculator
+class BatchedCalculator(Calculator):
+    """Serves a fixed set of configurations (NEB images) from one batched model call: the first
+    image asked at new positions evaluates them all, the others are answered from that call."""
 
-    return MACECalculator(model_paths=str(model_path), device=device, default_dtype="float64")
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, backbone, images: list[Atoms]):
+        super().__init__()
+        self.backbone, self.images, self._cache = backbone, images, {}
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        key = self.atoms.positions.tobytes()
+        if key not in self._cache:
+            energies, forces = self.backbone.energy_forces(self.images)
+            self._cache = {im.positions.tobytes(): (e, f) for im, e, f in zip(self.images, energies, forces)}
+        energy, forces = self._cache[key]
+        self.results = {"energy": float(energy), "forces": forces}
 
 
 def from_file(spec) -> tuple[list[Atoms], list[np.ndarray] | None]:
@@ -53,34 +69,52 @@ def from_file(spec) -> tuple[list[Atoms], list[np.ndarray] | None]:
     return frames, forces
 
 
-def molecular_dynamics(spec, calc, seed: int, progress: bool = True) -> list[Atoms]:
-    """Langevin MD from every start frame at every temperature; every `interval`-th step is kept."""
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+def molecular_dynamics(spec, backbone, seed: int, progress: bool = True) -> list[Atoms]:
+    """Langevin MD (BAOAB) from every start frame at every temperature; every `interval`-th step kept.
 
+    All trajectories advance together so that each step is one batched model call, not one per
+    trajectory: for small molecules the per-call overhead, not the arithmetic, is the cost.
+    """
     starts = _read(spec.start, ":", spec.name)
+    runs = [(s, t, start, temperature) for s, start in enumerate(starts) for t, temperature in enumerate(spec.temperatures)]
+    dt, gamma = spec.timestep * units.fs, spec.friction / units.fs
+    c1 = np.exp(-gamma * dt)
+    c2 = np.sqrt(1.0 - c1**2)
+    systems, velocities, rngs, kT_over_m = [], [], [], []
+    for s, t, start, temperature in runs:
+        rng = np.random.default_rng([seed, s, t])
+        masses = start.get_masses()[:, None]
+        v = rng.normal(size=(len(start), 3)) * np.sqrt(units.kB * temperature / masses)
+        v -= (masses * v).sum(0) / masses.sum()  # no drift of the whole molecule
+        systems.append(start.copy())
+        velocities.append(v)
+        rngs.append(rng)
+        kT_over_m.append(units.kB * temperature / masses)
+    _, forces = backbone.energy_forces(systems)
     frames = []
-    bar = tqdm(total=len(starts) * len(spec.temperatures) * spec.steps, desc=f"MD {spec.name}", unit="step",
-               disable=not progress)
-    for s, start in enumerate(starts):
-        for t, temperature in enumerate(spec.temperatures):
-            rng = np.random.default_rng([seed, s, t])
-            atoms = start.copy()
-            atoms.calc = calc
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-            dyn = Langevin(atoms, timestep=spec.timestep * units.fs, temperature_K=temperature,
-                           friction=spec.friction / units.fs, rng=rng)
-            for step in range(spec.steps // spec.interval):
-                dyn.run(spec.interval)
+    bar = tqdm(total=spec.steps, desc=f"MD {spec.name} ({len(runs)} trajectories)", unit="step", disable=not progress)
+    for step in range(1, spec.steps + 1):
+        for atoms, v, f, rng, kTm in zip(systems, velocities, forces, rngs, kT_over_m):
+            masses = atoms.get_masses()[:, None]
+            v += 0.5 * dt * f / masses
+            atoms.positions += 0.5 * dt * v
+            v *= c1
+            v += c2 * np.sqrt(kTm) * rng.normal(size=v.shape)
+            atoms.positions += 0.5 * dt * v
+        _, forces = backbone.energy_forces(systems)
+        for atoms, v, f in zip(systems, velocities, forces):
+            v += 0.5 * dt * f / atoms.get_masses()[:, None]
+        if step % spec.interval == 0:
+            for (s, t, start, temperature), atoms in zip(runs, systems):
                 frame = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-                frame.info.update(temperature_K=temperature, step=(step + 1) * spec.interval)
+                frame.info.update(temperature_K=temperature, step=step, start_frame=s)
                 frames.append(frame)
-                bar.update(spec.interval)
+        bar.update(1)
     bar.close()
     return frames
 
 
-def nudged_elastic_band(spec, calc, progress: bool = True) -> list[Atoms]:
+def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     """Climbing-image NEB between fixed end points; returns every image, end points included."""
     from ase.mep import NEB
     from ase.optimize import FIRE
@@ -90,6 +124,7 @@ def nudged_elastic_band(spec, calc, progress: bool = True) -> list[Atoms]:
     if len(initial) != len(final) or list(initial.numbers) != list(final.numbers):
         raise PoolError(f"pool source '{spec.name}': initial and final hold different atoms")
     images = [initial.copy() for _ in range(spec.images + 1)] + [final.copy()]
+    calc = BatchedCalculator(backbone, images)
     for image in images:
         image.calc = calc
     neb = NEB(images, climb=spec.climb, allow_shared_calculator=True)
@@ -105,12 +140,12 @@ def nudged_elastic_band(spec, calc, progress: bool = True) -> list[Atoms]:
     return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
 
 
-def generate(spec, model_path: Path, device: str, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:
+def generate(spec, backbone, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:
+    """The frames of one pool source and their low-fidelity forces (None: use the base model's)."""
     if spec.kind == "file":
         return from_file(spec)
-    calc = base_calculator(model_path, device)
     if spec.kind == "md":
-        return molecular_dynamics(spec, calc, seed, progress), None
+        return molecular_dynamics(spec, backbone, seed, progress), None
     if spec.kind == "neb":
-        return nudged_elastic_band(spec, calc, progress), None
+        return nudged_elastic_band(spec, backbone, progress), None
     raise PoolError(f"pool source '{spec.name}': unknown kind '{spec.kind}'")

@@ -75,7 +75,7 @@ def test_valid_campaign_loads_with_defaults(folder: Path) -> None:
     assert isinstance(neb, NEBSource) and neb.images == 7 and neb.climb and neb.fmax == 0.05
     assert (c.committee.size, c.committee.bootstrap, c.committee.seed) == (5, True, 0)
     ft = c.finetune
-    assert ft.lr == 0.005 and ft.epochs == 300 and ft.batch_size == 32 and ft.patience == 50
+    assert ft.lr == 0.005 and ft.epochs == 300 and ft.batch_size == 32 and ft.patience == 100
     assert (ft.force_threshold, ft.force_weight, ft.noise_floor, ft.val_fraction) == (0.5, 1.0, 0.005, 0.2)
     assert c.acquisition.strategy == "max_std"
     assert c.acquisition.batch_size == 4 and c.acquisition.initial_size == 4

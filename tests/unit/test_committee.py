@@ -38,9 +38,9 @@ def subset(feats, idx):
 
 def fit(bb, feats, jac, y, idx, **kw):
     data = TrainingSet.build(subset(feats, idx), y[idx], np.zeros(len(idx)), [jac[i] for i in idx], [jac[i].f0 for i in idx])
-    settings = dict(size=4, epochs=400, lr=0.02, batch_size=16, force_weight=0.0, noise_floor=0.002)
+    settings = dict(size=4, epochs=300, lr=0.002, batch_size=16, force_weight=0.0, noise_floor=0.002, patience=300)
     settings.update(kw)
-    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1))
+    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1), pool=feats)
 
 
 def test_fine_tuning_learns_the_labels_and_spread_shrinks_with_data(problem):
@@ -61,12 +61,13 @@ def test_force_penalty_keeps_forces_near_low_fidelity(problem):
     t = 0.05
     free = fit(bb, feats, jac, y, idx, force_weight=0.0, force_threshold=t)
     held = fit(bb, feats, jac, y, idx, force_weight=1e4, force_threshold=t)
+    assert len(held.history_) > 1 and len(free.history_) == 1  # no penalty: the exact start is final
 
     def worst(committee):
         return max(np.linalg.norm(committee.member_forces(jac[i]).mean(0) - jac[i].f0) for i in idx)
 
     assert worst(free) > 2 * t  # the energies alone pull the forces away
-    assert worst(held) < worst(free) / 2
+    assert worst(held) < 0.6 * worst(free)
 
 
 def test_export_loads_in_mace_calculator_with_member_energies(problem, tmp_path):

@@ -38,6 +38,14 @@ def test_open_shell_ccsd_t_has_correlation_parts(tmp_path):
     assert label.energy == pytest.approx(parts * Hartree, abs=1e-9)
 
 
+@pytest.mark.parametrize("method", ["mp2", "ccsd"])
+def test_closed_shell_correlated_methods_lower_the_hf_energy(tmp_path, method):
+    label = PySCFLabeler(tmp_path, method=method, basis="sto-3g").compute(H2)
+    assert label.provenance["reference"] == "RHF"
+    assert label.provenance["e_corr_hartree"] < 0
+    assert label.energy < label.provenance["e_scf_hartree"] * Hartree
+
+
 def test_unknown_method_and_basis_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"labeler\.method.*ccsd\(t\)"):
         PySCFLabeler(tmp_path, method="ccsdtq-magic")
