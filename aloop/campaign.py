@@ -82,6 +82,7 @@ class NEBSource(_Section):
     name: str
     initial: FilePath
     final: FilePath
+    guess: Optional[FilePath] = None
     images: Annotated[int, Field(ge=1)] = 7
     climb: bool = True
     fmax: PosFloat = 0.05

@@ -123,12 +123,23 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     final = _read(spec.final, "-1", spec.name)[0]
     if len(initial) != len(final) or list(initial.numbers) != list(final.numbers):
         raise PoolError(f"pool source '{spec.name}': initial and final hold different atoms")
-    images = [initial.copy() for _ in range(spec.images + 1)] + [final.copy()]
+    stops = [initial, final]
+    if spec.guess is not None:
+        stops.insert(1, _read(spec.guess, "-1", spec.name)[0])
+        if list(stops[1].numbers) != list(initial.numbers):
+            raise PoolError(f"pool source '{spec.name}': the guess holds different atoms than initial")
+    # interior images (the guess is one of them) shared out over the segments initial→guess→final,
+    # each interpolated on its own
+    per_segment = np.array_split(np.arange(spec.images + 2 - len(stops)), len(stops) - 1)
+    images = [initial.copy()]
+    for segment, end in zip(per_segment, stops[1:]):
+        piece = [images[-1]] + [images[-1].copy() for _ in segment] + [end.copy()]
+        NEB(piece, allow_shared_calculator=True).interpolate(method="idpp")
+        images += piece[1:]
     calc = BatchedCalculator(backbone, images)
     for image in images:
         image.calc = calc
     neb = NEB(images, climb=spec.climb, allow_shared_calculator=True)
-    neb.interpolate(method="idpp")
     optimizer = FIRE(neb, logfile=None)
     bar = tqdm(total=spec.steps, desc=f"NEB {spec.name}", unit="step", disable=not progress)
     optimizer.attach(lambda: bar.update(1))

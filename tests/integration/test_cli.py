@@ -1,0 +1,42 @@
+"""The CLI as a user meets it: exit codes and messages, never a traceback for a user's mistake."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aloop(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "aloop.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_validate_the_shipped_quickstart():
+    result = aloop("validate", ROOT / "campaigns" / "h3-exchange" / "campaign.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\nmodel: {path: missing.model}\npool: {sources: []}\nlabeler: {kind: pyscf}\nstop: {max_labels: 5}\n",
+     "model.path: file not found"),
+    ("name: x\n  bad indent: [\n", "YAML syntax error"),
+])
+def test_bad_campaign_exits_1_with_the_field_and_no_traceback(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    for command in ("validate", "run"):
+        result = aloop(command, path)
+        assert result.returncode == 1
+        assert expected in result.stderr and "bad.yaml" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_status_report_export_on_a_folder_that_is_no_run(tmp_path):
+    for command in ("status", "report", "export"):
+        result = aloop(command, tmp_path / "nothing")
+        assert result.returncode == 1
+        assert "not" in result.stderr and "run" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "nothing").exists()  # a typo never creates an empty run
