@@ -94,6 +94,7 @@ Source = Annotated[Union[FileSource, MDSource, NEBSource], Field(discriminator="
 
 class Pool(_Section):
     sources: Annotated[list[Source], Field(min_length=1)]
+    min_distance: Annotated[float, Field(ge=0)] = 0.5
 
     @field_validator("sources")
     @classmethod

@@ -21,7 +21,7 @@ from .backbone import Backbone, Features, file_digest
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
 from .labelers import DONE, FAILED, LabelError, make_labeler
-from .pool import generate
+from .pool import PoolError, generate, physical
 from .store import FAILED as S_FAILED
 from .store import LABELLED, POOL, SELECTED, RunStore
 
@@ -71,6 +71,14 @@ class CampaignRun:
             if self.store.get_meta(f"source:{spec.name}") is not None:
                 continue
             frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
+            n_generated = len(frames)
+            frames, forces = physical(frames, forces, self.c.pool.min_distance)
+            if len(frames) < n_generated and spec.kind == "neb":
+                raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
+                                f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")
+            if len(frames) < n_generated:
+                print(f"pool source '{spec.name}': dropped {n_generated - len(frames)} of {n_generated} frames with "
+                      f"atoms closer than pool.min_distance = {self.c.pool.min_distance} Å")
             self.store.add_candidates(frames, spec.name, forces)
             self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
 

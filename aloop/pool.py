@@ -151,6 +151,14 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
 
 
+def physical(frames: list[Atoms], forces, min_distance: float):
+    """Drop frames with two atoms closer than min_distance (Å): a generator that ran away (or a
+    corrupt file) would otherwise buy a high-fidelity label for a meaningless geometry."""
+    keep = [i for i, atoms in enumerate(frames)
+            if len(atoms) < 2 or atoms.get_all_distances(mic=bool(atoms.pbc.any()))[np.triu_indices(len(atoms), 1)].min() >= min_distance]
+    return [frames[i] for i in keep], None if forces is None else [forces[i] for i in keep]
+
+
 def generate(spec, backbone, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:
     """The frames of one pool source and their low-fidelity forces (None: use the base model's)."""
     if spec.kind == "file":
