@@ -6,6 +6,7 @@ docs/reading-the-plots.md explains how to read each plot and when to stop buying
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -220,8 +221,25 @@ def _parity(store: RunStore, thetas, trained_in: int, out: Path) -> tuple[Path |
     return _save(fig, out / "parity.png"), rmse
 
 
+def _metrics_csv(records: list[dict], path: Path) -> None:
+    """The iteration records as one flat table (eV), for spreadsheets and scripts."""
+    names = sorted({n for r in records for n in r["observables"]})
+    header = ["iteration", "n_labels", "batch_rmse", "batch_mean_sigma", "batch_within_2sigma", "test_rmse",
+              "pool_sigma_median", "pool_sigma_p95", "label_noise_median"]
+    header += [f"{n}_{k}" for n in names for k in ("mean", "std")] + ["stop"]
+    rows = [header]
+    for r in records:
+        p, t, ps = r["prospective"] or {}, r["test"] or {}, r["pool_sigma"] or {}
+        row = [r["iteration"], r["n_labels"], p.get("rmse"), p.get("mean_sigma"), p.get("within_2sigma"),
+               t.get("rmse"), ps.get("median"), ps.get("p95"), r["label_noise_median"]]
+        row += [r["observables"].get(n, {}).get(k) for n in names for k in ("mean", "std")]
+        rows.append(row + [r.get("stop") or ""])
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["" if v is None else v for v in row] for row in rows])
+
+
 def write_report(run_dir) -> Path:
-    """Write RUN/report/{summary.md, *.png}; returns the summary's path."""
+    """Write RUN/report/{summary.md, metrics.csv, *.png}; returns the summary's path."""
     store = _open(run_dir)
     out = store.run_dir / "report"
     out.mkdir(exist_ok=True)
@@ -241,6 +259,7 @@ def write_report(run_dir) -> Path:
         (out / "summary.md").write_text("\n".join(lines) + "\n")
         return out / "summary.md"
 
+    _metrics_csv(records, out / "metrics.csv")
     specs = {o["name"]: o for o in campaign.get("evaluation", {}).get("observables", [])}
     base = store.get_meta("base_observables") or {}
     last = records[-1]

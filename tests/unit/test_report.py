@@ -110,6 +110,11 @@ def test_report_writes_plots_and_summary(tmp_path):
     for name in ("learning_curve", "observables", "uncertainty", "parity"):
         assert f"]({name}.png)" in text
     assert text.count("\n| ") >= 4 + 1 + 1                 # iteration rows, header, observable row
+    import csv
+    rows = list(csv.DictReader(open(run / "report" / "metrics.csv")))
+    assert len(rows) == 4 and int(rows[-1]["iteration"]) == 3
+    assert float(rows[-1]["barrier_mean"]) == pytest.approx(0.4195) and rows[-1]["stop"] == STOP
+    assert rows[0]["batch_rmse"] == ""                      # no committee chose the first batch
 
 
 def test_report_with_one_iteration_and_no_test_or_observables(tmp_path):
