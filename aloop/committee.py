@@ -111,29 +111,31 @@ class Committee:
             shifts[k] = np.linalg.lstsq(counts * w[:, None], residual * w, rcond=None)[0]
         return shifts
 
-    def _whitening(self, pool: Features) -> np.ndarray:
-        """M with θ = θ_start + M z, z in units of eV/atom of pool energy.
+    def _coordinates(self, pool: Features) -> tuple[np.ndarray, float]:
+        """M for θ = θ_start + M z, and the prior variance s² of each component of θ.
 
-        M = V Λ^(-1/2) over the eigenvectors of the pool's per-atom feature second moment whose
-        eigenvalue is above 1e-8 of the largest: a unit step of z changes the pool's per-atom
-        energies by 1 eV RMS, in whatever direction. Directions the pool cannot see stay frozen.
+        M = V (Λ + ε)^(-1/2) from the pool's per-atom feature second moment G: readout features are
+        strongly correlated, and in raw coordinates one learning rate is too large along some
+        directions and far too small along others. The prior is isotropic in θ, with s² = τ²/tr(G)
+        so that, averaged over the pool, it moves per-atom energies by τ RMS.
         """
         x = pool.a / pool.n_atoms[:, None]
-        vals, vecs = np.linalg.eigh(x.T @ x / len(x))
-        keep = vals > 1e-8 * vals.max()
-        return vecs[:, keep] / np.sqrt(vals[keep])
+        G = x.T @ x / len(x)
+        vals, vecs = np.linalg.eigh(G)
+        M = vecs / np.sqrt(np.maximum(vals, 1e-9 * vals.max()))
+        return M, self.prior_sigma**2 / np.trace(G)
 
-    def _map_start(self, data: TrainingSet, theta: np.ndarray, weights: np.ndarray, M: np.ndarray, anchors: np.ndarray):
+    def _map_start(self, data: TrainingSet, theta: np.ndarray, weights: np.ndarray, M: np.ndarray, s2: float,
+                   anchors: np.ndarray) -> np.ndarray:
         """Exact minimiser of the energy term + prior (no force penalty) per member, in z."""
         inv_var = 1.0 / (data.sigma**2 + self.noise_floor**2)
         b = data.features.a @ M
-        prior = M.shape[1] / self.prior_sigma**2
+        MtM = M.T @ M / s2
         z = np.zeros((self.size, M.shape[1]))
         for k in range(self.size):
             w = weights[k] * inv_var
             r0 = data.features.energies(theta[k]) - data.energy
-            H = (b * w[:, None]).T @ b + prior * np.eye(M.shape[1])
-            z[k] = np.linalg.solve(H, prior * anchors[k] - (b * w[:, None]).T @ r0)
+            z[k] = np.linalg.solve((b * w[:, None]).T @ b + MtM, M.T @ anchors[k] / s2 - (b * w[:, None]).T @ r0)
         return z
 
     def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, pool: Features | None = None,
@@ -150,13 +152,12 @@ class Committee:
         weights, val = self._splits(n, rng)
         theta = np.tile(self.theta0, (self.size, 1))
         theta[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
-        M_np = self._whitening(pool if pool is not None else data.features)
-        r = M_np.shape[1]
+        M_np, s2 = self._coordinates(pool if pool is not None else data.features)
         # Each member's prior is centred on its own random anchor: with the bootstrap this makes
         # the committee a sample of the posterior (exactly so for the energy-only linear model),
         # so σ stays large where the labels do not constrain the readouts.
-        anchors_np = rng.normal(size=(self.size, r)) * self.prior_sigma / np.sqrt(r)
-        z_start = self._map_start(data, theta, weights, M_np, anchors_np)
+        anchors_np = rng.normal(size=theta.shape) * np.sqrt(s2)
+        z_start = self._map_start(data, theta, weights, M_np, s2, anchors_np)
 
         t = lambda x: torch.as_tensor(x, dtype=torch.float64, device=self.device)  # noqa: E731
         a, e, y = t(data.features.a), t(data.features.e), t(data.energy)
@@ -164,12 +165,14 @@ class Committee:
         f0, B, f_lf = t(data.f0), t(data.B), t(data.f_lf)
         W, V = t(weights), t(val.astype(float))
         theta0, start, M, anchors = t(self.theta0), t(theta), t(M_np), t(anchors_np)
-        prior = r / self.prior_sigma**2
         z = t(z_start).requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=self.lr)
 
         def params():
             return start + z @ M.T
+
+        def prior_term():
+            return (((z @ M.T) - anchors) ** 2).sum(1) / s2
 
         def per_config(idx):
             theta_k = params()
@@ -180,7 +183,7 @@ class Committee:
 
         def loss(idx):
             energy_term, penalty = per_config(idx)
-            total = ((energy_term + penalty) * W[:, idx]).sum(1) + prior * ((z - anchors) ** 2).sum(1) * len(idx) / n
+            total = ((energy_term + penalty) * W[:, idx]).sum(1) + prior_term() * len(idx) / n
             return total / W.sum(1).clamp(min=1.0)
 
         def scores():

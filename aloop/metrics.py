@@ -12,6 +12,7 @@ import numpy as np
 from ase.io import read
 
 from .backbone import Features
+from .labelers.replay import stored_energy
 from .store import LABELLED, POOL
 
 
@@ -38,10 +39,11 @@ def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
         with np.load(path) as f:
             return Features(f["a"], f["e"], f["n"]), f["y"]
     frames = read(spec.path, index=":")
-    missing = [i for i, atoms in enumerate(frames) if spec.energy_key not in atoms.info]
+    energies = [stored_energy(atoms, spec.energy_key) for atoms in frames]
+    missing = [i for i, e in enumerate(energies) if e is None]
     if missing:
         raise ValueError(f"{spec.path}: frames {missing[:5]} have no '{spec.energy_key}' (evaluation.test_set.energy_key)")
-    y = np.array([atoms.info[spec.energy_key] for atoms in frames], dtype=float)
+    y = np.array(energies, dtype=float)
     feats = run.backbone.features(frames, progress=run.progress)
     np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y)
     return feats, y

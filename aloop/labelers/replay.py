@@ -14,6 +14,16 @@ from ase.io import read
 from .base import Label, LabelError, LocalLabeler
 
 
+def stored_energy(atoms, key: str):
+    """The energy a file holds for a frame under `key`, or None. ASE's extxyz reader moves a plain
+    `energy` field into a calculator, so that is where it is looked up too."""
+    if key in atoms.info:
+        return float(atoms.info[key])
+    if key == "energy" and atoms.calc is not None and "energy" in atoms.calc.results:
+        return float(atoms.calc.results["energy"])
+    return None
+
+
 class ReplayLabeler(LocalLabeler):
     name = "replay"
 
@@ -24,11 +34,8 @@ class ReplayLabeler(LocalLabeler):
         self.frames = read(self.path, index=":")
         self.energies, self.sigmas = [], []
         for i, atoms in enumerate(self.frames):
-            if energy_key in atoms.info:
-                energy = atoms.info[energy_key]
-            elif energy_key == "energy" and atoms.calc is not None and "energy" in atoms.calc.results:
-                energy = atoms.calc.results["energy"]
-            else:
+            energy = stored_energy(atoms, energy_key)
+            if energy is None:
                 raise ValueError(f"{self.path}: frame {i} has no '{energy_key}' (labeler.energy_key)")
             if sigma_key is not None and sigma_key not in atoms.info:
                 raise ValueError(f"{self.path}: frame {i} has no '{sigma_key}' (labeler.sigma_key)")
