@@ -99,11 +99,12 @@ def build_molecule(
 
 
 def run_scf(mol: gto.Mole, method: str, conv_tol: float = 1e-9):
-    """A converged mean-field object (HF reference for wavefunction methods, else KS-DFT).
+    """A converged, internally stable mean-field object (HF for wavefunction methods, else KS).
 
-    A second-order (Newton) solver gets one try where plain DIIS stalls, since stretched and
-    near-degenerate geometries are exactly where an active-learning pool goes; if that fails too
-    the configuration has no label.
+    Open-shell references are checked for internal instabilities and re-optimized along them:
+    from the default guess, UHF/UKS lands on a saddle point of the orbital energy once bonds
+    stretch (1-9 eV too high for stretched H3), a different surface from the one a pool's other
+    configurations sit on.
     """
     open_shell = mol.spin != 0
     if method in WAVEFUNCTION_METHODS:
@@ -111,15 +112,37 @@ def run_scf(mol: gto.Mole, method: str, conv_tol: float = 1e-9):
     else:
         mf = dft.UKS(mol, xc=method) if open_shell else dft.RKS(mol, xc=method)
     mf.conv_tol = conv_tol
-    mf.kernel()
+    mf = _converge(mf)
+    return _descend_instabilities(mf) if open_shell else mf
+
+
+def _converge(mf, dm0=None):
+    """`mf` run to convergence; a second-order (Newton) solver gets one try where DIIS stalls,
+    since stretched and near-degenerate geometries are exactly where an active-learning pool
+    goes."""
+    mf.kernel(dm0)
     if not mf.converged:
         mf = mf.newton()
         mf.kernel(mf.make_rdm1())
     if not mf.converged:
         raise LabelError(
-            f"{type(mf).__name__} did not converge to conv_tol={conv_tol:g} (DIIS and Newton)"
+            f"{type(mf).__name__} did not converge to conv_tol={mf.conv_tol:g} (DIIS and Newton)"
         )
     return mf
+
+
+def _descend_instabilities(mf, max_steps: int = 3):
+    occupied = np.asarray(mf.mo_occ) > 0
+    if not np.any(occupied.sum(axis=1) * (~occupied).sum(axis=1)):
+        return mf  # no occupied-virtual rotation exists (e.g. H in a minimal basis)
+    for _ in range(max_steps):
+        mo, _, stable, _ = mf.stability(return_status=True)
+        if stable:
+            return mf
+        mf = _converge(mf, mf.make_rdm1(mo, mf.mo_occ))
+    raise LabelError(
+        f"{type(mf).__name__} still has an internal instability after {max_steps} re-optimizations"
+    )
 
 
 def _correlated_energy(mf, method: str, conv_tol: float) -> dict:
@@ -161,6 +184,7 @@ def single_point(
         "reference": ("U" if mol.spin else "R") + ("HF" if method in WAVEFUNCTION_METHODS else "KS"),
         "pyscf_version": pyscf.__version__,
         "conv_tol": conv_tol,
+        "stability": "internal instabilities followed" if mol.spin else "not checked (restricted)",
         "e_scf_hartree": float(mf.e_tot),
         "units": UNITS_NOTE,
     }

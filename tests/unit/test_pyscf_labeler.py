@@ -38,6 +38,16 @@ def test_open_shell_ccsd_t_has_correlation_parts(tmp_path):
     assert label.energy == pytest.approx(parts * Hartree, abs=1e-9)
 
 
+def test_open_shell_reference_follows_internal_instabilities(tmp_path):
+    # From the default guess, UHF for linear H3 at 2 A stops on an unstable solution ~7.7 eV high.
+    stretched = Atoms("H3", positions=[[0, 0, 0], [2.0, 0, 0], [4.0, 0, 0]])
+    mol = gto.M(atom="H 0 0 0; H 2 0 0; H 4 0 0", basis="sto-3g", spin=1, verbose=0)
+    default_guess = scf.UHF(mol).kernel() * Hartree
+    label = PySCFLabeler(tmp_path, method="hf", basis="sto-3g").compute(stretched)
+    assert label.energy < default_guess - 1.0
+    assert label.provenance["stability"] == "internal instabilities followed"
+
+
 @pytest.mark.parametrize("method", ["mp2", "ccsd"])
 def test_closed_shell_correlated_methods_lower_the_hf_energy(tmp_path, method):
     label = PySCFLabeler(tmp_path, method=method, basis="sto-3g").compute(H2)
