@@ -24,7 +24,6 @@ from pathlib import Path
 import mace  # noqa: F401  (must be imported before e3nn on this torch)
 import numpy as np
 import torch
-from ase import Atoms
 from mace import data as mace_data
 from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable

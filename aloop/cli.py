@@ -6,7 +6,6 @@ traceback; a run waiting for external labels exits 3 with the message saying wha
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -17,12 +17,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, acquisition, metrics
-from .backbone import Backbone, Features, file_digest
+from .backbone import Backbone, Features, ForceJacobian, file_digest
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
 from .labelers import DONE, FAILED, LabelError, make_labeler
 from .pool import PoolError, generate, physical
-from .store import FAILED as S_FAILED
 from .store import LABELLED, POOL, SELECTED, RunStore
 
 
@@ -112,8 +111,6 @@ class CampaignRun:
         if missing:
             for cid, jac in zip(missing, self.backbone.force_jacobians(self.store.atoms(missing), progress=self.progress)):
                 np.savez(folder / f"{cid}.npz", f0=jac.f0, B=jac.B)
-        from .backbone import ForceJacobian
-
         out = []
         for cid in ids:
             with np.load(folder / f"{cid}.npz") as f:
