@@ -146,6 +146,20 @@ class PySCFLabeler(_Section):
     conv_tol: PosFloat = 1e-9
 
 
+class ASELabeler(_Section):
+    kind: Literal["ase"]
+    calculator: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("calculator")
+    @classmethod
+    def _importable(cls, v: str) -> str:
+        from .labelers.ase_calculator import import_calculator
+
+        import_calculator(v)
+        return v
+
+
 class ReplayLabeler(_Section):
     kind: Literal["replay"]
     path: FilePath
@@ -154,7 +168,7 @@ class ReplayLabeler(_Section):
     tolerance: PosFloat = 1e-4
 
 
-Labeler = Annotated[Union[PySCFLabeler, ReplayLabeler], Field(discriminator="kind")]
+Labeler = Annotated[Union[PySCFLabeler, ReplayLabeler, ASELabeler], Field(discriminator="kind")]
 
 
 class ObservableStop(_Section):

@@ -17,6 +17,10 @@ def make_labeler(spec, workdir: str | Path) -> Labeler:
         from .replay import ReplayLabeler
 
         return ReplayLabeler(workdir, **settings)
+    if spec.kind == "ase":
+        from .ase_calculator import ASECalculatorLabeler
+
+        return ASECalculatorLabeler(workdir, **settings)
     raise ValueError(f"labeler.kind: unknown backend '{spec.kind}'")
 
 

@@ -84,3 +84,24 @@ def test_loop_waits_for_external_labels_and_continues(tmp_path, monkeypatch):
     result = run.run()
     assert result.n_labels == 6 and "label budget" in result.stop_reason
     assert np.all(run.store.labels()[1] == -40.0)
+
+
+def test_ase_calculator_labeler_and_bad_import_paths(tmp_path):
+    from ase.calculators.emt import EMT
+
+    from aloop.labelers.ase_calculator import ASECalculatorLabeler
+
+    labeler = ASECalculatorLabeler(tmp_path / "jobs", "ase.calculators.emt:EMT")
+    atoms = h3(0.8, 1.1, 120)
+    labeler.submit("a", atoms)
+    label = labeler.collect("a")
+    reference = atoms.copy()
+    reference.calc = EMT()
+    assert label.energy == pytest.approx(reference.get_potential_energy()) and label.sigma == 0.0
+    assert label.provenance["method"] == "ase.calculators.emt:EMT"
+    with pytest.raises(ValueError, match="labeler.calculator: cannot import module 'no_such_pkg'"):
+        ASECalculatorLabeler(tmp_path / "j2", "no_such_pkg:Calc")
+    with pytest.raises(ValueError, match="has no 'Nope'"):
+        ASECalculatorLabeler(tmp_path / "j3", "ase.calculators.emt:Nope")
+    with pytest.raises(ValueError, match="labeler.parameters"):
+        ASECalculatorLabeler(tmp_path / "j4", "ase.calculators.emt:EMT", {"bogus": 1})
