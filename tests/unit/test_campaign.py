@@ -135,7 +135,7 @@ BAD = [
     pytest.param(_edit("strategy: max_std", "strategy: maxstd"),
                  "acquisition.strategy: expected one of: random, max_std, diverse; got 'maxstd'", id="bad-strategy"),
     pytest.param(_edit("kind: pyscf", "kind: qmcpack"),
-                 "labeler.kind: expected one of: pyscf, replay; got 'qmcpack'", id="labeler-unknown-kind"),
+                 "labeler.kind: expected one of: pyscf, replay, ase; got 'qmcpack'", id="labeler-unknown-kind"),
     pytest.param(_edit("basis: cc-pvdz", "basis: cc-pvdz\n  methd: ccsd"),
                  "labeler.methd: unknown key (did you mean 'method'?)", id="labeler-typo-no-tag-in-path"),
     pytest.param(_edit("path: model.pt", "path: missing.pt"), "model.path: file not found: ",
