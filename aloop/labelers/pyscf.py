@@ -1,9 +1,10 @@
 """Quantum-chemistry labels from PySCF: HF, DFT, MP2, CCSD and CCSD(T) for molecules.
 
 Open-shell configurations (2S > 0) run unrestricted (UHF/UKS and the U- correlated methods),
-closed-shell ones restricted. Energies come back in eV for the whole molecule; PySCF works in
-Hartree and Bohr and the conversion uses ase.units so that every number in the project shares one
-set of constants.
+closed-shell ones restricted; unrestricted references are followed downhill through internal
+instabilities so that stretched geometries get the lowest mean-field solution. Energies come back
+in eV for the whole molecule; PySCF works in Hartree and Bohr and the conversion uses ase.units so
+that every number in the project shares one set of constants.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 from pyscf import cc, dft, gto, mp, scf
 from pyscf.gto import basis as pyscf_basis
+from pyscf.scf import stability
 
 from .base import Label, LabelError, LocalLabeler
 
@@ -47,6 +49,7 @@ def check_basis(basis: str) -> str:
         raise ValueError(f"labeler.basis must be a string, got {basis!r}")
     if os.path.isfile(basis):
         return basis
+    # PySCF looks names up after this normalization ("aug-cc-pVTZ" -> "augccpvtz").
     key = pyscf_basis._format_basis_name(basis)
     if key in pyscf_basis.ALIAS:
         return basis
@@ -136,13 +139,27 @@ def _descend_instabilities(mf, max_steps: int = 3):
     if not np.any(occupied.sum(axis=1) * (~occupied).sum(axis=1)):
         return mf  # no occupied-virtual rotation exists (e.g. H in a minimal basis)
     for _ in range(max_steps):
-        mo, _, stable, _ = mf.stability(return_status=True)
+        mo, stable = stability.uhf_internal(_stability_probe(mf), nroots=1, return_status=True)
         if stable:
             return mf
         mf = _converge(mf, mf.make_rdm1(mo, mf.mo_occ))
     raise LabelError(
         f"{type(mf).__name__} still has an internal instability after {max_steps} re-optimizations"
     )
+
+
+def _stability_probe(mf):
+    """The object whose orbital Hessian decides stability: `mf` itself for HF; for KS a copy on
+    the coarsest grid, which finds the same unstable directions at a fifth of the cost of the
+    production grid (the xc kernel on the grid dominates). The re-optimization it triggers runs
+    on the production grid, and only near-degenerate solutions can be misjudged."""
+    if not isinstance(mf, dft.rks.KohnShamDFT):
+        return mf
+    probe = mf.copy()
+    probe.grids = dft.gen_grid.Grids(mf.mol)
+    probe.grids.level = 0
+    probe.grids.build()
+    return probe
 
 
 def _correlated_energy(mf, method: str, conv_tol: float) -> dict:
