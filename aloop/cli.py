@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CampaignError, PoolError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything finished so far is saved; run the same command to continue", file=sys.stderr)
+        return 130
     except WaitingForLabels as err:
         print(f"waiting: {err}", file=sys.stderr)
         return 3
