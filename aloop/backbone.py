@@ -44,6 +44,9 @@ def load_model(path: str | Path) -> torch.nn.Module:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a bad file
         raise ValueError(f"{path}: not a loadable MACE model file ({type(err).__name__}: {err})") from err
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(f"{path}: a TorchScript (compiled) model, whose readouts cannot be fine-tuned; give the "
+                         "plain model file (mace_run_train writes NAME.model beside NAME_compiled.model)")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "readouts"):
         raise ValueError(f"{path}: expected a MACE model saved with torch.save(model), got {type(model).__name__}")
     return model

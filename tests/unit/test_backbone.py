@@ -64,3 +64,8 @@ def test_bad_model_file_is_a_clear_error(tmp_path):
     bad.write_text("not a model")
     with pytest.raises(ValueError, match="bad.model"):
         Backbone.from_file(bad, device="cpu")
+    # mace_run_train writes NAME_compiled.model (TorchScript) beside NAME.model; only the latter can be tuned
+    compiled = tmp_path / "x_compiled.model"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), compiled)
+    with pytest.raises(ValueError, match="x_compiled.model: a TorchScript"):
+        Backbone.from_file(compiled, device="cpu")
