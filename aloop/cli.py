@@ -1,4 +1,4 @@
-"""`aloop validate | run | status | report | export`: a thin layer over the library.
+"""`aloop validate | run | status | ingest | requeue | report | export`: a thin layer over the library.
 
 A user's mistake (bad campaign file, wrong run folder) prints what is wrong and exits 1 without a
 traceback; a run waiting for external labels exits 3 with the message saying what to do.
@@ -80,6 +80,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    from .ingest import ingest, summary
+
+    print(summary(ingest(Path(args.run), args.paths)))
+    print(f"`aloop status {args.run}` shows where the run stands; `aloop run CAMPAIGN` continues it")
+    return 0
+
+
+def cmd_requeue(args) -> int:
+    from .ingest import requeue
+
+    keys = requeue(Path(args.run), args.keys)
+    print(f"re-queued {len(keys)} job(s): {' '.join(keys) or '(none gave a problem)'}")
+    if keys:
+        print(f"run them ({Path(args.run) / 'queue' / 'submit.sh'}), then `aloop ingest {args.run}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder (default RUN/export)")
     p.add_argument("--mean-only", action="store_true", help="only the committee-mean model")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("ingest", help="turn the outputs of queued QMCPACK jobs into labels")
+    p.add_argument("run")
+    p.add_argument("paths", nargs="*", help="job folders (or folders of them) copied back; default: RUN/queue")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("requeue", help="write fresh job folders for jobs that gave no label")
+    p.add_argument("run")
+    p.add_argument("keys", nargs="*", help="job keys (default: every failed, needs-more-blocks or inconsistent job)")
+    p.set_defaults(func=cmd_requeue)
     return parser
 
 

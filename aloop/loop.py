@@ -20,7 +20,8 @@ from . import __version__, acquisition, metrics
 from .backbone import Backbone, Features, ForceJacobian, file_digest
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
-from .labelers import DONE, FAILED, LabelError, make_labeler
+from .dispatch import make_dispatcher
+from .labelers import DONE, FAILED, PENDING, LabelError, LocalLabeler, make_labeler
 from .pool import PoolError, generate, physical
 from .store import LABELLED, POOL, SELECTED, RunStore
 
@@ -60,6 +61,7 @@ class CampaignRun:
         self.store.set_meta("campaign", campaign.to_dict())
         self.backbone = Backbone.from_file(campaign.model.path, device=campaign.device, head=campaign.model.head)
         self.labeler = make_labeler(campaign.labeler, self.run_dir / "labels")
+        self.dispatcher = make_dispatcher(campaign, self.run_dir, digest)
         self.cache = self.run_dir / "cache"
         self.cache.mkdir(exist_ok=True)
         (self.run_dir / "committee").mkdir(exist_ok=True)
@@ -91,15 +93,21 @@ class CampaignRun:
             known = {int(i): r for r, i in enumerate(cached["ids"])}
         missing = [i for i in ids if i not in known]
         if missing:
-            new = self.backbone.features(self.store.atoms(missing), progress=self.progress)
-            if known:
-                cached = {"ids": np.concatenate([cached["ids"], missing]), "a": np.vstack([cached["a"], new.a]),
-                          "e": np.concatenate([cached["e"], new.e]), "n": np.concatenate([cached["n"], new.n_atoms])}
-            else:
-                cached = {"ids": np.array(missing), "a": new.a, "e": new.e, "n": new.n_atoms}
-            tmp = self.cache / "features.tmp.npz"
-            np.savez(tmp, **cached)
-            tmp.replace(path)
+            new_ids: list[int] = []
+            parts: list[Features] = []
+            shards = self.dispatcher.features(self.backbone, self.store.atoms(missing), self.progress)
+            try:
+                for positions, part in shards:
+                    new_ids.extend(missing[j] for j in positions)
+                    parts.append(part)
+            finally:  # shards that finished stay cached even when another one failed
+                if parts:
+                    new = {"ids": np.array(new_ids), "a": np.concatenate([p.a for p in parts]),
+                           "e": np.concatenate([p.e for p in parts]), "n": np.concatenate([p.n_atoms for p in parts])}
+                    cached = {k: np.concatenate([cached[k], new[k]]) for k in new} if known else new
+                    tmp = self.cache / "features.tmp.npz"
+                    np.savez(tmp, **cached)
+                    tmp.replace(path)
             known = {int(i): r for r, i in enumerate(cached["ids"])}
         rows = np.array([known[i] for i in ids], dtype=int)
         return Features(cached["a"][rows], cached["e"][rows], cached["n"][rows])
@@ -160,8 +168,13 @@ class CampaignRun:
         pending_ids = self.store.ids(state=SELECTED)
         if not pending_ids:
             return
+        computes = isinstance(self.labeler, LocalLabeler)
+        if computes:
+            self.compute_labels(pending_ids)
         waiting = []
-        bar = tqdm(pending_ids, desc=f"labelling ({self.labeler.name})", unit="cfg", disable=not self.progress)
+        # a labeler that computes showed its progress above; here it only hands over finished records
+        bar = tqdm(pending_ids, desc=f"labelling ({self.labeler.name})", unit="cfg",
+                   disable=not self.progress or computes)
         for cid, atoms in zip(bar, self.store.atoms(pending_ids)):
             key = label_key(cid)
             self.labeler.submit(key, atoms)
@@ -178,13 +191,26 @@ class CampaignRun:
             else:
                 waiting.append(key)
         if waiting:
+            where = getattr(self.labeler, "workdir", self.run_dir / "labels")
             raise WaitingForLabels(
-                f"{len(waiting)} jobs are not finished ({self.labeler.name}, in {self.run_dir / 'labels'}); "
-                "run them, then `aloop ingest` and `aloop run` again"
+                f"{len(waiting)} jobs queued in {where} ({self.labeler.name}); "
+                f"run them, then `aloop ingest {self.run_dir}` and `aloop run` again"
             )
 
-    def training_set(self) -> tuple[list[int], TrainingSet]:
+    def compute_labels(self, ids: list[int]) -> None:
+        """Run the jobs of a labeler that computes (pyscf, ase, ...) through the dispatcher. Each job's
+        record is in labels/ as soon as the job finishes; a job that has a record is not run again."""
+        todo = [cid for cid in ids if self.labeler.poll(label_key(cid)) == PENDING]
+        jobs = zip([label_key(cid) for cid in todo], self.store.atoms(todo))
+        for key, record in self.dispatcher.labels(self.labeler, self.c.labeler, jobs, self.progress):
+            self.labeler.write_record(key, record)
+
+    def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
+        """Every label (or those of the candidates in `subset`) in the form the committee fits."""
         ids, energy, sigma = self.store.labels()
+        if subset is not None:
+            keep = np.isin(ids, subset)
+            ids, energy, sigma = [i for i, k in zip(ids, keep) if k], energy[keep], sigma[keep]
         jacobians = self.jacobians(ids)
         f_lf = []
         for cid, jac in zip(ids, jacobians):
@@ -210,6 +236,12 @@ class CampaignRun:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_iterations: int | None = None) -> RunResult:
+        try:
+            return self._run(max_iterations)
+        finally:
+            self.dispatcher.close()   # Parsl's executors (and their batch jobs) end with the run
+
+    def _run(self, max_iterations: int | None) -> RunResult:
         t0 = time.time()
         self.prepare_pool()
         seconds = {"pool": time.time() - t0}

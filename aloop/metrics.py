@@ -1,9 +1,11 @@
 """What is measured after each iteration, and the stop rules that read it.
 
 - prospective error: the batch labelled in this iteration against the committee that chose it,
-  predicted before it was trained on (the honest test of the committee's σ);
+  predicted before it was trained on (the honest test of the committee's σ, taken together with
+  each label's own error bar);
 - held-out error on the campaign's labelled test set, if any;
-- committee σ over the unlabelled pool (median, 95th percentile) against the labels' noise;
+- committee σ over the unlabelled pool (median, 95th percentile) against the labels' noise, and the
+  scale on σ that the prospective errors so far call for (`sigma_scale`, see sigma_scale());
 - observables (NEB barriers), committee mean ± spread.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from ase.io import read
 
-from .backbone import Features
+from .backbone import Features, file_digest
 from .labelers.replay import stored_energy
 from .store import LABELLED, POOL
 
@@ -28,6 +30,37 @@ def _errors(err: np.ndarray, sigma: np.ndarray | None = None) -> dict | None:
     return out
 
 
+def sigma_scale(err, sigma_committee, sigma_label) -> float:
+    """The factor s on the committee's σ that makes prospective errors unit-variance:
+    mean(err² / (s² σ_c² + σ_l²)) = 1, by bisection on log s, clipped to [0.1, 100]. A committee
+    of fine-tunes of one backbone tends to agree too well; this is how much to widen it."""
+    err, s_c, s_l = (np.asarray(x, dtype=float) for x in (err, sigma_committee, sigma_label))
+
+    def excess(log_s):
+        return np.mean(err**2 / (np.exp(2 * log_s) * s_c**2 + s_l**2 + 1e-300)) - 1.0
+
+    lo, hi = np.log(0.1), np.log(100.0)
+    if excess(lo) <= 0:
+        return 0.1
+    if excess(hi) >= 0:
+        return 100.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return float(np.exp(0.5 * (lo + hi)))
+
+
+def prospective_errors(run, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(error, committee σ, label σ) of every candidate labelled after being predicted, in
+    iterations 1..upto."""
+    rows = [r for it in range(1, upto + 1) for r in run.store.rows(iteration=it) if r.state == LABELLED]
+    return (np.array([r.energy_hf - r.pred_energy for r in rows]), np.array([r.pred_sigma for r in rows]),
+            np.array([r.sigma_hf for r in rows]))
+
+
+MIN_CALIBRATION_ERRORS = 8
+
+
 def barrier(energies: np.ndarray) -> np.ndarray:
     """Highest image minus the first image, along the last axis (eV)."""
     return energies.max(-1) - energies[..., 0]
@@ -35,9 +68,11 @@ def barrier(energies: np.ndarray) -> np.ndarray:
 
 def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
     path = run.cache / "test_features.npz"
+    digest = file_digest(spec.path)  # an edited test set must not be scored against its old labels
     if path.exists():
         with np.load(path) as f:
-            return Features(f["a"], f["e"], f["n"]), f["y"]
+            if "digest" in f.files and str(f["digest"]) == digest:
+                return Features(f["a"], f["e"], f["n"]), f["y"]
     frames = read(spec.path, index=":")
     energies = [stored_energy(atoms, spec.energy_key) for atoms in frames]
     missing = [i for i, e in enumerate(energies) if e is None]
@@ -45,7 +80,7 @@ def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
         raise ValueError(f"{spec.path}: frames {missing[:5]} have no '{spec.energy_key}' (evaluation.test_set.energy_key)")
     y = np.array(energies, dtype=float)
     feats = run.backbone.features(frames, progress=run.progress)
-    np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y)
+    np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y, digest=digest)
     return feats, y
 
 
@@ -67,7 +102,10 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
     prospective = None
     if batch and np.isfinite(batch[0].pred_energy):
         err = np.array([r.energy_hf - r.pred_energy for r in batch])
-        prospective = _errors(err, np.array([r.pred_sigma for r in batch]))
+        # a label is the truth plus its own noise, so the error it can show is the committee's σ and
+        # the label's error bar together
+        predictive = np.hypot([r.pred_sigma for r in batch], [r.sigma_hf for r in batch])
+        prospective = _errors(err, predictive)
     test = None
     if c.evaluation.test_set is not None:
         feats, y = test_set_features(run, c.evaluation.test_set)
@@ -81,6 +119,8 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         pool_sigma = {"median": float(np.median(std)), "p95": float(np.percentile(std, 95))}
     if iteration == 0:
         run.store.set_meta("base_observables", observables(run, run.backbone.theta0[None]))
+    history = prospective_errors(run, iteration)
+    scale = sigma_scale(*history) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
         "iteration": iteration,
         "n_labels": len(ids),
@@ -89,6 +129,7 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         "prospective": prospective,
         "test": test,
         "pool_sigma": pool_sigma,
+        "sigma_scale": scale,
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables(run, committee.thetas_),
         "val_score": committee.val_score_.tolist(),
@@ -106,10 +147,12 @@ def stop_reason(c, records: list[dict]) -> str | None:
     if rules.max_iterations is not None and len(records) >= rules.max_iterations:
         return f"iteration limit reached: {len(records)} (stop.max_iterations)"
     if rules.uncertainty_ratio is not None and last["pool_sigma"] and last["label_noise_median"]:
-        p95, noise = last["pool_sigma"]["p95"], last["label_noise_median"]
+        # σ as calibrated on the prospective errors so far, so an overconfident committee cannot stop early
+        scale = max(last.get("sigma_scale") or 1.0, 1.0)
+        p95, noise = scale * last["pool_sigma"]["p95"], last["label_noise_median"]
         if p95 < rules.uncertainty_ratio * noise:
-            return (f"pool uncertainty converged: 95th-percentile σ {p95 * 1000:.1f} meV < "
-                    f"{rules.uncertainty_ratio} × label noise {noise * 1000:.1f} meV")
+            return (f"pool uncertainty converged: 95th-percentile σ {p95 * 1000:.1f} meV "
+                    f"(calibration ×{scale:.2f}) < {rules.uncertainty_ratio} × label noise {noise * 1000:.1f} meV")
     if rules.observable is not None and len(records) >= rules.observable.window:
         name, tol = rules.observable.name, rules.observable.tolerance
         window = [r["observables"][name] for r in records[-rules.observable.window:]]

@@ -296,7 +296,13 @@ def write_report(run_dir) -> Path:
     if cov:
         n = sum(c[0] for c in cov)
         lines.append(f"- prospective errors within 2σ, all iterations pooled: "
-                     f"{100 * sum(c[0] * c[1] for c in cov) / n:.0f}% of {n} (≈95% if σ is calibrated)")
+                     f"{100 * sum(c[0] * c[1] for c in cov) / n:.0f}% of {n} (≈95% if σ is calibrated; σ includes "
+                     f"each label's error bar)")
+    if last.get("sigma_scale") is not None:
+        s = last["sigma_scale"]
+        verdict = "overconfident: widen" if s > 1.2 else "underconfident: narrow" if s < 0.8 else "about right:"
+        lines.append(f"- calibration: the committee σ is {verdict} ×{s:.2f} makes the prospective errors "
+                     f"unit-variance (used by the uncertainty stop rule when > 1)")
     if "prospective" in rmse or "final" in rmse:
         lines.append(f"- parity RMSE: prospective {_meV(rmse.get('prospective'))} meV, final committee on its "
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")

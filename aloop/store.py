@@ -58,7 +58,10 @@ class RunStore:
             for i, atoms in enumerate(atoms_list):
                 data = {} if lf_forces is None else {"lf_forces": np.asarray(lf_forces[i], dtype=float)}
                 clean = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-                clean.info.update({k: v for k, v in atoms.info.items() if k in ("charge", "spin")})
+                # net charge and 2S set the electron count of a label; ase.db keeps no atoms.info
+                info = {k: int(v) for k, v in atoms.info.items() if k in ("charge", "spin")}
+                if info:
+                    data["info"] = info
                 ids.append(self.db.write(clean, source=source, index=i, state=POOL, data=data))
         return ids
 
@@ -72,7 +75,13 @@ class RunStore:
         return [row.id for row in self.db.select(sort="id", include_data=False, **selection)]
 
     def atoms(self, ids) -> list[Atoms]:
-        return [self.db.get_atoms(id=int(i)) for i in ids]
+        out = []
+        for i in ids:
+            row = self.db.get(id=int(i))
+            atoms = row.toatoms()
+            atoms.info.update(row.data.get("info", {}))
+            out.append(atoms)
+        return out
 
     def source_ids(self, source: str) -> list[int]:
         rows = self.db.select(source=source, include_data=False)
@@ -101,6 +110,14 @@ class RunStore:
     def mark_failed(self, cid: int, reason: str) -> None:
         with self.db:
             self.db.update(int(cid), state=FAILED, reason=str(reason)[:500])
+
+    def requeue(self, cid: int) -> None:
+        """A failed candidate back to selected, to be labelled again (its old reason is dropped)."""
+        row = self.db.get(id=int(cid))
+        if row.state == LABELLED:
+            raise RuntimeError(f"candidate {cid} is labelled; a labelled candidate is never re-queued")
+        with self.db:
+            self.db.update(int(cid), state=SELECTED, delete_keys=["reason"])
 
     def labels(self):
         """(ids, energies, sigmas) of every labelled candidate, in label-id order."""

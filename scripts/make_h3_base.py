@@ -22,6 +22,7 @@ import multiprocessing
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import ase
@@ -33,14 +34,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from ase.mep import NEB
 from ase.optimize import FIRE
-from e3nn import o3
-from mace import data as mace_data
 from mace import modules
 from mace import tools as mace_tools
 from mace.calculators import MACECalculator
-from mace.tools import torch_geometric
 
 from aloop.labelers.pyscf import energy_and_forces, single_point
+from mace_fit import Schedule, build_model, loader, rmse, train
 from h3_reference import BASIS, CAMPAIGN, barrier, collinear_h3, endpoints
 
 METHOD = "pbe"
@@ -49,11 +48,6 @@ METHOD = "pbe"
 BOND_ORDER_LENGTH = 0.26
 MAX_PATH_DISTANCE = 4.0
 MIN_DISTANCE = 0.5
-# Energy errors matter most (the campaign compares barriers), but forces carry 3N numbers per
-# configuration and shape the surface between samples; the late phase tightens energies.
-FORCE_WEIGHT = 10.0
-ENERGY_WEIGHTS = (1.0, 100.0)
-LATE_PHASE = 0.7
 BARRIER_TOLERANCE = 0.02
 MODEL = {
     "r_max": 5.0,
@@ -144,103 +138,6 @@ def training_data(outdir: Path, r0: float, seed: int, regenerate: bool, workers:
     return labelled
 
 
-def to_graphs(frames: list[Atoms], z_table, r_max: float) -> list:
-    keys = mace_data.KeySpecification(
-        info_keys={"energy": "REF_energy"}, arrays_keys={"forces": "REF_forces"}
-    )
-    graphs = []
-    for atoms in frames:
-        plain = Atoms(atoms.numbers, positions=atoms.positions, pbc=False)
-        plain.info["REF_energy"] = atoms.get_potential_energy()
-        plain.arrays["REF_forces"] = atoms.get_forces()
-        config = mace_data.config_from_atoms(plain, key_specification=keys)
-        graphs.append(mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max))
-    return graphs
-
-
-def build_model(e0: float, train_frames: list[Atoms], avg_num_neighbors: float) -> torch.nn.Module:
-    # ScaleShift statistics as MACE computes them: mean interaction energy per atom, rms force.
-    n_atoms = np.array([len(a) for a in train_frames])
-    energies = np.array([a.get_potential_energy() for a in train_frames])
-    shift = float(np.mean((energies - n_atoms * e0) / n_atoms))
-    scale = float(np.sqrt(np.mean(np.concatenate([a.get_forces().ravel() for a in train_frames]) ** 2)))
-    block = modules.interaction_classes[MODEL["interaction"]]
-    return modules.ScaleShiftMACE(
-        r_max=MODEL["r_max"],
-        num_bessel=MODEL["num_bessel"],
-        num_polynomial_cutoff=MODEL["num_polynomial_cutoff"],
-        max_ell=MODEL["max_ell"],
-        interaction_cls=block,
-        interaction_cls_first=block,
-        num_interactions=MODEL["num_interactions"],
-        num_elements=1,
-        hidden_irreps=o3.Irreps(MODEL["hidden_irreps"]),
-        MLP_irreps=o3.Irreps(MODEL["MLP_irreps"]),
-        atomic_energies=np.array([e0]),
-        avg_num_neighbors=avg_num_neighbors,
-        atomic_numbers=[1],
-        correlation=MODEL["correlation"],
-        gate=torch.nn.functional.silu,
-        atomic_inter_scale=scale,
-        atomic_inter_shift=shift,
-    )
-
-
-def _predict(model, batch, training: bool):
-    out = model(batch.to_dict(), training=training, compute_force=True)
-    n_atoms = batch.ptr[1:] - batch.ptr[:-1]
-    return out["energy"], out["forces"], n_atoms
-
-
-def _loss(model, batch, energy_weight: float) -> torch.Tensor:
-    energy, forces, n_atoms = _predict(model, batch, training=True)
-    energy_term = torch.mean(((energy - batch.energy) / n_atoms) ** 2)
-    force_term = torch.mean((forces - batch.forces) ** 2)
-    return energy_weight * energy_term + FORCE_WEIGHT * force_term
-
-
-def rmse(model, loader) -> dict:
-    """Energy rmse in meV per configuration and per atom, force rmse in meV/A."""
-    de, de_atom, df = [], [], []
-    for batch in loader:
-        energy, forces, n_atoms = _predict(model, batch, training=False)
-        de.append((energy - batch.energy).detach())
-        de_atom.append(((energy - batch.energy) / n_atoms).detach())
-        df.append((forces - batch.forces).detach().ravel())
-    return {
-        "energy_meV": 1000 * torch.cat(de).pow(2).mean().sqrt().item(),
-        "energy_meV_per_atom": 1000 * torch.cat(de_atom).pow(2).mean().sqrt().item(),
-        "forces_meV_per_A": 1000 * torch.cat(df).pow(2).mean().sqrt().item(),
-    }
-
-
-def train(model, train_loader, valid_loader, epochs: int, lr: float) -> torch.nn.Module:
-    """Adam with cosine decay; returns the exponential moving average of the weights."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr / 100)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99)
-    )
-    for epoch in range(epochs):
-        energy_weight = ENERGY_WEIGHTS[epoch >= LATE_PHASE * epochs]
-        model.train()
-        for batch in train_loader:
-            optimizer.zero_grad()
-            _loss(model, batch, energy_weight).backward()
-            optimizer.step()
-            ema.update_parameters(model)
-        schedule.step()
-        if epoch % 20 == 0 or epoch == epochs - 1:
-            ema.module.eval()
-            errors = rmse(ema.module, valid_loader)
-            print(
-                f"  epoch {epoch:4d}  lr {schedule.get_last_lr()[0]:.2e}  validation: "
-                f"E {errors['energy_meV']:.2f} meV  F {errors['forces_meV_per_A']:.1f} meV/A",
-                flush=True,
-            )
-    return ema.module
-
-
 def neb_barrier(model_path: Path, reactant: Atoms, product: Atoms) -> dict:
     """Climbing-image NEB (7 moving images, FIRE to fmax 0.01 eV/A) on the saved model."""
     calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
@@ -283,20 +180,15 @@ def main() -> None:
     valid_frames = [frames[i] for i in order[:n_valid]]
     train_frames = [frames[i] for i in order[n_valid:]]
     z_table = mace_tools.AtomicNumberTable([1])
-    train_loader = torch_geometric.dataloader.DataLoader(
-        to_graphs(train_frames, z_table, MODEL["r_max"]),
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=False,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    valid_loader = torch_geometric.dataloader.DataLoader(
-        to_graphs(valid_frames, z_table, MODEL["r_max"]), batch_size=64, shuffle=False
-    )
+    train_loader = loader(train_frames, z_table, MODEL["r_max"], args.batch_size, seed=args.seed)
+    valid_loader = loader(valid_frames, z_table, MODEL["r_max"], 64)
     e0 = single_point(Atoms("H"), METHOD, BASIS).energy
-    model = build_model(e0, train_frames, modules.compute_avg_num_neighbors(train_loader))
+    model = build_model(MODEL, [1], np.array([e0]), train_frames, modules.compute_avg_num_neighbors(train_loader))
     print(f"training on {len(train_frames)} configurations, validating on {len(valid_frames)}")
-    model = train(model, train_loader, valid_loader, args.epochs, args.lr)
+    # Energy errors matter most (the campaign compares barriers), but forces carry 3N numbers per
+    # configuration and shape the surface between samples; the late phase tightens energies.
+    schedule = Schedule(epochs=args.epochs, lr=args.lr)
+    model = train(model, train_loader, valid_loader, schedule)
     model.eval()
     train_done = time.time()
     errors = {"train": rmse(model, train_loader), "validation": rmse(model, valid_loader)}
@@ -325,15 +217,7 @@ def main() -> None:
         },
         "rmse": errors,
         "model": MODEL | {"e0_eV": e0, "parameters": sum(p.numel() for p in model.parameters())},
-        "training": {
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "energy_weights": ENERGY_WEIGHTS,
-            "force_weight": FORCE_WEIGHT,
-            "late_phase_from": LATE_PHASE,
-            "ema_decay": 0.99,
-        },
+        "training": asdict(schedule) | {"batch_size": args.batch_size},
         "neb": neb | {"pbe_barrier": pbe_barrier, "difference": miss},
         "r0": r0,
         "versions": {

@@ -21,6 +21,16 @@ def make_labeler(spec, workdir: str | Path) -> Labeler:
         from .ase_calculator import ASECalculatorLabeler
 
         return ASECalculatorLabeler(workdir, **settings)
+    if spec.kind == "pyqmc":
+        from .pyqmc import PyQMCLabeler
+
+        return PyQMCLabeler(workdir, **settings)
+    if spec.kind == "qmcpack":
+        from .qmcpack import QMCPACKLabeler
+
+        # job folders go to RUN/queue, beside RUN/labels, where a user looks for the batch queue
+        run_dir = Path(workdir).parent
+        return QMCPACKLabeler(run_dir / "queue", spec, campaign=run_dir.name)
     raise ValueError(f"labeler.kind: unknown backend '{spec.kind}'")
 
 

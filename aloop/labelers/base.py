@@ -78,9 +78,12 @@ class LocalLabeler:
         return self.workdir / f"{key}.json"
 
     def submit(self, key: str, atoms: Atoms) -> None:
-        path = self._path(key)
-        if path.exists():
-            return
+        if not self._path(key).exists():
+            self.write_record(key, self.job_record(atoms))
+
+    def job_record(self, atoms: Atoms) -> dict:
+        """What a finished job leaves: its label (DONE), or the LabelError's reason (FAILED).
+        Computed wherever the work runs (aloop.dispatch sends it to other machines)."""
         start = time.time()
         try:
             label = self.compute(atoms)
@@ -88,6 +91,10 @@ class LocalLabeler:
             record["label"]["provenance"].setdefault("wall_s", round(time.time() - start, 3))
         except LabelError as err:
             record = {"state": FAILED, "reason": str(err)}
+        return record
+
+    def write_record(self, key: str, record: dict) -> None:
+        path = self._path(key)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)

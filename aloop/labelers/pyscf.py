@@ -77,7 +77,7 @@ def build_molecule(
     """A PySCF molecule for `atoms` (Angstrom); LabelError if it cannot exist as asked."""
     formula = atoms.get_chemical_formula()
     if atoms.pbc.any():
-        raise LabelError(f"configuration {formula}: periodic cells are not supported by PySCFLabeler")
+        raise LabelError(f"configuration {formula}: periodic cells are not supported (molecules only)")
     n_electrons = int(atoms.get_atomic_numbers().sum()) - int(charge)
     if spin is None:
         spin = n_electrons % 2

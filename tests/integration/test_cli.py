@@ -13,8 +13,9 @@ def aloop(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
-def test_validate_the_shipped_quickstart():
-    result = aloop("validate", ROOT / "campaigns" / "h3-exchange" / "campaign.yaml")
+@pytest.mark.parametrize("campaign", ["h3-exchange", "mos2-svac"])
+def test_validate_the_shipped_campaigns(campaign):
+    result = aloop("validate", ROOT / "campaigns" / campaign / "campaign.yaml")
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
 

@@ -71,7 +71,7 @@ def test_loop_waits_for_external_labels_and_continues(tmp_path, monkeypatch):
     fake = QueueLabeler(results)
     monkeypatch.setattr(loop, "make_labeler", lambda spec, workdir: fake)
     run = loop.CampaignRun(load_campaign(tmp_path / "c.yaml"), progress=False)
-    with pytest.raises(loop.WaitingForLabels, match="3 jobs are not finished"):
+    with pytest.raises(loop.WaitingForLabels, match="3 jobs queued in"):
         run.run()
     assert len(fake.submitted) == 3 and run.store.count(state="labelled") == 0
     for key in fake.submitted:  # the cluster finishes the jobs

@@ -1,0 +1,342 @@
+"""Data efficiency on the MoS2 S-vacancy testbed: committee-chosen labels against random ones.
+
+Runs the real campaign loop (campaigns/mos2-svac/campaign.yaml: oracle labels E_HF = E_CHGNet +
+ΔE + 20 meV noise) with the strategies random, max_std and diverse, three seeds each, from 37 to
+500 labels. Every run shares one pool, and the caches of its features, force Jacobians and oracle
+labels (same candidate, same label), so nine runs cost little more than one.
+
+Learning curves at 37, 75, 100, 150, 300 and 500 labels, committee mean against:
+- the held-out test set (hf_test.extxyz, noise-free E_HF): energy RMSE per cell and per atom;
+- the explicit HF CI-NEB paths (reference.json): barrier along the mono-vacancy path, and along the
+  di-vacancy path, which no pool contains (transfer);
+- HF forces (−∇E_HF) on the test set: MAE of the fine-tuned model and of the base model;
+- prospective calibration: the fraction of each new batch's errors within 1σ and 2σ of the
+  prediction made before it was labelled (σ: committee and label error bar together), raw and
+  with a σ scale fitted online on the earlier batches only;
+- where the campaign's own stop rules (pool uncertainty, observable) would have fired.
+At 100 labels the exported committee mean of each strategy (seed 0) is also relaxed along its own
+CI-NEB path, the number a user would quote.
+
+    python benchmarks/data_efficiency.py [--out runs/data_efficiency] [--seeds 0 1 2]
+
+Prints a table, writes results.json and the plots into --out (and docs/img with --docs).
+"""
+from __future__ import annotations
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ase.io import read  # noqa: E402
+
+from aloop import metrics  # noqa: E402
+from aloop.backbone import Backbone, file_digest  # noqa: E402
+from aloop.campaign import load_campaign  # noqa: E402
+from aloop.loop import CampaignRun  # noqa: E402
+from aloop.pool import BatchedCalculator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
+CHECKPOINTS = (37, 75, 100, 150, 300, 500)
+# batch sizes after the first 37 labels: smaller batches where each label matters most
+BATCHES = [19, 19, 25, 25, 25] + [30] * 5 + [40] * 5
+STRATEGIES = ("random", "max_std", "diverse")
+COLORS = {"random": "tab:gray", "max_std": "tab:orange", "diverse": "tab:blue"}
+
+
+def campaign_for(out: Path, strategy: str, seed: int):
+    c = load_campaign(CAMPAIGN / "campaign.yaml")
+    c.run_dir = out / f"{strategy}-s{seed}"
+    c.seed, c.committee.seed = seed, seed
+    c.acquisition.strategy = strategy
+    c.acquisition.initial_size = CHECKPOINTS[0]
+    c.stop.max_labels = CHECKPOINTS[-1]
+    c.stop.uncertainty_ratio, c.stop.observable = None, None  # judged afterwards, see stop_points
+    return c
+
+
+def shared_pool(out: Path) -> CampaignRun:
+    """The pool once, with its features; every run starts from a copy of this store."""
+    c = campaign_for(out, "pool", 0)
+    c.run_dir = out / "pool"
+    run = CampaignRun(c, progress=True)
+    run.prepare_pool()
+    run.features(run.store.ids())
+    return run
+
+
+def start_run(out: Path, strategy: str, seed: int) -> CampaignRun:
+    c = campaign_for(out, strategy, seed)
+    run_dir = Path(c.run_dir)
+    if not (run_dir / "aloop.db").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "pool" / "aloop.db", run_dir / "aloop.tmp.db")
+        os.replace(run_dir / "aloop.tmp.db", run_dir / "aloop.db")
+        for shared in ("cache", "labels"):
+            (out / "pool" / shared).mkdir(exist_ok=True)
+            if not (run_dir / shared).exists():
+                (run_dir / shared).symlink_to(Path("..") / "pool" / shared)
+    return CampaignRun(c, progress=False)
+
+
+def run_to_the_end(run: CampaignRun) -> list[dict]:
+    records = run.store.iterations()
+    while not records or records[-1]["n_labels"] < CHECKPOINTS[-1]:
+        if records and not records[-1]["n_new"]:
+            break  # pool exhausted
+        run.c.acquisition.batch_size = BATCHES[min(len(records) - 1, len(BATCHES) - 1)] if records else 1
+        run.run(max_iterations=1)
+        records = run.store.iterations()
+        print("    " + metrics.one_line(records[-1]), flush=True)
+    return records
+
+
+class Evaluation:
+    """Features and force Jacobians of the test set and both HF paths, computed once."""
+
+    def __init__(self, run: CampaignRun, out: Path):
+        self.reference = json.loads((CAMPAIGN / "reference.json").read_text())
+        test = read(CAMPAIGN / "hf_test.extxyz", index=":")
+        paths = {k: read(CAMPAIGN / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
+        cache = out / "evaluation.npz"
+        backbone = run.backbone
+        digest = "".join(file_digest(CAMPAIGN / name) for name in
+                         ("hf_test.extxyz", "mono_path_hf.extxyz", "di_path_hf.extxyz", "base_chgnet.model"))
+        if cache.exists():
+            with np.load(cache) as f:
+                if str(f["digest"]) != digest:
+                    cache.unlink()  # the references were remade: their features are stale
+        if not cache.exists():
+            feats = {name: backbone.features(frames) for name, frames in [("test", test), *paths.items()]}
+            jac = backbone.force_jacobians(test, progress=True)
+            arrays = {f"{name}_{k}": getattr(f, attr) for name, f in feats.items()
+                      for k, attr in (("a", "a"), ("e", "e"), ("n", "n_atoms"))}
+            np.savez(cache, **arrays, f0=np.stack([j.f0 for j in jac]), B=np.stack([j.B for j in jac]), digest=digest)
+        with np.load(cache) as f:
+            self.arrays = {k: f[k] for k in f.files}
+        self.y = np.array([a.get_potential_energy() for a in test])
+        self.n_atoms = np.array([len(a) for a in test])
+        self.f_hf = np.stack([a.get_forces() for a in test])
+        self.theta0 = backbone.theta0
+
+    def energies(self, name: str, theta: np.ndarray) -> np.ndarray:
+        return self.arrays[f"{name}_a"] @ theta + self.arrays[f"{name}_e"]
+
+    def forces(self, theta: np.ndarray) -> np.ndarray:
+        return self.arrays["f0"] + np.einsum("cakp,p->cak", self.arrays["B"], theta - self.theta0)
+
+    def scores(self, theta: np.ndarray) -> dict:
+        err = self.energies("test", theta) - self.y
+        out = {"test_rmse_meV": 1000 * float(np.sqrt(np.mean(err**2))),
+               "test_rmse_meV_per_atom": 1000 * float(np.sqrt(np.mean((err / self.n_atoms) ** 2))),
+               "force_mae_meV_per_A": 1000 * float(np.mean(np.abs(self.forces(theta) - self.f_hf)))}
+        for kind in ("mono", "di"):
+            barrier = float(metrics.barrier(self.energies(kind, theta)))
+            out[f"{kind}_barrier"] = barrier
+            out[f"{kind}_barrier_error"] = barrier - self.reference[f"{kind}_barrier_hf"]
+        return out
+
+
+def calibration(run: CampaignRun, upto: int) -> dict:
+    """Coverage of the prospective errors of every batch after the first, up to `upto` labels:
+    raw, and with a committee-σ scale fitted on the batches before each one (so still prospective)."""
+    batches = []
+    for record in run.store.iterations()[1:]:
+        if record["n_labels"] > upto:
+            break
+        rows = [r for r in run.store.rows(iteration=record["iteration"]) if r.state == "labelled"]
+        batches.append((np.array([r.energy_hf - r.pred_energy for r in rows]),
+                        np.array([r.pred_sigma for r in rows]), np.array([r.sigma_hf for r in rows])))
+    if not batches:
+        return {}
+    err, s_c, s_l = (np.concatenate(x) for x in zip(*batches))
+    z_raw = np.abs(err) / np.hypot(s_c, s_l)
+    z_cal, scales = [], []
+    for k in range(1, len(batches)):
+        e, c, l = (np.concatenate([b[i] for b in batches[:k]]) for i in range(3))
+        scale = metrics.sigma_scale(e, c, l)
+        scales.append(scale)
+        z_cal.append(np.abs(batches[k][0]) / np.hypot(scale * batches[k][1], batches[k][2]))
+    z_cal = np.concatenate(z_cal) if z_cal else np.array([])
+    return {"n": int(len(err)), "within_1sigma": float(np.mean(z_raw <= 1)), "within_2sigma": float(np.mean(z_raw <= 2)),
+            "calibrated_n": int(len(z_cal)),
+            "calibrated_within_1sigma": float(np.mean(z_cal <= 1)) if len(z_cal) else None,
+            "calibrated_within_2sigma": float(np.mean(z_cal <= 2)) if len(z_cal) else None,
+            "final_scale": scales[-1] if scales else None}
+
+
+def stop_points(run: CampaignRun) -> dict:
+    """The label count at which each of the campaign's own stop rules would first have fired."""
+    rules = load_campaign(CAMPAIGN / "campaign.yaml")
+    records = run.store.iterations()
+    out = {}
+    for rule in ("uncertainty_ratio", "observable"):
+        c = copy.deepcopy(rules)
+        c.stop.max_labels = 10**9
+        if rule == "uncertainty_ratio":
+            c.stop.observable = None
+        else:
+            c.stop.uncertainty_ratio = None
+        fired = next((records[k - 1]["n_labels"] for k in range(1, len(records) + 1)
+                      if metrics.stop_reason(c, records[:k]) and "converged" in metrics.stop_reason(c, records[:k])), None)
+        out[rule] = fired
+    return out
+
+
+def relaxed_barriers(run: CampaignRun, labels: int, out: Path) -> dict:
+    """CI-NEB on the exported committee mean after `labels` labels, mono- and di-vacancy hops."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from mos2_testbed import neb
+
+    record = next(r for r in run.store.iterations() if r["n_labels"] >= labels)
+    committee = run.load_committee(record["iteration"])
+    path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.c.run_dir).name}_{labels}.model")
+    model = Backbone.from_file(path, device="cpu")
+    result = {"n_labels": record["n_labels"]}
+    for kind in ("mono", "di"):
+        band = neb(read(CAMPAIGN / f"{kind}_initial.xyz"), read(CAMPAIGN / f"{kind}_final.xyz"),
+                   lambda images: BatchedCalculator(model, images))
+        result[kind] = {"barrier": band["barrier"], "converged": band["converged"]}
+    return result
+
+
+def summarise(results: dict) -> dict:
+    """Mean and spread over seeds, per strategy and checkpoint."""
+    table = {}
+    for strategy, runs in results.items():
+        table[strategy] = {}
+        for n in CHECKPOINTS:
+            rows = [r["checkpoints"][str(n)] for r in runs if str(n) in r["checkpoints"]]
+            if rows:
+                table[strategy][n] = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
+                                      for k in rows[0] if rows[0][k] is not None}
+    return table
+
+
+def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
+    panels = [("test_rmse_meV_per_atom", "held-out energy RMSE (meV/atom)", True),
+              ("mono_barrier_error", "mono-vacancy barrier error (eV)", False),
+              ("di_barrier_error", "di-vacancy barrier error (eV, transfer)", False),
+              ("force_mae_meV_per_A", "force MAE vs HF (meV/Å)", False)]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    for ax, (key, title, log) in zip(axes, panels):
+        for strategy, rows in table.items():
+            n = sorted(rows)
+            mean = np.array([rows[k][key][0] for k in n])
+            std = np.array([rows[k][key][1] for k in n])
+            ax.errorbar(n, mean, yerr=std, marker="o", capsize=3, label=strategy, color=COLORS[strategy])
+        ax.axhline(base[key], color="k", ls=":", label="base model")
+        if key.endswith("barrier_error"):
+            ax.axhspan(-0.05 if key.startswith("mono") else -0.1, 0.05 if key.startswith("mono") else 0.1,
+                       color="tab:green", alpha=0.12, label="target")
+            ax.axhline(0, color="k", lw=0.5)
+        if key.startswith("test") and "random" in table:
+            ax.axhline(table["random"][CHECKPOINTS[-1]][key][0], color=COLORS["random"], ls="--", lw=0.8,
+                       label=f"random at {CHECKPOINTS[-1]}")
+        ax.set_xscale("log")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(CHECKPOINTS, [str(c) for c in CHECKPOINTS])
+        ax.set_xlabel("labels")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"MoS2 S-vacancy testbed: mean ± std over seeds (HF barrier {reference['mono_barrier_hf']:.3f} eV)")
+    fig.tight_layout()
+    path = out / "mos2_data_efficiency.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data_efficiency")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--no-neb", action="store_true", help="skip the relaxed CI-NEB of the exported models")
+    parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
+    start = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("pool (generated once, shared by every run):", flush=True)
+    pool = shared_pool(args.out)
+    evaluation = Evaluation(pool, args.out)
+    base = evaluation.scores(pool.backbone.theta0)
+    results = {}
+    for strategy in args.strategies:
+        results[strategy] = []
+        for seed in args.seeds:
+            t = time.time()
+            print(f"{strategy}, seed {seed}:", flush=True)
+            run = start_run(args.out, strategy, seed)
+            records = run_to_the_end(run)
+            checkpoints = {}
+            for record in records:
+                if record["n_labels"] in CHECKPOINTS:
+                    theta = run.load_committee(record["iteration"]).thetas_.mean(0)
+                    checkpoints[str(record["n_labels"])] = evaluation.scores(theta) | calibration(run, record["n_labels"])
+            entry = {"seed": seed, "checkpoints": checkpoints, "stop_rules_fire_at": stop_points(run),
+                     "seconds": round(time.time() - t, 1)}
+            if seed == args.seeds[0] and not args.no_neb:
+                entry["relaxed_neb"] = relaxed_barriers(run, 100, args.out)
+            results[strategy].append(entry)
+    table = summarise(results)
+    reference = evaluation.reference
+    random_500 = table.get("random", {}).get(CHECKPOINTS[-1], {}).get("test_rmse_meV_per_atom", (np.nan,))[0]
+
+    print(f"\nbase model: test RMSE {base['test_rmse_meV']:.0f} meV ({base['test_rmse_meV_per_atom']:.2f} meV/atom), "
+          f"mono barrier error {base['mono_barrier_error']:+.3f} eV, di {base['di_barrier_error']:+.3f} eV, "
+          f"force MAE {base['force_mae_meV_per_A']:.0f} meV/Å")
+    header = (f"{'strategy':9} {'labels':>6} {'RMSE meV':>9} {'meV/atom':>9} {'mono ΔEb':>9} {'di ΔEb':>9} "
+              f"{'F MAE':>7} {'1σ':>5} {'2σ':>5} {'2σ cal':>6}")
+    print(header)
+    for strategy, rows in table.items():
+        for n, r in rows.items():
+            cal = r.get("calibrated_within_2sigma", (np.nan,))[0]
+            print(f"{strategy:9} {n:6d} {r['test_rmse_meV'][0]:9.1f} {r['test_rmse_meV_per_atom'][0]:9.3f} "
+                  f"{r['mono_barrier_error'][0]:+9.3f} {r['di_barrier_error'][0]:+9.3f} "
+                  f"{r['force_mae_meV_per_A'][0]:7.1f} {r.get('within_1sigma', (np.nan,))[0]:5.2f} "
+                  f"{r.get('within_2sigma', (np.nan,))[0]:5.2f} {cal:6.2f}")
+    targets = {}
+    for strategy in (s for s in table if s != "random"):
+        reached = [n for n in CHECKPOINTS if n in table[strategy]
+                   and table[strategy][n]["test_rmse_meV_per_atom"][0] <= random_500]
+        targets[strategy] = {"labels_to_random_500_rmse": reached[0] if reached else None}
+    for strategy, runs in results.items():
+        for entry in runs:
+            print(f"{strategy} seed {entry['seed']}: stop rules would fire at {entry['stop_rules_fire_at']}; "
+                  f"relaxed NEB at 100 labels: {entry.get('relaxed_neb')}")
+    print(f"labels an active strategy needs to reach random's RMSE at {CHECKPOINTS[-1]} labels: {targets}")
+    plots = plot(table, base, reference, args.out)
+    summary = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "platform": platform.platform()},
+        "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))},
+        "base": base, "results": results,
+        "table": {s: {str(n): v for n, v in rows.items()} for s, rows in table.items()},
+        "targets": targets, "wall_s": round(time.time() - start, 1),
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.docs:
+        for path in plots:
+            shutil.copy(path, ROOT / "docs" / "img" / path.name)
+    print(f"wrote {args.out / 'results.json'} and {', '.join(str(p) for p in plots)}; {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Geometry and references of the MoS2 sulfur-vacancy testbed (campaigns/mos2-svac).
+
+A 4x4 monolayer of 2H-MoS2 relaxed with CHGNet 0.3.0, one top-layer S vacancy (47 atoms) and a
+nearest-neighbour di-vacancy (46 atoms). A hop moves one top-layer S atom into a neighbouring
+vacant site (3.2 Å in plane). The di-vacancy hop moves the S atom next to both vacancies, so the
+pair rotates about the vacancy that stays and the two end states are equivalent.
+
+Used by scripts/make_mos2_base.py (training data, references) and benchmarks/data_efficiency.py.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import mx2
+from ase.calculators.calculator import Calculator
+from ase.filters import FrechetCellFilter
+from ase.mep import NEB
+from ase.optimize import FIRE
+
+from aloop.oracle import SyntheticHF
+
+CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "mos2-svac"
+SIZE = (4, 4, 1)
+VACUUM = 7.5  # Å each side: 18 Å between layers, beyond both models' cutoffs
+NEB_IMAGES = 7  # moving images
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+
+
+def low_fidelity() -> SyntheticHF:
+    """CHGNet alone: the oracle with ΔE and noise switched off."""
+    return SyntheticHF(amplitude=0.0, noise=0.0)
+
+
+def high_fidelity(noise: float = 0.0, seed: int = 0) -> SyntheticHF:
+    return SyntheticHF(noise=noise, seed=seed)
+
+
+def relaxed_monolayer(fmax: float = 0.01) -> Atoms:
+    """Pristine 4x4 monolayer, cell relaxed in plane and positions relaxed with CHGNet."""
+    atoms = mx2("MoS2", kind="2H", a=3.18, thickness=3.13, size=SIZE, vacuum=VACUUM)
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from aloop.oracle import chgnet_model
+
+    atoms.calc = CHGNetCalculator(chgnet_model("0.3.0"), use_device="cpu")  # has the stress
+    # in-plane lattice only: the vacuum along z is not a degree of freedom
+    FIRE(FrechetCellFilter(atoms, mask=[1, 1, 0, 0, 0, 1]), logfile=None).run(fmax=fmax, steps=1000)
+    atoms.calc = None
+    return atoms
+
+
+def top_sulfur(atoms: Atoms) -> np.ndarray:
+    z = atoms.positions[:, 2]
+    return np.flatnonzero((atoms.numbers == 16) & (z > np.median(z)))
+
+
+def neighbours(atoms: Atoms, index: int, candidates: np.ndarray) -> list[int]:
+    """Top-layer S sites one lattice constant from `index` (periodic images included)."""
+    distances = atoms.get_distances(index, candidates, mic=True)
+    nearest = np.min(distances[distances > 0.1])
+    return [int(c) for c, d in zip(candidates, distances) if abs(d - nearest) < 0.1]
+
+
+def hop(pristine: Atoms, vacancies: list[int], mover: int, target: int) -> tuple[Atoms, Atoms]:
+    """(initial, final): vacancies at `vacancies` + `target`; then `mover` moved onto `target`."""
+    removed = sorted(set(vacancies) | {target})
+    keep = [i for i in range(len(pristine)) if i not in removed]
+    initial = pristine[keep]
+    final = initial.copy()
+    j = keep.index(mover)
+    final.positions[j] = pristine.positions[target]
+    return initial, final
+
+
+def sites(pristine: Atoms) -> dict:
+    """Site indices in the pristine cell: the mono hop and the di-vacancy rotation."""
+    top = top_sulfur(pristine)
+    a = int(top[0])
+    b = neighbours(pristine, a, top)[0]
+    common = sorted(set(neighbours(pristine, a, top)) & set(neighbours(pristine, b, top)))
+    return {"mono": {"vacancies": [], "mover": b, "target": a},
+            "di": {"vacancies": [b], "mover": common[0], "target": a}}
+
+
+def relax(atoms: Atoms, calc, fmax: float = 0.01) -> Atoms:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    FIRE(atoms, logfile=None).run(fmax=fmax, steps=2000)
+    atoms.calc = None
+    return atoms
+
+
+def neb(initial: Atoms, final: Atoms, calc, fmax: float = 0.03, steps: int = 1500,
+        record=None) -> dict:
+    """Climbing-image NEB with `calc`: a calculator shared by the images, or a function of the images
+    returning one (aloop.pool.BatchedCalculator evaluates a MACE on all images in one call).
+    `record(images)` is called every 25 steps with copies of the moving images (training data from
+    the band as it converges)."""
+    images = [initial.copy() for _ in range(NEB_IMAGES + 1)] + [final.copy()]
+    if not isinstance(calc, Calculator):
+        calc = calc(images)
+    for image in images:
+        image.calc = calc
+    band = NEB(images, climb=True, allow_shared_calculator=True)
+    band.interpolate(mic=True)
+    optimizer = FIRE(band, logfile=None)
+    if record is not None:
+        optimizer.attach(lambda: record([image.copy() for image in images[1:-1]]), interval=25)
+    converged = optimizer.run(fmax=fmax, steps=steps)
+    energies = np.array([image.get_potential_energy() for image in images])
+    path = []
+    for image, energy in zip(images, energies):
+        plain = image.copy()
+        plain.calc = None
+        plain.info["energy"] = float(energy)
+        path.append(plain)
+    return {"barrier": float(energies.max() - energies[0]), "energies": (energies - energies[0]).tolist(),
+            "converged": bool(converged), "images": path}
