@@ -39,6 +39,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.io import read  # noqa: E402
@@ -251,6 +252,7 @@ def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
         if log:
             ax.set_yscale("log")
         ax.set_xticks(CHECKPOINTS, [str(c) for c in CHECKPOINTS])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the checkpoints
         ax.set_xlabel("labels")
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)

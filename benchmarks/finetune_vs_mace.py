@@ -50,10 +50,16 @@ def labelled_set(run: CampaignRun, n: int):
     return ids[:n], energy[:n], sigma[:n]
 
 
-def mace_files(run: CampaignRun, ids, energy, folder: Path) -> None:
+def lf_forces(run: CampaignRun, cid: int, jac) -> np.ndarray:
+    """The candidate's low-fidelity forces as the loop uses them: stored ones, else the base model's."""
+    forces = run.store.lf_forces(cid)
+    return jac.f0 if forces is None else forces
+
+
+def mace_files(run: CampaignRun, ids, energy, folder: Path) -> list[Atoms]:
     frames = []
-    for cid, atoms, e in zip(ids, run.store.atoms(ids), energy):
-        forces = run.store.lf_forces(cid)
+    for cid, atoms, e, jac in zip(ids, run.store.atoms(ids), energy, run.jacobians(ids)):
+        forces = lf_forces(run, cid, jac)
         plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         plain.info["REF_energy"] = float(e)
         plain.arrays["REF_forces"] = np.asarray(forces)
@@ -100,7 +106,8 @@ def main() -> None:
     atoms = run.store.atoms(train_ids)
     feats = run.backbone.features(atoms)
     jac = run.backbone.force_jacobians(atoms)
-    fresh = TrainingSet.build(feats, energy[train], sigma[train], jac, [run.store.lf_forces(i) for i in train_ids])
+    fresh = TrainingSet.build(feats, energy[train], sigma[train], jac,
+                              [lf_forces(run, i, j) for i, j in zip(train_ids, jac)])
     run.new_committee().fit(fresh, len(run.backbone.z_table), np.random.default_rng(0),
                             pool=run.features(run.store.ids()))
     aloop_scratch = time.perf_counter() - t
@@ -120,7 +127,7 @@ def main() -> None:
             "--energy_key=REF_energy", "--forces_key=REF_forces", "--E0s=foundation", "--loss=weighted",
             "--energy_weight=1.0", "--forces_weight=1.0", f"--max_num_epochs={args.epochs}", "--batch_size=8",
             "--lr=0.005", "--device=cpu", "--default_dtype=float64", f"--seed={k}", "--eval_interval=1000",
-            "--save_cpu", "--restart_latest=False",
+            "--save_cpu",
         ]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         t = time.perf_counter()
