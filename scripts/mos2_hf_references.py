@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import time
 
-import numpy as np
 import torch
 from ase.io import read, write
 
