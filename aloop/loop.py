@@ -205,6 +205,11 @@ class CampaignRun:
         for key, record in self.dispatcher.labels(self.labeler, self.c.labeler, jobs, self.progress):
             self.labeler.write_record(key, record)
 
+    def lf_forces(self, cid: int, jac: ForceJacobian) -> np.ndarray:
+        """The candidate's low-fidelity forces: stored with the pool, else the base model's."""
+        forces = self.store.lf_forces(cid)
+        return jac.f0 if forces is None else forces
+
     def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
         """Every label (or those of the candidates in `subset`) in the form the committee fits."""
         ids, energy, sigma = self.store.labels()
@@ -212,10 +217,7 @@ class CampaignRun:
             keep = np.isin(ids, subset)
             ids, energy, sigma = [i for i, k in zip(ids, keep) if k], energy[keep], sigma[keep]
         jacobians = self.jacobians(ids)
-        f_lf = []
-        for cid, jac in zip(ids, jacobians):
-            forces = self.store.lf_forces(cid)
-            f_lf.append(jac.f0 if forces is None else forces)
+        f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
         return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf)
 
     def train(self, iteration: int) -> Committee:

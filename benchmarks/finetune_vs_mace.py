@@ -50,16 +50,10 @@ def labelled_set(run: CampaignRun, n: int):
     return ids[:n], energy[:n], sigma[:n]
 
 
-def lf_forces(run: CampaignRun, cid: int, jac) -> np.ndarray:
-    """The candidate's low-fidelity forces as the loop uses them: stored ones, else the base model's."""
-    forces = run.store.lf_forces(cid)
-    return jac.f0 if forces is None else forces
-
-
 def mace_files(run: CampaignRun, ids, energy, folder: Path) -> list[Atoms]:
     frames = []
     for cid, atoms, e, jac in zip(ids, run.store.atoms(ids), energy, run.jacobians(ids)):
-        forces = lf_forces(run, cid, jac)
+        forces = run.lf_forces(cid, jac)
         plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         plain.info["REF_energy"] = float(e)
         plain.arrays["REF_forces"] = np.asarray(forces)
@@ -107,7 +101,7 @@ def main() -> None:
     feats = run.backbone.features(atoms)
     jac = run.backbone.force_jacobians(atoms)
     fresh = TrainingSet.build(feats, energy[train], sigma[train], jac,
-                              [lf_forces(run, i, j) for i, j in zip(train_ids, jac)])
+                              [run.lf_forces(i, j) for i, j in zip(train_ids, jac)])
     run.new_committee().fit(fresh, len(run.backbone.z_table), np.random.default_rng(0),
                             pool=run.features(run.store.ids()))
     aloop_scratch = time.perf_counter() - t
