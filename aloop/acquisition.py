@@ -1,14 +1,20 @@
 """Batch selection as plain functions.
 
 Every strategy has the signature `(std, descriptors, n, *, rng) -> (indices, scores)`: `std` is the
-committee spread of each available candidate (eV), `descriptors` a [n_candidates, d] array used for
-diversity, `indices` point into those arrays. The caller passes only candidates that are not yet
+committee spread of each available candidate (eV), `descriptors` a [n_candidates, d] matrix used for
+diversity (an array, or anything indexed by rows like `feature_cache.PoolRows`, which reads only the
+rows asked for: the strategies touch a large pool's descriptors one block at a time), `indices`
+point into those arrays. The caller passes only candidates that are not yet
 selected or labelled, so nothing is ever chosen twice.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.cluster import KMeans
+
+from .feature_cache import blocks
+
+KMEANS_SAMPLE = 20000   # the first batch's k-means sees at most this many candidates of a larger pool
 
 
 def _check(std: np.ndarray, n: int) -> int:
@@ -34,10 +40,14 @@ def max_std(std, descriptors, n, *, rng: np.random.Generator):
     return idx, np.asarray(std)[idx]
 
 
-def _standardise(descriptors: np.ndarray) -> np.ndarray:
-    d = np.asarray(descriptors, dtype=float)
-    scale = d.std(0)
-    return (d - d.mean(0)) / np.where(scale > 0, scale, 1.0)
+def _standardise(descriptors, rows: np.ndarray) -> np.ndarray:
+    """The descriptors of `rows`, standardised with the mean and spread of all of them (two passes,
+    one block at a time; a pool that fits one block gets numpy's own mean and std)."""
+    n = len(descriptors)
+    total = sum(np.asarray(descriptors[s], dtype=float).sum(0) for s in blocks(n))
+    mean = total / n
+    scale = np.sqrt(sum(((np.asarray(descriptors[s], dtype=float) - mean) ** 2).sum(0) for s in blocks(n)) / n)
+    return (np.asarray(descriptors[rows], dtype=float) - mean) / np.where(scale > 0, scale, 1.0)
 
 
 def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 5):
@@ -51,7 +61,7 @@ def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 
     shortlist = top_n(std, min(len(std), oversample * n))
     if len(shortlist) <= n:
         return shortlist, std[shortlist]
-    x = _standardise(descriptors)[shortlist]
+    x = _standardise(descriptors, shortlist)
     labels = KMeans(n_clusters=n, n_init=4, random_state=int(rng.integers(2**31))).fit_predict(x)
     picks = [shortlist[labels == c][np.argmax(std[shortlist[labels == c]])] for c in range(n) if np.any(labels == c)]
     idx = np.array(picks)[np.argsort(-std[picks], kind="stable")]
@@ -59,8 +69,14 @@ def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 
 
 
 def representative(descriptors, n, *, rng: np.random.Generator):
-    """Before any committee exists: the candidate nearest each of n k-means centroids (scores = 0)."""
-    x = _standardise(descriptors)
+    """Before any committee exists: the candidate nearest each of n k-means centroids (scores = 0).
+
+    In a pool larger than KMEANS_SAMPLE the clusters and their nearest candidates are found among
+    a uniform sample of that many.
+    """
+    n_pool = len(descriptors)
+    sample = np.arange(n_pool) if n_pool <= KMEANS_SAMPLE else np.sort(rng.choice(n_pool, KMEANS_SAMPLE, replace=False))
+    x = _standardise(descriptors, sample)
     n = _check(x[:, 0], n)
     km = KMeans(n_clusters=n, n_init=4, random_state=int(rng.integers(2**31))).fit(x)
     dist = km.transform(x)
@@ -70,7 +86,7 @@ def representative(descriptors, n, *, rng: np.random.Generator):
             if i not in idx:
                 idx.append(int(i))
                 break
-    return np.array(idx), np.zeros(len(idx))
+    return sample[idx], np.zeros(len(idx))
 
 
 STRATEGIES = {"random": random, "max_std": max_std, "diverse": diverse}

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Features, ForceJacobian
+from .feature_cache import feature_moment
 
 
 def force_penalty(dF2: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -111,7 +112,7 @@ class Committee:
             shifts[k] = np.linalg.lstsq(counts * w[:, None], residual * w, rcond=None)[0]
         return shifts
 
-    def _coordinates(self, pool: Features) -> tuple[np.ndarray, float]:
+    def _coordinates(self, G: np.ndarray) -> tuple[np.ndarray, float]:
         """M for θ = θ_start + M z, and the prior variance s² of each component of θ.
 
         M = V (Λ + ε)^(-1/2) from the pool's per-atom feature second moment G: readout features are
@@ -119,8 +120,6 @@ class Committee:
         directions and far too small along others. The prior is isotropic in θ, with s² = τ²/tr(G)
         so that, averaged over the pool, it moves per-atom energies by τ RMS.
         """
-        x = pool.a / pool.n_atoms[:, None]
-        G = x.T @ x / len(x)
         vals, vecs = np.linalg.eigh(G)
         M = vecs / np.sqrt(np.maximum(vals, 1e-9 * vals.max()))
         return M, self.prior_sigma**2 / np.trace(G)
@@ -138,12 +137,12 @@ class Committee:
             z[k] = np.linalg.solve((b * w[:, None]).T @ b + MtM, M.T @ anchors[k] / s2 - (b * w[:, None]).T @ r0)
         return z
 
-    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, pool: Features | None = None,
+    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, moment: np.ndarray | None = None,
             progress: bool = False) -> "Committee":
         """Fit every member: E0 refit, exact energy-only MAP, then Adam on the full loss.
 
-        `pool` (the candidates' features) sets the prior's coordinates; without it the labelled
-        configurations do. All members train together: their losses are independent and Adam
+        `moment`, the candidates' per-atom feature second moment (`feature_cache.feature_moment`), sets
+        the prior's coordinates; without it the labelled configurations' moment does. All members train together: their losses are independent and Adam
         acts per parameter.
         """
         n = len(data)
@@ -152,7 +151,7 @@ class Committee:
         weights, val = self._splits(n, rng)
         theta = np.tile(self.theta0, (self.size, 1))
         theta[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
-        M_np, s2 = self._coordinates(pool if pool is not None else data.features)
+        M_np, s2 = self._coordinates(moment if moment is not None else feature_moment(data.features))
         # Each member's prior is centred on its own random anchor: with the bootstrap this makes
         # the committee a sample of the posterior (exactly so for the energy-only linear model),
         # so σ stays large where the labels do not constrain the readouts.

@@ -21,6 +21,7 @@ from .backbone import Backbone, Features, ForceJacobian, file_digest
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
 from .dispatch import make_dispatcher
+from .feature_cache import FeatureCache, PoolRows, feature_moment, stream_predict
 from .labelers import DONE, FAILED, PENDING, LabelError, LocalLabeler, make_labeler
 from .pool import PoolError, generate, physical
 from .store import LABELLED, POOL, SELECTED, RunStore
@@ -35,6 +36,9 @@ class RunResult:
     iterations: int
     n_labels: int
     stop_reason: str | None
+
+
+FEATURE_CHUNK = 4096   # candidates whose atoms are in memory at once while their features are computed
 
 
 def label_key(cid: int) -> str:
@@ -64,6 +68,9 @@ class CampaignRun:
         self.dispatcher = make_dispatcher(campaign, self.run_dir, digest)
         self.cache = self.run_dir / "cache"
         self.cache.mkdir(exist_ok=True)
+        self.feature_cache = FeatureCache(self.cache / "features", len(self.backbone.theta0))
+        if (self.cache / "features.npz").exists():   # a run cached in the earlier single-file format
+            self.feature_cache.import_npz(self.cache / "features.npz")
         (self.run_dir / "committee").mkdir(exist_ok=True)
 
     # --- pool and caches ---------------------------------------------------------------------
@@ -84,33 +91,26 @@ class CampaignRun:
             self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
 
     def features(self, ids: list[int]) -> Features:
-        """Backbone features of candidates, computed once per candidate and kept in cache/."""
-        path = self.cache / "features.npz"
-        known: dict[int, int] = {}
-        if path.exists():
-            with np.load(path) as f:
-                cached = {k: f[k] for k in ("ids", "a", "e", "n")}
-            known = {int(i): r for r, i in enumerate(cached["ids"])}
-        missing = [i for i in ids if i not in known]
+        """Backbone features of candidates in memory, computed once per candidate and kept in cache/."""
+        self.fill_features(ids)
+        return self.feature_cache.read(ids)
+
+    def fill_features(self, ids: list[int]) -> None:
+        """Compute the features of those of `ids` not cached yet, a block of candidates at a time (the
+        atoms of one block in memory at once)."""
+        def compute(chunk):
+            return self.dispatcher.features(self.backbone, self.store.atoms(chunk), progress=False)
+        missing = self.feature_cache.missing(ids)
         if missing:
-            new_ids: list[int] = []
-            parts: list[Features] = []
-            shards = self.dispatcher.features(self.backbone, self.store.atoms(missing), self.progress)
-            try:
-                for positions, part in shards:
-                    new_ids.extend(missing[j] for j in positions)
-                    parts.append(part)
-            finally:  # shards that finished stay cached even when another one failed
-                if parts:
-                    new = {"ids": np.array(new_ids), "a": np.concatenate([p.a for p in parts]),
-                           "e": np.concatenate([p.e for p in parts]), "n": np.concatenate([p.n_atoms for p in parts])}
-                    cached = {k: np.concatenate([cached[k], new[k]]) for k in new} if known else new
-                    tmp = self.cache / "features.tmp.npz"
-                    np.savez(tmp, **cached)
-                    tmp.replace(path)
-            known = {int(i): r for r, i in enumerate(cached["ids"])}
-        rows = np.array([known[i] for i in ids], dtype=int)
-        return Features(cached["a"][rows], cached["e"][rows], cached["n"][rows])
+            with tqdm(total=len(missing), desc="backbone features", unit="cfg", disable=not self.progress) as bar:
+                for lo in range(0, len(missing), FEATURE_CHUNK):
+                    self.feature_cache.fill(missing[lo:lo + FEATURE_CHUNK], compute)
+                    bar.update(min(FEATURE_CHUNK, len(missing) - lo))
+
+    def pool_rows(self, ids: list[int]) -> PoolRows:
+        """Features of (possibly very many) candidates as a lazy matrix, streamed from disk."""
+        self.fill_features(ids)
+        return PoolRows(self.feature_cache, ids)
 
     def jacobians(self, ids: list[int]):
         folder = self.cache / "jacobians"
@@ -150,14 +150,13 @@ class CampaignRun:
         size = min(size, self.c.stop.max_labels - n_labels, len(available))
         if size <= 0:
             return
-        feats = self.features(available)
-        descriptors = feats.a / feats.n_atoms[:, None]
+        descriptors = self.pool_rows(available)
         rng = np.random.default_rng([self.c.seed, iteration, 1])
         if committee is None:
             idx, scores = acquisition.representative(descriptors, size, rng=rng)
             mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
         else:
-            mean_all, std_all = committee.predict(feats)
+            mean_all, std_all = stream_predict(committee, descriptors)
             strategy = acquisition.STRATEGIES[self.c.acquisition.strategy]
             idx, scores = strategy(std_all, descriptors, size, rng=rng)
             mean, std = mean_all[idx], std_all[idx]
@@ -225,8 +224,9 @@ class CampaignRun:
         if len(data) == 0:
             raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
         rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
-        pool = self.features(self.store.ids())
-        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, pool=pool, progress=self.progress)
+        moment = feature_moment(self.pool_rows(self.store.ids()))
+        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, moment=moment,
+                                             progress=self.progress)
         path = self.committee_path(iteration)
         tmp = path.with_name(path.stem + ".tmp.npz")
         committee.save(tmp)

@@ -14,6 +14,7 @@ import numpy as np
 from ase.io import read
 
 from .backbone import Features, file_digest
+from .feature_cache import stream_predict
 from .labelers.replay import stored_energy
 from .store import LABELLED, POOL
 
@@ -115,7 +116,7 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
     pool_ids = run.store.ids(state=POOL)
     pool_sigma = None
     if pool_ids:
-        _, std = committee.predict(run.features(pool_ids))
+        _, std = stream_predict(committee, run.pool_rows(pool_ids))
         pool_sigma = {"median": float(np.median(std)), "p95": float(np.percentile(std, 95))}
     if iteration == 0:
         run.store.set_meta("base_observables", observables(run, run.backbone.theta0[None]))

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator, ScalarFormatter
 
+from .feature_cache import FeatureCache
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
@@ -186,15 +187,15 @@ def _parity(store: RunStore, thetas, trained_in: int, out: Path) -> tuple[Path |
                     ms=4, alpha=0.7, capsize=2,
                     label=f"prospective, ±σ (n={ok.sum()}, RMSE {rmse['prospective'] * 1000:.1f} meV)")
     series = []
-    feats = store.run_dir / "cache" / "features.npz"
-    if thetas is not None and feats.exists():
-        with np.load(feats) as f:
-            where = {int(i): k for k, i in enumerate(f["ids"])}
-            # Only what it was trained on: a label that came in after the checkpoint would be prospective.
-            have = [j for j, r in enumerate(rows) if r.id in where and r.get("iteration", 0) <= trained_in]
-            k = [where[rows[j].id] for j in have]
-            series.append(("final", "final committee, labelled", ref[have],
-                           (thetas @ f["a"][k].T + f["e"][k]).mean(0), offset, "s"))
+    folder = store.run_dir / "cache" / "features"
+    if thetas is not None and (folder / "done.npy").exists():
+        cache = FeatureCache(folder, thetas.shape[1])
+        absent = set(cache.missing([r.id for r in rows]))
+        # Only what it was trained on: a label that came in after the checkpoint would be prospective.
+        have = [j for j, r in enumerate(rows) if r.id not in absent and r.get("iteration", 0) <= trained_in]
+        if have:
+            f = cache.read([rows[j].id for j in have])
+            series.append(("final", "final committee, labelled", ref[have], f.energies(thetas).mean(0), offset, "s"))
     test = store.run_dir / "cache" / "test_features.npz"
     if thetas is not None and test.exists():
         with np.load(test) as f:

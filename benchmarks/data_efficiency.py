@@ -76,7 +76,7 @@ def shared_pool(out: Path) -> CampaignRun:
     c.run_dir = out / "pool"
     run = CampaignRun(c, progress=True)
     run.prepare_pool()
-    run.features(run.store.ids())
+    run.fill_features(run.store.ids())
     return run
 
 

@@ -1,73 +1,174 @@
-"""How the cost of one iteration's linear algebra grows with labels and with pool size.
+"""How the cost of one iteration grows with the labels and with the pool, on the MoS2 testbed's backbone.
 
-    python benchmarks/scaling.py
+    python benchmarks/scaling.py [--sizes 1000 10000 100000] [--labels 37 75 150 300 500]
 
-Everything after the backbone passes is timed on arrays of the sizes a 47-atom MoS2 campaign has
-(P = 82 trained parameters as in benchmarks/speed.py, 3N = 141 force components, K = 8): fitting the
-committee with the force penalty active, against the number of labels, and predicting + selecting
-(`diverse`) over the pool, against its size. Values are random (cost does not depend on them);
-the backbone passes themselves cost one forward per new candidate and are timed in speed.py.
-Prints times, fitted exponents and the peak resident memory.
+Everything runs through the real campaign code (campaigns/mos2-svac/campaign.yaml, its base model
+base_chgnet.model, 47-atom cells) in a temporary run directory:
+
+1. per candidate: backbone features (once per candidate in the pool) and force Jacobians (once per
+   label), measured on thermally perturbed vacancy cells;
+2. against the labels: the committee fit with the campaign's settings (K = 8, force penalty, early
+   stopping), on training sets of real feature rows;
+3. against the pool size: a run store and feature cache of N candidates, then the pool-wide steps of
+   an iteration as `aloop run` does them: choosing the first batch (k-means) and a `diverse` batch,
+   the prior's feature moment, and the pool σ of the iteration record. The cache's rows are the
+   real features of a few hundred cells, repeated with a small perturbation (what is timed does not
+   depend on the values; computing 100k cells' features here would take about an hour, and step 1
+   gives that cost per candidate).
+Prints times, fitted exponents and memory: the peak of Python and numpy allocations during the pool
+steps (tracemalloc; the cache itself is memory-mapped and streamed) and the process's peak RSS.
 """
 from __future__ import annotations
 
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import argparse
+import os
+import platform
 import resource
+import tempfile
 import time
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import torch
+from ase.io import read
 
-from aloop import acquisition
 from aloop.backbone import Features
-from aloop.committee import Committee, TrainingSet
+from aloop.campaign import load_campaign
+from aloop.committee import TrainingSet
+from aloop.feature_cache import feature_moment, stream_predict
+from aloop.loop import CampaignRun
 
-P, N_ATOMS, K = 82, 47, 8
-
-
-def training_set(n: int, rng: np.random.Generator) -> TrainingSet:
-    a = rng.normal(size=(n, P))
-    feats = Features(a, rng.normal(size=n), np.full(n, N_ATOMS))
-    m = 3 * N_ATOMS
-    return TrainingSet(feats, rng.normal(size=n), np.full(n, 0.02), rng.normal(size=(n, m)),
-                       rng.normal(scale=0.05, size=(n, m, P)), rng.normal(size=(n, m)))  # f_lf far: penalty active
+CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "mos2-svac" / "campaign.yaml"
 
 
 def exponent(x, y) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    theta0 = rng.normal(size=P)
-    pool = Features(rng.normal(size=(20000, P)), np.zeros(20000), np.full(20000, N_ATOMS))
-    labels, fit_s = [37, 75, 150, 300, 500], []
-    for n in labels:
-        committee = Committee(theta0, size=K, epochs=50, patience=1000, batch_size=32, force_weight=1.0, force_threshold=0.1)
-        start = time.perf_counter()
-        committee.fit(training_set(n, rng), 1, np.random.default_rng(1), pool=pool)
-        fit_s.append(time.perf_counter() - start)
-    print(f"fit (K = {K}, 50 epochs of Adam with the force penalty active, after the exact start):")
-    for n, s in zip(labels, fit_s):
-        print(f"  {n:5d} labels  {s:7.2f} s")
-    print(f"  exponent {exponent(labels, fit_s):.2f}")
+def cells(n: int, rng: np.random.Generator):
+    start = read(CAMPAIGN.parent / "md_start.xyz", index=0)
+    out = []
+    for _ in range(n):
+        atoms = start.copy()
+        atoms.positions += rng.normal(0, 0.06, atoms.positions.shape)
+        out.append(atoms)
+    return out
 
-    sizes, select_s = [1000, 10000, 100000], []
-    thetas = theta0 + rng.normal(scale=0.01, size=(K, P))
-    acquisition.diverse(rng.random(100), rng.random((100, P)), 8, rng=np.random.default_rng(0))  # warm-up
-    for n in sizes:
-        feats = Features(rng.normal(size=(n, P)), np.zeros(n), np.full(n, N_ATOMS))
-        start = time.perf_counter()
-        energies = feats.energies(thetas)
-        std = energies.std(0, ddof=1)
-        acquisition.diverse(std, feats.a / N_ATOMS, 8, rng=np.random.default_rng(0))
-        select_s.append(time.perf_counter() - start)
-    print("predict K energies per candidate + diverse selection of 8:")
-    for n, s in zip(sizes, select_s):
-        print(f"  {n:7d} candidates  {s:7.3f} s")
-    print(f"  exponent {exponent(sizes, select_s):.2f}")
-    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
-          f"(a 100k-candidate feature matrix is {100000 * P * 8 / 2**20:.0f} MiB in float64)")
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def new_run(run_dir: Path) -> CampaignRun:
+    c = load_campaign(CAMPAIGN)
+    c.run_dir = run_dir
+    c.stop.max_labels = 10**9
+    return CampaignRun(c, progress=False)
+
+
+def per_candidate(run: CampaignRun, frames) -> dict:
+    run.backbone.features(frames[:4])   # warm-up
+    feats, t_feat = timed(lambda: run.backbone.features(frames, batch_size=32))
+    _, t_jac = timed(lambda: run.backbone.force_jacobians(frames[:8]))
+    return {"features": feats, "feature_s": t_feat / len(frames), "jacobian_s": t_jac / 8}
+
+
+def fit_times(run: CampaignRun, feats: Features, labels: list[int], rng) -> list[float]:
+    P, n_atoms = feats.a.shape[1], int(feats.n_atoms[0])
+    truth = run.backbone.theta0 + rng.normal(scale=0.02, size=P)
+    moment = feature_moment(feats)
+    out = []
+    for n in labels:
+        rows = rng.integers(len(feats.a), size=n)
+        f = Features(feats.a[rows] * (1 + rng.normal(scale=1e-3, size=(n, P))), feats.e[rows], feats.n_atoms[rows])
+        m = 3 * n_atoms
+        data = TrainingSet(f, f.energies(truth) + rng.normal(scale=0.02, size=n), np.full(n, 0.02),
+                           rng.normal(size=(n, m)), rng.normal(scale=0.05, size=(n, m, P)), rng.normal(size=(n, m)))
+        committee = run.new_committee()
+        _, seconds = timed(lambda: committee.fit(data, len(run.backbone.z_table), np.random.default_rng(1), moment=moment))
+        out.append(seconds)
+    return out
+
+
+def pool_steps(run_dir: Path, n: int, frames, feats: Features, rng) -> dict:
+    run = new_run(run_dir)
+    t0 = time.perf_counter()
+    for lo in range(0, n, 10000):   # the store as `prepare_pool` fills it, one source per block
+        chunk = [frames[i % len(frames)] for i in range(lo, min(lo + 10000, n))]
+        run.store.add_candidates(chunk, f"md{lo // 10000}")
+    insert = time.perf_counter() - t0
+    ids = run.store.ids()
+    for lo in range(0, n, 10000):
+        rows = np.arange(lo, min(lo + 10000, n)) % len(feats.a)
+        part = Features(feats.a[rows] * (1 + rng.normal(scale=1e-3, size=(len(rows), feats.a.shape[1]))),
+                        feats.e[rows], feats.n_atoms[rows])
+        run.feature_cache.write(ids[lo:lo + len(rows)], part)
+    committee = run.new_committee()
+    committee.thetas_ = run.backbone.theta0 + rng.normal(scale=0.01, size=(committee.size, len(run.backbone.theta0)))
+    run.c.acquisition.batch_size = 20
+    tracemalloc.start()
+    _, first = timed(lambda: run.select(0, None))
+    _, select = timed(lambda: run.select(1, committee))
+    _, moment = timed(lambda: feature_moment(run.pool_rows(run.store.ids())))
+    _, sigma = timed(lambda: stream_predict(committee, run.pool_rows(run.store.ids(state="pool"))))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"n": n, "insert_s": insert, "first_batch_s": first, "select_s": select, "moment_s": moment,
+            "pool_sigma_s": sigma, "iteration_s": select + moment + sigma, "traced_peak_MiB": peak / 2**20,
+            "feature_MiB": n * feats.a.shape[1] * 8 / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--labels", type=int, nargs="+", default=[37, 75, 150, 300, 500])
+    parser.add_argument("--cells", type=int, default=256, help="distinct cells whose features fill the pool")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "2")))
+    rng = np.random.default_rng(0)
+    frames = cells(args.cells, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = new_run(Path(tmp) / "costs")
+        P = len(run.backbone.theta0)
+        print(f"MoS2 base model, P = {P} readout parameters, {len(frames[0])} atoms, {run.backbone.device}, "
+              f"float64, {torch.get_num_threads()} threads; {platform.platform()}, {os.cpu_count()} CPUs")
+        cost = per_candidate(run, frames)
+        print(f"per candidate: features {cost['feature_s'] * 1e3:.1f} ms (once, when it enters the pool); "
+              f"force Jacobian {cost['jacobian_s']:.2f} s (once, when it is labelled)")
+
+        fits = fit_times(run, cost["features"], args.labels, rng)
+        print(f"\ncommittee fit, K = {run.c.committee.size}, campaign settings "
+              f"(≤ {run.c.finetune.epochs} epochs, patience {run.c.finetune.patience}):")
+        for n, s in zip(args.labels, fits):
+            print(f"  {n:5d} labels  {s:7.2f} s")
+        print(f"  exponent {exponent(args.labels, fits):.2f}")
+
+        print("\npool-wide steps of an iteration (store query, streamed features, committee, batch of 20):")
+        print(f"{'candidates':>10} {'insert':>8} {'1st batch':>9} {'select':>8} {'moment':>8} {'pool σ':>8} "
+              f"{'per iter':>8} {'traced peak':>11} {'all features':>12}")
+        rows = []
+        for n in args.sizes:
+            r = pool_steps(Path(tmp) / f"pool{n}", n, frames, cost["features"], rng)
+            rows.append(r)
+            print(f"{n:10d} {r['insert_s']:7.1f}s {r['first_batch_s']:8.2f}s {r['select_s']:7.2f}s "
+                  f"{r['moment_s']:7.2f}s {r['pool_sigma_s']:7.2f}s {r['iteration_s']:7.2f}s "
+                  f"{r['traced_peak_MiB']:9.1f}MiB {r['feature_MiB']:10.1f}MiB", flush=True)
+        if len(rows) > 1:
+            sizes = [r["n"] for r in rows]
+            print(f"exponents: per-iteration pool steps {exponent(sizes, [r['iteration_s'] for r in rows]):.2f}, "
+                  f"first batch {exponent(sizes, [r['first_batch_s'] for r in rows]):.2f}")
+        biggest = rows[-1]
+        print(f"\nan iteration with a pool of {biggest['n']} and 500 labels, batch of 20: "
+              f"{biggest['iteration_s'] + fits[-1] + 20 * cost['jacobian_s']:.0f} s "
+              f"(pool steps {biggest['iteration_s']:.1f} + fit {fits[-1]:.1f} + 20 Jacobians "
+              f"{20 * cost['jacobian_s']:.1f}), plus the labels; filling that pool's features once: "
+              f"{biggest['n'] * cost['feature_s'] / 60:.0f} min")
+    print(f"peak resident memory of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

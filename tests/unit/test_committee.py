@@ -7,6 +7,7 @@ from mace.calculators import MACECalculator
 
 from aloop.backbone import Backbone, Features
 from aloop.committee import Committee, TrainingSet, force_penalty
+from aloop.feature_cache import feature_moment
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
@@ -40,7 +41,7 @@ def fit(bb, feats, jac, y, idx, **kw):
     data = TrainingSet.build(subset(feats, idx), y[idx], np.zeros(len(idx)), [jac[i] for i in idx], [jac[i].f0 for i in idx])
     settings = dict(size=4, epochs=300, lr=0.002, batch_size=16, force_weight=0.0, noise_floor=0.002, patience=300)
     settings.update(kw)
-    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1), pool=feats)
+    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1), moment=feature_moment(feats))
 
 
 def test_fine_tuning_learns_the_labels_and_spread_shrinks_with_data(problem):

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
+from aloop.backbone import Features
+from aloop.feature_cache import FeatureCache
 from aloop.report import status_text, write_report
 from aloop.store import RunStore
 
@@ -48,7 +50,7 @@ def _fake_run(run_dir, stopped: bool = True) -> RunStore:
     e = -40.0 + 0.1 * rng.normal(size=len(a))
     all_ids = np.array(ids + neb)
     (run_dir / "cache").mkdir()
-    np.savez(run_dir / "cache" / "features.npz", ids=all_ids, a=a, e=e, n=np.full(len(a), 3))
+    FeatureCache(run_dir / "cache" / "features", P).write(list(all_ids), Features(a, e, np.full(len(a), 3)))
     ta = rng.normal(size=(5, P))
     te = -40.0 + 0.1 * rng.normal(size=5)
     np.savez(run_dir / "cache" / "test_features.npz", a=ta, e=te, n=np.full(5, 3), y=ta @ truth + te + 0.003)

@@ -1,0 +1,175 @@
+"""Backbone features of a campaign's candidates, kept on disk and read a block of rows at a time.
+
+A pool of 100k candidates must not need 100k configurations in memory at once: features are
+computed a block of candidates at a time and written into memory-mapped arrays indexed by candidate
+id (`a.npy` [capacity, P], `e.npy`, `n.npy`), and everything that needs the whole pool (committee
+spread, the prior's feature moment, descriptor statistics) streams over blocks. A row counts only
+once `done.npy` marks it, and that flag is written after the row itself, so a crash in the middle of
+a block costs at most that block's recomputation.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import Features
+
+BLOCK = 16384   # rows per block: 16384 × P = 82 float64 is 11 MB
+
+
+def blocks(n: int, size: int | None = None) -> Iterator[slice]:
+    """Consecutive slices covering range(n), BLOCK rows by default; one slice when n fits, so small
+    pools are computed exactly as an in-memory array would be."""
+    size = size or BLOCK
+    for lo in range(0, n, size):
+        yield slice(lo, min(lo + size, n))
+
+
+class FeatureCache:
+    """Memory-mapped features of candidates by id, in a folder of .npy files."""
+
+    FILES = ("a", "e", "n", "done")   # done last: a row is valid only after its data is on disk
+
+    def __init__(self, folder: str | Path, n_params: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n_params = n_params
+        done = self.folder / "done.npy"
+        if done.exists():
+            width = np.load(self.folder / "a.npy", mmap_mode="r").shape[1]
+            if width != n_params:
+                raise ValueError(f"{self.folder}: cached features have {width} parameters, the backbone has "
+                                 f"{n_params}; delete the folder to recompute them")
+
+    # --- layout ------------------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.npy"
+
+    def _open(self, name: str, mode: str = "r") -> np.memmap:
+        return np.load(self._path(name), mmap_mode=mode)
+
+    @property
+    def capacity(self) -> int:
+        path = self._path("done")
+        return int(np.load(path, mmap_mode="r").shape[0]) if path.exists() else 0
+
+    def _grow(self, needed: int) -> None:
+        """Make every file hold at least `needed` rows, copying old rows block by block."""
+        if needed <= self.capacity:
+            return
+        size = max(needed, int(1.25 * self.capacity))
+        shapes = {"a": ((size, self.n_params), np.float64), "e": ((size,), np.float64),
+                  "n": ((size,), np.int64), "done": ((size,), np.bool_)}
+        for name in self.FILES:
+            path = self._path(name)
+            old = np.load(path, mmap_mode="r") if path.exists() else None
+            if old is not None and old.shape[0] >= size:
+                continue
+            tmp = path.with_name(f"{name}.tmp.npy")
+            shape, dtype = shapes[name]
+            new = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            if old is not None:
+                for s in blocks(old.shape[0]):
+                    new[s] = old[s]
+            new.flush()
+            del new, old
+            os.replace(tmp, path)
+
+    # --- rows --------------------------------------------------------------------------------
+    def missing(self, ids: Iterable[int]) -> list[int]:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if not len(ids):
+            return []
+        cap = self.capacity
+        have = np.zeros(len(ids), dtype=bool)
+        if cap:
+            inside = ids < cap
+            have[inside] = self._open("done")[ids[inside]]
+        return [int(i) for i in ids[~have]]
+
+    def write(self, ids: list[int], features: Features) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if features.a.shape != (len(ids), self.n_params):
+            raise ValueError(f"{self.folder}: features of shape {features.a.shape} for {len(ids)} ids "
+                             f"and {self.n_params} parameters")
+        self._grow(int(ids.max()) + 1)
+        for name, values in (("a", features.a), ("e", features.e), ("n", features.n_atoms)):
+            array = self._open(name, "r+")
+            array[ids] = values
+            array.flush()
+        done = self._open("done", "r+")
+        done[ids] = True
+        done.flush()
+
+    def read(self, ids) -> Features:
+        """Features of `ids` in memory (for sets of labelled size, not whole pools)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        absent = self.missing(ids)
+        if absent:
+            raise KeyError(f"{self.folder}: no features for candidates {absent[:5]}{' ...' if len(absent) > 5 else ''}")
+        return Features(np.array(self._open("a")[ids]), np.array(self._open("e")[ids]),
+                        np.array(self._open("n")[ids]))
+
+    def fill(self, ids: list[int], compute: Callable[[list[int]], Iterator[tuple[list[int], Features]]],
+             size: int = 4096) -> None:
+        """Compute and store the missing ones among `ids`, `size` candidates at a time; `compute(ids)`
+        yields (positions in ids, Features) as parts finish, each written as it arrives."""
+        missing = self.missing(ids)
+        for lo in range(0, len(missing), size):
+            chunk = missing[lo:lo + size]
+            for positions, part in compute(chunk):
+                self.write([chunk[j] for j in positions], part)
+
+    def import_npz(self, path: Path) -> None:
+        """Take over a cache in the single-file format of earlier versions (ids, a, e, n)."""
+        with np.load(path) as f:
+            ids, a, e, n = (f[k] for k in ("ids", "a", "e", "n"))
+        if len(ids):
+            self.write(list(ids), Features(a, e, n))
+        path.unlink()
+
+
+class PoolRows:
+    """Per-atom features a/n of some cached candidates as a lazy [len(ids), P] matrix: indexing reads
+    only the rows asked for, so acquisition can stream over a pool larger than memory."""
+
+    def __init__(self, cache: FeatureCache, ids):
+        self.cache = cache
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.shape = (len(self.ids), cache.n_params)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        f = self.cache.read(self.ids[rows])
+        return f.a / f.n_atoms[:, None]
+
+    def features(self) -> Iterator[tuple[slice, Features]]:
+        """(rows, Features) block by block."""
+        for s in blocks(len(self.ids)):
+            yield s, self.cache.read(self.ids[s])
+
+
+def stream_predict(committee, rows: PoolRows) -> tuple[np.ndarray, np.ndarray]:
+    """Committee mean and spread over every candidate of `rows`, a block at a time."""
+    mean, std = np.empty(len(rows)), np.empty(len(rows))
+    for s, feats in rows.features():
+        mean[s], std[s] = committee.predict(feats)
+    return mean, std
+
+
+def feature_moment(rows) -> np.ndarray:
+    """Second moment G = ⟨x xᵀ⟩ of the per-atom features x = a/n over `rows` (a PoolRows or a
+    Features), streamed when it is a PoolRows."""
+    if isinstance(rows, Features):
+        x = rows.a / rows.n_atoms[:, None]
+        return x.T @ x / len(x)
+    G = np.zeros((rows.shape[1], rows.shape[1]))
+    for s in blocks(len(rows)):
+        x = rows[s]
+        G += x.T @ x
+    return G / len(rows)
