@@ -6,7 +6,7 @@ Everything runs through the real campaign code (campaigns/mos2-svac/campaign.yam
 base_chgnet.model, 47-atom cells) in a temporary run directory:
 
 1. per candidate: backbone features (once per candidate in the pool) and force Jacobians (once per
-   label), measured on thermally perturbed vacancy cells;
+   label), measured on thermally perturbed vacancy cells (those of speed.py);
 2. against the labels: the committee fit with the campaign's settings (K = 8, force penalty, early
    stopping), on training sets of real feature rows;
 3. against the pool size: a run store and feature cache of N candidates, then the pool-wide steps of
@@ -33,35 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.io import read
 
 from aloop.backbone import Features
 from aloop.campaign import load_campaign
 from aloop.committee import TrainingSet
 from aloop.feature_cache import feature_moment, stream_predict
 from aloop.loop import CampaignRun
+from speed import mos2_cells, timed
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "mos2-svac" / "campaign.yaml"
 
 
 def exponent(x, y) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
-def cells(n: int, rng: np.random.Generator):
-    start = read(CAMPAIGN.parent / "md_start.xyz", index=0)
-    out = []
-    for _ in range(n):
-        atoms = start.copy()
-        atoms.positions += rng.normal(0, 0.06, atoms.positions.shape)
-        out.append(atoms)
-    return out
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def new_run(run_dir: Path) -> CampaignRun:
@@ -131,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "2")))
     rng = np.random.default_rng(0)
-    frames = cells(args.cells, rng)
+    frames = mos2_cells(args.cells, rng)
     with tempfile.TemporaryDirectory() as tmp:
         run = new_run(Path(tmp) / "costs")
         P = len(run.backbone.theta0)
