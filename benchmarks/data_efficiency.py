@@ -232,19 +232,29 @@ def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
     panels = [("test_rmse_meV_per_atom", "held-out energy RMSE (meV/atom)", True),
               ("mono_barrier_error", "mono-vacancy barrier error (eV)", False),
               ("di_barrier_error", "di-vacancy barrier error (eV, transfer)", False),
-              ("force_mae_meV_per_A", "force MAE vs HF (meV/Å)", False)]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+              ("force_mae_meV_per_A", "force MAE vs HF (meV/Å)", False),
+              ("within_2sigma", "prospective errors within 2σ", False)]
+    fig, axes = plt.subplots(1, 5, figsize=(21, 4))
     for ax, (key, title, log) in zip(axes, panels):
         for strategy, rows in table.items():
-            n = sorted(rows)
-            mean = np.array([rows[k][key][0] for k in n])
-            std = np.array([rows[k][key][1] for k in n])
-            ax.errorbar(n, mean, yerr=std, marker="o", capsize=3, label=strategy, color=COLORS[strategy])
-        ax.axhline(base[key], color="k", ls=":", label="base model")
+            n = [k for k in sorted(rows) if key in rows[k]]
+            for field, style, suffix in ((key, "-", ""), ("calibrated_" + key, "--", ", calibrated")):
+                if key != "within_2sigma" and field != key:
+                    continue
+                mean = np.array([rows[k][field][0] for k in n])
+                std = np.array([rows[k][field][1] for k in n])
+                ax.errorbar(n, mean, yerr=std, marker="o", capsize=3, ls=style, label=strategy + suffix,
+                            color=COLORS[strategy])
+        if key in base:
+            ax.axhline(base[key], color="k", ls=":", label="base model")
         if key.endswith("barrier_error"):
             ax.axhspan(-0.05 if key.startswith("mono") else -0.1, 0.05 if key.startswith("mono") else 0.1,
                        color="tab:green", alpha=0.12, label="target")
             ax.axhline(0, color="k", lw=0.5)
+        if key == "within_2sigma":
+            ax.axhspan(0.85, 0.99, color="tab:green", alpha=0.12, label="target")
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=7)
         if key.startswith("test") and "random" in table:
             ax.axhline(table["random"][CHECKPOINTS[-1]][key][0], color=COLORS["random"], ls="--", lw=0.8,
                        label=f"random at {CHECKPOINTS[-1]}")
@@ -264,6 +274,16 @@ def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
     return [path]
 
 
+def replot(out: Path, docs: bool) -> None:
+    """Redraw the plots of an earlier run from its results.json (no computation)."""
+    summary = json.loads((out / "results.json").read_text())
+    plots = plot(summarise(summary["results"]), summary["base"], summary["reference"], out)
+    if docs:
+        for path in plots:
+            shutil.copy(path, ROOT / "docs" / "img" / path.name)
+    print(f"wrote {', '.join(str(p) for p in plots)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data_efficiency")
@@ -271,7 +291,10 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--no-neb", action="store_true", help="skip the relaxed CI-NEB of the exported models")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plots from OUT/results.json")
     args = parser.parse_args()
+    if args.plot_only:
+        return replot(args.out, args.docs)
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
