@@ -19,7 +19,8 @@ CI-NEB path, the number a user would quote.
 
     python benchmarks/data_efficiency.py [--out runs/data_efficiency] [--seeds 0 1 2]
 
-Prints a table, writes results.json and the plots into --out (and docs/img with --docs).
+Prints a table, writes results.json and the plots into --out (and docs/img with --docs). A rerun
+of some strategies or seeds replaces their entries in results.json and keeps the others.
 """
 from __future__ import annotations
 
@@ -320,6 +321,15 @@ def main() -> None:
             if seed == args.seeds[0] and not args.no_neb:
                 entry["relaxed_neb"] = relaxed_barriers(run, 100, args.out)
             results[strategy].append(entry)
+    previous = args.out / "results.json"
+    if previous.exists():   # a rerun of some strategies or seeds keeps the others' entries
+        for strategy, entries in json.loads(previous.read_text())["results"].items():
+            done = {e["seed"]: e for e in results.get(strategy, [])}
+            for e in entries:   # a --no-neb rerun keeps the relaxed CI-NEB measured before
+                if e["seed"] in done and "relaxed_neb" in e:
+                    done[e["seed"]].setdefault("relaxed_neb", e["relaxed_neb"])
+            kept = [e for e in entries if e["seed"] not in done]
+            results[strategy] = sorted(results.get(strategy, []) + kept, key=lambda e: e["seed"])
     table = summarise(results)
     reference = evaluation.reference
     random_500 = table.get("random", {}).get(CHECKPOINTS[-1], {}).get("test_rmse_meV_per_atom", (np.nan,))[0]
