@@ -126,6 +126,8 @@ def feature_task(model_path: str, digest: str, device: str, head: str | None, at
 class LocalDispatcher:
     """Everything in this process, in order; an exception stops the run, as it always did."""
 
+    feature_block = 4096   # candidates whose atoms are in memory at once while features are computed
+
     def labels(self, labeler: LocalLabeler, labeler_spec, jobs, progress: bool = False) -> Iterator[tuple[str, dict]]:
         for key, atoms in tqdm(jobs, desc=f"labelling ({labeler.name})", unit="cfg", disable=not progress):
             yield key, labeler.job_record(atoms)
@@ -149,6 +151,12 @@ class ParslDispatcher:
         self.parsl_dir = Path(run_dir) / "parsl"
         self.model = (str(model_path), model_digest, device, head)
         self._dfk = None
+
+    @property
+    def feature_block(self) -> int:
+        """Candidates handed to the executors at once: 64 shards, enough to keep a cluster's workers
+        busy while only that many candidates' atoms are in memory here."""
+        return 64 * self.spec.shard_size
 
     @property
     def running(self) -> bool:

@@ -114,14 +114,17 @@ class FeatureCache:
                         np.array(self._open("n")[ids]))
 
     def fill(self, ids: list[int], compute: Callable[[list[int]], Iterator[tuple[list[int], Features]]],
-             size: int = 4096) -> None:
+             size: int = 4096, done: Callable[[int], object] | None = None) -> None:
         """Compute and store the missing ones among `ids`, `size` candidates at a time; `compute(ids)`
-        yields (positions in ids, Features) as parts finish, each written as it arrives."""
+        yields (positions in ids, Features) as parts finish, each written as it arrives and
+        reported to `done(number of candidates)`."""
         missing = self.missing(ids)
         for lo in range(0, len(missing), size):
             chunk = missing[lo:lo + size]
             for positions, part in compute(chunk):
                 self.write([chunk[j] for j in positions], part)
+                if done is not None:
+                    done(len(positions))
 
     def import_npz(self, path: Path) -> None:
         """Take over a cache in the single-file format of earlier versions (ids, a, e, n)."""

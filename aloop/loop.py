@@ -38,9 +38,6 @@ class RunResult:
     stop_reason: str | None
 
 
-FEATURE_CHUNK = 4096   # candidates whose atoms are in memory at once while their features are computed
-
-
 def label_key(cid: int) -> str:
     return f"cand{cid:07d}"
 
@@ -96,16 +93,14 @@ class CampaignRun:
         return self.feature_cache.read(ids)
 
     def fill_features(self, ids: list[int]) -> None:
-        """Compute the features of those of `ids` not cached yet, a block of candidates at a time (the
-        atoms of one block in memory at once)."""
+        """Compute the features of those of `ids` not cached yet, one block of candidates at a time
+        (the dispatcher's `feature_block`: only that block's atoms are in memory)."""
         def compute(chunk):
             return self.dispatcher.features(self.backbone, self.store.atoms(chunk), progress=False)
         missing = self.feature_cache.missing(ids)
         if missing:
             with tqdm(total=len(missing), desc="backbone features", unit="cfg", disable=not self.progress) as bar:
-                for lo in range(0, len(missing), FEATURE_CHUNK):
-                    self.feature_cache.fill(missing[lo:lo + FEATURE_CHUNK], compute)
-                    bar.update(min(FEATURE_CHUNK, len(missing) - lo))
+                self.feature_cache.fill(missing, compute, size=self.dispatcher.feature_block, done=bar.update)
 
     def pool_rows(self, ids: list[int]) -> PoolRows:
         """Features of (possibly very many) candidates as a lazy matrix, streamed from disk."""
