@@ -20,12 +20,11 @@ from .backbone import Features
 BLOCK = 16384   # rows per block: 16384 × P = 82 float64 is 11 MB
 
 
-def blocks(n: int, size: int | None = None) -> Iterator[slice]:
-    """Consecutive slices covering range(n), BLOCK rows by default; one slice when n fits, so small
-    pools are computed exactly as an in-memory array would be."""
-    size = size or BLOCK
-    for lo in range(0, n, size):
-        yield slice(lo, min(lo + size, n))
+def blocks(n: int) -> Iterator[slice]:
+    """Consecutive slices of BLOCK rows covering range(n); one slice when n fits, so small pools are
+    computed exactly as an in-memory array would be."""
+    for lo in range(0, n, BLOCK):
+        yield slice(lo, min(lo + BLOCK, n))
 
 
 class FeatureCache:

@@ -275,14 +275,14 @@ def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
     return [path]
 
 
-def replot(out: Path, docs: bool) -> None:
-    """Redraw the plots of an earlier run from its results.json (no computation)."""
+def draw(out: Path, docs: bool) -> list[Path]:
+    """The plots of OUT/results.json (and their copies in docs/img with `docs`)."""
     summary = json.loads((out / "results.json").read_text())
     plots = plot(summarise(summary["results"]), summary["base"], summary["reference"], out)
     if docs:
         for path in plots:
             shutil.copy(path, ROOT / "docs" / "img" / path.name)
-    print(f"wrote {', '.join(str(p) for p in plots)}")
+    return plots
 
 
 def main() -> None:
@@ -295,7 +295,8 @@ def main() -> None:
     parser.add_argument("--plot-only", action="store_true", help="redraw the plots from OUT/results.json")
     args = parser.parse_args()
     if args.plot_only:
-        return replot(args.out, args.docs)
+        print(f"wrote {', '.join(str(p) for p in draw(args.out, args.docs))}")
+        return
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +358,6 @@ def main() -> None:
             print(f"{strategy} seed {entry['seed']}: stop rules would fire at {entry['stop_rules_fire_at']}; "
                   f"relaxed NEB at 100 labels: {entry.get('relaxed_neb')}")
     print(f"labels an active strategy needs to reach random's RMSE at {CHECKPOINTS[-1]} labels: {targets}")
-    plots = plot(table, base, reference, args.out)
     summary = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "platform": platform.platform()},
@@ -367,9 +367,7 @@ def main() -> None:
         "targets": targets, "wall_s": round(time.time() - start, 1),
     }
     (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if args.docs:
-        for path in plots:
-            shutil.copy(path, ROOT / "docs" / "img" / path.name)
+    plots = draw(args.out, args.docs)
     print(f"wrote {args.out / 'results.json'} and {', '.join(str(p) for p in plots)}; {time.time() - start:.0f} s")
 
 
