@@ -114,15 +114,24 @@ class Committee(_Section):
     seed: Annotated[int, Field(ge=0)] = 0
 
 
+# Settings of the Adam fit with early stopping that the exact (Newton) fit replaced.
+_RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
+
+
 class Finetune(_Section):
-    epochs: PosInt = 300
-    lr: PosFloat = 0.002
-    batch_size: PosInt = 32
     force_threshold: Annotated[float, Field(ge=0)] = 0.5
     force_weight: Annotated[float, Field(ge=0)] = 1.0
     noise_floor: PosFloat = 0.005
-    val_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
-    patience: PosInt = 100
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        old = [key for key in _RETIRED_FINETUNE if isinstance(data, dict) and key in data]
+        if old:
+            raise ValueError(f"{', '.join(old)}: no longer used: every committee member is now fitted exactly "
+                             "(Newton's method on a convex loss, no epochs or early stopping); remove "
+                             f"{'this key' if len(old) == 1 else 'these keys'}")
+        return data
 
 
 class Acquisition(_Section):

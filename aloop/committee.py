@@ -3,35 +3,46 @@
 Every member is a parameter vector θ_k (see backbone.py), so the committee is a [K, P] array and a
 prediction for any number of configurations is one matrix product with their cached features.
 
-Loss of member k, per labelled configuration c with bootstrap weight w_kc:
+Member k minimises, over the labelled configurations c with bootstrap weights w_kc,
 
-    w_kc (E_k(c) − E_HF(c))² / (σ_c² + σ_floor²)  +  λ w_kc Θ(‖ΔF_c‖² − t²) (‖ΔF_c‖² − t²)²
+    J_k(θ) = Σ_c w_kc [ (E(c; θ) − E_HF(c))² / (σ_c² + σ_floor²) + λ Θ(‖ΔF_c‖² − t²)(‖ΔF_c‖² − t²)² ]
+             + ‖θ − θ_k^prior‖² / s²
 
-with ΔF_c = F_k(c) − F_LF(c) over all atoms of c. Before gradient steps each member refits the
-per-element energies E0 by weighted least squares (the large, constant offset between a DFT and a
-correlated method); then Adam trains all of θ with early stopping on a held-out split.
+with ΔF_c = F(c; θ) − F_LF(c) over all atoms of c. E and F are affine in θ, so ‖ΔF_c‖² is a convex
+quadratic and the thresholded penalty a convex, once-differentiable function of it: J_k is strictly
+convex (the prior term) and has one minimiser. Each member is solved to that minimiser by Newton's
+method, so the answer depends on the labels, the weights and the prior, never on an optimiser's path,
+a learning rate or the order of the rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from tqdm.auto import tqdm
 
 from .backbone import Features, ForceJacobian
 from .feature_cache import feature_moment
 
+# Entropy tags for the member's random streams: one per purpose, so that adding a purpose never
+# shifts the draws of another.
+_ANCHOR, _WEIGHT = 0, 1
 
-def force_penalty(dF2: torch.Tensor, threshold: float) -> torch.Tensor:
+
+def force_penalty(dF2: np.ndarray, threshold: float) -> np.ndarray:
     """Θ(‖ΔF‖² − t²)(‖ΔF‖² − t²)²: zero inside the threshold, quartic in ‖ΔF‖ outside."""
-    excess = torch.clamp(dF2 - threshold**2, min=0.0)
-    return excess**2
+    return np.clip(np.asarray(dF2, dtype=float) - threshold**2, 0.0, None) ** 2
 
 
 @dataclass
 class TrainingSet:
-    """Labelled configurations in the form the loss needs; force arrays padded to the largest N."""
+    """Labelled configurations in the form the loss needs; force arrays padded to the largest N.
+
+    `ids` name the configurations (candidate ids in a run): a member's bootstrap weight of a label
+    is drawn from its id, so it is the same whatever the order of the rows and whichever labels
+    join later.
+    """
 
     features: Features
     energy: np.ndarray  # [n] eV, high-fidelity labels
@@ -39,23 +50,35 @@ class TrainingSet:
     f0: np.ndarray  # [n, 3Nmax] base-model forces (zeros in padding)
     B: np.ndarray  # [n, 3Nmax, P]
     f_lf: np.ndarray  # [n, 3Nmax] low-fidelity forces
+    ids: np.ndarray = field(default=None)  # [n] int
+
+    def __post_init__(self):
+        self.ids = np.arange(len(self.energy)) if self.ids is None else np.asarray(self.ids, dtype=np.int64)
+        if len(np.unique(self.ids)) != len(self.ids):
+            raise ValueError("training set: configuration ids must be unique")
 
     @classmethod
-    def build(cls, features: Features, energy, sigma, jacobians: list[ForceJacobian], f_lf: list[np.ndarray]):
+    def build(cls, features: Features, energy, sigma, jacobians: list[ForceJacobian], f_lf: list[np.ndarray],
+              ids=None):
         n, P = features.a.shape
         width = 3 * max((len(j.f0) for j in jacobians), default=0)
         f0, B, lf = np.zeros((n, width)), np.zeros((n, width, P)), np.zeros((n, width))
         for c, (jac, forces) in enumerate(zip(jacobians, f_lf)):
             m = 3 * len(jac.f0)
             f0[c, :m], B[c, :m], lf[c, :m] = jac.f0.ravel(), jac.B.reshape(m, P), np.asarray(forces).ravel()
-        return cls(features, np.asarray(energy, float), np.asarray(sigma, float), f0, B, lf)
+        return cls(features, np.asarray(energy, float), np.asarray(sigma, float), f0, B, lf, ids)
 
     def __len__(self) -> int:
         return len(self.energy)
 
 
+class NotConverged(RuntimeError):
+    """A member's Newton iteration did not reach its minimiser."""
+
+
 class Committee:
-    """K members θ_k, fitted by bootstrap resampling of the labels, each with its own seed."""
+    """K members θ_k: each a draw of the prior and a Bayesian-bootstrap reweighting of the labels,
+    both seeded by (seed, k) and, for the weights, the label's id."""
 
     def __init__(
         self,
@@ -63,43 +86,49 @@ class Committee:
         size: int = 5,
         bootstrap: bool = True,
         prior_sigma: float = 0.05,
-        epochs: int = 300,
-        lr: float = 0.002,
-        batch_size: int = 32,
         force_threshold: float = 0.5,
         force_weight: float = 1.0,
         noise_floor: float = 0.005,
-        val_fraction: float = 0.2,
-        patience: int = 100,
-        device: str | torch.device = "cpu",
+        seed: int = 0,
+        max_steps: int = 200,
     ):
+        if size < 2:
+            raise ValueError(f"committee: size must be at least 2 (its spread is the uncertainty), got {size}")
         self.theta0 = np.asarray(theta0, dtype=np.float64)
         self.size = size
         self.bootstrap = bootstrap
         self.prior_sigma = prior_sigma
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
         self.force_threshold = force_threshold
         self.force_weight = force_weight
         self.noise_floor = noise_floor
-        self.val_fraction = val_fraction
-        self.patience = patience
-        self.device = torch.device(device)
+        self.seed = seed
+        self.max_steps = max_steps
+
+    # --- the members' random draws -----------------------------------------------------------
+    def _rng(self, k: int, *tags: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, k, *tags])
+
+    def weights(self, ids: np.ndarray) -> np.ndarray:
+        """[K, n] bootstrap weights: Exp(1) per (member, label id) (Rubin's Bayesian bootstrap), so
+        a label keeps its weight in every later fit and no label is ever dropped entirely."""
+        if not self.bootstrap:
+            return np.ones((self.size, len(ids)))
+        return np.array([[self._rng(k, _WEIGHT, int(i)).exponential() for i in ids] for k in range(self.size)])
+
+    def anchors(self, n_params: int) -> np.ndarray:
+        """[K, P] standard-normal draws; the prior of member k is centred at s·anchor_k."""
+        return np.array([self._rng(k, _ANCHOR).standard_normal(n_params) for k in range(self.size)])
 
     # --- fitting -----------------------------------------------------------------------------
-    def _splits(self, n: int, rng: np.random.Generator):
-        """Per member: bootstrap counts over the training part, and a validation mask."""
-        weights, val = np.zeros((self.size, n)), np.zeros((self.size, n), dtype=bool)
-        n_val = int(round(self.val_fraction * n)) if n >= 5 else 0
-        for k in range(self.size):
-            member = np.random.default_rng(rng.integers(2**63))
-            order = member.permutation(n)
-            val[k, order[:n_val]] = True
-            train = order[n_val:]
-            drawn = member.choice(train, size=len(train), replace=True) if self.bootstrap else train
-            np.add.at(weights[k], drawn, 1.0)
-        return weights, val
+    def prior_variance(self, moment: np.ndarray) -> float:
+        """s² = τ²/tr(G): averaged over the pool, a draw of the prior moves per-atom energies by τ RMS."""
+        return self.prior_sigma**2 / np.trace(moment)
+
+    def prior_centres(self, data: TrainingSet, weights: np.ndarray, n_elements: int, s2: float) -> np.ndarray:
+        """[K, P]: θ0 with each member's least-squares E0 shift, plus its draw of the prior."""
+        centres = np.tile(self.theta0, (self.size, 1)) + np.sqrt(s2) * self.anchors(len(self.theta0))
+        centres[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
+        return centres
 
     def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int) -> np.ndarray:
         """Weighted least-squares shift of E0 per element, member by member: [K, n_elem]."""
@@ -112,116 +141,29 @@ class Committee:
             shifts[k] = np.linalg.lstsq(counts * w[:, None], residual * w, rcond=None)[0]
         return shifts
 
-    def _coordinates(self, G: np.ndarray) -> tuple[np.ndarray, float]:
-        """M for θ = θ_start + M z, and the prior variance s² of each component of θ.
-
-        M = V (Λ + ε)^(-1/2) from the pool's per-atom feature second moment G: readout features are
-        strongly correlated, and in raw coordinates one learning rate is too large along some
-        directions and far too small along others. The prior is isotropic in θ, with s² = τ²/tr(G)
-        so that, averaged over the pool, it moves per-atom energies by τ RMS.
-        """
-        vals, vecs = np.linalg.eigh(G)
-        M = vecs / np.sqrt(np.maximum(vals, 1e-9 * vals.max()))
-        return M, self.prior_sigma**2 / np.trace(G)
-
-    def _map_start(self, data: TrainingSet, theta: np.ndarray, weights: np.ndarray, M: np.ndarray, s2: float,
-                   anchors: np.ndarray) -> np.ndarray:
-        """Exact minimiser of the energy term + prior (no force penalty) per member, in z."""
-        inv_var = 1.0 / (data.sigma**2 + self.noise_floor**2)
-        b = data.features.a @ M
-        MtM = M.T @ M / s2
-        z = np.zeros((self.size, M.shape[1]))
-        for k in range(self.size):
-            w = weights[k] * inv_var
-            r0 = data.features.energies(theta[k]) - data.energy
-            z[k] = np.linalg.solve((b * w[:, None]).T @ b + MtM, M.T @ anchors[k] / s2 - (b * w[:, None]).T @ r0)
-        return z
-
-    def fit(self, data: TrainingSet, n_elements: int, rng: np.random.Generator, moment: np.ndarray | None = None,
+    def fit(self, data: TrainingSet, n_elements: int, moment: np.ndarray | None = None,
             progress: bool = False) -> "Committee":
-        """Fit every member: E0 refit, exact energy-only MAP, then Adam on the full loss.
+        """Every member to its exact minimiser: E0 refit, then Newton on J_k from the energy-only
+        solution (which is already the minimiser when no force leaves the threshold).
 
-        `moment`, the candidates' per-atom feature second moment (`feature_cache.feature_moment`), sets
-        the prior's coordinates; without it the labelled configurations' moment does. All members train together: their losses are independent and Adam
-        acts per parameter.
+        `moment`, the candidates' per-atom feature second moment (`feature_cache.feature_moment`),
+        scales the prior; without it the labelled configurations' moment does.
         """
-        n = len(data)
-        if n == 0:
+        if len(data) == 0:
             raise ValueError("committee: no labelled configurations to fit")
-        weights, val = self._splits(n, rng)
-        theta = np.tile(self.theta0, (self.size, 1))
-        theta[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
-        M_np, s2 = self._coordinates(moment if moment is not None else feature_moment(data.features))
-        # Each member's prior is centred on its own random anchor: with the bootstrap this makes
-        # the committee a sample of the posterior (exactly so for the energy-only linear model),
-        # so σ stays large where the labels do not constrain the readouts.
-        anchors_np = rng.normal(size=theta.shape) * np.sqrt(s2)
-        z_start = self._map_start(data, theta, weights, M_np, s2, anchors_np)
-
-        t = lambda x: torch.as_tensor(x, dtype=torch.float64, device=self.device)  # noqa: E731
-        a, e, y = t(data.features.a), t(data.features.e), t(data.energy)
-        inv_var = 1.0 / (t(data.sigma) ** 2 + self.noise_floor**2)
-        f0, B, f_lf = t(data.f0), t(data.B), t(data.f_lf)
-        W, V = t(weights), t(val.astype(float))
-        theta0, start, M, anchors = t(self.theta0), t(theta), t(M_np), t(anchors_np)
-        z = t(z_start).requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=self.lr)
-
-        def params():
-            return start + z @ M.T
-
-        def prior_term():
-            return (((z @ M.T) - anchors) ** 2).sum(1) / s2
-
-        def per_config(idx):
-            theta_k = params()
-            energy_term = (theta_k @ a[idx].T + e[idx] - y[idx]) ** 2 * inv_var[idx]  # [K, b]
-            forces = f0[idx] + torch.einsum("bmp,kp->kbm", B[idx], theta_k - theta0)
-            dF2 = ((forces - f_lf[idx]) ** 2).sum(-1)
-            return energy_term, self.force_weight * force_penalty(dF2, self.force_threshold)
-
-        def loss(idx):
-            energy_term, penalty = per_config(idx)
-            total = ((energy_term + penalty) * W[:, idx]).sum(1) + prior_term() * len(idx) / n
-            return total / W.sum(1).clamp(min=1.0)
-
-        def scores():
-            """Per member: the early-stopping score (validation loss, or the training loss where a
-            member has no validation split) and the energy RMSEs for the history."""
-            with torch.no_grad():
-                energy_term, penalty = per_config(np.arange(n))
-                val_loss = ((energy_term + penalty) * V).sum(1) / V.sum(1).clamp(min=1.0)
-                score = torch.where(has_val, val_loss, loss(np.arange(n)))
-                sq = energy_term / inv_var
-                rmse = [torch.sqrt((sq * m).sum(1) / m.sum(1).clamp(min=1.0)).tolist() for m in (W, V)]
-                return score, float(penalty.sum()), rmse
-
-        has_val = V.sum(1) > 0
-        best_score, active, (train_rmse, val_rmse) = scores()
-        best = params().detach().clone()
-        since_best = torch.zeros(self.size, dtype=torch.long, device=self.device)
-        history = [{"epoch": 0, "train_rmse": train_rmse, "val_rmse": val_rmse}]
-        # The start is exactly optimal unless the force penalty is active somewhere.
-        epochs = self.epochs if active > 0 else 0
-        order_rng = np.random.default_rng(rng.integers(2**63))
-        bar = tqdm(range(1, epochs + 1), desc=f"fine-tuning {self.size} members", unit="epoch", disable=not progress)
-        for epoch in bar:
-            for idx in np.array_split(order_rng.permutation(n), max(1, int(np.ceil(n / self.batch_size)))):
-                optimizer.zero_grad()
-                loss(idx).sum().backward()
-                optimizer.step()
-            score, _, (train_rmse, val_rmse) = scores()
-            improved = score < best_score
-            best[improved] = params().detach()[improved]
-            best_score = torch.where(improved, score, best_score)
-            since_best = torch.where(improved, torch.zeros_like(since_best), since_best + 1)
-            history.append({"epoch": epoch, "train_rmse": train_rmse, "val_rmse": val_rmse})
-            if bool((since_best > self.patience).all()):
-                break
-        bar.close()
-        self.thetas_ = best.cpu().numpy()
-        self.history_ = history
-        self.val_score_ = best_score.cpu().numpy()
+        s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
+        weights = self.weights(data.ids)
+        centres = self.prior_centres(data, weights, n_elements, s2)
+        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0)
+        thetas, objective, steps = [], [], []
+        for k in tqdm(range(self.size), desc=f"fitting {self.size} members", unit="member", disable=not progress):
+            theta, value, n_steps = problem.minimise(weights[k], centres[k], s2, self.max_steps)
+            thetas.append(theta)
+            objective.append(value)
+            steps.append(n_steps)
+        self.thetas_ = np.array(thetas)
+        self.objective_ = np.array(objective)
+        self.newton_steps_ = np.array(steps)
         return self
 
     # --- prediction --------------------------------------------------------------------------
@@ -246,12 +188,87 @@ class Committee:
     # --- persistence -------------------------------------------------------------------------
     def save(self, path) -> None:
         self._check_fitted()
-        np.savez(path, thetas=self.thetas_, theta0=self.theta0, val_score=self.val_score_)
+        np.savez(path, thetas=self.thetas_, theta0=self.theta0, objective=self.objective_,
+                 newton_steps=self.newton_steps_)
 
     def load(self, path) -> "Committee":
         with np.load(path) as f:
             if not np.allclose(f["theta0"], self.theta0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
+            if "objective" not in f:
+                raise ValueError(f"{path}: a committee checkpoint of an earlier aloop (fitted by Adam with early "
+                                 "stopping); delete the committee/ folder of this run and run it again to refit")
             self.thetas_ = f["thetas"]
-            self.val_score_ = f["val_score"]
+            self.objective_ = f["objective"]
+            self.newton_steps_ = f["newton_steps"]
         return self
+
+
+class _Objective:
+    """J(θ) of one member for given weights and prior, with its exact gradient and Hessian."""
+
+    def __init__(self, data: TrainingSet, noise_floor: float, threshold: float, force_weight: float,
+                 theta0: np.ndarray):
+        self.a = data.features.a
+        self.r0 = data.features.e - data.energy  # E(c; θ) − E_HF(c) = a·θ + r0
+        self.inv_var = 1.0 / (data.sigma**2 + noise_floor**2)
+        self.t2, self.lam = threshold**2, force_weight
+        self.B = data.B
+        self.dF0 = data.f0 - data.f_lf - np.einsum("cmp,p->cm", data.B, theta0)  # ΔF = dF0 + B θ
+        self.BtB = np.einsum("cmp,cmq->cpq", data.B, data.B) if force_weight > 0 else None
+
+    def _terms(self, theta, w):
+        r = self.a @ theta + self.r0
+        energy = w * self.inv_var * r**2
+        if self.lam == 0:
+            return r, None, None, float(energy.sum())
+        dF = self.dF0 + self.B @ theta
+        excess = np.clip((dF**2).sum(1) - self.t2, 0.0, None)
+        return r, dF, excess, float(energy.sum() + self.lam * (w * excess**2).sum())
+
+    def value(self, theta, w, centre, s2) -> float:
+        return self._terms(theta, w)[3] + float(((theta - centre) ** 2).sum()) / s2
+
+    def gradient_hessian(self, theta, w, centre, s2):
+        r, dF, excess, _ = self._terms(theta, w)
+        wr = w * self.inv_var
+        g = 2 * self.a.T @ (wr * r) + 2 * (theta - centre) / s2
+        H = 2 * (self.a * wr[:, None]).T @ self.a + 2 * np.eye(len(theta)) / s2
+        if dF is not None:
+            active = excess > 0
+            if active.any():
+                # ∇q = 2Bᵀ ΔF, ∇²q = 2BᵀB for q = ‖ΔF‖²; penalty (q − t²)² on the active side
+                wa, ua = w[active], excess[active]
+                grad_q = 2 * np.einsum("cmp,cm->cp", self.B[active], dF[active])
+                g += self.lam * (2 * wa * ua) @ grad_q
+                H += self.lam * (np.einsum("c,cpq->pq", 4 * wa * ua, self.BtB[active])
+                                 + 2 * (grad_q * wa[:, None]).T @ grad_q)
+        return g, H
+
+    def minimise(self, w, centre, s2, max_steps: int):
+        # The energy-only minimiser, a linear solve, is the start (and the answer when no force
+        # leaves the threshold there).
+        wr = w * self.inv_var
+        H0 = (self.a * wr[:, None]).T @ self.a + np.eye(len(centre)) / s2
+        theta = np.linalg.solve(H0, centre / s2 - self.a.T @ (wr * self.r0))
+        value = self.value(theta, w, centre, s2)
+        for step in range(max_steps + 1):
+            g, H = self.gradient_hessian(theta, w, centre, s2)
+            try:
+                d = -cho_solve(cho_factor(H), g)
+            except LinAlgError:  # cannot happen for J's Hessian (≥ 2I/s²), kept as a clear message
+                raise NotConverged("committee fit: the Hessian is not positive definite") from None
+            decrement = -float(g @ d)  # ≈ 2 × (J − min J) near the minimiser
+            if decrement <= 1e-12 * max(abs(value), 1.0):
+                return theta, value, step
+            # backtracking (Armijo) line search: J is convex, so a step of 1 is accepted near the end
+            alpha = 1.0
+            while True:
+                trial = theta + alpha * d
+                trial_value = self.value(trial, w, centre, s2)
+                if trial_value <= value - 0.25 * alpha * decrement or alpha < 1e-10:
+                    break
+                alpha *= 0.5
+            theta, value = trial, trial_value
+        raise NotConverged(f"committee fit: Newton did not converge in {max_steps} steps "
+                           f"(decrement {decrement:.2e}, objective {value:.6g})")

@@ -124,10 +124,8 @@ class CampaignRun:
         ft = self.c.finetune
         return Committee(
             self.backbone.theta0, size=self.c.committee.size, bootstrap=self.c.committee.bootstrap,
-            prior_sigma=self.c.committee.prior_sigma,
-            epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, force_threshold=ft.force_threshold,
-            force_weight=ft.force_weight, noise_floor=ft.noise_floor, val_fraction=ft.val_fraction,
-            patience=ft.patience, device=self.backbone.device,
+            prior_sigma=self.c.committee.prior_sigma, force_threshold=ft.force_threshold,
+            force_weight=ft.force_weight, noise_floor=ft.noise_floor, seed=self.c.committee.seed,
         )
 
     def committee_path(self, iteration: int) -> Path:
@@ -212,16 +210,14 @@ class CampaignRun:
             ids, energy, sigma = [i for i, k in zip(ids, keep) if k], energy[keep], sigma[keep]
         jacobians = self.jacobians(ids)
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
-        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf)
+        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)
 
     def train(self, iteration: int) -> Committee:
         _, data = self.training_set()
         if len(data) == 0:
             raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
-        rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
         moment = feature_moment(self.pool_rows(self.store.ids()))
-        committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, moment=moment,
-                                             progress=self.progress)
+        committee = self.new_committee().fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
         path = self.committee_path(iteration)
         tmp = path.with_name(path.stem + ".tmp.npz")
         committee.save(tmp)

@@ -133,8 +133,9 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         "sigma_scale": scale,
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables(run, committee.thetas_),
-        "val_score": committee.val_score_.tolist(),
-        "seeds": {"selection": [c.seed, iteration, 1], "training": [c.committee.seed, iteration, 2]},
+        "objective": committee.objective_.tolist(),
+        "newton_steps": committee.newton_steps_.tolist(),
+        "seeds": {"selection": [c.seed, iteration, 1], "committee": c.committee.seed},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
 
@@ -158,10 +159,13 @@ def stop_reason(c, records: list[dict]) -> str | None:
         name, tol = rules.observable.name, rules.observable.tolerance
         window = [r["observables"][name] for r in records[-rules.observable.window:]]
         means = [w["mean"] for w in window]
-        change, spread = max(means) - min(means), window[-1]["std"]
+        # every iteration of the window, not only the last, must be within tolerance: one lucky
+        # narrow committee after wide ones is no evidence of convergence
+        change, spread = max(means) - min(means), max(w["std"] for w in window)
         if change < tol and spread < tol:
             return (f"observable '{name}' converged: changed {change * 1000:.1f} meV over the last "
-                    f"{rules.observable.window} iterations, committee spread {spread * 1000:.1f} meV (< {tol * 1000:.1f} meV)")
+                    f"{rules.observable.window} iterations, committee spread at most {spread * 1000:.1f} meV "
+                    f"(< {tol * 1000:.1f} meV)")
     if not last["pool_sigma"]:
         return "pool exhausted: every candidate is labelled or failed"
     return None

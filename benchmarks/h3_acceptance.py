@@ -4,6 +4,16 @@ Run after the quickstart (`aloop run campaigns/h3-exchange/campaign.yaml`):
 
     python benchmarks/h3_acceptance.py [--run runs/h3-exchange]
 
+or run the quickstart itself at several seeds (campaign `seed`: pool MD and acquisition;
+`committee.seed`: the members' prior draws and bootstrap weights) and report over them:
+
+    python benchmarks/h3_acceptance.py --seeds 0-4 [--threads 1] [--out runs/h3-seeds]
+
+Each seed is an ordinary run (`aloop run` on a copy of the campaign with the seeds and run_dir
+changed; ALOOP_TORCH_THREADS=--threads), so a killed benchmark continues where it stopped. It prints
+mean, standard deviation and worst case of the exported barrier's error, and how often the committee's
+barrier left its own earlier band (mean ± 2 spread of the previous iteration) when labels were added.
+
 1. base-model climbing-image NEB barrier vs the explicit PBE/aug-cc-pVTZ barrier;
 2. the exported fine-tuned model's (committee mean) NEB barrier vs the explicit CCSD(T)/aug-cc-pVTZ
    barrier, with the number of CCSD(T) labels it used;
@@ -16,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import mace  # noqa: F401
 import numpy as np
 import torch
+import yaml
 from mace.calculators import MACECalculator
 
 from aloop.backbone import Backbone
@@ -47,21 +61,16 @@ def path_and_barrier(model_file: Path, spec) -> tuple[list, float, float]:
     return images, float(energies.max() - energies[0]), float(backbone_energies.max() - backbone_energies[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "h3-exchange")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def acceptance(run_dir: Path, campaign) -> dict:
+    """The three criteria for one finished run; written to RUN/report/acceptance.json."""
     t0 = time.time()
-    campaign = load_campaign(CAMPAIGN / "campaign.yaml")
     spec = next(s for s in campaign.pool.sources if s.kind == "neb")
     spec = spec.model_copy(update={"fmax": 0.005, "steps": 2000})
     reference = json.loads((CAMPAIGN / "reference.json").read_text())
-    store = RunStore(args.run)
-    n_labels = store.count(state=LABELLED)
+    n_labels = RunStore(run_dir).count(state=LABELLED)
 
     _, base_barrier, base_check = path_and_barrier(campaign.model.path, spec)
-    tuned_file = args.run / "export" / "committee_mean.model"
+    tuned_file = run_dir / "export" / "committee_mean.model"
     images, tuned_barrier, tuned_check = path_and_barrier(tuned_file, spec)
 
     calc = MACECalculator(model_paths=str(tuned_file), device="cpu", default_dtype="float64")
@@ -86,7 +95,7 @@ def main() -> None:
         },
         "wall_s": round(time.time() - t0, 1),
     }
-    out = args.run / "report" / "acceptance.json"
+    out = run_dir / "report" / "acceptance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"labels used: {n_labels}")
@@ -97,6 +106,89 @@ def main() -> None:
     print(f"|F_tuned - F_PBE| along the path (eV/Å): {', '.join(f'{g:.3f}' for g in force_gaps)}  (t = {t})")
     print(json.dumps(result["criteria"]))
     print(f"written to {out}")
+    return result
+
+
+def seed_list(text: str) -> list[int]:
+    """'0-4' or '0,2,5' → seeds."""
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds: expected a range like 0-4 or a list like 0,2,5; got {text!r}") from None
+
+
+def run_seed(campaign, seed: int, threads: int, out: Path) -> Path:
+    """The quickstart at one seed, as `aloop run` on a copy of its campaign; returns the run folder."""
+    run_dir = out / f"seed-{seed}-t{threads}"
+    settings = campaign.to_dict()
+    settings.update(seed=seed, run_dir=str(run_dir), name=f"h3-exchange-seed-{seed}")
+    settings["committee"]["seed"] = seed
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"seed-{seed}-t{threads}.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    env = {**os.environ, "ALOOP_TORCH_THREADS": str(threads)}
+    subprocess.run([sys.executable, "-m", "aloop.cli", "run", "--quiet", str(path)], check=True, env=env)
+    return run_dir
+
+
+def band_exits(records: list[dict], name: str) -> tuple[int, int]:
+    """(times the committee's observable left the previous iteration's mean ± 2 spread, times it could)."""
+    exits = 0
+    for before, after in zip(records, records[1:]):
+        b, a = before["observables"][name], after["observables"][name]
+        exits += abs(a["mean"] - b["mean"]) > 2 * b["std"]
+    return exits, max(len(records) - 1, 0)
+
+
+def over_seeds(results: dict[int, dict], exits: dict[int, tuple[int, int]]) -> dict:
+    errors = np.array([r["tuned_error"] for r in results.values()])
+    summary = {
+        "seeds": list(results), "tuned_error": errors.tolist(),
+        "labels": [r["labels"] for r in results.values()],
+        "max_force_gap": [max(r["force_gap_per_image"]) for r in results.values()],
+        "mean_error": float(errors.mean()), "std_error": float(errors.std(ddof=1)) if len(errors) > 1 else 0.0,
+        "worst_abs_error": float(np.abs(errors).max()),
+        "all_pass": all(all(r["criteria"].values()) for r in results.values()),
+        "band_exits": sum(e for e, _ in exits.values()), "band_steps": sum(n for _, n in exits.values()),
+    }
+    print("\nseed  labels  barrier (eV)  error (eV)  max|ΔF| (eV/Å)  band exits  criteria")
+    for seed, r in results.items():
+        print(f"{seed:>4}  {r['labels']:>6}  {r['tuned_barrier']:12.4f}  {r['tuned_error']:+10.4f}  "
+              f"{max(r['force_gap_per_image']):14.3f}  {exits[seed][0]:>4} / {exits[seed][1]:<4}  "
+              f"{'pass' if all(r['criteria'].values()) else 'FAIL'}")
+    print(f"error over {len(errors)} seeds: mean {summary['mean_error']:+.4f} eV, standard deviation "
+          f"{summary['std_error']:.4f} eV, worst |error| {summary['worst_abs_error']:.4f} eV "
+          f"(targets: worst ≤ 0.02, standard deviation ≤ 0.01)")
+    print(f"barrier outside the previous iteration's mean ± 2 spread: {summary['band_exits']} of "
+          f"{summary['band_steps']} label batches")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "h3-exchange")
+    parser.add_argument("--seeds", type=seed_list, help="run the quickstart at these seeds first, e.g. 0-4")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the seed runs (default 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "h3-seeds", help="folder of the seed runs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    campaign = load_campaign(CAMPAIGN / "campaign.yaml")
+    if args.seeds is None:
+        acceptance(args.run, campaign)
+        return
+    results, exits = {}, {}
+    for seed in args.seeds:
+        print(f"\n=== seed {seed} ({args.threads} torch threads)", flush=True)
+        run_dir = run_seed(campaign, seed, args.threads, args.out)
+        results[seed] = acceptance(run_dir, campaign)
+        exits[seed] = band_exits(RunStore(run_dir).iterations(), "barrier")
+    summary = over_seeds(results, exits)
+    path = args.out / f"summary-t{args.threads}-seeds-{'_'.join(map(str, args.seeds))}.json"
+    path.write_text(json.dumps(summary, indent=1))
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ pool:
     - {{kind: md, name: md, start: start.xyz, temperatures: [300, 800], steps: 30, interval: 10}}
     - {{kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 5, steps: 2}}
 committee: {{size: 4}}
-finetune: {{epochs: 60, batch_size: 8}}
 acquisition: {{strategy: diverse, batch_size: 4, initial_size: 4}}
 labeler: {{kind: pyscf, method: {method}, basis: {basis}}}
 stop: {{max_labels: {budget}}}

@@ -72,7 +72,6 @@ model: {{path: tiny.model}}
 pool:
   sources: [{{kind: file, name: pool, path: {pool}}}]
 committee: {{size: 2}}
-finetune: {{epochs: 10, batch_size: 8}}
 acquisition: {{strategy: max_std, initial_size: {initial}, batch_size: 2}}
 labeler:
   kind: ase

@@ -23,7 +23,7 @@ pool:
     - {kind: md, name: md300, start: data/start.xyz, temperatures: [300, 600]}
     - {kind: neb, name: exchange, initial: data/start.xyz, final: data/end.xyz}
 finetune:
-  lr: 0.005
+  noise_floor: 0.005
 acquisition:
   strategy: max_std
 labeler:
@@ -75,8 +75,7 @@ def test_valid_campaign_loads_with_defaults(folder: Path) -> None:
     assert isinstance(neb, NEBSource) and neb.images == 7 and neb.climb and neb.fmax == 0.05
     assert (c.committee.size, c.committee.bootstrap, c.committee.seed) == (5, True, 0)
     ft = c.finetune
-    assert ft.lr == 0.005 and ft.epochs == 300 and ft.batch_size == 32 and ft.patience == 100
-    assert (ft.force_threshold, ft.force_weight, ft.noise_floor, ft.val_fraction) == (0.5, 1.0, 0.005, 0.2)
+    assert (ft.force_threshold, ft.force_weight, ft.noise_floor) == (0.5, 1.0, 0.005)
     assert c.acquisition.strategy == "max_std"
     assert c.acquisition.batch_size == 4 and c.acquisition.initial_size == 4
     assert isinstance(c.labeler, PySCFLabeler)
@@ -128,10 +127,11 @@ def test_to_dict_is_json_round_trip(folder: Path) -> None:
 BAD = [
     pytest.param(VALID + "sed: 3\n", "campaign.yaml: sed: unknown key", id="unknown-top-level-key"),
     pytest.param(VALID + "sed: 3\n", "allowed keys: name, run_dir, seed", id="unknown-key-lists-allowed"),
-    pytest.param(_edit("lr: 0.005", "batchsize: 16"),
-                 "finetune.batchsize: unknown key (did you mean 'batch_size'?); allowed keys: epochs, lr, batch_size",
-                 id="finetune-typo"),
-    pytest.param(_edit("lr: 0.005", "lr: -1"), "campaign.yaml: finetune.lr: must be > 0, got -1", id="negative-lr"),
+    pytest.param(_edit("noise_floor: 0.005", "noise_flor: 0.005"),
+                 "finetune.noise_flor: unknown key (did you mean 'noise_floor'?); allowed keys: force_threshold, "
+                 "force_weight, noise_floor", id="finetune-typo"),
+    pytest.param(_edit("noise_floor: 0.005", "noise_floor: -1"), "campaign.yaml: finetune.noise_floor: must be > 0, got -1",
+                 id="negative-noise-floor"),
     pytest.param(_edit("strategy: max_std", "strategy: maxstd"),
                  "acquisition.strategy: expected one of: random, max_std, diverse; got 'maxstd'", id="bad-strategy"),
     pytest.param(_edit("kind: pyscf", "kind: casino"),
@@ -155,8 +155,9 @@ BAD = [
     pytest.param(_edit("observable: {name: barrier", "observable: {name: barier"),
                  "stop.observable.name: no observable named 'barier'; expected one of evaluation.observables: barrier",
                  id="stop-unknown-observable"),
-    pytest.param(_edit("lr: 0.005", "lr: 0.005\n  val_fraction: 0.7"),
-                 "finetune.val_fraction: must be < 0.5, got 0.7", id="val-fraction-too-big"),
+    pytest.param(_edit("noise_floor: 0.005", "noise_floor: 0.005\n  epochs: 300\n  patience: 60"),
+                 "campaign.yaml: finetune: epochs, patience: no longer used: every committee member is now fitted "
+                 "exactly", id="retired-adam-settings"),
     pytest.param(_edit("max_labels: 40", "max_iterations: 3"),
                  "stop.max_labels: required field missing", id="missing-max-labels"),
     pytest.param(_edit("device: cpu", "device: gpu"),
@@ -165,12 +166,12 @@ BAD = [
                  id="bad-name"),
     pytest.param(_edit("    - {kind: barrier", "    - {kind: dipole"),
                  "evaluation.observables.0.kind: expected one of: barrier; got 'dipole'", id="observable-kind"),
-    pytest.param(_edit("finetune:\n  lr: 0.005", "finetune: 3"),
+    pytest.param(_edit("finetune:\n  noise_floor: 0.005", "finetune: 3"),
                  "finetune: expected a mapping", id="section-not-mapping"),
     pytest.param(_edit("{kind: neb, name: exchange,", "{name: exchange,"),
                  "pool.sources.2.kind: required field missing; expected one of: file, md, neb", id="source-without-kind"),
-    pytest.param(_edit("lr: 0.005", "lr: 0.005\n  epochs: many"),
-                 "finetune.epochs: expected an integer, got 'many'", id="not-an-integer"),
+    pytest.param(_edit("strategy: max_std", "strategy: max_std\n  batch_size: many"),
+                 "acquisition.batch_size: expected an integer, got 'many'", id="not-an-integer"),
     pytest.param("name: x\nmodel: [1\n", "campaign.yaml: line 3", id="yaml-syntax-error"),
     pytest.param("- name: x\n- model: y\n", "campaign.yaml: (top level): expected a mapping of sections",
                  id="top-level-list"),
@@ -201,7 +202,7 @@ def test_missing_campaign_file(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported(folder: Path) -> None:
-    text = (_edit("lr: 0.005", "lr: -1\n  batchsize: 3")
+    text = (_edit("noise_floor: 0.005", "noise_floor: -1\n  batchsize: 3")
             .replace("strategy: max_std", "strategy: greedy")
             .replace("kind: pyscf", "kind: dmc")
             .replace("max_labels: 40", "max_labels: 0")
@@ -209,7 +210,7 @@ def test_every_problem_is_reported(folder: Path) -> None:
     with pytest.raises(CampaignError) as info:
         load_campaign(_write(folder, text))
     lines = str(info.value).splitlines()
-    for where in ("finetune.lr:", "finetune.batchsize:", "acquisition.strategy:", "labeler.kind:",
+    for where in ("finetune.noise_floor:", "finetune.batchsize:", "acquisition.strategy:", "labeler.kind:",
                   "stop.max_labels:", "model.path:", "colour:"):
         assert sum(f"campaign.yaml: {where}" in line for line in lines) == 1, (where, lines)
     assert len(lines) == 7

@@ -1,23 +1,22 @@
 """The loss, the committee fit, and export to ordinary MACE files."""
 import numpy as np
 import pytest
-import torch
 from conftest import h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
 from aloop.backbone import Backbone, Features
-from aloop.committee import Committee, TrainingSet, force_penalty
+from aloop.committee import Committee, TrainingSet, _Objective, force_penalty
 from aloop.feature_cache import feature_moment
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
     t = 0.5
-    norms = torch.tensor([0.0, 0.3, 0.5, 0.6, 1.0, 2.0], dtype=torch.float64)
+    norms = np.array([0.0, 0.3, 0.5, 0.6, 1.0, 2.0])
     penalty = force_penalty(norms**2, t)
-    assert torch.all(penalty[:3] == 0)
+    assert np.all(penalty[:3] == 0)
     np.testing.assert_allclose(penalty[3:], (norms[3:] ** 2 - t**2) ** 2)
     # quartic: far outside, doubling ‖ΔF‖ multiplies the penalty by about 16
-    big = force_penalty(torch.tensor([100.0**2, 200.0**2], dtype=torch.float64), t)
+    big = force_penalty(np.array([100.0**2, 200.0**2]), t)
     assert big[1] / big[0] == pytest.approx(16, rel=1e-3)
 
 
@@ -37,11 +36,16 @@ def subset(feats, idx):
     return Features(feats.a[idx], feats.e[idx], feats.n_atoms[idx])
 
 
+def training_set(feats, jac, y, idx):
+    idx = np.asarray(idx)
+    return TrainingSet.build(subset(feats, idx), y[idx], np.zeros(len(idx)), [jac[i] for i in idx],
+                             [jac[i].f0 for i in idx], ids=idx)
+
+
 def fit(bb, feats, jac, y, idx, **kw):
-    data = TrainingSet.build(subset(feats, idx), y[idx], np.zeros(len(idx)), [jac[i] for i in idx], [jac[i].f0 for i in idx])
-    settings = dict(size=4, epochs=300, lr=0.002, batch_size=16, force_weight=0.0, noise_floor=0.002, patience=300)
+    settings = dict(size=4, force_weight=0.0, noise_floor=0.002)
     settings.update(kw)
-    return Committee(bb.theta0, **settings).fit(data, 1, np.random.default_rng(1), moment=feature_moment(feats))
+    return Committee(bb.theta0, **settings).fit(training_set(feats, jac, y, idx), 1, moment=feature_moment(feats))
 
 
 def test_fine_tuning_learns_the_labels_and_spread_shrinks_with_data(problem):
@@ -62,13 +66,58 @@ def test_force_penalty_keeps_forces_near_low_fidelity(problem):
     t = 0.05
     free = fit(bb, feats, jac, y, idx, force_weight=0.0, force_threshold=t)
     held = fit(bb, feats, jac, y, idx, force_weight=1e4, force_threshold=t)
-    assert len(held.history_) > 1 and len(free.history_) == 1  # no penalty: the exact start is final
+    assert np.all(free.newton_steps_ == 0) and np.all(held.newton_steps_ > 0)  # energy-only: the linear solve is exact
 
     def worst(committee):
         return max(np.linalg.norm(committee.member_forces(jac[i]).mean(0) - jac[i].f0) for i in idx)
 
     assert worst(free) > 2 * t  # the energies alone pull the forces away
     assert worst(held) < 0.6 * worst(free)
+
+
+def test_each_member_is_the_minimiser_of_its_loss(problem):
+    """The fit is converged, not stopped: the gradient vanishes and every nearby θ costs more."""
+    bb, feats, jac, y = problem
+    idx = np.arange(30)
+    committee = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.05)
+    data = training_set(feats, jac, y, idx)
+    objective = _Objective(data, committee.noise_floor, 0.05, 100.0, bb.theta0)
+    s2 = committee.prior_variance(feature_moment(feats))
+    weights = committee.weights(data.ids)
+    centres = committee.prior_centres(data, weights, 1, s2)
+    rng = np.random.default_rng(5)
+    for k in range(committee.size):
+        theta, args = committee.thetas_[k], (weights[k], centres[k], s2)
+        g, H = objective.gradient_hessian(theta, *args)
+        assert np.linalg.norm(g) < 1e-6 * np.linalg.norm(2 * (theta - centres[k]) / s2)
+        value = objective.value(theta, *args)
+        assert value == pytest.approx(committee.objective_[k], rel=1e-12)
+        for _ in range(5):
+            step = rng.normal(size=theta.shape) * 1e-3 * np.abs(theta).max()
+            assert objective.value(theta + step, *args) > value
+
+
+def test_fit_does_not_depend_on_row_order_or_on_other_labels(problem):
+    """Same labels in another order give the same θ (1e-8 relative); a member's weight for a label
+    is tied to the label's id, so adding labels leaves the earlier ones' weights as they were."""
+    bb, feats, jac, y = problem
+    idx = np.arange(30)
+    settings = dict(force_weight=100.0, force_threshold=0.05)
+    one = fit(bb, feats, jac, y, idx, **settings)
+    two = fit(bb, feats, jac, y, np.random.default_rng(3).permutation(idx), **settings)
+    np.testing.assert_allclose(two.thetas_, one.thetas_, rtol=1e-8, atol=1e-8 * np.abs(one.thetas_).max())
+    again = fit(bb, feats, jac, y, idx, **settings)
+    np.testing.assert_array_equal(again.thetas_, one.thetas_)  # the same inputs: the same bits
+    committee = Committee(bb.theta0, size=3)
+    np.testing.assert_array_equal(committee.weights(np.arange(20))[:, :10], committee.weights(np.arange(10)))
+    other_seed = Committee(bb.theta0, size=3, seed=1)
+    assert not np.allclose(other_seed.weights(np.arange(10)), committee.weights(np.arange(10)))
+
+
+def test_a_committee_needs_two_members(problem):
+    bb, *_ = problem
+    with pytest.raises(ValueError, match="at least 2"):
+        Committee(bb.theta0, size=1)
 
 
 def test_export_loads_in_mace_calculator_with_member_energies(problem, tmp_path):
@@ -94,3 +143,6 @@ def test_predict_before_fit_and_checkpoint_round_trip(problem, tmp_path):
     np.testing.assert_array_equal(again.thetas_, committee.thetas_)
     with pytest.raises(ValueError, match="different base model"):
         Committee(bb.theta0 + 1).load(tmp_path / "c.npz")
+    np.savez(tmp_path / "old.npz", thetas=committee.thetas_, theta0=bb.theta0, val_score=np.zeros(4))
+    with pytest.raises(ValueError, match="earlier aloop"):
+        Committee(bb.theta0).load(tmp_path / "old.npz")

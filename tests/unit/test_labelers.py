@@ -64,7 +64,7 @@ def test_loop_waits_for_external_labels_and_continues(tmp_path, monkeypatch):
     write(tmp_path / "pool.extxyz", h3_set(20))
     (tmp_path / "c.yaml").write_text(
         "name: wait\nmodel: {path: tiny.model}\npool: {sources: [{kind: file, name: p, path: pool.extxyz}]}\n"
-        "committee: {size: 2}\nfinetune: {epochs: 5}\nacquisition: {batch_size: 3}\n"
+        "committee: {size: 2}\nacquisition: {batch_size: 3}\n"
         "labeler: {kind: replay, path: pool.extxyz}\nstop: {max_labels: 6}\n"
     )
     results: dict = {}
