@@ -77,8 +77,8 @@ class NotConverged(RuntimeError):
 
 
 class Committee:
-    """K members θ_k: each a draw of the prior and a Bayesian-bootstrap reweighting of the labels,
-    both seeded by (seed, k) and, for the weights, the label's id."""
+    """K members θ_k: each a draw of the prior and a bootstrap reweighting of the labels, both
+    seeded by (seed, k) and, for the weights, the label's id."""
 
     def __init__(
         self,
@@ -109,11 +109,12 @@ class Committee:
         return np.random.default_rng([self.seed, k, *tags])
 
     def weights(self, ids: np.ndarray) -> np.ndarray:
-        """[K, n] bootstrap weights: Exp(1) per (member, label id) (Rubin's Bayesian bootstrap), so
-        a label keeps its weight in every later fit and no label is ever dropped entirely."""
+        """[K, n] bootstrap weights: a Poisson(1) count per (member, label id), the classic bootstrap's
+        resampling counts in the limit of many labels, drawn from the label's id so that a label
+        keeps its count in every later fit whatever the order of the rows."""
         if not self.bootstrap:
             return np.ones((self.size, len(ids)))
-        return np.array([[self._rng(k, _WEIGHT, int(i)).exponential() for i in ids] for k in range(self.size)])
+        return np.array([[self._rng(k, _WEIGHT, int(i)).poisson() for i in ids] for k in range(self.size)], float)
 
     def anchors(self, n_params: int) -> np.ndarray:
         """[K, P] standard-normal draws; the prior of member k is centred at s·anchor_k."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, metrics
+from . import __version__, acquisition, metrics, provenance
 from .backbone import Backbone, Features, ForceJacobian, file_digest
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
@@ -60,6 +60,7 @@ class CampaignRun:
             self.store.set_meta("created", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "aloop": __version__,
                                             "python": platform.python_version()})
         self.store.set_meta("campaign", campaign.to_dict())
+        self.store.set_meta("sessions", (self.store.get_meta("sessions") or []) + [provenance.session()])
         self.backbone = Backbone.from_file(campaign.model.path, device=campaign.device, head=campaign.model.head)
         self.labeler = make_labeler(campaign.labeler, self.run_dir / "labels")
         self.dispatcher = make_dispatcher(campaign, self.run_dir, digest)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator, ScalarFormatter
 
 from .feature_cache import FeatureCache
+from .provenance import describe
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
@@ -347,4 +348,5 @@ def status_text(run_dir) -> str:
         lines.append(f"last: {one_line(records[-1])}")
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else "stop: not stopped")
+    lines += describe(store.get_meta("sessions") or [])
     return "\n".join(lines)
