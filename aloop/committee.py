@@ -261,7 +261,8 @@ class _Objective:
                 raise NotConverged("committee fit: the Hessian is not positive definite") from None
             decrement = -float(g @ d)  # ≈ 2 × (J − min J) near the minimiser
             if decrement <= 1e-12 * max(abs(value), 1.0):
-                return theta, value, step
+                # inside the quadratic region: the full step costs nothing and removes the last digits
+                return theta + d, self.value(theta + d, w, centre, s2), step
             # backtracking (Armijo) line search: J is convex, so a step of 1 is accepted near the end
             alpha = 1.0
             while True:
