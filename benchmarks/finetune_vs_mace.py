@@ -4,11 +4,11 @@ Both start from the MoS2 base model (campaigns/mos2-svac/base_chgnet.model) and 
 the first N oracle labels of a data-efficiency run (benchmarks/data_efficiency.py), 90 % to train
 and 10 % to validate, with the base model's forces as the low-fidelity force targets.
 
-- aloop: K members, the force-constrained loss, `epochs` Adam epochs at most (early-stopped). Timed
+- aloop: K members, the force-constrained loss, each solved to its minimiser (Newton). Timed
   twice: the fit alone (backbone features and force Jacobians cached, as in a campaign, where they
   are computed once per configuration), and from nothing (features and Jacobians included).
 - mace: `mace_run_train --foundation_model base --freeze 6` (the readouts stay trainable) on energies
-  and forces, the same number of epochs, once per member. On this CPU one member is timed and
+  and forces, `--epochs` epochs, once per member. On this CPU one member is timed and
   multiplied by K unless --mace-members says otherwise.
 
 Prints the time of each, their ratio, and the validation energy RMSE of each (committee mean for
@@ -82,7 +82,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     c = campaign_for(args.run.parent, args.run.name.rsplit("-s", 1)[0], int(args.run.name.rsplit("-s", 1)[1]))
-    c.committee.size, c.finetune.epochs = args.members, args.epochs
+    c.committee.size = args.members
     run = CampaignRun(c, progress=False)
     ids, energy, sigma = labelled_set(run, args.labels)
     order = np.random.default_rng(0).permutation(len(ids))
@@ -95,23 +95,21 @@ def main() -> None:
     moment = feature_moment(run.pool_rows(run.store.ids()))
     _, data_cached = run.training_set(train_ids)
     t = time.perf_counter()
-    committee = run.new_committee().fit(data_cached, len(run.backbone.z_table), np.random.default_rng(0),
-                                        moment=moment)
+    committee = run.new_committee().fit(data_cached, len(run.backbone.z_table), moment=moment)
     aloop_fit = time.perf_counter() - t
     t = time.perf_counter()
     atoms = run.store.atoms(train_ids)
     feats = run.backbone.features(atoms)
     jac = run.backbone.force_jacobians(atoms)
     fresh = TrainingSet.build(feats, energy[train], sigma[train], jac,
-                              [run.lf_forces(i, j) for i, j in zip(train_ids, jac)])
-    run.new_committee().fit(fresh, len(run.backbone.z_table), np.random.default_rng(0),
-                            moment=moment)
+                              [run.lf_forces(i, j) for i, j in zip(train_ids, jac)], ids=train_ids)
+    run.new_committee().fit(fresh, len(run.backbone.z_table), moment=moment)
     aloop_scratch = time.perf_counter() - t
     valid_frames = [frames[i] for i in valid]
     mean, _ = committee.predict(run.backbone.features(valid_frames))
     aloop_rmse = float(np.sqrt(np.mean((mean - energy[valid]) ** 2)))
 
-    # mace: one readout fine-tune per member (the same epochs), timed end to end
+    # mace: one readout fine-tune per member, timed end to end
     write(args.out / "train.xyz", [frames[i] for i in train], format="extxyz")
     write(args.out / "valid.xyz", valid_frames, format="extxyz")
     mace_times, mace_rmse = [], []
