@@ -71,6 +71,9 @@ def changes(bound: dict, now: dict, labelled: bool) -> list[str]:
 
 
 def _detail(before, after, where: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict) and before.get("kind") != after.get("kind"):
+        before, after = before.get("kind"), after.get("kind")   # another kind: its settings do not compare
+        where = f"{where}.kind" if where else "kind"
     if isinstance(before, dict) and isinstance(after, dict):
         return [line for k in sorted(set(before) | set(after))
                 for line in _detail(before.get(k), after.get(k), f"{where}.{k}" if where else k)]

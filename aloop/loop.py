@@ -49,9 +49,9 @@ class CampaignRun:
     def __init__(self, campaign: Campaign, progress: bool = True, accept: tuple[str, ...] = ()):
         self.c = campaign
         self.progress = progress
-        self.layout = RunDir.create(campaign.run_dir)
         # the model loads before the folder is touched: a broken file must not bind (or create) a run
         self.backbone = load_backbone(campaign)
+        self.layout = RunDir.create(campaign.run_dir)
         self.store = RunStore(self.layout.root)
         self.run_dir = self.layout.root
         digest = file_digest(campaign.model.path)
@@ -247,12 +247,9 @@ class CampaignRun:
     def no_labels(self, iteration: int) -> str:
         failed = self.store.rows(state=FAILED)
         lines = [f"{self.run_dir}: iteration {iteration} has no label to train on: "
-                 f"all {len(failed)} labels of the first batch failed ({self.labeler.name})."]
-        reasons: dict[str, int] = {}
-        for row in failed:
-            reason = " ".join(str(row.get("reason", "no reason recorded")).split())[:300]
-            reasons[reason] = reasons.get(reason, 0) + 1
-        lines += [f"  {n} × {reason}" for reason, n in list(reasons.items())[:5]]
+                 f"all {len(failed)} labels of the first batch failed ({self.labeler.name}):"]
+        lines += [f"  #{row.id}: {' '.join(str(row.get('reason', 'no reason recorded')).split())[:300]}"
+                  for row in failed[:5]]
         lines.append("Fix the campaign's labeler section and run again: a changed labeler retries the failed "
                      f"labels. To retry them with the same settings: aloop requeue {self.run_dir}")
         return "\n".join(lines)

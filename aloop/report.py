@@ -355,7 +355,8 @@ def status_text(run_dir) -> str:
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
     screened = [store.get_meta(f"source:{source['name']}") or {}
                 for source in campaign.get("pool", {}).get("sources", [])]
-    lines.append("pool: " + ", ".join(f"{sum(s.get(why, 0) for s in screened)} frames dropped: {why}"
-                                      for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)))
+    dropped = {why: sum(s.get(why, 0) for s in screened) for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)}
+    if any(dropped.values()):
+        lines.append("pool frames dropped: " + ", ".join(f"{n} ({why})" for why, n in dropped.items() if n))
     lines += binding.summary(store.get_meta("binding") or {})
     return "\n".join(lines)

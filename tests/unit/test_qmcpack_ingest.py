@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.units import Hartree
-from test_qmcpack_labeler import mos2, spec, write_pseudos
+from conftest import write_pseudos
+from test_qmcpack_labeler import mos2, spec
 from test_scalar_dat import reference_stats
 
 from aloop.ingest import ingest, requeue
