@@ -57,11 +57,11 @@ def main() -> None:
     spec = next(s for s in campaign.pool.sources if s.kind == "neb")
     spec = spec.model_copy(update={"fmax": 0.005, "steps": 2000})
     reference = json.loads((CAMPAIGN / "reference.json").read_text())
-    store = RunStore(args.run)
+    store = RunStore.existing(args.run)
     n_labels = store.count(state=LABELLED)
 
     _, base_barrier, base_check = path_and_barrier(campaign.model.path, spec)
-    tuned_file = args.run / "export" / "committee_mean.model"
+    tuned_file = store.layout.export / "committee_mean.model"
     images, tuned_barrier, tuned_check = path_and_barrier(tuned_file, spec)
 
     calc = MACECalculator(model_paths=str(tuned_file), device="cpu", default_dtype="float64")
@@ -86,7 +86,7 @@ def main() -> None:
         },
         "wall_s": round(time.time() - t0, 1),
     }
-    out = args.run / "report" / "acceptance.json"
+    out = store.layout.report / "acceptance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"labels used: {n_labels}")

@@ -91,6 +91,7 @@ class QMCPACKLabeler:
     def submit(self, key: str, atoms: Atoms) -> None:
         folder = self.workdir / key
         if (folder / MANIFEST).exists():
+            self.keys()    # rebuilds a lost jobs.txt (and the queue files) from the manifests
             return
         if folder.exists():
             raise qi.JobSetupError(f"{folder} exists but holds no {MANIFEST}: it is not a job aloop wrote; move it away")
@@ -134,7 +135,8 @@ class QMCPACKLabeler:
     # --- the queue --------------------------------------------------------------------------
     def keys(self) -> list[str]:
         """Queued jobs in array-index order. A lost jobs.txt is rebuilt from the job folders'
-        manifests (in the order they were written), so no queued job is forgotten."""
+        manifests (in the order they were written), and the queue files with it, so no queued job
+        is forgotten."""
         path = self.workdir / "jobs.txt"
         if not path.exists():
             manifests = [json.loads(m.read_text()) | {"folder": m.parent.name}
@@ -144,6 +146,7 @@ class QMCPACKLabeler:
             if not jobs:
                 return []
             path.write_text("".join(key + "\n" for _, key in jobs))
+            self.write_queue_files()      # index.json and submit.sh went with it
         return path.read_text().split()
 
     def manifest(self, key: str) -> dict | None:

@@ -38,6 +38,8 @@ CAMPAIGN = {
     "stop": {"max_labels": 4},
     "evaluation": {"test_set": {"path": "test.extxyz"}},
 }
+QMCPACK = {"kind": "qmcpack", "ecut": 50, "spin": 1, "timesteps": [0.01], "equilibration": 20, "min_blocks": 50,
+           "pseudopotentials": {"H": {"upf": "H.upf", "xml": "H.xml"}}}
 
 
 def frames_with_energy(n: int, seed: int) -> list[Atoms]:
@@ -104,9 +106,7 @@ def queued(tmp_path_factory):
     write(folder / "pool.extxyz", frames)
     write_pseudos(folder, {"H": 1})
     ws = Workspace(folder)
-    labeler = {"kind": "qmcpack", "ecut": 50, "spin": 1, "timesteps": [0.01], "equilibration": 20, "min_blocks": 50,
-               "pseudopotentials": {"H": {"upf": "H.upf", "xml": "H.xml"}}}
-    assert main(["run", ws.campaign(labeler=labeler, evaluation={}), "--quiet"]) == 3
+    assert main(["run", ws.campaign(labeler=QMCPACK, evaluation={}), "--quiet"]) == 3
     return folder
 
 
@@ -232,10 +232,14 @@ def copied_blocks(ws):
 
 
 def lost_index(ws):
-    for k, job in enumerate(jobs(ws)):
-        finish(job, 1e-6 * k)
     (ws.run / "queue" / "jobs.txt").unlink()
     (ws.run / "queue" / "submit.sh").unlink()
+
+
+def finished_and_lost_index(ws):
+    for k, job in enumerate(jobs(ws)):
+        finish(job, 1e-6 * k)
+    lost_index(ws)
 
 
 def truncated_output(ws):
@@ -347,6 +351,9 @@ ROWS = [
     Row("unknown-element-at-run", with_file("other.extxyz", pool_with_oxygen, fresh_run(
         pool={"sources": [{"kind": "file", "name": "p", "path": "other.extxyz"}]})), 1,
         ("other.extxyz frame 8", "element O"), run="fresh"),
+    Row("unknown-element-in-test-set-at-run", with_file("test.extxyz", pool_with_oxygen, fresh_run()), 1,
+        ("evaluation.test_set", "frame 8", "element O"), run="fresh",
+        check=lambda ws: not list((ws.folder / "runs" / "fresh" / "labels").glob("*.json")) or pytest.fail("labelled")),
     Row("impossible-spin", validate(labeler={"kind": "pyscf", "method": "hf", "basis": "sto-3g", "spin": 0}), 1,
         ("pool.extxyz frame 0 (H3)", "3 electrons", "labeler.spin 2S = 0", "parity")),
     Row("impossible-charge", validate(labeler={"kind": "pyscf", "method": "hf", "basis": "sto-3g", "charge": 1,
@@ -388,6 +395,9 @@ ROWS = [
          "--accept-changes labeler")),
     Row("changed-pool-file", with_file("pool.extxyz", lambda: frames_with_energy(8, 9), resume()), 1,
         ("pool.source.p: path: \"sha256:", "--accept-changes pool.source.p")),
+    Row("changed-pool-file-accepted", with_file("pool.extxyz", lambda: frames_with_energy(8, 9), resume(
+        "--accept-changes", "pool.source.p", "--accept-changes", "labeler", stop={"max_labels": 6})), 0,
+        ("6 labels",), labels="kept", check=lambda ws: RunStore(ws.run).count() == 16 or pytest.fail("not re-read")),
     Row("added-source", with_file("more.extxyz", lambda: frames_with_energy(3, 4), resume(pool={"sources": [
         CAMPAIGN["pool"]["sources"][0], {"kind": "file", "name": "more", "path": "more.extxyz"}]})), 1,
         ("pool.source.more: added", "--accept-changes pool.source.more")),
@@ -420,8 +430,12 @@ ROWS = [
     Row("qmc-copied-result", ingest_after(copied_blocks), 0,
         ("inconsistent", "identical to those of cand", "1 labelled"), base="queued", labels="kept", marks=QMC,
         check=ingested(1)),
-    Row("qmc-lost-jobs-txt", ingest_after(lost_index), 0, ("2 labelled",), base="queued", labels="kept", marks=QMC,
+    Row("qmc-lost-jobs-txt", ingest_after(finished_and_lost_index), 0, ("2 labelled",), base="queued", labels="kept", marks=QMC,
         check=ingested(2)),
+    Row("qmc-lost-jobs-txt-run", lambda ws: (lost_index(ws), ["run", ws.campaign(labeler=QMCPACK, evaluation={}),
+                                                               "--quiet"])[1], 3,
+        ("jobs queued",), base="queued", labels="kept", marks=QMC,
+        check=lambda ws: (ws.run / "queue" / "submit.sh").is_file() or pytest.fail("no submit.sh")),
     Row("qmc-truncated-output", ingest_after(truncated_output), 0, ("failed", "expected"), base="queued",
         marks=QMC),
     Row("qmc-nan-output", ingest_after(nan_output), 0, ("failed", "non-finite LocalEnergy"), base="queued",
