@@ -22,8 +22,9 @@ SOURCE = "pool.source."
 LABEL_FIELDS = ("labeler", "test_set", "units")
 NOT_ACCEPTABLE = {"model": "the run's candidates and cached features come from the old model",
                   "units": "labels in two units cannot be fitted together"}
-# settings that change how a job is run or reported, not the number it gives
-NOT_BINDING = {"batch_template", "min_blocks"}
+# labeler settings that change how long a job runs, how it is submitted or how its outputs are read:
+# the error bar of a label, not the quantity it estimates
+NOT_BINDING = {"batch_template", "blocks", "warmup_blocks", "equilibration", "min_blocks"}
 
 
 class CampaignChanged(ValueError):

@@ -223,8 +223,10 @@ class QMCPACKLabeler:
 
 
 def dmc_input_digest(path: Path) -> str:
-    """SHA-256 of a DMC input without its <jastrow> elements, which run.sh replaces with the optimised
-    ones (qmcpack_jastrow.py); canonical XML, so re-indenting is no change but any setting is."""
+    """SHA-256 of a DMC input without what may change after queueing: its <jastrow> elements, which
+    run.sh replaces with the optimised ones (qmcpack_jastrow.py), and the number of blocks, which a
+    user may raise to run a job longer (docs/dmc-on-a-cluster.md). Canonical XML, so re-indenting is
+    no change but any other setting is."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -232,6 +234,9 @@ def dmc_input_digest(path: Path) -> str:
     for wavefunction in root.iter("wavefunction"):
         for jastrow in wavefunction.findall("jastrow"):
             wavefunction.remove(jastrow)
+    for qmc in root.iter("qmc"):
+        for parameter in qmc.findall("parameter[@name='blocks']"):
+            qmc.remove(parameter)
     text = ET.canonicalize(ET.tostring(root, encoding="unicode"), strip_text=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

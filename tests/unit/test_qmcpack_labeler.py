@@ -259,8 +259,10 @@ def test_inputs_are_checked_against_the_manifest_but_the_spliced_jastrow_is_no_c
         c.text = " 0.5 0.4 0.3 0.2 0.1 0.05 0.02 0.01 "
     ET.ElementTree(opt.getroot().find("qmcsystem")).write(job / "opt.s009.opt.xml")
     splice(str(job / "opt.s009.opt.xml"), [str(job / "dmc.in.xml")])   # what run.sh does before DMC
-    labeler.check_inputs("cand0000001", job)
     text = (job / "dmc.in.xml").read_text()
+    (job / "dmc.in.xml").write_text(text.replace('"blocks"> 200 <', '"blocks"> 400 <'))   # run longer: allowed
+    assert (job / "dmc.in.xml").read_text() != text
+    labeler.check_inputs("cand0000001", job)
     (job / "dmc.in.xml").write_text(text.replace('"timestep"> 0.01 <', '"timestep"> 0.03 <'))   # edited by hand
     assert (job / "dmc.in.xml").read_text() != text
     with pytest.raises(LabelError, match="differs from the input aloop wrote"):
