@@ -181,8 +181,9 @@ def test_user_template_placeholders_are_checked(tmp_path):
         labeler.submit("cand0000001", mos2())
 
 
-def test_optimised_jastrow_goes_into_every_twist(tmp_path):
-    labeler = QMCPACKLabeler(tmp_path / "queue", spec(tmp_path, twists=[2, 1, 1]))
+def optimised_job(tmp_path, **changes) -> tuple[QMCPACKLabeler, Path]:
+    """A queued job whose Jastrow optimisation has run (its opt.s009.opt.xml written)."""
+    labeler = QMCPACKLabeler(tmp_path / "queue", spec(tmp_path, **changes))
     labeler.submit("cand0000001", mos2())
     job = tmp_path / "queue" / "cand0000001"
     # what QMCPACK writes after a linear-method step: the wavefunction with fitted coefficients
@@ -190,6 +191,11 @@ def test_optimised_jastrow_goes_into_every_twist(tmp_path):
     for c in opt.getroot().iter("coefficients"):
         c.text = " 0.5 0.4 0.3 0.2 0.1 0.05 0.02 0.01 "
     ET.ElementTree(opt.getroot().find("qmcsystem")).write(job / "opt.s009.opt.xml")
+    return labeler, job
+
+
+def test_optimised_jastrow_goes_into_every_twist(tmp_path):
+    _, job = optimised_job(tmp_path, twists=[2, 1, 1])
     dmc = [str(job / f"dmc.g00{g}.in.xml") for g in range(2)]
     cmd = [sys.executable, str(job / "qmcpack_jastrow.py"), str(job / "opt.s009.opt.xml"), *dmc]
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
@@ -251,13 +257,7 @@ def test_mos2_example_queues_a_job_a_qmcpack_user_recognises(tmp_path):
 
 
 def test_inputs_are_checked_against_the_manifest_but_the_spliced_jastrow_is_no_change(tmp_path):
-    labeler = QMCPACKLabeler(tmp_path / "queue", spec(tmp_path))
-    labeler.submit("cand0000001", mos2())
-    job = tmp_path / "queue" / "cand0000001"
-    opt = ET.parse(job / "opt.in.xml")
-    for c in opt.getroot().iter("coefficients"):
-        c.text = " 0.5 0.4 0.3 0.2 0.1 0.05 0.02 0.01 "
-    ET.ElementTree(opt.getroot().find("qmcsystem")).write(job / "opt.s009.opt.xml")
+    labeler, job = optimised_job(tmp_path)
     splice(str(job / "opt.s009.opt.xml"), [str(job / "dmc.in.xml")])   # what run.sh does before DMC
     text = (job / "dmc.in.xml").read_text()
     (job / "dmc.in.xml").write_text(text.replace('"blocks"> 200 <', '"blocks"> 400 <'))   # run longer: allowed
