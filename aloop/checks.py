@@ -27,7 +27,7 @@ def load_backbone(campaign: Campaign) -> Backbone:
 
 
 def source_frames(spec) -> list[tuple[str, str, list[Atoms]]]:
-    """(field, file, frames) of every file a pool source reads its configurations from."""
+    """(where, file, frames) of every file a pool source reads its configurations from."""
     files = {"file": ["path"], "md": ["start"], "neb": ["initial", "final", "guess"]}[spec.kind]
     where = f"pool source '{spec.name}'"
     index = spec.index if spec.kind == "file" else ":"
@@ -67,16 +67,13 @@ def check_campaign(campaign: Campaign, backbone: Backbone, skip: tuple[str, ...]
     """CampaignError listing every configuration the model or the labeler cannot handle; the pool
     sources named in `skip` (already in a run's pool, checked then) are not read again."""
     known = {int(z) for z in backbone.z_table.zs}
+    test = campaign.evaluation.test_set
     try:
         groups = [g for spec in campaign.pool.sources if spec.name not in skip for g in source_frames(spec)]
+        if test is not None:
+            groups.append(("evaluation.test_set", str(test.path), read_frames(test.path, ":", "evaluation.test_set")))
     except PoolError as err:
         raise CampaignError(str(err)) from None
-    test = campaign.evaluation.test_set
-    if test is not None:
-        try:
-            groups.append(("evaluation.test_set", str(test.path), read_frames(test.path, ":", "evaluation.test_set")))
-        except PoolError as err:
-            raise CampaignError(str(err)) from None
     elements, spins = [], []
     for where, path, frames in groups:
         elements += unknown_elements(frames, where, path, known)

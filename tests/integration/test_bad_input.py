@@ -362,6 +362,8 @@ ROWS = [
     Row("unreadable-pool", with_file("junk.extxyz", "3\nnot extxyz at all\nH 0 0\n", validate(
         pool={"sources": [{"kind": "file", "name": "j", "path": "junk.extxyz"}]})), 1,
         ("pool source 'j': cannot read", "junk.extxyz")),
+    Row("unreadable-test-set", with_file("test.extxyz", "2\nbroken\n", validate()), 1,
+        ("evaluation.test_set: cannot read", "test.extxyz")),
     Row("nan-positions", with_file("pool.extxyz", pool_with_nan_frame, fresh_run()), 0,
         ("dropped 1 of 8 frames: non-finite positions (frames 2)",), run="fresh", labels="kept",
         check=fresh_indices_point_at_their_frames),
@@ -393,6 +395,9 @@ ROWS = [
     Row("changed-labeler", resume(labeler={"kind": "pyscf", "method": "hf", "basis": "sto-3g"}, name="other"), 1,
         ("labeler: ", "kind: \"replay\" in the run, \"pyscf\" now", "new run_dir",
          "--accept-changes labeler")),
+    Row("changed-labeler-accepted", with_file("relabel.extxyz", lambda: frames_with_energy(8, 0), resume(
+        "--accept-changes", "labeler", labeler={"path": "relabel.extxyz", "tolerance": 1e-5},
+        stop={"max_labels": 6})), 0, ("6 labels",), labels="kept"),
     Row("changed-pool-file", with_file("pool.extxyz", lambda: frames_with_energy(8, 9), resume()), 1,
         ("pool.source.p: path: \"sha256:", "--accept-changes pool.source.p")),
     Row("changed-pool-file-accepted", with_file("pool.extxyz", lambda: frames_with_energy(8, 9), resume(
