@@ -106,7 +106,7 @@ class CampaignRun:
             seen.add(atoms)
         for spec in todo:
             frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
-            keep, dropped = screen(frames, self.c.pool.min_distance, seen)
+            keep, dropped = screen(frames, self.c.pool.min_distance, seen, drop_repeats=spec.kind != "neb")
             if dropped[TOO_CLOSE] and spec.kind == "neb":
                 raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
                                 f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")

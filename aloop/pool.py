@@ -185,11 +185,13 @@ class Geometries:
         positions.insert(at, atoms.positions.copy())
 
 
-def screen(frames: list[Atoms], min_distance: float, seen: Geometries) -> tuple[list[int], dict[str, list[int]]]:
+def screen(frames: list[Atoms], min_distance: float, seen: Geometries,
+           drop_repeats: bool = True) -> tuple[list[int], dict[str, list[int]]]:
     """The frames worth a label, by index, and those dropped, by reason. A frame with non-finite
     positions (a corrupt file, a generator that blew up) or two atoms closer than min_distance (Å)
     would buy a high-fidelity label for a meaningless geometry; a repeat would buy one twice.
-    Kept frames are added to `seen`."""
+    Kept frames are added to `seen`. `drop_repeats=False` keeps repeats (an NEB path needs every
+    image for its observable)."""
     keep: list[int] = []
     dropped: dict[str, list[int]] = {NON_FINITE: [], TOO_CLOSE: [], DUPLICATE: []}
     for i, atoms in enumerate(frames):
@@ -198,7 +200,7 @@ def screen(frames: list[Atoms], min_distance: float, seen: Geometries) -> tuple[
         elif len(atoms) > 1 and atoms.get_all_distances(mic=bool(atoms.pbc.any()))[
                 np.triu_indices(len(atoms), 1)].min() < min_distance:
             dropped[TOO_CLOSE].append(i)
-        elif seen.seen(atoms):
+        elif drop_repeats and seen.seen(atoms):
             dropped[DUPLICATE].append(i)
         else:
             seen.add(atoms)
