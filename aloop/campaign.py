@@ -412,6 +412,8 @@ class Campaign(_Section):
         if self.run_dir is None:
             self.run_dir = _resolve(Path("runs") / self.name, info)
         problems = []   # "dotted.path: message" lines; see _translate
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            problems.append(f"run_dir: {self.run_dir} is a file, not a folder; give a folder for the run")
         neb = [s.name for s in self.pool.sources if s.kind == "neb"]
         kinds = {s.name: s.kind for s in self.pool.sources}
         for i, obs in enumerate(self.evaluation.observables):

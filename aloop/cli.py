@@ -21,20 +21,12 @@ def _quiet_imports() -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
-def _campaign_of_run(run_dir: Path):
-    from .campaign import Campaign
-    from .store import RunStore
-
-    if not (run_dir / "aloop.db").exists():
-        raise ValueError(f"{run_dir}: not a run directory (no aloop.db); give the run_dir of a campaign")
-    stored = RunStore(run_dir).get_meta("campaign")
-    return Campaign.model_validate(stored, context={"base_dir": str(run_dir)})
-
-
 def cmd_validate(args) -> int:
     from .campaign import load_campaign
+    from .checks import check_campaign, load_backbone
 
     campaign = load_campaign(args.campaign)
+    check_campaign(campaign, load_backbone(campaign))
     print(f"{args.campaign}: valid. run directory: {campaign.run_dir}")
     return 0
 
@@ -45,7 +37,7 @@ def cmd_run(args) -> int:
     from .report import write_report
 
     campaign = load_campaign(args.campaign)
-    run = CampaignRun(campaign, progress=not args.quiet)
+    run = CampaignRun(campaign, progress=not args.quiet, accept=tuple(args.accept_changes))
     result = run.run(max_iterations=args.iterations)
     print(f"{result.iterations} iterations, {result.n_labels} labels. "
           f"{'Stopped: ' + result.stop_reason if result.stop_reason else 'Not stopped yet: run again to continue.'}")
@@ -72,9 +64,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .campaign import Campaign
     from .loop import CampaignRun
+    from .store import RunStore
 
-    run = CampaignRun(_campaign_of_run(Path(args.run)), progress=False)
+    store = RunStore.existing(args.run)
+    if not store.iterations():
+        raise ValueError(f"{args.run}: nothing to export yet: no iteration has finished (`aloop status {args.run}` "
+                         "says why); run the campaign first")
+    campaign = Campaign.model_validate(store.get_meta("campaign"), context={"base_dir": str(store.run_dir)})
+    run = CampaignRun(campaign, progress=False)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
     return 0
@@ -91,10 +90,16 @@ def cmd_ingest(args) -> int:
 def cmd_requeue(args) -> int:
     from .ingest import requeue
 
+    from .rundir import RunDir
+    from .store import RunStore
+
     keys = requeue(Path(args.run), args.keys)
     print(f"re-queued {len(keys)} job(s): {' '.join(keys) or '(none gave a problem)'}")
-    if keys:
-        print(f"run them ({Path(args.run) / 'queue' / 'submit.sh'}), then `aloop ingest {args.run}`")
+    kind = RunStore.existing(args.run).get_meta("campaign")["labeler"]["kind"]
+    if keys and kind == "qmcpack":
+        print(f"run them ({RunDir(args.run).queue / 'submit.sh'}), then `aloop ingest {args.run}`")
+    elif keys:
+        print("`aloop run CAMPAIGN` labels them")
     return 0
 
 
@@ -108,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("campaign")
     p.add_argument("--iterations", type=int, default=None, help="at most this many iterations now")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--accept-changes", action="append", default=[], metavar="FIELD",
+                   help="resume although FIELD differs from what the run folder holds (repeat per field)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="where a run stands")
     p.add_argument("run")
@@ -124,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("paths", nargs="*", help="job folders (or folders of them) copied back; default: RUN/queue")
     p.set_defaults(func=cmd_ingest)
-    p = sub.add_parser("requeue", help="write fresh job folders for jobs that gave no label")
+    p = sub.add_parser("requeue", help="label again the candidates whose labels failed")
     p.add_argument("run")
     p.add_argument("keys", nargs="*", help="job keys (default: every failed, needs-more-blocks or inconsistent job)")
     p.set_defaults(func=cmd_requeue)

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .labelers.base import FAILED, LocalLabeler
+from .rundir import RunDir
 
 PARSL_DEFAULT_RUN_DIR = "runinfo"   # parsl.config.Config's own default for run_dir
 
@@ -96,12 +97,12 @@ def _per_thread(kind: str, key: tuple, build):
     return held[1]
 
 
-def label_task(labeler_spec, workdir: str, atoms) -> dict:
+def label_task(labeler_spec, run_dir: str, campaign: str, atoms) -> dict:
     """The job record of one configuration, computed by a labeler built from the campaign's settings."""
     from .labelers import make_labeler
 
-    key = (labeler_spec.model_dump_json(), workdir)
-    labeler = _per_thread("labeler", key, lambda: make_labeler(labeler_spec, workdir))
+    key = (labeler_spec.model_dump_json(), run_dir, campaign)
+    labeler = _per_thread("labeler", key, lambda: make_labeler(labeler_spec, run_dir, campaign))
     return labeler.job_record(atoms)
 
 
@@ -146,9 +147,11 @@ class ParslDispatcher:
     is shut down by `close()`; the next use reads the config file again.
     """
 
-    def __init__(self, spec, run_dir: Path, model_path: Path, model_digest: str, head: str | None, device: str):
+    def __init__(self, spec, run_dir: Path, campaign: str, model_path: Path, model_digest: str, head: str | None,
+                 device: str):
         self.spec = spec
-        self.parsl_dir = Path(run_dir) / "parsl"
+        self.run_dir, self.campaign = str(run_dir), campaign
+        self.parsl_dir = RunDir(run_dir).parsl
         self.model = (str(model_path), model_digest, device, head)
         self._dfk = None
 
@@ -199,7 +202,7 @@ class ParslDispatcher:
         if not jobs:
             return
         label_app, _ = self._apps()
-        futures = {label_app(labeler_spec, str(labeler.workdir), atoms): key for key, atoms in jobs}
+        futures = {label_app(labeler_spec, self.run_dir, self.campaign, atoms): key for key, atoms in jobs}
         held: list[tuple[str, dict]] = []   # failures, until one task shows that the workers can work
         any_ok = False
         with tqdm(total=len(futures), desc=f"labelling ({labeler.name}, parsl)", unit="cfg",
@@ -255,4 +258,5 @@ def make_dispatcher(campaign, run_dir: Path, model_digest: str):
     spec = campaign.dispatch
     if spec.kind == "local":
         return LocalDispatcher()
-    return ParslDispatcher(spec, run_dir, campaign.model.path, model_digest, campaign.model.head, campaign.device)
+    return ParslDispatcher(spec, run_dir, campaign.name, campaign.model.path, model_digest, campaign.model.head,
+                           campaign.device)

@@ -125,14 +125,6 @@ class FeatureCache:
                 if done is not None:
                     done(len(positions))
 
-    def import_npz(self, path: Path) -> None:
-        """Take over a cache in the single-file format of earlier versions (ids, a, e, n)."""
-        with np.load(path) as f:
-            ids, a, e, n = (f[k] for k in ("ids", "a", "e", "n"))
-        if len(ids):
-            self.write(list(ids), Features(a, e, n))
-        path.unlink()
-
 
 class PoolRows:
     """Per-atom features a/n of some cached candidates as a lazy [len(ids), P] matrix: indexing reads

@@ -10,17 +10,17 @@ results twice changes nothing, and nothing already labelled is touched.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .campaign import QMCPACKLabeler as QMCPACKSettings
-from .labelers import DONE
+from pydantic import TypeAdapter
+
+from .campaign import Labeler as LabelerSettings
+from .labelers import DONE, Labeler, make_labeler
 from .labelers.qmcpack import EXIT_STATUS, INCONSISTENT, MANIFEST, QMCPACKLabeler, differences
 from .labelers.qmcpack_results import JobProblem
-from .store import LABELLED, RunStore
-
-LABEL_PREFIX = "cand"   # job keys are loop.label_key(candidate id): cand0000012
+from .rundir import candidate_id, label_key
+from .store import FAILED, LABELLED, RunStore
 
 
 @dataclass
@@ -30,26 +30,22 @@ class Outcome:
     detail: str
 
 
-def candidate_id(key: str) -> int:
-    digits = key.removeprefix(LABEL_PREFIX)
-    if not digits.isdigit():
-        raise ValueError(f"{key!r} is not a job key (expected {LABEL_PREFIX} and the candidate number)")
-    return int(digits)
+def open_labeler(run_dir: str | Path) -> tuple[RunStore, Labeler]:
+    """The run's store and its labeler, built from the campaign recorded in the run."""
+    store = RunStore.existing(run_dir)
+    campaign = store.get_meta("campaign") or {}
+    spec = TypeAdapter(LabelerSettings).validate_python(campaign.get("labeler", {}),
+                                                        context={"base_dir": str(store.run_dir)})
+    return store, make_labeler(spec, store.run_dir, campaign.get("name", store.run_dir.name))
 
 
 def open_queue(run_dir: str | Path) -> tuple[RunStore, QMCPACKLabeler]:
-    """The run's store and its QMCPACK labeler, from the campaign recorded in the run."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "aloop.db").exists():
-        raise ValueError(f"{run_dir}: not a run directory (no aloop.db); give the run_dir of a campaign")
-    store = RunStore(run_dir)
-    campaign = store.get_meta("campaign") or {}
-    section = campaign.get("labeler", {})
-    if section.get("kind") != "qmcpack":
-        raise ValueError(f"{run_dir}: this run's labeler is {section.get('kind')!r}, which computes its labels itself; "
+    """The run's store and its QMCPACK labeler; ValueError for a run whose labeler computes itself."""
+    store, labeler = open_labeler(run_dir)
+    if not isinstance(labeler, QMCPACKLabeler):
+        raise ValueError(f"{store.run_dir}: this run's labeler is {labeler.name!r}, which computes its labels itself; "
                          "only labeler kind 'qmcpack' has results to ingest")
-    settings = QMCPACKSettings.model_validate(section, context={"base_dir": str(run_dir)})
-    return store, QMCPACKLabeler(run_dir / "queue", settings, campaign=campaign.get("name", run_dir.name))
+    return store, labeler
 
 
 def _results_folders(labeler: QMCPACKLabeler, paths) -> list[tuple[str, Path, bool]]:
@@ -101,6 +97,10 @@ def ingest(run_dir: str | Path, paths=()) -> list[Outcome]:
     """Turn finished jobs into labels; one Outcome per job looked at."""
     store, labeler = open_queue(run_dir)
     reference = _reference(store)
+    # whose results each set of DMC blocks is: one job's outputs copied into another's folder must
+    # not label a second configuration
+    blocks = {row.data["provenance"]["blocks_sha256"]: row.data["provenance"].get("key", f"candidate {row.id}")
+              for row in store.rows(state=LABELLED) if "blocks_sha256" in row.data.get("provenance", {})}
     outcomes = []
     for key, results, explicit in _results_folders(labeler, paths):
         if labeler.manifest(key) is None:
@@ -117,7 +117,12 @@ def ingest(run_dir: str | Path, paths=()) -> list[Outcome]:
             continue
         try:
             _check_consistent(labeler, key, results, reference)
+            labeler.check_inputs(key, results)
             label = labeler.evaluate(key, results)
+            twin = blocks.get(label.provenance["blocks_sha256"])
+            if twin is not None:
+                raise JobProblem(INCONSISTENT, f"its DMC blocks are identical to those of {twin}, a label of another "
+                                               "configuration: outputs copied from another job's folder?")
         except JobProblem as problem:
             # file names relative to the job folder: `aloop status` shows the first 150 characters
             reason = problem.reason.replace(f"{results}/", "").replace(f"{results}: ", "")
@@ -128,6 +133,7 @@ def ingest(run_dir: str | Path, paths=()) -> list[Outcome]:
         labeler.record(key, {"state": DONE, "label": label.to_json(), "results": str(results)})
         store.add_label(cid, label.energy, label.sigma, {**label.provenance, "labeler": labeler.name, "key": key,
                                                          "iteration": row.get("iteration")})
+        blocks[label.provenance["blocks_sha256"]] = key
         if reference is None:
             reference = (key, label.provenance["consistency"])
         outcomes.append(Outcome(key, "labelled", f"{label.energy:.6f} ± {label.sigma:.6f} eV"))
@@ -136,31 +142,29 @@ def ingest(run_dir: str | Path, paths=()) -> list[Outcome]:
 
 
 def requeue(run_dir: str | Path, keys=()) -> list[str]:
-    """Write fresh job folders for jobs that gave no label (all such jobs when `keys` is empty).
-    The old folder is kept as <key>.attempt<N>; the candidate waits for its label again."""
-    store, labeler = open_queue(run_dir)
-    if not keys:
-        keys = [k for k in labeler.keys() if (labeler.record_of(k) or {}).get("state", DONE) != DONE]
+    """`aloop requeue`: failed jobs (those of `keys`, default every one) to be labelled again."""
+    store, labeler = open_labeler(run_dir)
+    return retry(store, labeler, keys)
+
+
+def retry(store: RunStore, labeler: Labeler, keys=()) -> list[str]:
+    """Failed candidates back to selected, each old attempt set aside: a labeler that computes here
+    labels them at the next `aloop run`, the QMCPACK queue gets fresh job folders now."""
+    keys = list(keys) or [label_key(cid) for cid in store.ids(state=FAILED)]
     for key in keys:
-        if labeler.manifest(key) is None:
-            raise ValueError(f"no job {key} in {labeler.workdir}")
         cid = candidate_id(key)
+        if not store.count(id=cid):
+            raise ValueError(f"{key}: no such candidate in {store.run_dir}")
         if store.db.get(id=cid).state == LABELLED:
             raise ValueError(f"{key} is labelled; a labelled job is never re-queued")
-        folder = labeler.workdir / key
-        attempt = 1
-        while folder.with_name(f"{key}.attempt{attempt}").exists():
-            attempt += 1
-        old = folder.with_name(f"{key}.attempt{attempt}")
-        shutil.move(folder, old)
-        try:
-            labeler.submit(key, store.atoms([cid])[0])
-        except Exception:
-            shutil.move(old, folder)      # the job stays as it was when the new one cannot be written
-            raise
+        if isinstance(labeler, QMCPACKLabeler):
+            labeler.retry(key, store.atoms([cid])[0])
+        else:
+            labeler.retry(key)
         store.requeue(cid)
-    labeler.write_queue_files()
-    return list(keys)
+    if isinstance(labeler, QMCPACKLabeler):
+        labeler.write_queue_files()
+    return keys
 
 
 def summary(outcomes: list[Outcome]) -> str:

@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, metrics, provenance
-from .backbone import Backbone, Features, ForceJacobian, file_digest
+from . import __version__, acquisition, binding, metrics, provenance
+from .backbone import Features, ForceJacobian, file_digest
 from .campaign import Campaign
+from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
 from .dispatch import make_dispatcher
 from .feature_cache import FeatureCache, PoolRows, feature_moment, stream_predict
-from .labelers import DONE, FAILED, PENDING, LabelError, LocalLabeler, make_labeler
-from .pool import PoolError, generate, physical
-from .store import LABELLED, POOL, SELECTED, RunStore
+from .ingest import retry
+from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
+from .pool import TOO_CLOSE, Geometries, PoolError, generate, screen
+from .rundir import RunDir, label_key
+from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 
 class WaitingForLabels(RuntimeError):
@@ -38,55 +41,87 @@ class RunResult:
     stop_reason: str | None
 
 
-def label_key(cid: int) -> str:
-    return f"cand{cid:07d}"
+class NoLabels(ValueError):
+    """The first batch gave no label; the message says what failed and what to do."""
 
 
 class CampaignRun:
-    def __init__(self, campaign: Campaign, progress: bool = True):
+    def __init__(self, campaign: Campaign, progress: bool = True, accept: tuple[str, ...] = ()):
         self.c = campaign
         self.progress = progress
-        self.store = RunStore(campaign.run_dir)
-        self.run_dir = self.store.run_dir
+        # the model loads before the folder is touched: a broken file must not bind (or create) a run
+        self.backbone = load_backbone(campaign)
+        self.layout = RunDir.create(campaign.run_dir)
+        self.store = RunStore(self.layout.root)
+        self.run_dir = self.layout.root
         digest = file_digest(campaign.model.path)
-        known = self.store.get_meta("model_digest")
-        if known is not None and known != digest:
-            raise ValueError(
-                f"{self.run_dir}: this run was started with another base model (digest {known}, now {digest}); "
-                "use a new run_dir or restore the model file"
-            )
-        if known is None:
-            self.store.set_meta("model_digest", digest)
+        labeler_changed = self.bind(digest, accept)
+        if self.store.get_meta("created") is None:
             self.store.set_meta("created", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "aloop": __version__,
                                             "python": platform.python_version()})
         self.store.set_meta("campaign", campaign.to_dict())
         self.store.set_meta("sessions", (self.store.get_meta("sessions") or []) + [provenance.session()])
-        self.backbone = Backbone.from_file(campaign.model.path, device=campaign.device, head=campaign.model.head)
-        self.labeler = make_labeler(campaign.labeler, self.run_dir / "labels")
+        self.labeler = make_labeler(campaign.labeler, self.run_dir, campaign.name)
+        if labeler_changed:    # the new settings get another chance at what the old ones failed
+            retry(self.store, self.labeler)
         self.dispatcher = make_dispatcher(campaign, self.run_dir, digest)
-        self.cache = self.run_dir / "cache"
+        self.cache = self.layout.cache
         self.cache.mkdir(exist_ok=True)
         self.feature_cache = FeatureCache(self.cache / "features", len(self.backbone.theta0))
-        if (self.cache / "features.npz").exists():   # a run cached in the earlier single-file format
-            self.feature_cache.import_npz(self.cache / "features.npz")
-        (self.run_dir / "committee").mkdir(exist_ok=True)
+        self.layout.committees.mkdir(exist_ok=True)
+
+    def bind(self, digest: str, accept) -> bool:
+        """Check the campaign against the fields this folder's data was made with (binding.py) and
+        record the ones it is bound to now; whether the labeler's settings changed."""
+        now = self.fields = binding.of_campaign(self.c, digest)
+        binding.check_accepted(accept, now)
+        bound = self.store.get_meta("binding")
+        legacy = self.store.get_meta("model_digest")   # runs made before binding.py knew only the model
+        if bound is None:
+            bound = {**now, "model": {"sha256": legacy, "head": self.c.model.head}} if legacy else {}
+        changed = binding.changes(bound, now, self.store.count(state=LABELLED) > 0)
+        refused = [f for f in changed if f not in accept]
+        if refused:
+            raise binding.refusal(self.run_dir, bound, now, refused)
+        sources = {s.name: s for s in self.c.pool.sources}
+        for field in changed:
+            name = field.removeprefix(binding.SOURCE)
+            if field.startswith(binding.SOURCE) and field in bound and name in sources:
+                if sources[name].kind == "neb":
+                    raise ValueError(f"--accept-changes {field}: an NEB path is one object and cannot be mixed "
+                                     "with another; give the new path another source name")
+                self.store.set_meta(f"source:{name}", None)   # read again: its new frames join the pool
+        self.store.set_meta("binding", {f: v for f, v in now.items() if not f.startswith(binding.SOURCE)
+                                        or self.store.get_meta(f"source:{f.removeprefix(binding.SOURCE)}")})
+        return "labeler" in bound and bound["labeler"] != now["labeler"]
 
     # --- pool and caches ---------------------------------------------------------------------
     def prepare_pool(self) -> None:
-        for spec in self.c.pool.sources:
-            if self.store.get_meta(f"source:{spec.name}") is not None:
-                continue
+        """Candidates of every source not in the pool yet. A frame that repeats one already in the
+        pool (within pool.DUPLICATE_TOLERANCE) is not added: it would buy the same label twice."""
+        todo = [spec for spec in self.c.pool.sources if self.store.get_meta(f"source:{spec.name}") is None]
+        if not todo:
+            return
+        seen = Geometries()
+        for atoms in self.store.atoms(self.store.ids()):
+            seen.add(atoms)
+        for spec in todo:
             frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
-            n_generated = len(frames)
-            frames, forces = physical(frames, forces, self.c.pool.min_distance)
-            if len(frames) < n_generated and spec.kind == "neb":
+            keep, dropped = screen(frames, self.c.pool.min_distance, seen, drop_repeats=spec.kind != "neb")
+            if dropped[TOO_CLOSE] and spec.kind == "neb":
                 raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
                                 f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")
-            if len(frames) < n_generated:
-                print(f"pool source '{spec.name}': dropped {n_generated - len(frames)} of {n_generated} frames with "
-                      f"atoms closer than pool.min_distance = {self.c.pool.min_distance} Å")
-            self.store.add_candidates(frames, spec.name, forces)
-            self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
+            for why, indices in dropped.items():
+                if indices:
+                    print(f"pool source '{spec.name}': dropped {len(indices)} of {len(frames)} frames: {why} "
+                          f"(frames {', '.join(map(str, indices[:10]))}{' …' if len(indices) > 10 else ''})")
+            self.store.add_candidates([frames[i] for i in keep], spec.name,
+                                      None if forces is None else [forces[i] for i in keep], indices=keep)
+            self.store.set_meta(f"source:{spec.name}", {"n": len(keep), "kind": spec.kind,
+                                                        **{why: len(i) for why, i in dropped.items()}})
+            bound = self.store.get_meta("binding")
+            bound[binding.SOURCE + spec.name] = self.fields[binding.SOURCE + spec.name]
+            self.store.set_meta("binding", bound)
 
     def features(self, ids: list[int]) -> Features:
         """Backbone features of candidates in memory, computed once per candidate and kept in cache/."""
@@ -129,11 +164,8 @@ class CampaignRun:
             force_weight=ft.force_weight, noise_floor=ft.noise_floor, seed=self.c.committee.seed,
         )
 
-    def committee_path(self, iteration: int) -> Path:
-        return self.run_dir / "committee" / f"iter_{iteration:03d}.npz"
-
     def load_committee(self, iteration: int) -> Committee | None:
-        path = self.committee_path(iteration)
+        path = self.layout.committee(iteration)
         return self.new_committee().load(path) if path.exists() else None
 
     # --- the steps of one iteration ----------------------------------------------------------
@@ -171,20 +203,18 @@ class CampaignRun:
         for cid, atoms in zip(bar, self.store.atoms(pending_ids)):
             key = label_key(cid)
             self.labeler.submit(key, atoms)
-            state = self.labeler.poll(key)
-            if state == DONE:
-                label = self.labeler.collect(key)
-                self.store.add_label(cid, label.energy, label.sigma, {**label.provenance, "labeler": self.labeler.name,
-                                                                      "key": key, "iteration": iteration})
-            elif state == FAILED:
-                try:
-                    self.labeler.collect(key)
-                except LabelError as err:
-                    self.store.mark_failed(cid, str(err))
-            else:
+            if self.labeler.poll(key) == PENDING:
                 waiting.append(key)
+                continue
+            try:   # a failed job, and a finished one whose number is not finite, give no label
+                label = self.labeler.collect(key)
+            except LabelError as err:
+                self.store.mark_failed(cid, str(err))
+                continue
+            self.store.add_label(cid, label.energy, label.sigma, {**label.provenance, "labeler": self.labeler.name,
+                                                                  "key": key, "iteration": iteration})
         if waiting:
-            where = getattr(self.labeler, "workdir", self.run_dir / "labels")
+            where = getattr(self.labeler, "workdir", self.layout.labels)
             raise WaitingForLabels(
                 f"{len(waiting)} jobs queued in {where} ({self.labeler.name}); "
                 f"run them, then `aloop ingest {self.run_dir}` and `aloop run` again"
@@ -213,13 +243,23 @@ class CampaignRun:
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
         return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)
 
+    def no_labels(self, iteration: int) -> str:
+        failed = self.store.rows(state=FAILED)
+        lines = [f"{self.run_dir}: iteration {iteration} has no label to train on: "
+                 f"all {len(failed)} labels of the first batch failed ({self.labeler.name}):"]
+        lines += [f"  #{row.id}: {' '.join(str(row.get('reason', 'no reason recorded')).split())[:300]}"
+                  for row in failed[:5]]
+        lines.append("Fix the campaign's labeler section and run again: a changed labeler retries the failed "
+                     f"labels. To retry them with the same settings: aloop requeue {self.run_dir}")
+        return "\n".join(lines)
+
     def train(self, iteration: int) -> Committee:
         _, data = self.training_set()
         if len(data) == 0:
-            raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
+            raise NoLabels(self.no_labels(iteration))
         moment = feature_moment(self.pool_rows(self.store.ids()))
         committee = self.new_committee().fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
-        path = self.committee_path(iteration)
+        path = self.layout.committee(iteration)
         tmp = path.with_name(path.stem + ".tmp.npz")
         committee.save(tmp)
         tmp.replace(path)
@@ -237,6 +277,8 @@ class CampaignRun:
 
     def _run(self, max_iterations: int | None) -> RunResult:
         t0 = time.time()
+        ingested = tuple(s.name for s in self.c.pool.sources if self.store.get_meta(f"source:{s.name}") is not None)
+        check_campaign(self.c, self.backbone, skip=ingested)   # nothing is labelled for a frame the model cannot take
         self.prepare_pool()
         seconds = {"pool": time.time() - t0}
         records = self.store.iterations()
@@ -280,7 +322,9 @@ class CampaignRun:
             raise ValueError(f"{self.run_dir}: nothing to export yet; run the campaign first")
         iteration = records[-1]["iteration"]
         committee = self.load_committee(iteration)
-        out = Path(out_dir) if out_dir else self.run_dir / "export"
+        out = Path(out_dir) if out_dir else self.layout.export
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {out} is a file; give a folder for the model files")
         paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
         if members:
             for k, theta in enumerate(committee.thetas_):

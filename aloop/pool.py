@@ -6,6 +6,7 @@ own float64 copy of the base model with batched calls.
 """
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,15 @@ class PoolError(ValueError):
     """A source cannot produce candidates; the message names the source and file."""
 
 
-def _read(path: Path, index: str, source: str) -> list[Atoms]:
+def read_frames(path: Path, index: str, where: str) -> list[Atoms]:
+    """The frames of a file; PoolError starting with `where` (e.g. "pool source 'md'") if unreadable."""
     try:
         frames = read(path, index=index)
     except Exception as err:  # ASE raises many types for unreadable files
-        raise PoolError(f"pool source '{source}': cannot read {path}: {err}") from err
+        raise PoolError(f"{where}: cannot read {path}: {err}") from err
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
-        raise PoolError(f"pool source '{source}': {path} holds no configurations (index '{index}')")
+        raise PoolError(f"{where}: {path} holds no configurations (index '{index}')")
     return frames
 
 
@@ -51,7 +53,7 @@ class BatchedCalculator(Calculator):
 
 
 def from_file(spec) -> tuple[list[Atoms], list[np.ndarray] | None]:
-    frames = _read(spec.path, spec.index, spec.name)
+    frames = read_frames(spec.path, spec.index, f"pool source '{spec.name}'")
     if spec.forces_key is None:
         return frames, None
     forces = []
@@ -75,7 +77,7 @@ def molecular_dynamics(spec, backbone, seed: int, progress: bool = True) -> list
     All trajectories advance together so that each step is one batched model call, not one per
     trajectory: for small molecules the per-call overhead, not the arithmetic, is the cost.
     """
-    starts = _read(spec.start, ":", spec.name)
+    starts = read_frames(spec.start, ":", f"pool source '{spec.name}'")
     runs = [(s, t, start, temperature) for s, start in enumerate(starts) for t, temperature in enumerate(spec.temperatures)]
     dt, gamma = spec.timestep * units.fs, spec.friction / units.fs
     c1 = np.exp(-gamma * dt)
@@ -119,13 +121,13 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     from ase.mep import NEB
     from ase.optimize import FIRE
 
-    initial = _read(spec.initial, "-1", spec.name)[0]
-    final = _read(spec.final, "-1", spec.name)[0]
+    initial = read_frames(spec.initial, "-1", f"pool source '{spec.name}'")[0]
+    final = read_frames(spec.final, "-1", f"pool source '{spec.name}'")[0]
     if len(initial) != len(final) or list(initial.numbers) != list(final.numbers):
         raise PoolError(f"pool source '{spec.name}': initial and final hold different atoms")
     stops = [initial, final]
     if spec.guess is not None:
-        stops.insert(1, _read(spec.guess, "-1", spec.name)[0])
+        stops.insert(1, read_frames(spec.guess, "-1", f"pool source '{spec.name}'")[0])
         if list(stops[1].numbers) != list(initial.numbers):
             raise PoolError(f"pool source '{spec.name}': the guess holds different atoms than initial")
     # interior images (the guess is one of them) shared out over the segments initial→guess→final,
@@ -151,12 +153,59 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
 
 
-def physical(frames: list[Atoms], forces, min_distance: float):
-    """Drop frames with two atoms closer than min_distance (Å): a generator that ran away (or a
-    corrupt file) would otherwise buy a high-fidelity label for a meaningless geometry."""
-    keep = [i for i, atoms in enumerate(frames)
-            if len(atoms) < 2 or atoms.get_all_distances(mic=bool(atoms.pbc.any()))[np.triu_indices(len(atoms), 1)].min() >= min_distance]
-    return [frames[i] for i in keep], None if forces is None else [forces[i] for i in keep]
+DUPLICATE_TOLERANCE = 1e-4   # Å per coordinate, as the replay labeler matches frames
+# why `screen` drops a frame
+NON_FINITE, TOO_CLOSE, DUPLICATE = ("non-finite positions", "atoms closer than pool.min_distance",
+                                    "repeats a configuration already in the pool")
+
+
+class Geometries:
+    """Configurations seen so far, to tell whether a new one repeats one of them: same atoms in the
+    same order, same cell, every coordinate within DUPLICATE_TOLERANCE. Within a bucket of equal atoms
+    and cell the frames are kept sorted by the sum of their coordinates; two frames that agree within
+    the tolerance differ there by at most 3N times it, so only that window is compared."""
+
+    def __init__(self):
+        self._buckets: dict[bytes, tuple[list[float], list[np.ndarray]]] = {}
+
+    @staticmethod
+    def _key(atoms: Atoms) -> bytes:
+        return atoms.numbers.tobytes() + np.round(atoms.cell.array, 6).tobytes() + atoms.pbc.tobytes()
+
+    def seen(self, atoms: Atoms) -> bool:
+        sums, positions = self._buckets.get(self._key(atoms), ([], []))
+        total, window = float(atoms.positions.sum()), 3 * len(atoms) * DUPLICATE_TOLERANCE
+        lo, hi = bisect.bisect_left(sums, total - window), bisect.bisect_right(sums, total + window)
+        return any(np.abs(positions[i] - atoms.positions).max() <= DUPLICATE_TOLERANCE for i in range(lo, hi))
+
+    def add(self, atoms: Atoms) -> None:
+        sums, positions = self._buckets.setdefault(self._key(atoms), ([], []))
+        at = bisect.bisect(sums, float(atoms.positions.sum()))
+        sums.insert(at, float(atoms.positions.sum()))
+        positions.insert(at, atoms.positions.copy())
+
+
+def screen(frames: list[Atoms], min_distance: float, seen: Geometries,
+           drop_repeats: bool = True) -> tuple[list[int], dict[str, list[int]]]:
+    """The frames worth a label, by index, and those dropped, by reason. A frame with non-finite
+    positions (a corrupt file, a generator that blew up) or two atoms closer than min_distance (Å)
+    would buy a high-fidelity label for a meaningless geometry; a repeat would buy one twice.
+    Kept frames are added to `seen`. `drop_repeats=False` keeps repeats (an NEB path needs every
+    image for its observable)."""
+    keep: list[int] = []
+    dropped: dict[str, list[int]] = {NON_FINITE: [], TOO_CLOSE: [], DUPLICATE: []}
+    for i, atoms in enumerate(frames):
+        if not np.isfinite(atoms.positions).all():
+            dropped[NON_FINITE].append(i)
+        elif len(atoms) > 1 and atoms.get_all_distances(mic=bool(atoms.pbc.any()))[
+                np.triu_indices(len(atoms), 1)].min() < min_distance:
+            dropped[TOO_CLOSE].append(i)
+        elif drop_repeats and seen.seen(atoms):
+            dropped[DUPLICATE].append(i)
+        else:
+            seen.add(atoms)
+            keep.append(i)
+    return keep, dropped
 
 
 def generate(spec, backbone, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:

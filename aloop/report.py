@@ -15,21 +15,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator, ScalarFormatter
 
+from . import binding
 from .feature_cache import FeatureCache
 from .provenance import describe
+from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
+from .rundir import RunDir
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
 LABEL_TICKS = (37, 75, 150, 300, 500)   # label counts a high-fidelity budget is usually planned in
 PLOTS = ("learning_curve", "observables", "uncertainty", "parity")
-
-
-def _open(run_dir) -> RunStore:
-    run_dir = Path(run_dir)
-    # RunStore creates aloop.db when missing: check first, so a typo never makes an empty "run".
-    if not (run_dir / "aloop.db").is_file():
-        raise ValueError(f"{run_dir}: not an aloop run directory (no aloop.db in it)")
-    return RunStore(run_dir)
 
 
 def _meV(x, fmt=".1f") -> str:
@@ -42,6 +37,15 @@ def _stop_reason(store: RunStore, records: list[dict]) -> str | None:
     # only when the key was never written, e.g. a run killed right after its last iteration.
     reason = store.get_meta("stop_reason", default=False)
     return (records[-1].get("stop") if records else None) if reason is False else reason
+
+
+def _stuck(store: RunStore, records: list[dict]) -> str | None:
+    """Why a run that finished no iteration cannot go on by itself, if it cannot."""
+    if records or store.count(state=SELECTED) or store.count(state=LABELLED) or not store.count(state=FAILED):
+        return None
+    return (f"stuck at iteration 0: all {store.count(state=FAILED)} labels of the first batch failed (reasons: "
+            f"`aloop status {store.run_dir}`); fix the campaign's labeler section and `aloop run` again (a changed "
+            f"labeler retries them), or retry them as they are with `aloop requeue {store.run_dir}`")
 
 
 def _labels_axis(ax, xs) -> None:
@@ -159,9 +163,10 @@ def _uncertainty(records, ratio, stop: str | None, out: Path) -> Path:
 
 def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
     """The last committee's member weights [K, P] and the iteration it was trained in."""
-    path = run_dir / "committee" / f"iter_{iteration:03d}.npz"
+    layout = RunDir(run_dir)
+    path = layout.committee(iteration)
     if not path.exists():   # a report written mid-iteration: the newest checkpoint there is
-        saved = sorted((run_dir / "committee").glob("iter_[0-9][0-9][0-9].npz"))
+        saved = sorted(layout.committees.glob("iter_[0-9][0-9][0-9].npz"))
         if not saved:
             return None, -1
         path = saved[-1]
@@ -188,7 +193,7 @@ def _parity(store: RunStore, thetas, trained_in: int, out: Path) -> tuple[Path |
                     ms=4, alpha=0.7, capsize=2,
                     label=f"prospective, ±σ (n={ok.sum()}, RMSE {rmse['prospective'] * 1000:.1f} meV)")
     series = []
-    folder = store.run_dir / "cache" / "features"
+    folder = store.layout.cache / "features"
     if thetas is not None and (folder / "done.npy").exists():
         cache = FeatureCache(folder, thetas.shape[1])
         absent = set(cache.missing([r.id for r in rows]))
@@ -197,7 +202,7 @@ def _parity(store: RunStore, thetas, trained_in: int, out: Path) -> tuple[Path |
         if have:
             f = cache.read([rows[j].id for j in have])
             series.append(("final", "final committee, labelled", ref[have], f.energies(thetas).mean(0), offset, "s"))
-    test = store.run_dir / "cache" / "test_features.npz"
+    test = store.layout.cache / "test_features.npz"
     if thetas is not None and test.exists():
         with np.load(test) as f:
             y = f["y"]
@@ -242,8 +247,8 @@ def _metrics_csv(records: list[dict], path: Path) -> None:
 
 def write_report(run_dir) -> Path:
     """Write RUN/report/{summary.md, metrics.csv, *.png}; returns the summary's path."""
-    store = _open(run_dir)
-    out = store.run_dir / "report"
+    store = RunStore.existing(run_dir)
+    out = store.layout.report
     out.mkdir(exist_ok=True)
     for name in PLOTS:   # a plot that cannot be drawn this time must not linger from an older report
         (out / f"{name}.png").unlink(missing_ok=True)
@@ -255,9 +260,10 @@ def write_report(run_dir) -> Path:
              f"- labels used: {store.count(state=LABELLED)} (failed: {store.count(state=FAILED)}, "
              f"in the pool: {store.count(state=POOL)})",
              f"- iterations: {len(records)}",
-             f"- stop reason: {stop or 'still running'}", ""]
+             f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
     if not records:
-        lines.append("No iteration has finished yet: nothing to plot. Run `aloop run` first.")
+        lines.append("No iteration has finished yet: nothing to plot."
+                     + ("" if _stuck(store, records) else " Run `aloop run` first."))
         (out / "summary.md").write_text("\n".join(lines) + "\n")
         return out / "summary.md"
 
@@ -332,7 +338,7 @@ def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
     from .metrics import one_line   # imported here: metrics pulls in torch/MACE via backbone
 
-    store = _open(run_dir)
+    store = RunStore.existing(run_dir)
     campaign = store.get_meta("campaign") or {}
     records = store.iterations()
     counts = ", ".join(f"{store.count(state=s)} {s}" for s in (POOL, SELECTED, LABELLED, FAILED))
@@ -347,6 +353,12 @@ def status_text(run_dir) -> str:
     if records:
         lines.append(f"last: {one_line(records[-1])}")
     stop = _stop_reason(store, records)
-    lines.append(f"stop: {stop}" if stop else "stop: not stopped")
+    lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
+    screened = [store.get_meta(f"source:{source['name']}") or {}
+                for source in campaign.get("pool", {}).get("sources", [])]
+    dropped = {why: sum(s.get(why, 0) for s in screened) for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)}
+    if any(dropped.values()):
+        lines.append("pool frames dropped: " + ", ".join(f"{n} ({why})" for why, n in dropped.items() if n))
+    lines += binding.summary(store.get_meta("binding") or {})
     lines += describe(store.get_meta("sessions") or [])
     return "\n".join(lines)

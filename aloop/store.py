@@ -18,18 +18,25 @@ import numpy as np
 from ase import Atoms
 from ase.db import connect
 
+from .rundir import RunDir
+
 POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
 
 
 class RunStore:
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.run_dir / "aloop.db"
+        self.layout = RunDir.create(run_dir)
+        self.run_dir = self.layout.root
+        self.path = self.layout.db
         self.db = connect(self.path, type="db", append=True)
         with self._sql() as con:
             con.execute("CREATE TABLE IF NOT EXISTS aloop_meta (key TEXT PRIMARY KEY, value TEXT)")
             con.execute("CREATE TABLE IF NOT EXISTS aloop_iterations (iteration INTEGER PRIMARY KEY, record TEXT)")
+
+    @classmethod
+    def existing(cls, run_dir: str | Path) -> "RunStore":
+        """The store of a run that exists; ValueError saying so when there is none."""
+        return cls(RunDir.existing(run_dir).root)
 
     @contextmanager
     def _sql(self):
@@ -51,8 +58,11 @@ class RunStore:
         return default if row is None else json.loads(row[0])
 
     # --- candidates --------------------------------------------------------------------------
-    def add_candidates(self, atoms_list: list[Atoms], source: str, lf_forces: list | None = None) -> list[int]:
-        """Insert a whole source in one transaction: a source is in the pool entirely or not at all."""
+    def add_candidates(self, atoms_list: list[Atoms], source: str, lf_forces: list | None = None,
+                       indices: list[int] | None = None) -> list[int]:
+        """Insert a whole source in one transaction: a source is in the pool entirely or not at all.
+        `indices`: each configuration's frame number in its source (default 0, 1, ...), kept as `index`
+        so that provenance points at the right frame when some frames were dropped."""
         ids = []
         with self.db:
             for i, atoms in enumerate(atoms_list):
@@ -62,7 +72,8 @@ class RunStore:
                 info = {k: int(v) for k, v in atoms.info.items() if k in ("charge", "spin")}
                 if info:
                     data["info"] = info
-                ids.append(self.db.write(clean, source=source, index=i, state=POOL, data=data))
+                index = i if indices is None else int(indices[i])
+                ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data))
         return ids
 
     def count(self, **selection) -> int:

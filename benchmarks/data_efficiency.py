@@ -48,6 +48,7 @@ from ase.io import read  # noqa: E402
 from aloop import metrics  # noqa: E402
 from aloop.backbone import Backbone, file_digest  # noqa: E402
 from aloop.campaign import load_campaign  # noqa: E402
+from aloop.rundir import RunDir  # noqa: E402
 from aloop.loop import CampaignRun  # noqa: E402
 from aloop.pool import BatchedCalculator  # noqa: E402
 
@@ -83,15 +84,16 @@ def shared_pool(out: Path) -> CampaignRun:
 
 def start_run(out: Path, strategy: str, seed: int) -> CampaignRun:
     c = campaign_for(out, strategy, seed)
-    run_dir = Path(c.run_dir)
-    if not (run_dir / "aloop.db").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "pool" / "aloop.db", run_dir / "aloop.tmp.db")
-        os.replace(run_dir / "aloop.tmp.db", run_dir / "aloop.db")
-        for shared in ("cache", "labels"):
-            (out / "pool" / shared).mkdir(exist_ok=True)
-            if not (run_dir / shared).exists():
-                (run_dir / shared).symlink_to(Path("..") / "pool" / shared)
+    run, pool = RunDir(c.run_dir), RunDir(out / "pool")
+    if not run.db.exists():
+        run.root.mkdir(parents=True, exist_ok=True)
+        tmp = run.db.with_suffix(".tmp.db")
+        shutil.copy(pool.db, tmp)
+        os.replace(tmp, run.db)
+        for shared, link in ((pool.cache, run.cache), (pool.labels, run.labels)):
+            shared.mkdir(exist_ok=True)
+            if not link.exists():
+                link.symlink_to(Path("..") / "pool" / shared.name)
     return CampaignRun(c, progress=False)
 
 

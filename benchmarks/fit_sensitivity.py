@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=1e-13)
     parser.add_argument("--permute", action="store_true", help="also put the training rows in another order")
     args = parser.parse_args()
-    stored = RunStore(args.run).get_meta("campaign")
+    stored = RunStore.existing(args.run).get_meta("campaign")
     campaign = Campaign.model_validate(stored, context={"base_dir": str(args.run)})
     run = CampaignRun(campaign, progress=False)
     obs = campaign.evaluation.observables[0]

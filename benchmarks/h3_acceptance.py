@@ -67,10 +67,11 @@ def acceptance(run_dir: Path, campaign) -> dict:
     spec = next(s for s in campaign.pool.sources if s.kind == "neb")
     spec = spec.model_copy(update={"fmax": 0.005, "steps": 2000})
     reference = json.loads((CAMPAIGN / "reference.json").read_text())
-    n_labels = RunStore(run_dir).count(state=LABELLED)
+    store = RunStore.existing(run_dir)
+    n_labels = store.count(state=LABELLED)
 
     _, base_barrier, base_check = path_and_barrier(campaign.model.path, spec)
-    tuned_file = run_dir / "export" / "committee_mean.model"
+    tuned_file = store.layout.export / "committee_mean.model"
     images, tuned_barrier, tuned_check = path_and_barrier(tuned_file, spec)
 
     calc = MACECalculator(model_paths=str(tuned_file), device="cpu", default_dtype="float64")
@@ -95,7 +96,7 @@ def acceptance(run_dir: Path, campaign) -> dict:
         },
         "wall_s": round(time.time() - t0, 1),
     }
-    out = run_dir / "report" / "acceptance.json"
+    out = store.layout.report / "acceptance.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"labels used: {n_labels}")
@@ -184,7 +185,7 @@ def main() -> None:
         print(f"\n=== seed {seed} ({args.threads} torch threads)", flush=True)
         run_dir = run_seed(campaign, seed, args.threads, args.out)
         results[seed] = acceptance(run_dir, campaign)
-        exits[seed] = band_exits(RunStore(run_dir).iterations(), "barrier")
+        exits[seed] = band_exits(RunStore.existing(run_dir).iterations(), "barrier")
     summary = over_seeds(results, exits)
     path = args.out / f"summary-t{args.threads}-seeds-{'_'.join(map(str, args.seeds))}.json"
     path.write_text(json.dumps(summary, indent=1))

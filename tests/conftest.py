@@ -1,6 +1,8 @@
 """Shared fixtures: tiny MACE models built in-process, small H3 geometries."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mace  # noqa: F401  (before e3nn)
 import numpy as np
 import pytest
@@ -57,6 +59,16 @@ def h3(r1: float, r2: float, angle_deg: float = 180.0) -> Atoms:
 def h3_set(n: int, seed: int = 0) -> list[Atoms]:
     rng = np.random.default_rng(seed)
     return [h3(*rng.uniform(0.6, 2.5, 2), rng.uniform(70, 180)) for _ in range(n)]
+
+
+def write_pseudos(folder: Path, valence: dict) -> dict:
+    """Stand-ins for ccECP files: headers as UPF v2 / QMCPACK XML state the valence, no potential."""
+    entries = {}
+    for el, z in valence.items():
+        (folder / f"{el}.upf").write_text(f'<UPF version="2.0.1">\n  <PP_HEADER element="{el}" z_valence="{z:.15E}"/>\n</UPF>\n')
+        (folder / f"{el}.xml").write_text(f'<pseudo version="0.5">\n  <header symbol="{el}" zval="{z}"/>\n</pseudo>\n')
+        entries[el] = {"upf": f"{el}.upf", "xml": f"{el}.xml"}
+    return entries
 
 
 @pytest.fixture

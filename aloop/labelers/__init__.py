@@ -3,34 +3,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..rundir import RunDir
 from .base import DONE, FAILED, PENDING, Label, Labeler, LabelError, LocalLabeler
 
 
-def make_labeler(spec, workdir: str | Path) -> Labeler:
-    """The labeler a campaign's `labeler:` section describes, keeping its jobs in `workdir`."""
+def make_labeler(spec, run_dir: str | Path, campaign: str) -> Labeler:
+    """The labeler a campaign's `labeler:` section describes, keeping its jobs in the run folder:
+    RUN/labels for those that compute here, RUN/queue for the QMCPACK batch queue (whose scripts
+    carry the campaign's name). The one place a labeler is built: `run`, the Parsl workers and
+    `ingest` all come here, so they agree on folders and names."""
+    run = RunDir(run_dir)
+    if spec.kind == "qmcpack":
+        from .qmcpack import QMCPACKLabeler
+
+        return QMCPACKLabeler(run.queue, spec, campaign=campaign)
     settings = spec.model_dump(exclude={"kind"})
     if spec.kind == "pyscf":
         from .pyscf import PySCFLabeler
 
-        return PySCFLabeler(workdir, **settings)
+        return PySCFLabeler(run.labels, **settings)
     if spec.kind == "replay":
         from .replay import ReplayLabeler
 
-        return ReplayLabeler(workdir, **settings)
+        return ReplayLabeler(run.labels, **settings)
     if spec.kind == "ase":
         from .ase_calculator import ASECalculatorLabeler
 
-        return ASECalculatorLabeler(workdir, **settings)
+        return ASECalculatorLabeler(run.labels, **settings)
     if spec.kind == "pyqmc":
         from .pyqmc import PyQMCLabeler
 
-        return PyQMCLabeler(workdir, **settings)
-    if spec.kind == "qmcpack":
-        from .qmcpack import QMCPACKLabeler
-
-        # job folders go to RUN/queue, beside RUN/labels, where a user looks for the batch queue
-        run_dir = Path(workdir).parent
-        return QMCPACKLabeler(run_dir / "queue", spec, campaign=run_dir.name)
+        return PyQMCLabeler(run.labels, **settings)
     raise ValueError(f"labeler.kind: unknown backend '{spec.kind}'")
 
 

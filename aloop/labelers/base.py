@@ -9,7 +9,9 @@ finished.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,12 +38,29 @@ class Label:
     sigma: float
     provenance: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # every label passes here (computed, read back from a record, ingested), so no backend can
+        # hand the fit a NaN: the job fails with this reason instead
+        if not (math.isfinite(self.energy) and math.isfinite(self.sigma) and self.sigma >= 0):
+            raise LabelError(f"not a usable label: energy {self.energy} eV, error bar {self.sigma} eV "
+                             "(a finite energy and a finite error bar >= 0 are needed)")
+
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "Label":
         return cls(float(d["energy"]), float(d["sigma"]), dict(d.get("provenance", {})))
+
+
+def set_aside(path: Path) -> Path:
+    """Move a job's old record or folder to the first free <key>.attempt<N> beside it, so a retry
+    starts clean while the old attempt stays for inspection; returns where it went."""
+    attempt = 1
+    while (old := path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")).exists():
+        attempt += 1
+    shutil.move(path, old)
+    return old
 
 
 @runtime_checkable
@@ -106,6 +125,11 @@ class LocalLabeler:
     def poll(self, key: str) -> str:
         record = self._record(key)
         return PENDING if record is None else record["state"]
+
+    def retry(self, key: str) -> None:
+        """Forget the job's result (kept as <key>.attempt<N>.json): the next submit computes it again."""
+        if self._path(key).exists():
+            set_aside(self._path(key))
 
     def collect(self, key: str) -> Label:
         record = self._record(key)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ase import Atoms
@@ -24,8 +25,8 @@ from ase.io import write
 from .. import __version__
 from . import qmcpack_inputs as qi
 from . import qmcpack_jastrow
-from .base import DONE, FAILED, PENDING, Label, LabelError
-from .qmcpack_results import FAILED_STATE, JobProblem, Series, dmc_label
+from .base import DONE, FAILED, PENDING, Label, LabelError, set_aside
+from .qmcpack_results import FAILED_STATE, JobProblem, Series, blocks_digest, dmc_label
 
 MANIFEST, RECORD, EXIT_STATUS = "manifest.json", "ingested.json", "exit_status"
 INCONSISTENT = "inconsistent"
@@ -90,6 +91,7 @@ class QMCPACKLabeler:
     def submit(self, key: str, atoms: Atoms) -> None:
         folder = self.workdir / key
         if (folder / MANIFEST).exists():
+            self.keys()    # rebuilds a lost jobs.txt (and the queue files) from the manifests
             return
         if folder.exists():
             raise qi.JobSetupError(f"{folder} exists but holds no {MANIFEST}: it is not a job aloop wrote; move it away")
@@ -104,6 +106,17 @@ class QMCPACKLabeler:
             with open(self.workdir / "jobs.txt", "a") as f:
                 f.write(key + "\n")
         self.write_queue_files()
+
+    def retry(self, key: str, atoms: Atoms) -> None:
+        """A fresh job folder for `key`; the old one is kept as <key>.attempt<N>."""
+        if self.manifest(key) is None:
+            raise ValueError(f"no job {key} in {self.workdir}")
+        old = set_aside(self.workdir / key)
+        try:
+            self.submit(key, atoms)
+        except Exception:
+            shutil.move(old, self.workdir / key)      # the job stays as it was when the new one cannot be written
+            raise
 
     def poll(self, key: str) -> str:
         record = self.record_of(key)
@@ -121,9 +134,20 @@ class QMCPACKLabeler:
 
     # --- the queue --------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        """Queued jobs in array-index order."""
+        """Queued jobs in array-index order. A lost jobs.txt is rebuilt from the job folders'
+        manifests (in the order they were written), and the queue files with it, so no queued job
+        is forgotten."""
         path = self.workdir / "jobs.txt"
-        return path.read_text().split() if path.exists() else []
+        if not path.exists():
+            manifests = [json.loads(m.read_text()) | {"folder": m.parent.name}
+                         for m in self.workdir.glob(f"*/{MANIFEST}")]
+            # set-aside attempts (<key>.attempt<N>) hold the manifest of the same key: not a job of their own
+            jobs = sorted((m["created"], m["key"]) for m in manifests if m["key"] == m["folder"])
+            if not jobs:
+                return []
+            path.write_text("".join(key + "\n" for _, key in jobs))
+            self.write_queue_files()      # index.json and submit.sh went with it
+        return path.read_text().split()
 
     def manifest(self, key: str) -> dict | None:
         path = self.workdir / key / MANIFEST
@@ -169,8 +193,52 @@ class QMCPACKLabeler:
                                            f"{manifest['twists']['count']}")
         provenance = {"method": "DMC (QMCPACK)", "manifest_sha256": sha256(self.workdir / key / MANIFEST),
                       "consistency": manifest["consistency"], "electrons": manifest["electrons"],
-                      "results": str(results), **detail}
-        return Label(energy, sigma, provenance)
+                      "results": str(results), "blocks_sha256": blocks_digest(results, qi.DMC_PROJECT, series),
+                      **detail}
+        try:
+            return Label(energy, sigma, provenance)
+        except LabelError as err:
+            raise JobProblem(FAILED_STATE, f"{results}: {err}") from None
+
+    def check_inputs(self, key: str, results: Path) -> None:
+        """JobProblem (inconsistent) unless every input file of the job is the one aloop wrote (its
+        SHA-256 in the manifest): outputs of an edited input are not the label of the queued job.
+        Each input is looked for in `results`, else in the queue's job folder."""
+        manifest = self.manifest(key)
+        dmc = manifest["dmc"].get("inputs_sha256_without_jastrow", {})
+        for name, digest in manifest["files"].items():
+            path = results / name if (results / name).exists() else self.workdir / key / name
+            if not path.exists():
+                raise JobProblem(INCONSISTENT, f"input {name} of the job is missing; it cannot be checked")
+            if name in manifest["dmc"]["inputs"]:
+                if not dmc:
+                    continue   # a job queued before these digests were written: run.sh has rewritten it
+                found, digest = dmc_input_digest(path), dmc[name]
+            else:
+                found = sha256(path)
+            if found != digest:
+                raise JobProblem(INCONSISTENT, f"{path}: differs from the input aloop wrote (SHA-256 in {MANIFEST}); "
+                                               "outputs of an edited job are not its label: "
+                                               f"`aloop requeue RUN {key}` writes a fresh job")
+
+
+def dmc_input_digest(path: Path) -> str:
+    """SHA-256 of a DMC input without what may change after queueing: its <jastrow> elements, which
+    run.sh replaces with the optimised ones (qmcpack_jastrow.py), and the number of blocks, which a
+    user may raise to run a job longer (docs/dmc-on-a-cluster.md). Canonical XML, so re-indenting is
+    no change but any other setting is."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise JobProblem(INCONSISTENT, f"{path}: not readable XML ({err})") from None
+    for wavefunction in root.iter("wavefunction"):
+        for jastrow in wavefunction.findall("jastrow"):
+            wavefunction.remove(jastrow)
+    for qmc in root.iter("qmc"):
+        for parameter in qmc.findall("parameter[@name='blocks']"):
+            qmc.remove(parameter)
+    text = ET.canonicalize(ET.tostring(root, encoding="unicode"), strip_text=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
@@ -245,6 +313,7 @@ def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
             "supercell": {"tilematrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "cell_angstrom": cell}, "dft": dft},
     }
     manifest["files"] = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest["dmc"]["inputs_sha256_without_jastrow"] = {name: dmc_input_digest(folder / name) for name in dmc_files}
     _write_json(folder / MANIFEST, manifest)
     return manifest
 

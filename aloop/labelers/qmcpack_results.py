@@ -8,6 +8,7 @@ the state the user sees (failed / needs-more-blocks) and the reason, never a par
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,16 @@ def series_energy(folder: Path, prefix: str, series: Series, min_blocks: int) ->
         errors.append(stats.error)
     errors = np.array(errors)
     return float(np.mean(means)), float(np.sqrt(np.sum(errors**2)) / len(errors)), len(files)
+
+
+def blocks_digest(folder: str | Path, prefix: str, series: list[Series]) -> str:
+    """SHA-256 of every LocalEnergy block of the job's DMC series: two jobs of different
+    configurations never give the same blocks, so equal digests mean outputs copied between jobs."""
+    digest = hashlib.sha256()
+    for s in series:
+        for path in _scalar_files(Path(folder), prefix, s.index):
+            digest.update(np.ascontiguousarray(read_scalar(path)["LocalEnergy"], dtype=float).tobytes())
+    return digest.hexdigest()
 
 
 def extrapolate(timesteps, energies, errors) -> tuple[float, float]:

@@ -57,16 +57,6 @@ def test_a_failed_computation_keeps_the_parts_that_finished(tmp_path):
     assert calls[-1] == [3, 4, 5, 6]   # only what is missing is asked for again
 
 
-def test_the_single_file_cache_of_earlier_runs_is_taken_over(tmp_path):
-    rng = np.random.default_rng(2)
-    old = random_features(4, rng)
-    np.savez(tmp_path / "features.npz", ids=np.array([4, 2, 9, 3]), a=old.a, e=old.e, n=old.n_atoms)
-    cache = FeatureCache(tmp_path / "features", P)
-    cache.import_npz(tmp_path / "features.npz")
-    assert not (tmp_path / "features.npz").exists()
-    np.testing.assert_array_equal(cache.read([9, 4]).e, old.e[[2, 0]])
-
-
 @pytest.fixture
 def pool(tmp_path, monkeypatch):
     """A cache of 300 candidates (ids 1..300) and the same features in memory."""

@@ -69,7 +69,7 @@ def test_loop_waits_for_external_labels_and_continues(tmp_path, monkeypatch):
     )
     results: dict = {}
     fake = QueueLabeler(results)
-    monkeypatch.setattr(loop, "make_labeler", lambda spec, workdir: fake)
+    monkeypatch.setattr(loop, "make_labeler", lambda spec, run_dir, campaign: fake)
     run = loop.CampaignRun(load_campaign(tmp_path / "c.yaml"), progress=False)
     with pytest.raises(loop.WaitingForLabels, match="3 jobs queued in"):
         run.run()

@@ -117,7 +117,7 @@ def test_bad_settings_name_the_field(tmp_path, settings, message):
 
 def test_campaign_section_builds_the_labeler(tmp_path):
     section = PyQMCSection(kind="pyqmc", basis="cc-pVDZ", spin=1, walkers=200)
-    labeler = make_labeler(section, tmp_path)
+    labeler = make_labeler(section, tmp_path, "c")
     assert isinstance(labeler, PyQMCLabeler) and labeler.name == "pyqmc"
     assert (labeler.basis, labeler.spin, labeler.walkers, labeler.steps_per_block) == ("cc-pVDZ", 1, 200, 5)
     with pytest.raises(ValueError, match="unknown basis"):

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.units import Hartree
-from test_qmcpack_labeler import mos2, spec, write_pseudos
+from conftest import write_pseudos
+from test_qmcpack_labeler import mos2, spec
 from test_scalar_dat import reference_stats
 
 from aloop.ingest import ingest, requeue
@@ -29,16 +30,24 @@ def make_run(tmp_path, n=3, **changes):
     ids = store.add_candidates([mos2() for _ in range(n + 1)], "p")[:n]
     store.set_meta("campaign", {"name": "t", "labeler": settings.model_dump(mode="json")})
     store.mark_selected(ids, 0, [np.nan] * n, [np.nan] * n, [0.0] * n)
-    labeler = make_labeler(settings, run_dir / "labels")
+    labeler = make_labeler(settings, run_dir, "t")
     for cid, atoms in zip(ids, store.atoms(ids)):
         labeler.submit(label_key(cid), atoms)
     return run_dir, store, labeler, [label_key(c) for c in ids]
 
 
-def finish(job: Path, outputs: dict, status: str = "0"):
-    """What a finished job leaves: its scalar.dat files and run.sh's exit status."""
+def finish(job: Path, outputs: dict, status: str = "0", shift: float = 0.0):
+    """What a finished job leaves: its scalar.dat files and run.sh's exit status. `shift` (Hartree)
+    raises every LocalEnergy: the blocks of a job of its own, since ingest refuses blocks identical
+    to another label's as copied outputs."""
     for name, source in outputs.items():
-        shutil.copy(source, job / name)
+        if shift:
+            lines = Path(source).read_text().splitlines()
+            data = np.loadtxt(source)
+            data[:, 1] += shift
+            np.savetxt(job / name, data, header=lines[0].lstrip("#"), comments="#")
+        else:
+            shutil.copy(source, job / name)
     (job / "exit_status").write_text(status + "\n")
 
 
@@ -108,7 +117,7 @@ def broken(job: Path, kind: str):
 def test_broken_results_get_a_state_and_a_reason_not_a_label(tmp_path, kind, state, words):
     run_dir, store, labeler, keys = make_run(tmp_path, n=2)
     broken(labeler.workdir / keys[0], kind)
-    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN})
+    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN}, shift=1e-6)
     outcomes = {o.key: o for o in ingest(run_dir)}
     assert outcomes[keys[0]].state == state and words in outcomes[keys[0]].detail
     assert outcomes[keys[1]].state == "labelled"
@@ -149,10 +158,10 @@ def test_settings_that_differ_from_the_labels_make_a_job_inconsistent(tmp_path):
     finish(labeler.workdir / keys[0], {"dmc.s002.scalar.dat": MAIN})
     assert ingest(run_dir)[0].state == "labelled"
     # the campaign was edited between batches: another timestep and a J3 for the next job
-    other = make_labeler(spec(tmp_path, timesteps=[0.005], equilibration=20, jastrow={"j3": True}), run_dir / "labels")
+    other = make_labeler(spec(tmp_path, timesteps=[0.005], equilibration=20, jastrow={"j3": True}), run_dir, "t")
     shutil.rmtree(labeler.workdir / keys[1])
     other.submit(keys[1], mos2())
-    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN})
+    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN}, shift=1e-6)
     outcome = {o.key: o for o in ingest(run_dir)}[keys[1]]
     assert outcome.state == "inconsistent" and f"first: {keys[0]}" in outcome.detail
     assert "timesteps: [0.005] here, [0.01] in the run's labels" in outcome.detail and "jastrow.j3" in outcome.detail
@@ -162,9 +171,9 @@ def test_settings_that_differ_from_the_labels_make_a_job_inconsistent(tmp_path):
 def test_outputs_copied_back_from_elsewhere(tmp_path):
     run_dir, store, labeler, keys = make_run(tmp_path, n=3)
     back = tmp_path / "from-cluster"
-    for key in keys[:2]:                                 # the cluster's copies of two job folders
+    for k, key in enumerate(keys[:2]):                   # the cluster's copies of two job folders
         shutil.copytree(labeler.workdir / key, back / key)
-        finish(back / key, {"dmc.s002.scalar.dat": MAIN})
+        finish(back / key, {"dmc.s002.scalar.dat": MAIN}, shift=k * 1e-6)
     manifest = json.loads((back / keys[1] / "manifest.json").read_text())
     manifest["series"][0]["timestep"] = 0.02             # run from an edited copy of the job
     (back / keys[1] / "manifest.json").write_text(json.dumps(manifest))
@@ -182,7 +191,7 @@ def test_outputs_copied_back_from_elsewhere(tmp_path):
 def test_requeue_keeps_the_old_attempt_and_writes_a_fresh_job(tmp_path):
     run_dir, store, labeler, keys = make_run(tmp_path, n=2)
     broken(labeler.workdir / keys[0], "crashed")
-    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN})
+    finish(labeler.workdir / keys[1], {"dmc.s002.scalar.dat": MAIN}, shift=1e-6)
     ingest(run_dir)
     (tmp_path / "S.upf").rename(tmp_path / "S.upf.away")       # a job that cannot be written: nothing moves
     with pytest.raises(ValueError, match="labeler.pseudopotentials.S.upf: file not found"):
@@ -205,7 +214,7 @@ def test_charge_and_spin_of_a_candidate_reach_its_job(tmp_path):
     (cid,) = store.add_candidates([mos2(charge=-1, spin=3)], "defects")
     atoms = store.atoms([cid])[0]
     assert (atoms.info["charge"], atoms.info["spin"]) == (-1, 3)
-    labeler = make_labeler(spec(tmp_path), tmp_path / "run" / "labels")
+    labeler = make_labeler(spec(tmp_path), tmp_path / "run", "t")
     labeler.submit(label_key(cid), atoms)
     assert labeler.manifest(label_key(cid))["electrons"] == {"up": 54, "down": 51, "total": 105, "charge": -1, "spin": 3}
 
@@ -215,7 +224,7 @@ def test_ingest_refuses_a_run_of_another_labeler(tmp_path):
     store.set_meta("campaign", {"name": "x", "labeler": {"kind": "pyscf"}})
     with pytest.raises(ValueError, match="only labeler kind 'qmcpack' has results to ingest"):
         ingest(tmp_path / "run")
-    with pytest.raises(ValueError, match="not a run directory"):
+    with pytest.raises(ValueError, match="not an aloop run directory"):
         ingest(tmp_path / "nothing")
 
 
@@ -234,22 +243,27 @@ def test_run_waits_with_exit_code_3_and_continues_after_ingest(tmp_path, capsys)
     write(tmp_path / "pool.extxyz", frames)
     write_pseudos(tmp_path, {"H": 1})
     (tmp_path / "c.yaml").write_text(
-        "name: dmc\nmodel: {path: tiny.model}\npool: {sources: [{kind: file, name: p, path: pool.extxyz}]}\n"
+        "name: dmc\nrun_dir: runs/here\nmodel: {path: tiny.model}\npool: {sources: [{kind: file, name: p, path: pool.extxyz}]}\n"
         "committee: {size: 2}\nfinetune: {epochs: 5}\nacquisition: {batch_size: 2, initial_size: 3}\n"
         "labeler: {kind: qmcpack, ecut: 50, spin: 1, timesteps: [0.01], equilibration: 20, min_blocks: 50,\n"
         "          pseudopotentials: {H: {upf: H.upf, xml: H.xml}}}\nstop: {max_labels: 5}\n")
-    run_dir, queue = tmp_path / "runs" / "dmc", tmp_path / "runs" / "dmc" / "queue"
+    run_dir, queue = tmp_path / "runs" / "here", tmp_path / "runs" / "here" / "queue"
     assert main(["run", str(tmp_path / "c.yaml"), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert f"3 jobs queued in {queue}" in err and f"aloop ingest {run_dir}" in err
     keys = (queue / "jobs.txt").read_text().split()
     assert len(keys) == 3 and "--array=0-2" in (queue / "submit.sh").read_text()
-    for key in keys[:2]:
-        finish(queue / key, {"dmc.s002.scalar.dat": MAIN})
+
+    def names():   # run and ingest name the batch job after the campaign, not the folder
+        return json.loads((queue / "index.json").read_text())["campaign"], "#SBATCH --job-name=aloop-dmc" in (
+            queue / "submit.sh").read_text()
+    assert names() == ("dmc", True)
+    for k, key in enumerate(keys[:2]):
+        finish(queue / key, {"dmc.s002.scalar.dat": MAIN}, shift=k * 1e-6)
     broken(queue / keys[2], "short")
     assert main(["ingest", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "2 labelled, 1 needs-more-blocks" in out
+    assert "2 labelled, 1 needs-more-blocks" in out and names() == ("dmc", True)
     assert main(["status", str(run_dir)]) == 0
     assert "needs-more-blocks" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "c.yaml"), "--quiet"]) == 3   # trained on 2 labels, next batch queued

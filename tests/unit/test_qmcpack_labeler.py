@@ -13,24 +13,16 @@ from ase.io import read
 from ase.io.espresso import read_fortran_namelist
 from ase.units import Bohr
 
+from conftest import write_pseudos
+
 from aloop.campaign import QMCPACKLabeler as Spec
 from aloop.campaign import load_campaign
-from aloop.labelers import PENDING
+from aloop.labelers import PENDING, LabelError
 from aloop.labelers.qmcpack import QMCPACKLabeler, array_ranges
 from aloop.labelers.qmcpack_inputs import JobSetupError, electron_counts, valence_in_file
 from aloop.labelers.qmcpack_jastrow import splice
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_pseudos(folder: Path, valence: dict) -> dict:
-    """Stand-ins for ccECP files: headers as UPF v2 / QMCPACK XML state the valence, no potential."""
-    entries = {}
-    for el, z in valence.items():
-        (folder / f"{el}.upf").write_text(f'<UPF version="2.0.1">\n  <PP_HEADER element="{el}" z_valence="{z:.15E}"/>\n</UPF>\n')
-        (folder / f"{el}.xml").write_text(f'<pseudo version="0.5">\n  <header symbol="{el}" zval="{z}"/>\n</pseudo>\n')
-        entries[el] = {"upf": f"{el}.upf", "xml": f"{el}.xml"}
-    return entries
 
 
 def spec(folder: Path, **changes) -> Spec:
@@ -189,8 +181,9 @@ def test_user_template_placeholders_are_checked(tmp_path):
         labeler.submit("cand0000001", mos2())
 
 
-def test_optimised_jastrow_goes_into_every_twist(tmp_path):
-    labeler = QMCPACKLabeler(tmp_path / "queue", spec(tmp_path, twists=[2, 1, 1]))
+def optimised_job(tmp_path, **changes) -> tuple[QMCPACKLabeler, Path]:
+    """A queued job whose Jastrow optimisation has run (its opt.s009.opt.xml written)."""
+    labeler = QMCPACKLabeler(tmp_path / "queue", spec(tmp_path, **changes))
     labeler.submit("cand0000001", mos2())
     job = tmp_path / "queue" / "cand0000001"
     # what QMCPACK writes after a linear-method step: the wavefunction with fitted coefficients
@@ -198,6 +191,11 @@ def test_optimised_jastrow_goes_into_every_twist(tmp_path):
     for c in opt.getroot().iter("coefficients"):
         c.text = " 0.5 0.4 0.3 0.2 0.1 0.05 0.02 0.01 "
     ET.ElementTree(opt.getroot().find("qmcsystem")).write(job / "opt.s009.opt.xml")
+    return labeler, job
+
+
+def test_optimised_jastrow_goes_into_every_twist(tmp_path):
+    _, job = optimised_job(tmp_path, twists=[2, 1, 1])
     dmc = [str(job / f"dmc.g00{g}.in.xml") for g in range(2)]
     cmd = [sys.executable, str(job / "qmcpack_jastrow.py"), str(job / "opt.s009.opt.xml"), *dmc]
     assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
@@ -256,3 +254,16 @@ def test_mos2_example_queues_a_job_a_qmcpack_user_recognises(tmp_path):
     assert "ATOMIC_SPECIES\nMo 95.95 Mo.ccECP.AREP.upf" in (job / "scf.in").read_text().replace("  ", " ")
     lattice = np.array(root.find(".//parameter[@name='lattice']").text.split(), float).reshape(3, 3)
     assert np.allclose(lattice * Bohr, atoms.cell.array, atol=1e-8)
+
+
+def test_inputs_are_checked_against_the_manifest_but_the_spliced_jastrow_is_no_change(tmp_path):
+    labeler, job = optimised_job(tmp_path)
+    splice(str(job / "opt.s009.opt.xml"), [str(job / "dmc.in.xml")])   # what run.sh does before DMC
+    text = (job / "dmc.in.xml").read_text()
+    (job / "dmc.in.xml").write_text(text.replace('"blocks"> 200 <', '"blocks"> 400 <'))   # run longer: allowed
+    assert (job / "dmc.in.xml").read_text() != text
+    labeler.check_inputs("cand0000001", job)
+    (job / "dmc.in.xml").write_text(text.replace('"timestep"> 0.01 <', '"timestep"> 0.03 <'))   # edited by hand
+    assert (job / "dmc.in.xml").read_text() != text
+    with pytest.raises(LabelError, match="differs from the input aloop wrote"):
+        labeler.check_inputs("cand0000001", job)
