@@ -244,7 +244,7 @@ def test_run_waits_with_exit_code_3_and_continues_after_ingest(tmp_path, capsys)
     write_pseudos(tmp_path, {"H": 1})
     (tmp_path / "c.yaml").write_text(
         "name: dmc\nrun_dir: runs/here\nmodel: {path: tiny.model}\npool: {sources: [{kind: file, name: p, path: pool.extxyz}]}\n"
-        "committee: {size: 2}\nfinetune: {epochs: 5}\nacquisition: {batch_size: 2, initial_size: 3}\n"
+        "committee: {size: 2}\nacquisition: {batch_size: 2, initial_size: 3}\n"
         "labeler: {kind: qmcpack, ecut: 50, spin: 1, timesteps: [0.01], equilibration: 20, min_blocks: 50,\n"
         "          pseudopotentials: {H: {upf: H.upf, xml: H.xml}}}\nstop: {max_labels: 5}\n")
     run_dir, queue = tmp_path / "runs" / "here", tmp_path / "runs" / "here" / "queue"
