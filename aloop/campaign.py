@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       ValidationInfo, field_validator, model_validator)
 
 
@@ -382,8 +382,6 @@ class Campaign(_Section):
     stop: Stop
     evaluation: Evaluation = Field(default_factory=Evaluation)
 
-    _source_file: Optional[Path] = PrivateAttr(default=None)
-
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
@@ -421,11 +419,6 @@ class Campaign(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    @property
-    def source_file(self) -> Optional[Path]:
-        """The absolute path this campaign was loaded from (None if built in memory)."""
-        return self._source_file
 
     def to_dict(self) -> dict:
         """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""
@@ -555,5 +548,4 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
     except ValidationError as exc:
         lines = [line for err in exc.errors() for line in _translate(err)]
         raise CampaignError("\n".join(f"{label}: {line}" for line in lines)) from None
-    campaign._source_file = source
     return campaign

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Features, ForceJacobian
-from .feature_cache import feature_moment
+from .arrays import Features, ForceJacobian, feature_moment
 
 
 def force_penalty(dF2: torch.Tensor, threshold: float) -> torch.Tensor:

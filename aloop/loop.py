@@ -16,14 +16,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, metrics
-from .backbone import Backbone, Features, ForceJacobian, file_digest
+from . import __version__, acquisition, measure, metrics
+from .arrays import Features, ForceJacobian, feature_moment
+from .backbone import Backbone
 from .campaign import Campaign
 from .committee import Committee, TrainingSet
 from .dispatch import make_dispatcher
-from .feature_cache import FeatureCache, PoolRows, feature_moment, stream_predict
+from .feature_cache import FeatureCache, PoolRows, stream_predict
+from .files import atomic_open, file_digest
 from .labelers import DONE, FAILED, PENDING, LabelError, LocalLabeler, make_labeler
-from .pool import PoolError, generate, physical
+from .pool import PoolError, drop_close_contacts, generate
+from .report_text import one_line
 from .store import LABELLED, POOL, SELECTED, RunStore
 
 
@@ -77,7 +80,7 @@ class CampaignRun:
                 continue
             frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
             n_generated = len(frames)
-            frames, forces = physical(frames, forces, self.c.pool.min_distance)
+            frames, forces = drop_close_contacts(frames, forces, self.c.pool.min_distance)
             if len(frames) < n_generated and spec.kind == "neb":
                 raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
                                 f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")
@@ -222,14 +225,9 @@ class CampaignRun:
         moment = feature_moment(self.pool_rows(self.store.ids()))
         committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, moment=moment,
                                              progress=self.progress)
-        path = self.committee_path(iteration)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        committee.save(tmp)
-        tmp.replace(path)
+        with atomic_open(self.committee_path(iteration)) as handle:
+            committee.save(handle)
         return committee
-
-    def measure(self, iteration: int, committee: Committee, seconds: dict) -> dict:
-        return metrics.iteration_record(self, iteration, committee, seconds)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_iterations: int | None = None) -> RunResult:
@@ -262,13 +260,13 @@ class CampaignRun:
                 t = time.time()
                 committee = self.train(iteration)
                 seconds["train"] = time.time() - t
-            record = self.measure(iteration, committee, seconds)
+            record = measure.iteration_record(self, iteration, committee, seconds)
             records.append(record)
             reason = metrics.stop_reason(self.c, records)
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
             if self.progress:
-                print(metrics.one_line(record), flush=True)
+                print(one_line(record), flush=True)
             iteration += 1
             done_now += 1
             seconds = {}

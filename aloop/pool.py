@@ -151,7 +151,7 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
     return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
 
 
-def physical(frames: list[Atoms], forces, min_distance: float):
+def drop_close_contacts(frames: list[Atoms], forces, min_distance: float):
     """Drop frames with two atoms closer than min_distance (Å): a generator that ran away (or a
     corrupt file) would otherwise buy a high-fidelity label for a meaningless geometry."""
     keep = [i for i, atoms in enumerate(frames)

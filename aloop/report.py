@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator, ScalarFormatter
 
 from .feature_cache import FeatureCache
+from .report_text import one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
@@ -329,8 +330,6 @@ def write_report(run_dir) -> Path:
 
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
-    from .metrics import one_line   # imported here: metrics pulls in torch/MACE via backbone
-
     store = _open(run_dir)
     campaign = store.get_meta("campaign") or {}
     records = store.iterations()

@@ -141,6 +141,14 @@ class RunStore:
             np.array([r.sigma_hf for r in rows]),
         )
 
+    def batch_errors(self, iteration: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label − prediction, committee σ, label σ) of the candidates selected in `iteration` and
+        labelled since, in id order: the prospective errors of that batch (NaN where it was chosen
+        without a committee, as the first batch is)."""
+        rows = self.rows(iteration=int(iteration), state=LABELLED)
+        return (np.array([r.energy_hf - r.pred_energy for r in rows], dtype=float),
+                np.array([r.pred_sigma for r in rows], dtype=float), np.array([r.sigma_hf for r in rows], dtype=float))
+
     # --- iterations --------------------------------------------------------------------------
     def write_iteration(self, iteration: int, record: dict) -> None:
         with self._sql() as con:

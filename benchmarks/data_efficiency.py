@@ -17,6 +17,7 @@ Learning curves at 37, 75, 100, 150, 300 and 500 labels, committee mean against:
 At 100 labels the exported committee mean of each strategy (seed 0) is also relaxed along its own
 CI-NEB path, the number a user would quote.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python benchmarks/data_efficiency.py [--out runs/data_efficiency] [--seeds 0 1 2]
 
 Prints a table, writes results.json and the plots into --out (and docs/img with --docs). A rerun

@@ -1,5 +1,6 @@
 """How the cost of one iteration grows with the labels and with the pool, on the MoS2 testbed's backbone.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python benchmarks/scaling.py [--sizes 1000 10000 100000] [--labels 37 75 150 300 500]
 
 Everything runs through the real campaign code (campaigns/mos2-svac/campaign.yaml, its base model
@@ -35,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aloop.backbone import Features
+from aloop.arrays import Features, feature_moment
 from aloop.campaign import load_campaign
 from aloop.committee import TrainingSet
-from aloop.feature_cache import feature_moment, stream_predict
+from aloop.feature_cache import stream_predict
 from aloop.loop import CampaignRun
 from speed import mos2_cells, timed
 

@@ -5,9 +5,9 @@ import torch
 from conftest import h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
-from aloop.backbone import Backbone, Features
+from aloop.arrays import Features, feature_moment
+from aloop.backbone import Backbone
 from aloop.committee import Committee, TrainingSet, force_penalty
-from aloop.feature_cache import feature_moment
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
