@@ -129,12 +129,20 @@ class Acquisition(_Section):
     strategy: Literal["random", "max_std", "diverse"] = "diverse"
     batch_size: PosInt = 4
     initial_size: Optional[PosInt] = None
+    # sizes of the batches after the first, in order, the last one repeating; batch_size when null
+    batch_schedule: Optional[Annotated[list[PosInt], Field(min_length=1)]] = None
 
     @model_validator(mode="after")
     def _default_initial_size(self) -> "Acquisition":
         if self.initial_size is None:
             self.initial_size = self.batch_size
         return self
+
+    def batch_size_at(self, iteration: int) -> int:
+        """Candidates to select in `iteration` (≥ 1) when there is a committee to choose them."""
+        if self.batch_schedule is None:
+            return self.batch_size
+        return self.batch_schedule[min(iteration, len(self.batch_schedule)) - 1]
 
 
 class PySCFLabeler(_Section):

@@ -247,6 +247,16 @@ class Committee:
         self._check_fitted()
         np.savez(path, thetas=self.thetas_, theta0=self.theta0, val_score=self.val_score_)
 
+    def use_members(self, thetas: np.ndarray) -> "Committee":
+        """Take K members θ_k [K, P] made elsewhere (a benchmark, a what-if), as `load` takes them from
+        a file; they have no validation score (NaN)."""
+        thetas = np.asarray(thetas, dtype=np.float64)
+        if thetas.ndim != 2 or thetas.shape != (self.size, len(self.theta0)):
+            raise ValueError(f"committee: expected members of shape {(self.size, len(self.theta0))}, got {thetas.shape}")
+        self.thetas_ = thetas
+        self.val_score_ = np.full(self.size, np.nan)
+        return self
+
     def load(self, path) -> "Committee":
         with np.load(path) as f:
             if not np.allclose(f["theta0"], self.theta0):

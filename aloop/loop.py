@@ -144,7 +144,7 @@ class CampaignRun:
     def select(self, iteration: int, committee: Committee | None) -> None:
         available = self.store.ids(state=POOL)
         n_labels = self.store.count(state=LABELLED)
-        size = self.c.acquisition.initial_size if committee is None else self.c.acquisition.batch_size
+        size = self.c.acquisition.initial_size if committee is None else self.c.acquisition.batch_size_at(iteration)
         size = min(size, self.c.stop.max_labels - n_labels, len(available))
         if size <= 0:
             return

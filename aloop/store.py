@@ -10,6 +10,7 @@ Candidate states: pool → selected → labelled | failed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,17 @@ from ase import Atoms
 from ase.db import connect
 
 POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
+
+
+@contextmanager
+def _sql(path: Path):
+    """A connection to the SQLite file at `path` whose block is one transaction."""
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        with con:
+            yield con
+    finally:
+        con.close()
 
 
 class RunStore:
@@ -31,14 +43,8 @@ class RunStore:
             con.execute("CREATE TABLE IF NOT EXISTS aloop_meta (key TEXT PRIMARY KEY, value TEXT)")
             con.execute("CREATE TABLE IF NOT EXISTS aloop_iterations (iteration INTEGER PRIMARY KEY, record TEXT)")
 
-    @contextmanager
     def _sql(self):
-        con = sqlite3.connect(self.path, timeout=60)
-        try:
-            with con:
-                yield con
-        finally:
-            con.close()
+        return _sql(self.path)
 
     # --- metadata ----------------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
@@ -158,3 +164,30 @@ class RunStore:
         with self._sql() as con:
             rows = con.execute("SELECT record FROM aloop_iterations ORDER BY iteration").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    # --- forks -------------------------------------------------------------------------------
+    def fork(self, run_dir: str | Path, iteration: int) -> "RunStore":
+        """A copy of this store in `run_dir` as it stood before `iteration`: the same candidates under
+        the same ids, the labels and records of iterations 0..iteration-1, and every candidate selected
+        later back in the pool, its label dropped. The copy appears whole or not at all."""
+        done = len(self.iterations())
+        if not 0 <= iteration <= done:
+            raise ValueError(f"{self.run_dir}: cannot fork at iteration {iteration}; expected 0..{done} "
+                             f"(the iterations recorded)")
+        target = Path(run_dir) / "aloop.db"
+        if target.exists():
+            raise FileExistsError(f"{target} exists; fork into a folder that holds no run")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name("aloop.db.tmp")
+        with _sql(self.path) as source, _sql(tmp) as copy:
+            source.backup(copy)
+        db = connect(tmp, type="db")
+        with db:
+            for row in db.select("iteration>=%d" % iteration):
+                data = {k: v for k, v in row.data.items() if k != "provenance"}
+                db.write(row.toatoms(), id=row.id, data=data, source=row.source, index=row.index, state=POOL)
+        with _sql(tmp) as con:
+            con.execute("DELETE FROM aloop_iterations WHERE iteration >= ?", (iteration,))
+            con.execute("DELETE FROM aloop_meta WHERE key = 'stop_reason'")
+        os.replace(tmp, target)
+        return RunStore(run_dir)

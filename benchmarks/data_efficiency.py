@@ -28,12 +28,10 @@ from __future__ import annotations
 import mace  # noqa: F401  (mace must be imported before e3nn)
 
 import argparse
-import copy
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -47,10 +45,14 @@ import torch  # noqa: E402
 from ase.io import read  # noqa: E402
 
 from aloop import metrics  # noqa: E402
-from aloop.backbone import Backbone, file_digest  # noqa: E402
+from aloop.backbone import Backbone  # noqa: E402
 from aloop.campaign import load_campaign  # noqa: E402
+from aloop.files import file_digest  # noqa: E402
+from aloop.fork import fork_run  # noqa: E402
 from aloop.loop import CampaignRun  # noqa: E402
 from aloop.pool import BatchedCalculator  # noqa: E402
+from aloop.report_text import one_line  # noqa: E402
+from testbeds.mos2.geometry import neb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
@@ -67,6 +69,7 @@ def campaign_for(out: Path, strategy: str, seed: int):
     c.seed, c.committee.seed = seed, seed
     c.acquisition.strategy = strategy
     c.acquisition.initial_size = CHECKPOINTS[0]
+    c.acquisition.batch_schedule = BATCHES
     c.stop.max_labels = CHECKPOINTS[-1]
     c.stop.uncertainty_ratio, c.stop.observable = None, None  # judged afterwards, see stop_points
     return c
@@ -83,29 +86,24 @@ def shared_pool(out: Path) -> CampaignRun:
 
 
 def start_run(out: Path, strategy: str, seed: int) -> CampaignRun:
+    """A fork of the shared pool's run (features, Jacobians and oracle labels shared), or the run
+    as a previous invocation left it."""
     c = campaign_for(out, strategy, seed)
-    run_dir = Path(c.run_dir)
-    if not (run_dir / "aloop.db").exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / "pool" / "aloop.db", run_dir / "aloop.tmp.db")
-        os.replace(run_dir / "aloop.tmp.db", run_dir / "aloop.db")
-        for shared in ("cache", "labels"):
-            (out / "pool" / shared).mkdir(exist_ok=True)
-            if not (run_dir / shared).exists():
-                (run_dir / shared).symlink_to(Path("..") / "pool" / shared)
+    try:
+        fork_run(out / "pool", c.run_dir, 0)
+    except FileExistsError:
+        pass   # a rerun continues it
     return CampaignRun(c, progress=False)
 
 
 def run_to_the_end(run: CampaignRun) -> list[dict]:
-    records = run.store.iterations()
-    while not records or records[-1]["n_labels"] < CHECKPOINTS[-1]:
-        if records and not records[-1]["n_new"]:
-            break  # pool exhausted
-        run.c.acquisition.batch_size = BATCHES[min(len(records) - 1, len(BATCHES) - 1)] if records else 1
-        run.run(max_iterations=1)
-        records = run.store.iterations()
-        print("    " + metrics.one_line(records[-1]), flush=True)
-    return records
+    """The campaign's own loop, one iteration at a time to print each, until a stop rule fires
+    (the label budget, CHECKPOINTS[-1], or an exhausted pool)."""
+    while True:
+        result = run.run(max_iterations=1)
+        print("    " + one_line(run.store.iterations()[-1]), flush=True)
+        if result.stop_reason is not None:
+            return run.store.iterations()
 
 
 class Evaluation:
@@ -161,9 +159,7 @@ def calibration(run: CampaignRun, upto: int) -> dict:
     for record in run.store.iterations()[1:]:
         if record["n_labels"] > upto:
             break
-        rows = [r for r in run.store.rows(iteration=record["iteration"]) if r.state == "labelled"]
-        batches.append((np.array([r.energy_hf - r.pred_energy for r in rows]),
-                        np.array([r.pred_sigma for r in rows]), np.array([r.sigma_hf for r in rows])))
+        batches.append(run.store.batch_errors(record["iteration"]))
     if not batches:
         return {}
     err, s_c, s_l = (np.concatenate(x) for x in zip(*batches))
@@ -184,27 +180,12 @@ def calibration(run: CampaignRun, upto: int) -> dict:
 
 def stop_points(run: CampaignRun) -> dict:
     """The label count at which each of the campaign's own stop rules would first have fired."""
-    rules = load_campaign(CAMPAIGN / "campaign.yaml")
-    records = run.store.iterations()
-    out = {}
-    for rule in ("uncertainty_ratio", "observable"):
-        c = copy.deepcopy(rules)
-        c.stop.max_labels = 10**9
-        if rule == "uncertainty_ratio":
-            c.stop.observable = None
-        else:
-            c.stop.uncertainty_ratio = None
-        fired = next((records[k - 1]["n_labels"] for k in range(1, len(records) + 1)
-                      if metrics.stop_reason(c, records[:k]) and "converged" in metrics.stop_reason(c, records[:k])), None)
-        out[rule] = fired
-    return out
+    rules = load_campaign(CAMPAIGN / "campaign.yaml").stop
+    return metrics.when_rules_fire(rules, run.store.iterations(), ("uncertainty_ratio", "observable"))
 
 
 def relaxed_barriers(run: CampaignRun, labels: int, out: Path) -> dict:
     """CI-NEB on the exported committee mean after `labels` labels, mono- and di-vacancy hops."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from mos2_testbed import neb
-
     record = next(r for r in run.store.iterations() if r["n_labels"] >= labels)
     committee = run.load_committee(record["iteration"])
     path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.c.run_dir).name}_{labels}.model")

@@ -39,8 +39,7 @@ from aloop.backbone import Backbone
 from aloop.committee import TrainingSet
 from aloop.arrays import feature_moment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_efficiency import CAMPAIGN, ROOT, campaign_for  # noqa: E402
+from data_efficiency import CAMPAIGN, ROOT, campaign_for  # noqa: E402  (this folder: the script's own)
 
 from aloop.loop import CampaignRun  # noqa: E402
 

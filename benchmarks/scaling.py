@@ -54,6 +54,7 @@ def new_run(run_dir: Path) -> CampaignRun:
     c = load_campaign(CAMPAIGN)
     c.run_dir = run_dir
     c.stop.max_labels = 10**9
+    c.acquisition.batch_size = 20
     return CampaignRun(c, progress=False)
 
 
@@ -95,8 +96,7 @@ def pool_steps(run_dir: Path, n: int, frames, feats: Features, rng) -> dict:
                         feats.e[rows], feats.n_atoms[rows])
         run.feature_cache.write(ids[lo:lo + len(rows)], part)
     committee = run.new_committee()
-    committee.thetas_ = run.backbone.theta0 + rng.normal(scale=0.01, size=(committee.size, len(run.backbone.theta0)))
-    run.c.acquisition.batch_size = 20
+    committee.use_members(run.backbone.theta0 + rng.normal(scale=0.01, size=(committee.size, len(run.backbone.theta0))))
     tracemalloc.start()
     _, first = timed(lambda: run.select(0, None))
     first_peak = tracemalloc.get_traced_memory()[1]
