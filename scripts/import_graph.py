@@ -3,9 +3,10 @@
     python scripts/import_graph.py          # one line per floor, then each module's imports
 
 Reads the source with `ast` (nothing is imported), counting every import, lazy ones inside
-functions included; a module's own parent packages (which Python loads first anyway) are left out. A module's floor is 0 when it imports no other aloop module, else one above the
-highest floor it imports, so every import points to a lower floor; a cycle has no floor and is
-printed as one. Exit status 1 on a cycle, or when a module of LIGHT imports torch, e3nn or mace,
+functions included; a module's own parent packages (which Python loads first anyway) are left
+out. A module's floor is 0 when it imports no other aloop module, else one above the highest
+floor it imports, so every import points to a lower floor; a cycle has no floor and is printed
+as one. Exit status 1 on a cycle, or when a module of LIGHT imports torch, e3nn or mace,
 directly or through the modules it imports.
 """
 from __future__ import annotations
