@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +20,6 @@ from ase import Atoms
 from ase.db import connect
 
 POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
-
-
-@contextmanager
-def _sql(path: Path):
-    """A connection to the SQLite file at `path` whose block is one transaction."""
-    con = sqlite3.connect(path, timeout=60)
-    try:
-        with con:
-            yield con
-    finally:
-        con.close()
 
 
 class RunStore:
@@ -43,8 +32,14 @@ class RunStore:
             con.execute("CREATE TABLE IF NOT EXISTS aloop_meta (key TEXT PRIMARY KEY, value TEXT)")
             con.execute("CREATE TABLE IF NOT EXISTS aloop_iterations (iteration INTEGER PRIMARY KEY, record TEXT)")
 
+    @contextmanager
     def _sql(self):
-        return _sql(self.path)
+        con = sqlite3.connect(self.path, timeout=60)
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
 
     # --- metadata ----------------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
@@ -179,14 +174,14 @@ class RunStore:
             raise FileExistsError(f"{target} exists; fork into a folder that holds no run")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name("aloop.db.tmp")
-        with _sql(self.path) as source, _sql(tmp) as copy:
+        with closing(sqlite3.connect(self.path, timeout=60)) as source, closing(sqlite3.connect(tmp)) as copy:
             source.backup(copy)
         db = connect(tmp, type="db")
         with db:
-            for row in db.select("iteration>=%d" % iteration):
+            for row in list(db.select("iteration>=%d" % iteration)):
                 data = {k: v for k, v in row.data.items() if k != "provenance"}
                 db.write(row.toatoms(), id=row.id, data=data, source=row.source, index=row.index, state=POOL)
-        with _sql(tmp) as con:
+        with closing(sqlite3.connect(tmp)) as con, con:   # closed after one transaction
             con.execute("DELETE FROM aloop_iterations WHERE iteration >= ?", (iteration,))
             con.execute("DELETE FROM aloop_meta WHERE key = 'stop_reason'")
         os.replace(tmp, target)

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.io import read  # noqa: E402
 
-from aloop import metrics  # noqa: E402
+from aloop import measure, metrics  # noqa: E402
 from aloop.backbone import Backbone  # noqa: E402
 from aloop.campaign import load_campaign  # noqa: E402
 from aloop.files import file_digest  # noqa: E402
@@ -107,11 +107,14 @@ def run_to_the_end(run: CampaignRun) -> list[dict]:
 
 
 class Evaluation:
-    """Features and force Jacobians of the test set and both HF paths, computed once."""
+    """The campaign's test set (features and labels from the loop's own cache), and what only this
+    benchmark needs, computed once: the test set's force Jacobians and both HF paths' features."""
 
     def __init__(self, run: CampaignRun, out: Path):
         self.reference = json.loads((CAMPAIGN / "reference.json").read_text())
-        test = read(CAMPAIGN / "hf_test.extxyz", index=":")
+        spec = run.c.evaluation.test_set
+        test_features, self.y = measure.test_set_features(run, spec)
+        test = read(spec.path, index=":")
         paths = {k: read(CAMPAIGN / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
         cache = out / "evaluation.npz"
         backbone = run.backbone
@@ -119,18 +122,18 @@ class Evaluation:
                          ("hf_test.extxyz", "mono_path_hf.extxyz", "di_path_hf.extxyz", "base_chgnet.model"))
         if cache.exists():
             with np.load(cache) as f:
-                if str(f["digest"]) != digest:
-                    cache.unlink()  # the references were remade: their features are stale
+                if str(f["digest"]) != digest or "test_a" in f.files:
+                    cache.unlink()  # the references were remade (or the cache is of the older layout)
         if not cache.exists():
-            feats = {name: backbone.features(frames) for name, frames in [("test", test), *paths.items()]}
+            feats = {name: backbone.features(frames) for name, frames in paths.items()}
             jac = backbone.force_jacobians(test, progress=True)
             arrays = {f"{name}_{k}": getattr(f, attr) for name, f in feats.items()
                       for k, attr in (("a", "a"), ("e", "e"), ("n", "n_atoms"))}
             np.savez(cache, **arrays, f0=np.stack([j.f0 for j in jac]), B=np.stack([j.B for j in jac]), digest=digest)
         with np.load(cache) as f:
             self.arrays = {k: f[k] for k in f.files}
-        self.y = np.array([a.get_potential_energy() for a in test])
-        self.n_atoms = np.array([len(a) for a in test])
+        self.arrays.update(test_a=test_features.a, test_e=test_features.e)
+        self.n_atoms = test_features.n_atoms
         self.f_hf = np.stack([a.get_forces() for a in test])
         self.theta0 = backbone.theta0
 
