@@ -21,6 +21,17 @@ def test_force_penalty_zero_inside_threshold_quartic_outside():
     assert big[1] / big[0] == pytest.approx(16, rel=1e-3)
 
 
+def test_members_made_elsewhere_predict_like_fitted_ones():
+    theta0 = np.zeros(3)
+    feats = Features(np.array([[1.0, 0, 0], [0, 2.0, 1.0]]), np.zeros(2), np.array([1, 2]))
+    committee = Committee(theta0, size=2).use_members([[1.0, 0, 0], [3.0, 1.0, 1.0]])
+    mean, std = committee.predict(feats)
+    np.testing.assert_allclose(mean, [2.0, 1.5])
+    assert np.isnan(committee.val_score_).all()
+    with pytest.raises(ValueError, match=r"expected members of shape \(2, 3\), got \(3,\)"):
+        Committee(theta0, size=2).use_members([1.0, 2.0, 3.0])
+
+
 @pytest.fixture(scope="module")
 def problem():
     bb = Backbone(tiny_mace(), device="cpu")
