@@ -55,7 +55,7 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
     test = None
     if c.evaluation.test_set is not None:
         feats, y = test_set_features(run, c.evaluation.test_set)
-        test = metrics.test_errors(*committee.predict(feats), y, feats.n_atoms)
+        test = metrics.held_out_errors(*committee.predict(feats), y, feats.n_atoms)
     pool_ids = run.store.ids(state=POOL)
     pool_std = stream_predict(committee, run.pool_rows(pool_ids))[1] if pool_ids else None
     if iteration == 0:

@@ -8,7 +8,8 @@
   scale on σ that the prospective errors so far call for (`sigma_scale`, see sigma_scale());
 - observables (NEB barriers), committee mean ± spread.
 
-Nothing here reads the run folder: `aloop.measure` gathers the arrays and keeps the records.
+Nothing here reads or writes the run folder: `aloop.measure` gathers the arrays, the loop writes
+the record.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def prospective(err: np.ndarray, sigma_committee: np.ndarray, sigma_label: np.nd
     return _errors(np.asarray(err), np.hypot(sigma_committee, sigma_label))
 
 
-def test_errors(mean: np.ndarray, std: np.ndarray, y: np.ndarray, n_atoms: np.ndarray) -> dict:
+def held_out_errors(mean: np.ndarray, std: np.ndarray, y: np.ndarray, n_atoms: np.ndarray) -> dict:
     """Committee mean ± std against the test set's labels y (eV per configuration)."""
     out = _errors(mean - y, std)
     out["rmse_per_atom"] = float(np.sqrt(np.mean(((mean - y) / n_atoms) ** 2)))

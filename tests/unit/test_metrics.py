@@ -48,7 +48,7 @@ def test_prospective_counts_errors_within_committee_and_label_sigma_together():
 
 
 def test_test_errors_and_pool_spread():
-    out = metrics.test_errors(np.array([1.0, 2.0]), np.array([0.1, 0.1]), np.array([1.1, 1.8]), np.array([2, 4]))
+    out = metrics.held_out_errors(np.array([1.0, 2.0]), np.array([0.1, 0.1]), np.array([1.1, 1.8]), np.array([2, 4]))
     assert out["rmse"] == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
     assert out["rmse_per_atom"] == pytest.approx(np.sqrt((0.05**2 + 0.05**2) / 2))
     assert metrics.spread(np.array([])) is None
