@@ -24,15 +24,19 @@ def fork_run(source: str | Path, dest: str | Path, iteration: int, share: tuple[
     source, dest = Path(source), Path(dest)
     if not (source / "aloop.db").exists():
         raise ValueError(f"{source}: not a run directory (no aloop.db); give the run_dir of a campaign")
-    store = RunStore(source).fork(dest, iteration)
+    if (dest / "aloop.db").exists():
+        raise FileExistsError(f"{dest / 'aloop.db'} exists; fork into a folder that holds no run")
     committees = dest / "committee"
-    committees.mkdir(exist_ok=True)
+    committees.mkdir(parents=True, exist_ok=True)
     for it in range(iteration):
         saved = source / "committee" / f"iter_{it:03d}.npz"
         if saved.exists():
             shutil.copy2(saved, committees / saved.name)
     for name in share:
         (source / name).mkdir(exist_ok=True)
-        # relative, so the folder holding both runs can move
-        (dest / name).symlink_to(os.path.relpath(source / name, dest), target_is_directory=True)
-    return store
+        link = dest / name
+        if not link.is_symlink():   # a fork cut short before its store was written left it
+            # relative, so the folder holding both runs can move
+            link.symlink_to(os.path.relpath(source / name, dest), target_is_directory=True)
+    # the store last: a folder holds a fork once its store is there, whole
+    return RunStore(source).fork(dest, iteration)
