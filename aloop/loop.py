@@ -47,7 +47,7 @@ def label_key(cid: int) -> str:
 
 class CampaignRun:
     def __init__(self, campaign: Campaign, progress: bool = True):
-        self.c = campaign
+        self.campaign = campaign
         self.progress = progress
         self.store = RunStore(campaign.run_dir)
         self.run_dir = self.store.run_dir
@@ -75,18 +75,18 @@ class CampaignRun:
 
     # --- pool and caches ---------------------------------------------------------------------
     def prepare_pool(self) -> None:
-        for spec in self.c.pool.sources:
+        for spec in self.campaign.pool.sources:
             if self.store.get_meta(f"source:{spec.name}") is not None:
                 continue
-            frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
+            frames, forces = generate(spec, self.backbone, self.campaign.seed, self.progress)
             n_generated = len(frames)
-            frames, forces = drop_close_contacts(frames, forces, self.c.pool.min_distance)
+            frames, forces = drop_close_contacts(frames, forces, self.campaign.pool.min_distance)
             if len(frames) < n_generated and spec.kind == "neb":
                 raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
-                                f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")
+                                f"pool.min_distance = {self.campaign.pool.min_distance} Å; check the end points and the base model")
             if len(frames) < n_generated:
                 print(f"pool source '{spec.name}': dropped {n_generated - len(frames)} of {n_generated} frames with "
-                      f"atoms closer than pool.min_distance = {self.c.pool.min_distance} Å")
+                      f"atoms closer than pool.min_distance = {self.campaign.pool.min_distance} Å")
             self.store.add_candidates(frames, spec.name, forces)
             self.store.set_meta(f"source:{spec.name}", {"n": len(frames), "kind": spec.kind})
 
@@ -124,10 +124,10 @@ class CampaignRun:
         return out
 
     def new_committee(self) -> Committee:
-        ft = self.c.finetune
+        ft = self.campaign.finetune
         return Committee(
-            self.backbone.theta0, size=self.c.committee.size, bootstrap=self.c.committee.bootstrap,
-            prior_sigma=self.c.committee.prior_sigma,
+            self.backbone.theta0, size=self.campaign.committee.size, bootstrap=self.campaign.committee.bootstrap,
+            prior_sigma=self.campaign.committee.prior_sigma,
             epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, force_threshold=ft.force_threshold,
             force_weight=ft.force_weight, noise_floor=ft.noise_floor, val_fraction=ft.val_fraction,
             patience=ft.patience, device=self.backbone.device,
@@ -144,18 +144,19 @@ class CampaignRun:
     def select(self, iteration: int, committee: Committee | None) -> None:
         available = self.store.ids(state=POOL)
         n_labels = self.store.count(state=LABELLED)
-        size = self.c.acquisition.initial_size if committee is None else self.c.acquisition.batch_size_at(iteration)
-        size = min(size, self.c.stop.max_labels - n_labels, len(available))
+        acquire = self.campaign.acquisition
+        size = acquire.initial_size if committee is None else acquire.batch_size_at(iteration)
+        size = min(size, self.campaign.stop.max_labels - n_labels, len(available))
         if size <= 0:
             return
         descriptors = self.pool_rows(available)
-        rng = np.random.default_rng([self.c.seed, iteration, 1])
+        rng = np.random.default_rng([self.campaign.seed, iteration, 1])
         if committee is None:
             idx, scores = acquisition.representative(descriptors, size, rng=rng)
             mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
         else:
             mean_all, std_all = stream_predict(committee, descriptors)
-            strategy = acquisition.STRATEGIES[self.c.acquisition.strategy]
+            strategy = acquisition.STRATEGIES[self.campaign.acquisition.strategy]
             idx, scores = strategy(std_all, descriptors, size, rng=rng)
             mean, std = mean_all[idx], std_all[idx]
         chosen = [available[i] for i in idx]
@@ -199,7 +200,7 @@ class CampaignRun:
         record is in labels/ as soon as the job finishes; a job that has a record is not run again."""
         todo = [cid for cid in ids if self.labeler.poll(label_key(cid)) == PENDING]
         jobs = zip([label_key(cid) for cid in todo], self.store.atoms(todo))
-        for key, record in self.dispatcher.labels(self.labeler, self.c.labeler, jobs, self.progress):
+        for key, record in self.dispatcher.labels(self.labeler, self.campaign.labeler, jobs, self.progress):
             self.labeler.write_record(key, record)
 
     def lf_forces(self, cid: int, jac: ForceJacobian) -> np.ndarray:
@@ -221,7 +222,7 @@ class CampaignRun:
         _, data = self.training_set()
         if len(data) == 0:
             raise RuntimeError(f"iteration {iteration}: no labelled configuration to train on (all failed?)")
-        rng = np.random.default_rng([self.c.committee.seed, iteration, 2])
+        rng = np.random.default_rng([self.campaign.committee.seed, iteration, 2])
         moment = feature_moment(self.pool_rows(self.store.ids()))
         committee = self.new_committee().fit(data, len(self.backbone.z_table), rng, moment=moment,
                                              progress=self.progress)
@@ -242,7 +243,7 @@ class CampaignRun:
         seconds = {"pool": time.time() - t0}
         records = self.store.iterations()
         iteration = len(records)
-        reason = metrics.stop_reason(self.c, records) if records else None
+        reason = metrics.stop_reason(self.campaign, records) if records else None
         done_now = 0
         while reason is None and (max_iterations is None or done_now < max_iterations):
             committee = self.load_committee(iteration)
@@ -262,7 +263,7 @@ class CampaignRun:
                 seconds["train"] = time.time() - t
             record = measure.iteration_record(self, iteration, committee, seconds)
             records.append(record)
-            reason = metrics.stop_reason(self.c, records)
+            reason = metrics.stop_reason(self.campaign, records)
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
             if self.progress:

@@ -38,7 +38,7 @@ def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
 def observable_values(run, thetas: np.ndarray) -> dict[str, np.ndarray]:
     """Each observable (a barrier along a pool source's images) for every θ of `thetas` [K, P]."""
     return {obs.name: metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(thetas))
-            for obs in run.c.evaluation.observables}
+            for obs in run.campaign.evaluation.observables}
 
 
 def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
-    c = run.c
+    c = run.campaign
     _, _, label_sigma = run.store.labels()
     test = None
     if c.evaluation.test_set is not None:

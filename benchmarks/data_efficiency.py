@@ -112,7 +112,7 @@ class Evaluation:
 
     def __init__(self, run: CampaignRun, out: Path):
         self.reference = json.loads((CAMPAIGN / "reference.json").read_text())
-        spec = run.c.evaluation.test_set
+        spec = run.campaign.evaluation.test_set
         test_features, self.y = measure.test_set_features(run, spec)
         test = read(spec.path, index=":")
         paths = {k: read(CAMPAIGN / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
@@ -191,7 +191,7 @@ def relaxed_barriers(run: CampaignRun, labels: int, out: Path) -> dict:
     """CI-NEB on the exported committee mean after `labels` labels, mono- and di-vacancy hops."""
     record = next(r for r in run.store.iterations() if r["n_labels"] >= labels)
     committee = run.load_committee(record["iteration"])
-    path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.c.run_dir).name}_{labels}.model")
+    path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.campaign.run_dir).name}_{labels}.model")
     model = Backbone.from_file(path, device="cpu")
     result = {"n_labels": record["n_labels"]}
     for kind in ("mono", "di"):

@@ -130,8 +130,8 @@ def main() -> None:
               f"force Jacobian {cost['jacobian_s']:.2f} s (once, when it is labelled)")
 
         fits = fit_times(run, cost["features"], args.labels, rng)
-        print(f"\ncommittee fit, K = {run.c.committee.size}, campaign settings "
-              f"(≤ {run.c.finetune.epochs} epochs, patience {run.c.finetune.patience}):")
+        print(f"\ncommittee fit, K = {run.campaign.committee.size}, campaign settings "
+              f"(≤ {run.campaign.finetune.epochs} epochs, patience {run.campaign.finetune.patience}):")
         for n, s in zip(args.labels, fits):
             print(f"  {n:5d} labels  {s:7.2f} s")
         print(f"  exponent {exponent(args.labels, fits):.2f}")

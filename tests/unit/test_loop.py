@@ -64,7 +64,7 @@ def test_batches_follow_the_schedule_and_the_budget(finished):
     # 4 first, then the schedule 2, 3, 3 (the last entry repeats) until the budget of 12
     assert [r["n_new"] for r in records] == [4, 2, 3, 3]
     assert result.n_labels == 12 and result.stop_reason.startswith("label budget reached")
-    assert run.c.acquisition.batch_size_at(7) == 3
+    assert run.campaign.acquisition.batch_size_at(7) == 3
 
 
 def test_records_hold_what_was_measured_and_the_store_keeps_each_batchs_errors(finished):
