@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import KMeans
 
-from .feature_cache import blocks
+from .arrays import blocks
 
 KMEANS_SAMPLE = 20000   # the first batch's k-means sees at most this many candidates of a larger pool
 

@@ -16,18 +16,27 @@ works, whatever its sizes, heads or e3nn normalisation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
-from dataclasses import dataclass
+import io
+import warnings
 from pathlib import Path
 
-import mace  # noqa: F401  (must be imported before e3nn on this torch)
-import numpy as np
-import torch
-from mace import data as mace_data
-from mace.tools import torch_geometric
-from mace.tools.utils import AtomicNumberTable
-from tqdm.auto import tqdm
+# mace before e3nn: its pinned e3nn needs this order on recent torch. On import, mace prints a notice
+# about an optional GPU accelerator (cuequivariance) and e3nn warns about torch.load defaults, on
+# every command; nothing a user can act on.
+with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import mace.modules  # noqa: F401
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mace import data as mace_data  # noqa: E402
+from mace.tools import torch_geometric  # noqa: E402
+from mace.tools.utils import AtomicNumberTable  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from .arrays import Features, ForceJacobian  # noqa: E402
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,31 +59,6 @@ def load_model(path: str | Path) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "readouts"):
         raise ValueError(f"{path}: expected a MACE model saved with torch.save(model), got {type(model).__name__}")
     return model
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-@dataclass
-class Features:
-    """Per-configuration energy decomposition E = a·θ + e (eV)."""
-
-    a: np.ndarray  # [n, P]
-    e: np.ndarray  # [n]
-    n_atoms: np.ndarray  # [n]
-
-    def energies(self, theta: np.ndarray) -> np.ndarray:
-        """Energies for one θ [P] → [n], or a committee [K, P] → [K, n]."""
-        return theta @ self.a.T + self.e
-
-
-@dataclass
-class ForceJacobian:
-    """Forces of one configuration as an affine function of θ: F(θ) = f0 + B (θ − θ0)."""
-
-    f0: np.ndarray  # [N, 3] forces of the model at θ0
-    B: np.ndarray  # [N, 3, P]
 
 
 class Backbone:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       ValidationInfo, field_validator, model_validator)
 
 
@@ -138,12 +138,20 @@ class Acquisition(_Section):
     strategy: Literal["random", "max_std", "diverse"] = "diverse"
     batch_size: PosInt = 4
     initial_size: Optional[PosInt] = None
+    # sizes of the batches after the first, in order, the last one repeating; batch_size when null
+    batch_schedule: Optional[Annotated[list[PosInt], Field(min_length=1)]] = None
 
     @model_validator(mode="after")
     def _default_initial_size(self) -> "Acquisition":
         if self.initial_size is None:
             self.initial_size = self.batch_size
         return self
+
+    def batch_size_at(self, iteration: int) -> int:
+        """Candidates to select in `iteration` (≥ 1) when there is a committee to choose them."""
+        if self.batch_schedule is None:
+            return self.batch_size
+        return self.batch_schedule[min(iteration, len(self.batch_schedule)) - 1]
 
 
 class PySCFLabeler(_Section):
@@ -391,8 +399,6 @@ class Campaign(_Section):
     stop: Stop
     evaluation: Evaluation = Field(default_factory=Evaluation)
 
-    _source_file: Optional[Path] = PrivateAttr(default=None)
-
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
@@ -432,11 +438,6 @@ class Campaign(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    @property
-    def source_file(self) -> Optional[Path]:
-        """The absolute path this campaign was loaded from (None if built in memory)."""
-        return self._source_file
 
     def to_dict(self) -> dict:
         """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""
@@ -566,5 +567,4 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
     except ValidationError as exc:
         lines = [line for err in exc.errors() for line in _translate(err)]
         raise CampaignError("\n".join(f"{label}: {line}" for line in lines)) from None
-    campaign._source_file = source
     return campaign

@@ -22,8 +22,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from tqdm.auto import tqdm
 
-from .backbone import Features, ForceJacobian
-from .feature_cache import feature_moment
+from .arrays import Features, ForceJacobian, feature_moment
 
 # Entropy tags for the member's random streams: one per purpose, so that adding a purpose never
 # shifts the draws of another.
@@ -191,6 +190,17 @@ class Committee:
         self._check_fitted()
         np.savez(path, thetas=self.thetas_, theta0=self.theta0, objective=self.objective_,
                  newton_steps=self.newton_steps_)
+
+    def use_members(self, thetas: np.ndarray) -> "Committee":
+        """Take K members θ_k [K, P] made elsewhere (a benchmark, a what-if), as `load` takes them from
+        a file; they were not fitted here, so their objective and Newton steps are unknown (NaN, -1)."""
+        thetas = np.asarray(thetas, dtype=np.float64)
+        if thetas.ndim != 2 or thetas.shape != (self.size, len(self.theta0)):
+            raise ValueError(f"committee: expected members of shape {(self.size, len(self.theta0))}, got {thetas.shape}")
+        self.thetas_ = thetas
+        self.objective_ = np.full(self.size, np.nan)
+        self.newton_steps_ = np.full(self.size, -1)
+        return self
 
     def load(self, path) -> "Committee":
         with np.load(path) as f:

@@ -108,7 +108,8 @@ def label_task(labeler_spec, run_dir: str, campaign: str, atoms) -> dict:
 
 def feature_task(model_path: str, digest: str, device: str, head: str | None, atoms_list):
     """Backbone features of one shard, from the run's model file (checked to be the same file)."""
-    from .backbone import Backbone, file_digest
+    from .backbone import Backbone
+    from .files import file_digest
 
     def build():
         found = file_digest(model_path)

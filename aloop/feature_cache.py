@@ -15,17 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import Features
-
-BLOCK = 16384   # rows per block: 16384 × P = 82 float64 is 11 MB
-
-
-def blocks(n: int) -> Iterator[slice]:
-    """Consecutive slices of BLOCK rows covering range(n); one slice when n fits, so small pools are
-    computed exactly as an in-memory array would be."""
-    for lo in range(0, n, BLOCK):
-        yield slice(lo, min(lo + BLOCK, n))
-
+from .arrays import Features, blocks
 
 class FeatureCache:
     """Memory-mapped features of candidates by id, in a folder of .npy files."""
@@ -154,16 +144,3 @@ def stream_predict(committee, rows: PoolRows) -> tuple[np.ndarray, np.ndarray]:
     for s, feats in rows.features():
         mean[s], std[s] = committee.predict(feats)
     return mean, std
-
-
-def feature_moment(rows) -> np.ndarray:
-    """Second moment G = ⟨x xᵀ⟩ of the per-atom features x = a/n over `rows` (a PoolRows or a
-    Features), streamed when it is a PoolRows."""
-    if isinstance(rows, Features):
-        x = rows.a / rows.n_atoms[:, None]
-        return x.T @ x / len(x)
-    G = np.zeros((rows.shape[1], rows.shape[1]))
-    for s in blocks(len(rows)):
-        x = rows[s]
-        G += x.T @ x
-    return G / len(rows)

@@ -16,18 +16,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, binding, metrics, provenance
-from .backbone import Features, ForceJacobian, file_digest
+from . import __version__, acquisition, binding, measure, metrics, provenance
+from .arrays import Features, ForceJacobian, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
 from .dispatch import make_dispatcher
-from .feature_cache import FeatureCache, PoolRows, feature_moment, stream_predict
+from .feature_cache import FeatureCache, PoolRows, stream_predict
+from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
 from .pool import TOO_CLOSE, Geometries, PoolError, generate, screen
 from .rundir import RunDir, label_key
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
+from .report_text import one_line
 
 
 class WaitingForLabels(RuntimeError):
@@ -47,7 +49,7 @@ class NoLabels(ValueError):
 
 class CampaignRun:
     def __init__(self, campaign: Campaign, progress: bool = True, accept: tuple[str, ...] = ()):
-        self.c = campaign
+        self.campaign = campaign
         self.progress = progress
         # the model loads before the folder is touched: a broken file must not bind (or create) a run
         self.backbone = load_backbone(campaign)
@@ -73,17 +75,17 @@ class CampaignRun:
     def bind(self, digest: str, accept) -> bool:
         """Check the campaign against the fields this folder's data was made with (binding.py) and
         record the ones it is bound to now; whether the labeler's settings changed."""
-        now = self.fields = binding.of_campaign(self.c, digest)
+        now = self.fields = binding.of_campaign(self.campaign, digest)
         binding.check_accepted(accept, now)
         bound = self.store.get_meta("binding")
         legacy = self.store.get_meta("model_digest")   # runs made before binding.py knew only the model
         if bound is None:
-            bound = {**now, "model": {"sha256": legacy, "head": self.c.model.head}} if legacy else {}
+            bound = {**now, "model": {"sha256": legacy, "head": self.campaign.model.head}} if legacy else {}
         changed = binding.changes(bound, now, self.store.count(state=LABELLED) > 0)
         refused = [f for f in changed if f not in accept]
         if refused:
             raise binding.refusal(self.run_dir, bound, now, refused)
-        sources = {s.name: s for s in self.c.pool.sources}
+        sources = {s.name: s for s in self.campaign.pool.sources}
         for field in changed:
             name = field.removeprefix(binding.SOURCE)
             if field.startswith(binding.SOURCE) and field in bound and name in sources:
@@ -99,18 +101,18 @@ class CampaignRun:
     def prepare_pool(self) -> None:
         """Candidates of every source not in the pool yet. A frame that repeats one already in the
         pool (within pool.DUPLICATE_TOLERANCE) is not added: it would buy the same label twice."""
-        todo = [spec for spec in self.c.pool.sources if self.store.get_meta(f"source:{spec.name}") is None]
+        todo = [spec for spec in self.campaign.pool.sources if self.store.get_meta(f"source:{spec.name}") is None]
         if not todo:
             return
         seen = Geometries()
         for atoms in self.store.atoms(self.store.ids()):
             seen.add(atoms)
         for spec in todo:
-            frames, forces = generate(spec, self.backbone, self.c.seed, self.progress)
-            keep, dropped = screen(frames, self.c.pool.min_distance, seen, drop_repeats=spec.kind != "neb")
+            frames, forces = generate(spec, self.backbone, self.campaign.seed, self.progress)
+            keep, dropped = screen(frames, self.campaign.pool.min_distance, seen, drop_repeats=spec.kind != "neb")
             if dropped[TOO_CLOSE] and spec.kind == "neb":
                 raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
-                                f"pool.min_distance = {self.c.pool.min_distance} Å; check the end points and the base model")
+                                f"pool.min_distance = {self.campaign.pool.min_distance} Å; check the end points and the base model")
             for why, indices in dropped.items():
                 if indices:
                     print(f"pool source '{spec.name}': dropped {len(indices)} of {len(frames)} frames: {why} "
@@ -157,11 +159,11 @@ class CampaignRun:
         return out
 
     def new_committee(self) -> Committee:
-        ft = self.c.finetune
+        ft = self.campaign.finetune
         return Committee(
-            self.backbone.theta0, size=self.c.committee.size, bootstrap=self.c.committee.bootstrap,
-            prior_sigma=self.c.committee.prior_sigma, force_threshold=ft.force_threshold,
-            force_weight=ft.force_weight, noise_floor=ft.noise_floor, seed=self.c.committee.seed,
+            self.backbone.theta0, size=self.campaign.committee.size, bootstrap=self.campaign.committee.bootstrap,
+            prior_sigma=self.campaign.committee.prior_sigma, force_threshold=ft.force_threshold,
+            force_weight=ft.force_weight, noise_floor=ft.noise_floor, seed=self.campaign.committee.seed,
         )
 
     def load_committee(self, iteration: int) -> Committee | None:
@@ -172,18 +174,19 @@ class CampaignRun:
     def select(self, iteration: int, committee: Committee | None) -> None:
         available = self.store.ids(state=POOL)
         n_labels = self.store.count(state=LABELLED)
-        size = self.c.acquisition.initial_size if committee is None else self.c.acquisition.batch_size
-        size = min(size, self.c.stop.max_labels - n_labels, len(available))
+        acquire = self.campaign.acquisition
+        size = acquire.initial_size if committee is None else acquire.batch_size_at(iteration)
+        size = min(size, self.campaign.stop.max_labels - n_labels, len(available))
         if size <= 0:
             return
         descriptors = self.pool_rows(available)
-        rng = np.random.default_rng([self.c.seed, iteration, 1])
+        rng = np.random.default_rng([self.campaign.seed, iteration, 1])
         if committee is None:
             idx, scores = acquisition.representative(descriptors, size, rng=rng)
             mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
         else:
             mean_all, std_all = stream_predict(committee, descriptors)
-            strategy = acquisition.STRATEGIES[self.c.acquisition.strategy]
+            strategy = acquisition.STRATEGIES[self.campaign.acquisition.strategy]
             idx, scores = strategy(std_all, descriptors, size, rng=rng)
             mean, std = mean_all[idx], std_all[idx]
         chosen = [available[i] for i in idx]
@@ -225,7 +228,7 @@ class CampaignRun:
         record is in labels/ as soon as the job finishes; a job that has a record is not run again."""
         todo = [cid for cid in ids if self.labeler.poll(label_key(cid)) == PENDING]
         jobs = zip([label_key(cid) for cid in todo], self.store.atoms(todo))
-        for key, record in self.dispatcher.labels(self.labeler, self.c.labeler, jobs, self.progress):
+        for key, record in self.dispatcher.labels(self.labeler, self.campaign.labeler, jobs, self.progress):
             self.labeler.write_record(key, record)
 
     def lf_forces(self, cid: int, jac: ForceJacobian) -> np.ndarray:
@@ -259,14 +262,9 @@ class CampaignRun:
             raise NoLabels(self.no_labels(iteration))
         moment = feature_moment(self.pool_rows(self.store.ids()))
         committee = self.new_committee().fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
-        path = self.layout.committee(iteration)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        committee.save(tmp)
-        tmp.replace(path)
+        with atomic_open(self.layout.committee(iteration)) as handle:
+            committee.save(handle)
         return committee
-
-    def measure(self, iteration: int, committee: Committee, seconds: dict) -> dict:
-        return metrics.iteration_record(self, iteration, committee, seconds)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_iterations: int | None = None) -> RunResult:
@@ -277,13 +275,13 @@ class CampaignRun:
 
     def _run(self, max_iterations: int | None) -> RunResult:
         t0 = time.time()
-        ingested = tuple(s.name for s in self.c.pool.sources if self.store.get_meta(f"source:{s.name}") is not None)
-        check_campaign(self.c, self.backbone, skip=ingested)   # nothing is labelled for a frame the model cannot take
+        ingested = tuple(s.name for s in self.campaign.pool.sources if self.store.get_meta(f"source:{s.name}") is not None)
+        check_campaign(self.campaign, self.backbone, skip=ingested)   # nothing is labelled for a frame the model cannot take
         self.prepare_pool()
         seconds = {"pool": time.time() - t0}
         records = self.store.iterations()
         iteration = len(records)
-        reason = metrics.stop_reason(self.c, records) if records else None
+        reason = metrics.stop_reason(self.campaign, records) if records else None
         done_now = 0
         while reason is None and (max_iterations is None or done_now < max_iterations):
             committee = self.load_committee(iteration)
@@ -301,13 +299,13 @@ class CampaignRun:
                 t = time.time()
                 committee = self.train(iteration)
                 seconds["train"] = time.time() - t
-            record = self.measure(iteration, committee, seconds)
+            record = measure.iteration_record(self, iteration, committee, seconds)
             records.append(record)
-            reason = metrics.stop_reason(self.c, records)
+            reason = metrics.stop_reason(self.campaign, records)
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
             if self.progress:
-                print(metrics.one_line(record), flush=True)
+                print(one_line(record), flush=True)
             iteration += 1
             done_now += 1
             seconds = {}

@@ -20,6 +20,7 @@ from .feature_cache import FeatureCache
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
 from .rundir import RunDir
+from .report_text import one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
@@ -336,8 +337,6 @@ def write_report(run_dir) -> Path:
 
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
-    from .metrics import one_line   # imported here: metrics pulls in torch/MACE via backbone
-
     store = RunStore.existing(run_dir)
     campaign = store.get_meta("campaign") or {}
     records = store.iterations()

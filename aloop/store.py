@@ -10,8 +10,9 @@ Candidate states: pool → selected → labelled | failed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,14 @@ class RunStore:
             np.array([r.sigma_hf for r in rows]),
         )
 
+    def batch_errors(self, iteration: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label − prediction, committee σ, label σ) of the candidates selected in `iteration` and
+        labelled since, in id order: the prospective errors of that batch (NaN where it was chosen
+        without a committee, as the first batch is)."""
+        rows = self.rows(iteration=int(iteration), state=LABELLED)
+        return (np.array([r.energy_hf - r.pred_energy for r in rows], dtype=float),
+                np.array([r.pred_sigma for r in rows], dtype=float), np.array([r.sigma_hf for r in rows], dtype=float))
+
     # --- iterations --------------------------------------------------------------------------
     def write_iteration(self, iteration: int, record: dict) -> None:
         with self._sql() as con:
@@ -161,3 +170,30 @@ class RunStore:
         with self._sql() as con:
             rows = con.execute("SELECT record FROM aloop_iterations ORDER BY iteration").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    # --- forks -------------------------------------------------------------------------------
+    def fork(self, run_dir: str | Path, iteration: int) -> "RunStore":
+        """A copy of this store in `run_dir` as it stood before `iteration`: the same candidates under
+        the same ids, the labels and records of iterations 0..iteration-1, and every candidate selected
+        later back in the pool, its label dropped. The copy appears whole or not at all."""
+        done = len(self.iterations())
+        if not 0 <= iteration <= done:
+            raise ValueError(f"{self.run_dir}: cannot fork at iteration {iteration}; expected 0..{done} "
+                             f"(the iterations recorded)")
+        target = Path(run_dir) / "aloop.db"
+        if target.exists():
+            raise FileExistsError(f"{target} exists; fork into a folder that holds no run")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name("aloop.db.tmp")
+        with closing(sqlite3.connect(self.path, timeout=60)) as source, closing(sqlite3.connect(tmp)) as copy:
+            source.backup(copy)
+        db = connect(tmp, type="db")
+        with db:
+            for row in list(db.select("iteration>=%d" % iteration)):
+                data = {k: v for k, v in row.data.items() if k != "provenance"}
+                db.write(row.toatoms(), id=row.id, data=data, source=row.source, index=row.index, state=POOL)
+        with closing(sqlite3.connect(tmp)) as con, con:   # closed after one transaction
+            con.execute("DELETE FROM aloop_iterations WHERE iteration >= ?", (iteration,))
+            con.execute("DELETE FROM aloop_meta WHERE key = 'stop_reason'")
+        os.replace(tmp, target)
+        return RunStore(run_dir)

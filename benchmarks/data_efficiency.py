@@ -17,6 +17,7 @@ Learning curves at 37, 75, 100, 150, 300 and 500 labels, committee mean against:
 At 100 labels the exported committee mean of each strategy (seed 0) is also relaxed along its own
 CI-NEB path, the number a user would quote.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python benchmarks/data_efficiency.py [--out runs/data_efficiency] [--seeds 0 1 2]
 
 Prints a table, writes results.json and the plots into --out (and docs/img with --docs). A rerun
@@ -27,12 +28,10 @@ from __future__ import annotations
 import mace  # noqa: F401  (mace must be imported before e3nn)
 
 import argparse
-import copy
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -45,12 +44,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.io import read  # noqa: E402
 
-from aloop import metrics  # noqa: E402
-from aloop.backbone import Backbone, file_digest  # noqa: E402
+from aloop import measure, metrics  # noqa: E402
+from aloop.backbone import Backbone  # noqa: E402
 from aloop.campaign import load_campaign  # noqa: E402
-from aloop.rundir import RunDir  # noqa: E402
+from aloop.files import file_digest  # noqa: E402
+from aloop.fork import fork_run  # noqa: E402
 from aloop.loop import CampaignRun  # noqa: E402
 from aloop.pool import BatchedCalculator  # noqa: E402
+from aloop.report_text import one_line  # noqa: E402
+from testbeds.mos2.geometry import neb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
@@ -67,6 +69,7 @@ def campaign_for(out: Path, strategy: str, seed: int):
     c.seed, c.committee.seed = seed, seed
     c.acquisition.strategy = strategy
     c.acquisition.initial_size = CHECKPOINTS[0]
+    c.acquisition.batch_schedule = BATCHES
     c.stop.max_labels = CHECKPOINTS[-1]
     c.stop.uncertainty_ratio, c.stop.observable = None, None  # judged afterwards, see stop_points
     return c
@@ -83,38 +86,35 @@ def shared_pool(out: Path) -> CampaignRun:
 
 
 def start_run(out: Path, strategy: str, seed: int) -> CampaignRun:
+    """A fork of the shared pool's run (features, Jacobians and oracle labels shared), or the run
+    as a previous invocation left it."""
     c = campaign_for(out, strategy, seed)
-    run, pool = RunDir(c.run_dir), RunDir(out / "pool")
-    if not run.db.exists():
-        run.root.mkdir(parents=True, exist_ok=True)
-        tmp = run.db.with_suffix(".tmp.db")
-        shutil.copy(pool.db, tmp)
-        os.replace(tmp, run.db)
-        for shared, link in ((pool.cache, run.cache), (pool.labels, run.labels)):
-            shared.mkdir(exist_ok=True)
-            if not link.exists():
-                link.symlink_to(Path("..") / "pool" / shared.name)
+    try:
+        fork_run(out / "pool", c.run_dir, 0)
+    except FileExistsError:
+        pass   # a rerun continues it
     return CampaignRun(c, progress=False)
 
 
 def run_to_the_end(run: CampaignRun) -> list[dict]:
-    records = run.store.iterations()
-    while not records or records[-1]["n_labels"] < CHECKPOINTS[-1]:
-        if records and not records[-1]["n_new"]:
-            break  # pool exhausted
-        run.c.acquisition.batch_size = BATCHES[min(len(records) - 1, len(BATCHES) - 1)] if records else 1
-        run.run(max_iterations=1)
-        records = run.store.iterations()
-        print("    " + metrics.one_line(records[-1]), flush=True)
-    return records
+    """The campaign's own loop, one iteration at a time to print each, until a stop rule fires
+    (the label budget, CHECKPOINTS[-1], or an exhausted pool)."""
+    while True:
+        result = run.run(max_iterations=1)
+        print("    " + one_line(run.store.iterations()[-1]), flush=True)
+        if result.stop_reason is not None:
+            return run.store.iterations()
 
 
 class Evaluation:
-    """Features and force Jacobians of the test set and both HF paths, computed once."""
+    """The campaign's test set (features and labels from the loop's own cache), and what only this
+    benchmark needs, computed once: the test set's force Jacobians and both HF paths' features."""
 
     def __init__(self, run: CampaignRun, out: Path):
         self.reference = json.loads((CAMPAIGN / "reference.json").read_text())
-        test = read(CAMPAIGN / "hf_test.extxyz", index=":")
+        spec = run.campaign.evaluation.test_set
+        test_features, self.y = measure.test_set_features(run, spec)
+        test = read(spec.path, index=":")
         paths = {k: read(CAMPAIGN / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
         cache = out / "evaluation.npz"
         backbone = run.backbone
@@ -122,18 +122,18 @@ class Evaluation:
                          ("hf_test.extxyz", "mono_path_hf.extxyz", "di_path_hf.extxyz", "base_chgnet.model"))
         if cache.exists():
             with np.load(cache) as f:
-                if str(f["digest"]) != digest:
-                    cache.unlink()  # the references were remade: their features are stale
+                if str(f["digest"]) != digest or "test_a" in f.files:
+                    cache.unlink()  # the references were remade (or the cache is of the older layout)
         if not cache.exists():
-            feats = {name: backbone.features(frames) for name, frames in [("test", test), *paths.items()]}
+            feats = {name: backbone.features(frames) for name, frames in paths.items()}
             jac = backbone.force_jacobians(test, progress=True)
             arrays = {f"{name}_{k}": getattr(f, attr) for name, f in feats.items()
                       for k, attr in (("a", "a"), ("e", "e"), ("n", "n_atoms"))}
             np.savez(cache, **arrays, f0=np.stack([j.f0 for j in jac]), B=np.stack([j.B for j in jac]), digest=digest)
         with np.load(cache) as f:
             self.arrays = {k: f[k] for k in f.files}
-        self.y = np.array([a.get_potential_energy() for a in test])
-        self.n_atoms = np.array([len(a) for a in test])
+        self.arrays.update(test_a=test_features.a, test_e=test_features.e)
+        self.n_atoms = test_features.n_atoms
         self.f_hf = np.stack([a.get_forces() for a in test])
         self.theta0 = backbone.theta0
 
@@ -162,9 +162,7 @@ def calibration(run: CampaignRun, upto: int) -> dict:
     for record in run.store.iterations()[1:]:
         if record["n_labels"] > upto:
             break
-        rows = [r for r in run.store.rows(iteration=record["iteration"]) if r.state == "labelled"]
-        batches.append((np.array([r.energy_hf - r.pred_energy for r in rows]),
-                        np.array([r.pred_sigma for r in rows]), np.array([r.sigma_hf for r in rows])))
+        batches.append(run.store.batch_errors(record["iteration"]))
     if not batches:
         return {}
     err, s_c, s_l = (np.concatenate(x) for x in zip(*batches))
@@ -185,30 +183,15 @@ def calibration(run: CampaignRun, upto: int) -> dict:
 
 def stop_points(run: CampaignRun) -> dict:
     """The label count at which each of the campaign's own stop rules would first have fired."""
-    rules = load_campaign(CAMPAIGN / "campaign.yaml")
-    records = run.store.iterations()
-    out = {}
-    for rule in ("uncertainty_ratio", "observable"):
-        c = copy.deepcopy(rules)
-        c.stop.max_labels = 10**9
-        if rule == "uncertainty_ratio":
-            c.stop.observable = None
-        else:
-            c.stop.uncertainty_ratio = None
-        fired = next((records[k - 1]["n_labels"] for k in range(1, len(records) + 1)
-                      if metrics.stop_reason(c, records[:k]) and "converged" in metrics.stop_reason(c, records[:k])), None)
-        out[rule] = fired
-    return out
+    rules = load_campaign(CAMPAIGN / "campaign.yaml").stop
+    return metrics.when_rules_fire(rules, run.store.iterations(), ("uncertainty_ratio", "observable"))
 
 
 def relaxed_barriers(run: CampaignRun, labels: int, out: Path) -> dict:
     """CI-NEB on the exported committee mean after `labels` labels, mono- and di-vacancy hops."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from mos2_testbed import neb
-
     record = next(r for r in run.store.iterations() if r["n_labels"] >= labels)
     committee = run.load_committee(record["iteration"])
-    path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.c.run_dir).name}_{labels}.model")
+    path = run.backbone.export(committee.thetas_.mean(0), out / f"{Path(run.campaign.run_dir).name}_{labels}.model")
     model = Backbone.from_file(path, device="cpu")
     result = {"n_labels": record["n_labels"]}
     for kind in ("mono", "di"):

@@ -14,6 +14,7 @@ and 10 % to validate, with the base model's forces as the low-fidelity force tar
 Prints the time of each, their ratio, and the validation energy RMSE of each (committee mean for
 aloop). Run after data_efficiency.py:
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python benchmarks/finetune_vs_mace.py [--run runs/data_efficiency/diverse-s0] [--labels 500] [--epochs 10]
 """
 from __future__ import annotations
@@ -36,10 +37,9 @@ from ase.io import write
 
 from aloop.backbone import Backbone
 from aloop.committee import TrainingSet
-from aloop.feature_cache import feature_moment
+from aloop.arrays import feature_moment
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_efficiency import CAMPAIGN, ROOT, campaign_for  # noqa: E402
+from data_efficiency import CAMPAIGN, ROOT, campaign_for  # noqa: E402  (this folder: the script's own)
 
 from aloop.loop import CampaignRun  # noqa: E402
 

@@ -1,5 +1,6 @@
 """How the cost of one iteration grows with the labels and with the pool, on the MoS2 testbed's backbone.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python benchmarks/scaling.py [--sizes 1000 10000 100000] [--labels 37 75 150 300 500]
 
 Everything runs through the real campaign code (campaigns/mos2-svac/campaign.yaml, its base model
@@ -35,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aloop.backbone import Features
+from aloop.arrays import Features, feature_moment
 from aloop.campaign import load_campaign
 from aloop.committee import TrainingSet
-from aloop.feature_cache import feature_moment, stream_predict
+from aloop.feature_cache import stream_predict
 from aloop.loop import CampaignRun
 from speed import mos2_cells, timed
 
@@ -53,6 +54,7 @@ def new_run(run_dir: Path) -> CampaignRun:
     c = load_campaign(CAMPAIGN)
     c.run_dir = run_dir
     c.stop.max_labels = 10**9
+    c.acquisition.batch_size = 20
     return CampaignRun(c, progress=False)
 
 
@@ -94,8 +96,7 @@ def pool_steps(run_dir: Path, n: int, frames, feats: Features, rng) -> dict:
                         feats.e[rows], feats.n_atoms[rows])
         run.feature_cache.write(ids[lo:lo + len(rows)], part)
     committee = run.new_committee()
-    committee.thetas_ = run.backbone.theta0 + rng.normal(scale=0.01, size=(committee.size, len(run.backbone.theta0)))
-    run.c.acquisition.batch_size = 20
+    committee.use_members(run.backbone.theta0 + rng.normal(scale=0.01, size=(committee.size, len(run.backbone.theta0))))
     tracemalloc.start()
     _, first = timed(lambda: run.select(0, None))
     first_peak = tracemalloc.get_traced_memory()[1]
@@ -129,7 +130,7 @@ def main() -> None:
               f"force Jacobian {cost['jacobian_s']:.2f} s (once, when it is labelled)")
 
         fits = fit_times(run, cost["features"], args.labels, rng)
-        print(f"\ncommittee fit, K = {run.c.committee.size}, each member solved exactly (Newton), campaign settings:")
+        print(f"\ncommittee fit, K = {run.campaign.committee.size}, each member solved exactly (Newton), campaign settings:")
         for n, s in zip(args.labels, fits):
             print(f"  {n:5d} labels  {s:7.2f} s")
         print(f"  exponent {exponent(args.labels, fits):.2f}")

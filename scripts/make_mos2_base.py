@@ -6,6 +6,7 @@ mono-vacancy CI-NEB band, strained cells), saves it with torch.save (base_chgnet
 by MACECalculator and aloop), and checks its climbing-image NEB barrier of the mono-vacancy hop
 against CHGNet's (reference.json).
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/make_mos2_base.py [--seed 0] [--epochs 50] [--device cpu] [--evaluate-only]
 
 Exits with status 1 when the model's barrier misses CHGNet's by more than 0.1 eV.
@@ -32,7 +33,7 @@ from aloop.backbone import Backbone
 from aloop.pool import BatchedCalculator
 
 from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train
-from mos2_testbed import CAMPAIGN, neb
+from testbeds.mos2.geometry import CAMPAIGN, neb
 
 ATOMIC_NUMBERS = [16, 42]  # S, Mo
 BARRIER_TOLERANCE = 0.1

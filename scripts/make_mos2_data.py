@@ -8,10 +8,11 @@ Everything here runs CHGNet 0.3.0 (weights inside the chgnet wheel; no download)
    Langevin MD of the mono- and di-vacancy cells at 300, 600 and 900 K, snapshots of the
    mono-vacancy CI-NEB band as it converges, and strained, rattled cells
 3. explicit references: CI-NEB barriers of both hops on CHGNet and on the noise-free oracle
-   E_HF = E_CHGNet + ΔE (aloop.oracle.SyntheticHF) -> reference.json, *_path_hf.extxyz
+   E_HF = E_CHGNet + ΔE (testbeds.mos2.oracle.SyntheticHF) -> reference.json, *_path_hf.extxyz
 4. held-out test set (hf_test.extxyz): MD snapshots of the mono-vacancy cell (other seeds) and
    near-saddle configurations, with noise-free E_HF and −∇E_HF; never in any pool
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/make_mos2_data.py [--seed 0] [--workers 2]
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ase.io import write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from mos2_testbed import CAMPAIGN, high_fidelity, hop, low_fidelity, neb, relax, relaxed_monolayer, sites
+from testbeds.mos2.geometry import CAMPAIGN, high_fidelity, hop, low_fidelity, neb, relax, relaxed_monolayer, sites
 
 TEMPERATURES = (300, 600, 900)
 MD_STEPS, MD_INTERVAL, MD_TIMESTEP = 600, 10, 2.0  # fs; 60 snapshots per trajectory

@@ -1,11 +1,12 @@
 """Explicit high-fidelity references of campaigns/mos2-svac for the oracle as it is now.
 
-Run after changing aloop.oracle.SyntheticHF's defaults: relaxes both hops' end points on the
+Run after changing testbeds.mos2.oracle.SyntheticHF's defaults: relaxes both hops' end points on the
 noise-free E_HF, runs their CI-NEBs (mono- and di-vacancy, in parallel), and relabels the held-out
 configurations of hf_test.extxyz with E_HF and −∇E_HF. Updates reference.json (the *_hf entries and
 the oracle's parameters), mono_path_hf.extxyz, di_path_hf.extxyz and hf_test.extxyz; the CHGNet
 data, end points and training set (scripts/make_mos2_data.py) are not touched.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/mos2_hf_references.py
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from ase.io import read, write
 
 from make_mos2_data import labelled
-from mos2_testbed import CAMPAIGN, high_fidelity, neb, relax
+from testbeds.mos2.geometry import CAMPAIGN, high_fidelity, neb, relax
 
 
 def hop_reference(kind: str) -> tuple[str, dict]:

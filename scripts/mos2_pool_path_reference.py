@@ -9,6 +9,7 @@ docs/mos2-svac.md), where ΔE is large. Rebuilds the pool's hop exactly as `aloo
 settings, same base model), evaluates E_HF without noise, and writes `mono_barrier_hf_pool_path`
 and its energies into reference.json. About two minutes on 2 cores.
 
+    pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/mos2_pool_path_reference.py
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from aloop.backbone import Backbone
 from aloop.campaign import load_campaign
 from aloop.pool import generate
-from mos2_testbed import CAMPAIGN, high_fidelity
+from testbeds.mos2.geometry import CAMPAIGN, high_fidelity
 
 
 def main() -> None:

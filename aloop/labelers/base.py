@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 from ase import Atoms
 
+from ..files import write_text_atomic
+
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
 
@@ -113,10 +115,7 @@ class LocalLabeler:
         return record
 
     def write_record(self, key: str, record: dict) -> None:
-        path = self._path(key)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_text_atomic(self._path(key), json.dumps(record, indent=1))
 
     def _record(self, key: str) -> dict | None:
         path = self._path(key)

@@ -35,6 +35,7 @@ from ase import Atoms
 from ase.units import Hartree
 from threadpoolctl import threadpool_limits
 
+from ..files import atomic_open
 from .base import Label, LabelError, LocalLabeler
 from .pyscf import UNITS_NOTE, _check_charge_spin, build_molecule, check_basis, run_scf
 from .reblock import reblock
@@ -82,11 +83,9 @@ class WavefunctionStore:
     def save(self, name: str, atoms: Atoms, charge: int, spin: int, jastrow: dict, trace: dict) -> None:
         arrays = {f"jastrow/{k}": np.asarray(v) for k, v in jastrow.items()}
         arrays.update({f"trace/{k}": np.asarray(v) for k, v in trace.items()})
-        tmp = self.folder / f"{name}.tmp"
-        with open(tmp, "wb") as handle:   # a file handle: np.savez would append .npz to the name
+        with atomic_open(self.folder / f"{name}.npz") as handle:
             np.savez(handle, numbers=atoms.numbers, positions=atoms.positions,
                      charge_spin=np.array([charge, spin]), **arrays)
-        os.replace(tmp, self.folder / f"{name}.npz")
 
     def nearest(self, atoms: Atoms, charge: int, spin: int, shapes: dict) -> tuple[str, float, dict] | None:
         """(name, distance in Å, Jastrow) of the closest stored configuration with the same atoms

@@ -23,7 +23,8 @@ from ase import Atoms
 from ase.io import write
 
 from .. import __version__
-from . import qmcpack_inputs as qi
+from ..files import write_text_atomic
+from . import qmcpack_inputs as inputs
 from . import qmcpack_jastrow
 from .base import DONE, FAILED, PENDING, Label, LabelError, set_aside
 from .qmcpack_results import FAILED_STATE, JobProblem, Series, blocks_digest, dmc_label
@@ -38,9 +39,7 @@ def sha256(path: str | Path) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def render_template(text: str, values: dict, source: Path) -> str:
@@ -48,7 +47,7 @@ def render_template(text: str, values: dict, source: Path) -> str:
     def value(match):
         name = match.group(1)
         if name not in values:
-            raise qi.JobSetupError(f"labeler.batch_template: {source}: unknown placeholder {{{{{name}}}}}; "
+            raise inputs.JobSetupError(f"labeler.batch_template: {source}: unknown placeholder {{{{{name}}}}}; "
                                    f"known: {', '.join(values)}")
         return str(values[name])
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", value, text)
@@ -94,7 +93,7 @@ class QMCPACKLabeler:
             self.keys()    # rebuilds a lost jobs.txt (and the queue files) from the manifests
             return
         if folder.exists():
-            raise qi.JobSetupError(f"{folder} exists but holds no {MANIFEST}: it is not a job aloop wrote; move it away")
+            raise inputs.JobSetupError(f"{folder} exists but holds no {MANIFEST}: it is not a job aloop wrote; move it away")
         self.workdir.mkdir(parents=True, exist_ok=True)
         partial = self.workdir / f".{key}.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -187,13 +186,13 @@ class QMCPACKLabeler:
             raise JobProblem(FAILED_STATE, f"{results}: run.sh stopped with exit status {status.read_text().strip()}; "
                                            "see the *.out files there")
         series = [Series(s["index"], s["timestep"], s["equilibration"]) for s in manifest["series"]]
-        energy, sigma, detail = dmc_label(results, qi.DMC_PROJECT, series, self.settings.min_blocks)
+        energy, sigma, detail = dmc_label(results, inputs.DMC_PROJECT, series, self.settings.min_blocks)
         if detail["twists"] != manifest["twists"]["count"]:
             raise JobProblem(FAILED_STATE, f"{results}: outputs of {detail['twists']} twists, the job has "
                                            f"{manifest['twists']['count']}")
         provenance = {"method": "DMC (QMCPACK)", "manifest_sha256": sha256(self.workdir / key / MANIFEST),
                       "consistency": manifest["consistency"], "electrons": manifest["electrons"],
-                      "results": str(results), "blocks_sha256": blocks_digest(results, qi.DMC_PROJECT, series),
+                      "results": str(results), "blocks_sha256": blocks_digest(results, inputs.DMC_PROJECT, series),
                       **detail}
         try:
             return Label(energy, sigma, provenance)
@@ -244,16 +243,16 @@ def dmc_input_digest(path: Path) -> str:
 def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
     """Every file of one job, and its manifest; the manifest is returned."""
     if atoms.cell.rank < 3:
-        raise qi.JobSetupError(f"{key}: the configuration has no 3D cell (a molecule?); QMCPACK jobs here are "
+        raise inputs.JobSetupError(f"{key}: the configuration has no 3D cell (a molecule?); QMCPACK jobs here are "
                                "periodic: give the pool's structures a cell, with vacuum where there is no bulk")
     symbols = atoms.get_chemical_symbols()
-    valence = qi.check_pseudopotentials(settings.pseudopotentials, symbols)
+    valence = inputs.check_pseudopotentials(settings.pseudopotentials, symbols)
     charge = int(atoms.info.get("charge", settings.charge))
     spin = int(atoms.info.get("spin", settings.spin))
-    electrons = qi.electron_counts(symbols, valence, charge, spin)
+    electrons = inputs.electron_counts(symbols, valence, charge, spin)
 
     pseudo = {}
-    for el in qi.species(atoms):
+    for el in inputs.species(atoms):
         entry = settings.pseudopotentials[el]
         pseudo[el] = {}
         for kind in ("upf", "xml"):
@@ -266,23 +265,23 @@ def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
     structure.info.update(charge=charge, spin=spin)
     write(folder / "structure.extxyz", structure, format="extxyz")
     write(folder / "POSCAR", structure, format="vasp", direct=True, sort=False)
-    qe_files = qi.write_qe_inputs(folder, structure, settings, electrons, {el: p["upf"] for el, p in pseudo.items()})
+    qe_files = inputs.write_qe_inputs(folder, structure, settings, electrons, {el: p["upf"] for el, p in pseudo.items()})
 
-    twists = qi.twist_grid(settings.twists)
+    twists = inputs.twist_grid(settings.twists)
     pseudo_xml = {el: p["xml"] for el, p in pseudo.items()}
-    opt = qi.opt_document(qi.qmcsystem(structure, electrons, valence, pseudo_xml, 0, settings), settings)
-    qi.write_xml(opt, folder / "opt.in.xml")
+    opt = inputs.opt_document(inputs.qmcsystem(structure, electrons, valence, pseudo_xml, 0, settings), settings)
+    inputs.write_xml(opt, folder / "opt.in.xml")
     dmc_files = ["dmc.in.xml"] if len(twists) == 1 else [f"dmc.g{g:03d}.in.xml" for g in range(len(twists))]
     for g, name in enumerate(dmc_files):
-        qi.write_xml(qi.dmc_document(qi.qmcsystem(structure, electrons, valence, pseudo_xml, g, settings), settings),
+        inputs.write_xml(inputs.dmc_document(inputs.qmcsystem(structure, electrons, valence, pseudo_xml, g, settings), settings),
                      folder / name)
-    final_opt = f"{qi.OPT_PROJECT}.s{settings.jastrow.loops - 1:03d}.opt.xml"
+    final_opt = f"{inputs.OPT_PROJECT}.s{settings.jastrow.loops - 1:03d}.opt.xml"
     shutil.copy(qmcpack_jastrow.__file__, folder / "qmcpack_jastrow.py")
     (folder / "run.sh").write_text(run_script(key, qe_files, final_opt, dmc_files))
 
-    steps = qi.dmc_steps(settings)
+    steps = inputs.dmc_steps(settings)
     equilibration = settings.equilibration_per_series()
-    series = [{"index": qi.FIRST_DMC_SERIES + i, "timestep": tau, "equilibration": equilibration[i], "steps": steps[i]}
+    series = [{"index": inputs.FIRST_DMC_SERIES + i, "timestep": tau, "equilibration": equilibration[i], "steps": steps[i]}
               for i, tau in enumerate(settings.timesteps)]
     cell = [[round(float(x), 4) for x in row] for row in atoms.cell.array]
     dft = {"code": "Quantum ESPRESSO pw.x + pw2qmcpack.x", "functional": settings.functional, "ecut_ry": settings.ecut,
@@ -295,13 +294,13 @@ def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
         "electrons": {"up": electrons.up, "down": electrons.down, "total": electrons.total,
                       "charge": charge, "spin": spin},
         "pseudopotentials": pseudo,
-        "dft": {**dft, "nscf": qi.needs_nscf(settings), "inputs": qe_files},
+        "dft": {**dft, "nscf": inputs.needs_nscf(settings), "inputs": qe_files},
         "twists": {"grid": list(settings.twists), "count": len(twists), "crystal": twists.tolist()},
         "jastrow": {**jastrow, "loops": settings.jastrow.loops, "samples": settings.jastrow.samples,
-                    "blocks_per_step": qi.optimisation_blocks(settings), "input": "opt.in.xml", "final": final_opt},
+                    "blocks_per_step": inputs.optimisation_blocks(settings), "input": "opt.in.xml", "final": final_opt},
         "dmc": {"driver": "batched", "walkers": settings.walkers, "warmup_blocks": settings.warmup_blocks,
                 "blocks": settings.blocks, "nonlocalmoves": settings.nonlocalmoves, "inputs": dmc_files,
-                "project": qi.DMC_PROJECT},
+                "project": inputs.DMC_PROJECT},
         "series": series,
         "supercell": {"tilematrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "cell_angstrom": cell},
         "units": {"labels": "eV per simulation cell", "qmcpack": "Hartree per simulation cell", "timestep": "1/Hartree",
@@ -331,7 +330,7 @@ def run_script(key: str, qe_files: list[str], final_opt: str, dmc_files: list[st
         "rm -f exit_status\n"
         "trap 'echo $? > exit_status' EXIT\n"
         ': "${PW:=pw.x}" "${PW2QMCPACK:=pw2qmcpack.x}" "${QMCPACK:=qmcpack}"\n'
-        f"if [ ! -f {qi.H5} ]; then\n"
+        f"if [ ! -f {inputs.H5} ]; then\n"
         "  $PW -input scf.in > scf.out\n"
         f"{nscf}"
         "  $PW2QMCPACK < p2q.in > p2q.out\n"

@@ -7,6 +7,10 @@ the mean and then levels off. The block size chosen is the smallest that satisfi
 B³ ≥ 2 N (s_B / s_1)⁴ (Lee, Needs & Towler, Phys. Rev. E 83, 066706 (2011)), where s_B is the
 standard error with blocks of B samples and N the number of samples; (s_B / s_1)² estimates the
 autocorrelation time, so the rule asks for blocks much longer than it while keeping enough of them.
+
+Why two estimators: this one (weighted samples) serves the pyqmc labeler, whose DMC blocks carry
+weights; QMCPACK's scalar.dat uses scalar_dat.block_statistics, qmca's own estimator, so a QMCPACK
+label's error bar is the one its users get from qmca on the same file.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ simulation cell.
 The error bar accounts for the autocorrelation of successive blocks the way qmca does: with ρ_k the
 normalised autocovariance at lag k, κ = 1 + 2 Σ ρ_k summed up to (not including) the first ρ_k ≤ 0,
 N_eff = N / κ and error = sqrt(var / N_eff), var the population variance of the N blocks kept
-after an explicit equilibration.
+after an explicit equilibration. (pyqmc's weighted DMC blocks use reblock.py instead; see there why
+both exist.)
 """
 from __future__ import annotations
 
@@ -53,10 +54,6 @@ class BlockStats:
     kappa: float  # autocorrelation time in blocks
     n_blocks: int
     variance: float
-
-    @property
-    def n_effective(self) -> float:
-        return self.n_blocks / self.kappa
 
 
 def autocorrelation_time(x: np.ndarray) -> float:

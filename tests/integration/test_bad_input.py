@@ -9,7 +9,6 @@ table runs in-process in well under a minute.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path

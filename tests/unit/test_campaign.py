@@ -64,7 +64,6 @@ def test_valid_campaign_loads_with_defaults(folder: Path) -> None:
     path = _write(folder, VALID)
     c = load_campaign(path)
     assert isinstance(c, Campaign)
-    assert c.source_file == path.resolve()
     assert c.name == "h3-exchange" and c.seed == 0 and c.device == "cpu"
     assert c.run_dir == (folder / "runs" / "h3-exchange").resolve()
     assert c.model.path == (folder / "model.pt").resolve() and c.model.head is None

@@ -4,9 +4,9 @@ import pytest
 from conftest import h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
-from aloop.backbone import Backbone, Features
+from aloop.arrays import Features, feature_moment
+from aloop.backbone import Backbone
 from aloop.committee import Committee, TrainingSet, _Objective, force_penalty
-from aloop.feature_cache import feature_moment
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
@@ -18,6 +18,17 @@ def test_force_penalty_zero_inside_threshold_quartic_outside():
     # quartic: far outside, doubling ‖ΔF‖ multiplies the penalty by about 16
     big = force_penalty(np.array([100.0**2, 200.0**2]), t)
     assert big[1] / big[0] == pytest.approx(16, rel=1e-3)
+
+
+def test_members_made_elsewhere_predict_like_fitted_ones():
+    theta0 = np.zeros(3)
+    feats = Features(np.array([[1.0, 0, 0], [0, 2.0, 1.0]]), np.zeros(2), np.array([1, 2]))
+    committee = Committee(theta0, size=2).use_members([[1.0, 0, 0], [3.0, 1.0, 1.0]])
+    mean, std = committee.predict(feats)
+    np.testing.assert_allclose(mean, [2.0, 1.5])
+    assert np.isnan(committee.objective_).all()
+    with pytest.raises(ValueError, match=r"expected members of shape \(2, 3\), got \(3,\)"):
+        Committee(theta0, size=2).use_members([1.0, 2.0, 3.0])
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from aloop import acquisition, feature_cache
-from aloop.backbone import Features
+from aloop import acquisition, arrays
+from aloop.arrays import Features, feature_moment
 from aloop.committee import Committee
-from aloop.feature_cache import FeatureCache, PoolRows, feature_moment, stream_predict
+from aloop.feature_cache import FeatureCache, PoolRows, stream_predict
 
 P = 6
 
@@ -71,7 +71,7 @@ def pool(tmp_path, monkeypatch):
 def test_streamed_pool_work_matches_the_in_memory_arrays(pool, monkeypatch, block):
     """One block reproduces the in-memory arithmetic bit for bit (a small pool's batches do not change);
     many blocks agree to rounding."""
-    monkeypatch.setattr(feature_cache, "BLOCK", block)
+    monkeypatch.setattr(arrays, "BLOCK", block)
     cache, feats = pool
     ids = list(range(1, 301))
     committee = Committee(np.zeros(P), size=4)
@@ -102,7 +102,7 @@ def test_the_first_batch_of_a_large_pool_clusters_a_sample(pool, monkeypatch):
 def test_pool_work_streams_in_bounded_memory(tmp_path, monkeypatch):
     """Scoring, the prior's moment and descriptor statistics of a pool never hold all its rows."""
     n, width = 40000, 40
-    monkeypatch.setattr(feature_cache, "BLOCK", 2000)
+    monkeypatch.setattr(arrays, "BLOCK", 2000)
     cache = FeatureCache(tmp_path, width)
     rng = np.random.default_rng(6)
     for lo in range(0, n, 5000):

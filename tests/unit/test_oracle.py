@@ -5,7 +5,7 @@ from ase import Atoms
 from ase.build import mx2
 
 from aloop.labelers.ase_calculator import ASECalculatorLabeler
-from aloop.oracle import SyntheticHF, contact_correction
+from testbeds.mos2.oracle import SyntheticHF, contact_correction
 
 SETTINGS = dict(amplitude=4.0, r_c=2.5, width=0.25)
 
@@ -50,6 +50,7 @@ def test_correction_is_rotation_and_permutation_invariant_and_only_sees_s_s_cont
 
 @pytest.fixture(scope="module")
 def monolayer():
+    pytest.importorskip("chgnet", reason="the MoS2 testbed's extra: pip install -e \".[mos2]\"")
     atoms = mx2("MoS2", kind="2H", a=3.18, thickness=3.13, size=(2, 2, 1), vacuum=6.0)
     del atoms[1]  # a S vacancy
     return atoms
@@ -81,10 +82,10 @@ def test_oracle_noise_is_reproducible_per_configuration_and_reported_as_the_erro
 
 
 def test_oracle_through_the_ase_labeler(tmp_path, monolayer):
-    labeler = ASECalculatorLabeler(tmp_path, "aloop.oracle:SyntheticHF", {"noise": 0.02, "seed": 1})
+    labeler = ASECalculatorLabeler(tmp_path, "testbeds.mos2.oracle:SyntheticHF", {"noise": 0.02, "seed": 1})
     labeler.submit("a", monolayer)
     label = labeler.collect("a")
     assert label.sigma == 0.02
     assert label.provenance["parameters"] == {"noise": 0.02, "seed": 1}
     with pytest.raises(ValueError, match="no parameter amplitud"):
-        ASECalculatorLabeler(tmp_path, "aloop.oracle:SyntheticHF", {"amplitud": 1.0})
+        ASECalculatorLabeler(tmp_path, "testbeds.mos2.oracle:SyntheticHF", {"amplitud": 1.0})

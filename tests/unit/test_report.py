@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from aloop.backbone import Features
+from aloop.arrays import Features
 from aloop.feature_cache import FeatureCache
 from aloop.report import status_text, write_report
 from aloop.store import RunStore

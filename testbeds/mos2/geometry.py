@@ -5,7 +5,7 @@ nearest-neighbour di-vacancy (46 atoms). A hop moves one top-layer S atom into a
 vacant site (3.2 Å in plane). The di-vacancy hop moves the S atom next to both vacancies, so the
 pair rotates about the vacancy that stays and the two end states are equivalent.
 
-Used by scripts/make_mos2_base.py (training data, references) and benchmarks/data_efficiency.py.
+Used by scripts/make_mos2_*.py (training data, references) and benchmarks/data_efficiency.py.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from ase.filters import FrechetCellFilter
 from ase.mep import NEB
 from ase.optimize import FIRE
 
-from aloop.oracle import SyntheticHF
+from .oracle import SyntheticHF
 
-CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "mos2-svac"
+CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "mos2-svac"
 SIZE = (4, 4, 1)
 VACUUM = 7.5  # Å each side: 18 Å between layers, beyond both models' cutoffs
 NEB_IMAGES = 7  # moving images
@@ -43,7 +43,7 @@ def relaxed_monolayer(fmax: float = 0.01) -> Atoms:
     atoms = mx2("MoS2", kind="2H", a=3.18, thickness=3.13, size=SIZE, vacuum=VACUUM)
     from chgnet.model.dynamics import CHGNetCalculator
 
-    from aloop.oracle import chgnet_model
+    from .oracle import chgnet_model
 
     atoms.calc = CHGNetCalculator(chgnet_model("0.3.0"), use_device="cpu")  # has the stress
     # in-plane lattice only: the vacuum along z is not a degree of freedom

@@ -1,0 +1,109 @@
+"""The campaign loop on a tiny model with EMT labels: batch schedule, records, resume, forks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.calculators.emt import EMT
+from ase.io import write
+from conftest import h3_set, tiny_mace
+
+from aloop.campaign import load_campaign
+from aloop.fork import fork_run
+from aloop.loop import CampaignRun
+from aloop.store import LABELLED, POOL, RunStore
+
+CAMPAIGN = """
+name: {name}
+seed: 1
+model: {{path: tiny.model}}
+pool:
+  sources:
+    - {{kind: file, name: random, path: pool.extxyz}}
+committee: {{size: 3}}
+finetune: {{epochs: 20, batch_size: 8, patience: 10}}
+acquisition: {{strategy: max_std, initial_size: 4, batch_size: 9, batch_schedule: [2, 3]}}
+labeler: {{kind: ase, calculator: "ase.calculators.emt:EMT"}}
+stop: {{max_labels: {budget}}}
+evaluation:
+  test_set: {{path: test.extxyz, energy_key: energy}}
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loop")
+    torch.save(tiny_mace(), folder / "tiny.model")
+    write(folder / "pool.extxyz", h3_set(24, seed=1))
+    test = h3_set(5, seed=2)
+    for atoms in test:
+        atoms.calc = EMT()
+        atoms.info["energy"] = atoms.get_potential_energy()
+        atoms.calc = None
+    write(folder / "test.extxyz", test)
+    return folder
+
+
+def campaign(folder: Path, name: str, budget: int = 12):
+    path = folder / f"{name}.yaml"
+    path.write_text(CAMPAIGN.format(name=name, budget=budget))
+    return load_campaign(path)
+
+
+@pytest.fixture(scope="module")
+def finished(folder):
+    run = CampaignRun(campaign(folder, "source"), progress=False)
+    return run, run.run()
+
+
+def test_batches_follow_the_schedule_and_the_budget(finished):
+    run, result = finished
+    records = run.store.iterations()
+    # 4 first, then the schedule 2, 3, 3 (the last entry repeats) until the budget of 12
+    assert [r["n_new"] for r in records] == [4, 2, 3, 3]
+    assert result.n_labels == 12 and result.stop_reason.startswith("label budget reached")
+    assert run.campaign.acquisition.batch_size_at(7) == 3
+
+
+def test_records_hold_what_was_measured_and_the_store_keeps_each_batchs_errors(finished):
+    run, _ = finished
+    records = run.store.iterations()
+    assert records[0]["prospective"] is None and np.isnan(run.store.batch_errors(0)[0]).all()
+    err, sigma_c, sigma_l = run.store.batch_errors(2)
+    assert len(err) == 3 and np.isfinite(err).all() and (sigma_c > 0).all()
+    assert records[2]["prospective"]["n"] == 3
+    assert records[2]["prospective"]["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert all(r["test"]["n"] == 5 for r in records)
+    assert (run.cache / "test_features.npz").exists()   # the test set's features are computed once
+    assert records[-1]["pool_sigma"]["p95"] > 0 and records[-1]["seeds"]["selection"] == [1, 3, 1]
+
+
+def test_a_finished_run_does_nothing_when_run_again(folder, finished):
+    run, result = finished
+    again = CampaignRun(campaign(folder, "source"), progress=False).run()
+    assert again.n_labels == result.n_labels and len(run.store.iterations()) == 4
+
+
+def test_a_fork_continues_exactly_as_the_run_it_came_from(folder, finished):
+    run, _ = finished
+    dest = folder / "runs" / "fork"
+    store = fork_run(run.run_dir, dest, 2)
+    assert len(store.iterations()) == 2 and store.count(state=LABELLED) == 6
+    assert store.count(state=POOL) == run.store.count(state=POOL) + 6
+    assert store.get_meta("stop_reason") is None
+    assert (dest / "cache").is_symlink() and (dest / "committee" / "iter_001.npz").exists()
+    assert not (dest / "committee" / "iter_002.npz").exists()
+    with pytest.raises(FileExistsError):
+        fork_run(run.run_dir, dest, 1)
+    with pytest.raises(ValueError, match="expected 0..4"):
+        RunStore(run.run_dir).fork(folder / "runs" / "too-far", 5)
+    c = campaign(folder, "source")
+    c.run_dir = dest
+    CampaignRun(c, progress=False).run()
+    forked = RunStore(dest).iterations()
+    assert [r["n_labels"] for r in forked] == [r["n_labels"] for r in run.store.iterations()]
+    for it in (2, 3):   # same seed, same committee, same candidates: the same batches and labels
+        assert RunStore(dest).ids(iteration=it) == run.store.ids(iteration=it)
+        np.testing.assert_allclose(RunStore(dest).batch_errors(it)[0], run.store.batch_errors(it)[0])

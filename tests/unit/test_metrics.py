@@ -1,0 +1,108 @@
+"""The metrics are pure functions on arrays: records and stop rules from numbers alone."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from aloop import metrics
+
+
+def stop_settings(max_labels=100, max_iterations=None, uncertainty_ratio=None, observable=None):
+    return SimpleNamespace(max_labels=max_labels, max_iterations=max_iterations,
+                           uncertainty_ratio=uncertainty_ratio, observable=observable)
+
+
+def record(n_labels, p95=0.02, noise=0.01, barrier=0.4, spread=0.001, scale=None):
+    return {"n_labels": n_labels, "pool_sigma": None if p95 is None else {"median": p95 / 2, "p95": p95},
+            "label_noise_median": noise, "sigma_scale": scale,
+            "observables": {"barrier": {"mean": barrier, "std": spread, "members": []}}}
+
+
+def test_metrics_report_and_store_load_without_the_model_stack():
+    """`aloop status` and `aloop report` need none of torch, e3nn or MACE (a fresh interpreter:
+    this one has them from conftest)."""
+    code = ("import sys, aloop.metrics, aloop.report, aloop.store, aloop.feature_cache; "
+            "print(sorted(m for m in ('torch', 'e3nn', 'mace') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
+
+
+def test_prospective_is_none_for_a_batch_chosen_without_a_committee():
+    assert metrics.prospective(np.array([]), np.array([]), np.array([])) is None
+    assert metrics.prospective(np.array([np.nan, np.nan]), np.full(2, np.nan), np.ones(2)) is None
+
+
+def test_prospective_counts_errors_within_committee_and_label_sigma_together():
+    err = np.array([0.3, -0.4, 1.5])
+    out = metrics.prospective(err, np.array([0.3, 0.0, 0.6]), np.array([0.4, 0.5, 0.8]))   # σ: 0.5, 0.5, 1.0
+    assert out["n"] == 3 and out["max"] == pytest.approx(1.5)
+    assert out["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert out["within_1sigma"] == pytest.approx(2 / 3) and out["within_2sigma"] == pytest.approx(1.0)
+    assert out["mean_sigma"] == pytest.approx(2 / 3)
+
+
+def test_test_errors_and_pool_spread():
+    out = metrics.held_out_errors(np.array([1.0, 2.0]), np.array([0.1, 0.1]), np.array([1.1, 1.8]), np.array([2, 4]))
+    assert out["rmse"] == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+    assert out["rmse_per_atom"] == pytest.approx(np.sqrt((0.05**2 + 0.05**2) / 2))
+    assert metrics.spread(np.array([])) is None
+    assert metrics.spread(np.arange(101.0)) == {"median": 50.0, "p95": 95.0}
+
+
+def test_observable_of_one_member_has_no_spread():
+    assert metrics.observable(np.array([0.4])) == {"mean": 0.4, "std": 0.0, "members": [0.4]}
+    two = metrics.observable(np.array([0.3, 0.5]))
+    assert two["mean"] == pytest.approx(0.4) and two["std"] == pytest.approx(np.sqrt(0.02))
+
+
+def test_sigma_scale_widens_an_overconfident_committee():
+    rng = np.random.default_rng(0)
+    s_c, s_l = np.full(4000, 0.01), np.full(4000, 0.001)
+    err = rng.normal(scale=np.hypot(3 * s_c, s_l))
+    assert metrics.sigma_scale(err, s_c, s_l) == pytest.approx(3.0, rel=0.05)
+    assert metrics.sigma_scale(np.zeros(5), np.ones(5), np.zeros(5)) == 0.1   # clipped
+
+
+def test_iteration_record_from_arrays():
+    batch = (np.array([0.01, -0.02]), np.array([0.01, 0.01]), np.array([0.005, 0.005]))
+    history = tuple(np.tile(x, 4) for x in batch)    # 8 errors: enough to calibrate
+    r = metrics.iteration_record(
+        2, n_labels=10, n_failed=1, label_sigma=np.full(10, 0.003), noise_floor=0.004, batch=batch,
+        history=history, test=None, pool_std=np.array([0.01, 0.03]), observables={"barrier": np.array([0.4, 0.5])},
+        objective=np.array([1.0, 2.0]), newton_steps=np.array([0, 3]), seeds={"selection": [0, 2, 1]}, seconds={"train": 1.234})
+    assert r["n_new"] == 2 and r["prospective"]["n"] == 2 and r["sigma_scale"] is not None
+    assert r["label_noise_median"] == pytest.approx(0.005)
+    assert r["pool_sigma"]["median"] == pytest.approx(0.02)
+    assert r["observables"]["barrier"]["mean"] == pytest.approx(0.45)
+    assert r["objective"] == [1.0, 2.0] and r["newton_steps"] == [0, 3] and r["seconds"] == {"train": 1.23}
+    no_pool = metrics.iteration_record(
+        0, n_labels=2, n_failed=0, label_sigma=np.zeros(2), noise_floor=0.0, batch=(np.full(2, np.nan),) * 3,
+        history=(np.array([]),) * 3, test=None, pool_std=None, observables={}, objective=[], newton_steps=[], seeds={},
+        seconds={})
+    assert no_pool["prospective"] is None and no_pool["pool_sigma"] is None and no_pool["sigma_scale"] is None
+
+
+def test_stop_rules_in_order_with_their_names():
+    rules = stop_settings(max_labels=10, uncertainty_ratio=1.0)
+    assert metrics.first_stop(rules, [record(10)])[0] == "max_labels"
+    assert metrics.first_stop(rules, [record(5, p95=0.005)])[0] == "uncertainty_ratio"
+    # an overconfident committee (calibration scale 3) does not stop on its raw σ
+    assert metrics.first_stop(rules, [record(5, p95=0.005, scale=3.0)]) is None
+    assert metrics.first_stop(rules, [record(5, p95=None)])[0] == "pool_exhausted"
+    assert metrics.stop_reason(SimpleNamespace(stop=rules), [record(10)]).startswith("label budget reached")
+    assert metrics.first_stop(stop_settings(max_iterations=2), [record(1), record(2)])[0] == "max_iterations"
+
+
+def test_when_each_rule_alone_would_have_fired():
+    observable = SimpleNamespace(name="barrier", tolerance=0.01, window=2)
+    rules = stop_settings(max_labels=4, uncertainty_ratio=1.0, observable=observable)
+    records = [record(2, barrier=0.3), record(4, barrier=0.4), record(6, barrier=0.405, p95=0.02),
+               record(8, barrier=0.41, p95=0.005)]
+    assert metrics.when_rules_fire(rules, records) == {"uncertainty_ratio": 8, "observable": 6}
+    assert metrics.when_rules_fire(rules, records[:2]) == {"uncertainty_ratio": None, "observable": None}
