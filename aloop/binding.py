@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .files import file_digest
+
 UNITS = {"energy": "eV per configuration", "length": "Å", "forces": "eV/Å"}
 SOURCE = "pool.source."
 LABEL_FIELDS = ("labeler", "test_set", "units")
@@ -38,8 +40,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Path):
-        from .backbone import file_digest   # here: `aloop status` reads binding.summary without torch
-
         return f"sha256:{file_digest(value)}" if value.is_file() else str(value)
     return value
 

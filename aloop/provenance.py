@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from importlib import metadata
 
@@ -39,13 +40,14 @@ def blas_threads() -> dict[str, int]:
 
 
 def session() -> dict:
-    import torch
-
+    # torch as the process has it (the loop has loaded it); looked up, not imported, so that this
+    # module stays light for `aloop status`
+    torch = sys.modules.get("torch")
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in PACKAGES if _version(name) is not None},
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "blas_threads": blas_threads(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aloop.backbone import Features
+from aloop.arrays import Features, feature_moment
 from aloop.campaign import Campaign
 from aloop.committee import TrainingSet
-from aloop.feature_cache import feature_moment
 from aloop.loop import CampaignRun
 from aloop.metrics import barrier, test_set_features
 from aloop.store import RunStore

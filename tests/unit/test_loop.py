@@ -23,7 +23,6 @@ pool:
   sources:
     - {{kind: file, name: random, path: pool.extxyz}}
 committee: {{size: 3}}
-finetune: {{epochs: 20, batch_size: 8, patience: 10}}
 acquisition: {{strategy: max_std, initial_size: 4, batch_size: 9, batch_schedule: [2, 3]}}
 labeler: {{kind: ase, calculator: "ase.calculators.emt:EMT"}}
 stop: {{max_labels: {budget}}}
