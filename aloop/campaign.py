@@ -541,8 +541,9 @@ def _translate(err: dict) -> list[str]:
     return [f"{'.'.join(parts) or '(top level)'}: {msg}"]
 
 
-def load_campaign(path: str | os.PathLike) -> Campaign:
-    """Read and validate a campaign file; raise CampaignError listing every problem."""
+def load_campaign(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Campaign:
+    """Read and validate a campaign file; raise CampaignError listing every problem. `run_dir` (from
+    `--run-dir`, relative to the working directory) replaces the file's own run_dir."""
     label = os.fspath(path)
     source = Path(path).expanduser().resolve()
     try:
@@ -562,6 +563,8 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise CampaignError(f"{label}: (top level): expected a mapping of sections "
                             f"(name, model, pool, labeler, stop, ...), got {got}")
+    if run_dir is not None:
+        data["run_dir"] = str(Path(run_dir).expanduser().resolve())
     try:
         campaign = Campaign.model_validate(data, context={"base_dir": source.parent})
     except ValidationError as exc:

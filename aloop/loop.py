@@ -49,6 +49,7 @@ class NoLabels(ValueError):
 
 class CampaignRun:
     def __init__(self, campaign: Campaign, progress: bool = True, accept: tuple[str, ...] = ()):
+        """`progress`: show progress bars; the one line per iteration is printed either way."""
         self.campaign = campaign
         self.progress = progress
         # the model loads before the folder is touched: a broken file must not bind (or create) a run
@@ -304,8 +305,7 @@ class CampaignRun:
             reason = metrics.stop_reason(self.campaign, records)
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
-            if self.progress:
-                print(one_line(record), flush=True)
+            print(one_line(record), flush=True)   # also without progress bars (--quiet): the run's log
             iteration += 1
             done_now += 1
             seconds = {}
