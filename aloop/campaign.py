@@ -119,9 +119,21 @@ _RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
 
 
 class Finetune(_Section):
-    force_threshold: Annotated[float, Field(ge=0)] = 0.5
+    # None until validated: 0.5 unless force_threshold_per_atom is given, then None (so the dump,
+    # which a run keeps and export reads back, holds only the one that is used)
+    force_threshold: Optional[Annotated[float, Field(ge=0)]] = None
+    force_threshold_per_atom: Optional[Annotated[float, Field(ge=0)]] = None
     force_weight: Annotated[float, Field(ge=0)] = 1.0
     noise_floor: PosFloat = 0.005
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "Finetune":
+        if self.force_threshold is not None and self.force_threshold_per_atom is not None:
+            raise ValueError("force_threshold and force_threshold_per_atom are both given; keep one (per atom, "
+                             "a configuration of N atoms has the threshold value × √N)")
+        if self.force_threshold_per_atom is None and self.force_threshold is None:
+            self.force_threshold = 0.5
+        return self
 
     @model_validator(mode="before")
     @classmethod
