@@ -96,7 +96,7 @@ def refusal(run_dir: Path, bound: dict, now: dict, fields: list[str]) -> Campaig
     lines = [f"{run_dir}: the campaign differs from the one this run folder's data was made with:"]
     lines += [f"  - {describe(f, bound.get(f), now.get(f))}" for f in fields]
     acceptable = [f for f in fields if f not in NOT_ACCEPTABLE]
-    lines.append("Either give the campaign a new run_dir (a fresh start), or")
+    lines.append("Either give the campaign a new run_dir, or `aloop run CAMPAIGN --run-dir NEW_FOLDER` (a fresh start), or")
     if acceptable:
         flags = " ".join(f"--accept-changes {f}" for f in acceptable)
         lines.append(f"  where mixing the old and new data is valid: aloop run CAMPAIGN {flags}")

@@ -119,9 +119,21 @@ _RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
 
 
 class Finetune(_Section):
-    force_threshold: Annotated[float, Field(ge=0)] = 0.5
+    # None until validated: 0.5 unless force_threshold_per_atom is given, then None (so the dump,
+    # which a run keeps and export reads back, holds only the one that is used)
+    force_threshold: Optional[Annotated[float, Field(ge=0)]] = None
+    force_threshold_per_atom: Optional[Annotated[float, Field(ge=0)]] = None
     force_weight: Annotated[float, Field(ge=0)] = 1.0
     noise_floor: PosFloat = 0.005
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> "Finetune":
+        if self.force_threshold is not None and self.force_threshold_per_atom is not None:
+            raise ValueError("force_threshold and force_threshold_per_atom are both given; keep one (per atom, "
+                             "a configuration of N atoms has the threshold value × √N)")
+        if self.force_threshold_per_atom is None and self.force_threshold is None:
+            self.force_threshold = 0.5
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -541,8 +553,9 @@ def _translate(err: dict) -> list[str]:
     return [f"{'.'.join(parts) or '(top level)'}: {msg}"]
 
 
-def load_campaign(path: str | os.PathLike) -> Campaign:
-    """Read and validate a campaign file; raise CampaignError listing every problem."""
+def load_campaign(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Campaign:
+    """Read and validate a campaign file; raise CampaignError listing every problem. `run_dir` (from
+    `--run-dir`, relative to the working directory) replaces the file's own run_dir."""
     label = os.fspath(path)
     source = Path(path).expanduser().resolve()
     try:
@@ -562,6 +575,8 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise CampaignError(f"{label}: (top level): expected a mapping of sections "
                             f"(name, model, pool, labeler, stop, ...), got {got}")
+    if run_dir is not None:
+        data["run_dir"] = str(Path(run_dir).expanduser().resolve())
     try:
         campaign = Campaign.model_validate(data, context={"base_dir": source.parent})
     except ValidationError as exc:

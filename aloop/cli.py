@@ -25,7 +25,7 @@ def cmd_validate(args) -> int:
     from .campaign import load_campaign
     from .checks import check_campaign, load_backbone
 
-    campaign = load_campaign(args.campaign)
+    campaign = load_campaign(args.campaign, run_dir=args.run_dir)
     check_campaign(campaign, load_backbone(campaign))
     print(f"{args.campaign}: valid. run directory: {campaign.run_dir}")
     return 0
@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
     from .loop import CampaignRun
     from .report import write_report
 
-    campaign = load_campaign(args.campaign)
+    campaign = load_campaign(args.campaign, run_dir=args.run_dir)
     run = CampaignRun(campaign, progress=not args.quiet, accept=tuple(args.accept_changes))
     result = run.run(max_iterations=args.iterations)
     print(f"{result.iterations} iterations, {result.n_labels} labels. "
@@ -52,14 +52,14 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from .report import status_text
 
-    print(status_text(Path(args.run)))
+    print(status_text(Path(_folder(args))))
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import write_report
 
-    print(f"report: {write_report(Path(args.run))}")
+    print(f"report: {write_report(Path(_folder(args)))}")
     return 0
 
 
@@ -68,11 +68,14 @@ def cmd_export(args) -> int:
     from .loop import CampaignRun
     from .store import RunStore
 
-    store = RunStore.existing(args.run)
+    folder = _folder(args)
+    store = RunStore.existing(folder)
     if not store.iterations():
-        raise ValueError(f"{args.run}: nothing to export yet: no iteration has finished (`aloop status {args.run}` "
+        raise ValueError(f"{folder}: nothing to export yet: no iteration has finished (`aloop status {folder}` "
                          "says why); run the campaign first")
-    campaign = Campaign.model_validate(store.get_meta("campaign"), context={"base_dir": str(store.run_dir)})
+    # the folder as given, not the run_dir recorded in it: a run folder may have been moved
+    settings = {**store.get_meta("campaign"), "run_dir": str(store.run_dir.resolve())}
+    campaign = Campaign.model_validate(settings, context={"base_dir": str(store.run_dir)})
     run = CampaignRun(campaign, progress=False)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
@@ -103,27 +106,40 @@ def cmd_requeue(args) -> int:
     return 0
 
 
+def _run_folder(p: argparse.ArgumentParser) -> None:
+    """The run folder, as RUN or as --run-dir RUN (the spelling `aloop run` takes); `_folder` reads it."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("run", nargs="?", help="the run folder")
+    which.add_argument("--run-dir", metavar="RUN", help="the run folder (instead of RUN)")
+
+
+def _folder(args) -> str:
+    return args.run or args.run_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a campaign file and report every problem")
     p.add_argument("campaign")
+    p.add_argument("--run-dir", default=None, help="the run folder, instead of the campaign's run_dir")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run (or resume) a campaign until a stop rule fires")
     p.add_argument("campaign")
     p.add_argument("--iterations", type=int, default=None, help="at most this many iterations now")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--run-dir", default=None, help="the run folder, instead of the campaign's run_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (still one line per iteration)")
     p.add_argument("--accept-changes", action="append", default=[], metavar="FIELD",
                    help="resume although FIELD differs from what the run folder holds (repeat per field)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="where a run stands")
-    p.add_argument("run")
+    _run_folder(p)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("report", help="write plots and a summary into RUN/report")
-    p.add_argument("run")
+    _run_folder(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export", help="write the fine-tuned committee as MACE model files")
-    p.add_argument("run")
+    _run_folder(p)
     p.add_argument("--out", default=None, help="folder (default RUN/export)")
     p.add_argument("--mean-only", action="store_true", help="only the committee-mean model")
     p.set_defaults(func=cmd_export)

@@ -8,7 +8,8 @@ Member k minimises, over the labelled configurations c with bootstrap weights w_
     J_k(θ) = Σ_c w_kc [ (E(c; θ) − E_HF(c))² / (σ_c² + σ_floor²) + λ Θ(‖ΔF_c‖² − t²)(‖ΔF_c‖² − t²)² ]
              + ‖θ − θ_k^prior‖² / s²
 
-with ΔF_c = F(c; θ) − F_LF(c) over all atoms of c. E and F are affine in θ, so ‖ΔF_c‖² is a convex
+with ΔF_c = F(c; θ) − F_LF(c) over all atoms of c, and t one number, or t_atom √N_c per configuration
+when the threshold is given per atom. E and F are affine in θ, so ‖ΔF_c‖² is a convex
 quadratic and the thresholded penalty a convex, once-differentiable function of it: J_k is strictly
 convex (the prior term) and has one minimiser. Each member is solved to that minimiser by Newton's
 method, so the answer depends on the labels, the weights and the prior, never on an optimiser's path,
@@ -90,6 +91,7 @@ class Committee:
         noise_floor: float = 0.005,
         seed: int = 0,
         max_steps: int = 200,
+        threshold_per_atom: bool = False,
     ):
         if size < 2:
             raise ValueError(f"committee: size must be at least 2 (its spread is the uncertainty), got {size}")
@@ -98,6 +100,7 @@ class Committee:
         self.bootstrap = bootstrap
         self.prior_sigma = prior_sigma
         self.force_threshold = force_threshold
+        self.threshold_per_atom = threshold_per_atom
         self.force_weight = force_weight
         self.noise_floor = noise_floor
         self.seed = seed
@@ -154,7 +157,8 @@ class Committee:
         s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
         weights = self.weights(data.ids)
         centres = self.prior_centres(data, weights, n_elements, s2)
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0)
+        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
+                             self.threshold_per_atom)
         thetas, objective, steps = [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members", unit="member", disable=not progress):
             theta, value, n_steps = problem.minimise(weights[k], centres[k], s2, self.max_steps)
@@ -219,11 +223,13 @@ class _Objective:
     """J(θ) of one member for given weights and prior, with its exact gradient and Hessian."""
 
     def __init__(self, data: TrainingSet, noise_floor: float, threshold: float, force_weight: float,
-                 theta0: np.ndarray):
+                 theta0: np.ndarray, per_atom: bool = False):
         self.a = data.features.a
         self.r0 = data.features.e - data.energy  # E(c; θ) − E_HF(c) = a·θ + r0
         self.inv_var = 1.0 / (data.sigma**2 + noise_floor**2)
-        self.t2, self.lam = threshold**2, force_weight
+        # per atom, t = threshold × √N: ‖ΔF‖ over 3N components grows as √N for the same change per atom
+        self.t2 = threshold**2 * data.features.n_atoms if per_atom else threshold**2
+        self.lam = force_weight
         self.B = data.B
         self.dF0 = data.f0 - data.f_lf - np.einsum("cmp,p->cm", data.B, theta0)  # ΔF = dF0 + B θ
         self.BtB = np.einsum("cmp,cmq->cpq", data.B, data.B) if force_weight > 0 else None

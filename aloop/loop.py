@@ -49,6 +49,7 @@ class NoLabels(ValueError):
 
 class CampaignRun:
     def __init__(self, campaign: Campaign, progress: bool = True, accept: tuple[str, ...] = ()):
+        """`progress`: show progress bars; the one line per iteration is printed either way."""
         self.campaign = campaign
         self.progress = progress
         # the model loads before the folder is touched: a broken file must not bind (or create) a run
@@ -160,10 +161,13 @@ class CampaignRun:
 
     def new_committee(self) -> Committee:
         ft = self.campaign.finetune
+        per_atom = ft.force_threshold_per_atom is not None
         return Committee(
             self.backbone.theta0, size=self.campaign.committee.size, bootstrap=self.campaign.committee.bootstrap,
-            prior_sigma=self.campaign.committee.prior_sigma, force_threshold=ft.force_threshold,
-            force_weight=ft.force_weight, noise_floor=ft.noise_floor, seed=self.campaign.committee.seed,
+            prior_sigma=self.campaign.committee.prior_sigma,
+            force_threshold=ft.force_threshold_per_atom if per_atom else ft.force_threshold,
+            threshold_per_atom=per_atom, force_weight=ft.force_weight, noise_floor=ft.noise_floor,
+            seed=self.campaign.committee.seed,
         )
 
     def load_committee(self, iteration: int) -> Committee | None:
@@ -304,8 +308,7 @@ class CampaignRun:
             reason = metrics.stop_reason(self.campaign, records)
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
-            if self.progress:
-                print(one_line(record), flush=True)
+            print(one_line(record), flush=True)   # also without progress bars (--quiet): the run's log
             iteration += 1
             done_now += 1
             seconds = {}

@@ -13,7 +13,7 @@ import numpy as np
 # Figure objects are drawn with matplotlib's Agg renderer when saved as PNG; avoiding pyplot keeps
 # the process-wide backend (and any interactive session that imports aloop) untouched.
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator, ScalarFormatter
+from matplotlib.ticker import FixedLocator, LogFormatter, NullFormatter, ScalarFormatter
 
 from . import binding
 from .feature_cache import FeatureCache
@@ -24,7 +24,7 @@ from .report_text import one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 DPI = 120
-LABEL_TICKS = (37, 75, 150, 300, 500)   # label counts a high-fidelity budget is usually planned in
+MAX_LABELLED_TICKS = 15   # more numbers than this along one axis are no longer read
 PLOTS = ("learning_curve", "observables", "uncertainty", "parity")
 
 
@@ -49,20 +49,34 @@ def _stuck(store: RunStore, records: list[dict]) -> str | None:
             f"labeler retries them), or retry them as they are with `aloop requeue {store.run_dir}`")
 
 
+def label_ticks(xs, most: int = MAX_LABELLED_TICKS) -> tuple[list, list]:
+    """(labelled, unlabelled) ticks of a log axis of label counts: a tick at every iteration's count;
+    with more than `most` counts, only counts at least 1/`most` of the axis apart (and always the
+    first and last) carry a number, the others a bare tick mark."""
+    counts = sorted(set(xs))
+    if len(counts) <= most:
+        return counts, []
+    gap = np.log(counts[-1] / counts[0]) / most
+    labelled = [counts[0]]
+    for t in counts[1:-1]:
+        if np.log(t / labelled[-1]) >= gap and np.log(counts[-1] / t) >= gap:
+            labelled.append(t)
+    labelled.append(counts[-1])
+    return labelled, [t for t in counts if t not in labelled]
+
+
 def _labels_axis(ax, xs) -> None:
-    """Log x axis of label counts, ticked as plain numbers at the usual budgets and the run's first and
-    last count (plus its own counts when too few budgets fall inside a short run)."""
+    """Log x axis of label counts, ticked as plain numbers at the run's own counts (label_ticks)."""
     lo, hi = min(xs), max(xs)
-    inside = [t for t in LABEL_TICKS if lo < t < hi]
-    ticks = [lo, hi]
-    for t in inside + (sorted(set(xs)) if len(inside) < 2 else []):
-        if all(max(t, u) / min(t, u) > 1.15 for u in ticks):   # keep labels from overprinting
-            ticks.append(t)
+    labelled, bare = label_ticks(xs)
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.2, hi * 1.2)
-    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
-    ax.xaxis.set_minor_locator(NullLocator())   # log minor ticks would print 2×10¹-style labels
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
+    ax.xaxis.set_minor_locator(FixedLocator(bare))
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())   # log axes label minor ticks 2×10¹-style otherwise
+    if len(labelled) > 8:   # close counts on a log axis: upright numbers would overprint
+        ax.tick_params(axis="x", which="major", labelrotation=90, labelsize="small")
     ax.set_xlabel("high-fidelity labels")
     ax.grid(True, which="major", alpha=0.3)
 

@@ -15,12 +15,14 @@ from .base import Label, LabelError, LocalLabeler
 
 
 def stored_energy(atoms, key: str):
-    """The energy a file holds for a frame under `key`, or None. ASE's extxyz reader moves a plain
-    `energy` field into a calculator, so that is where it is looked up too."""
+    """The energy a file holds for a frame under `key`, or None: a field of its own (atoms.info), or a
+    calculator's result. ASE's extxyz reader moves the fields a calculator writes (`energy`,
+    `free_energy`) into a calculator, so they are looked up there too."""
     if key in atoms.info:
         return float(atoms.info[key])
-    if key == "energy" and atoms.calc is not None and "energy" in atoms.calc.results:
-        return float(atoms.calc.results["energy"])
+    results = atoms.calc.results if atoms.calc is not None else {}
+    if key in results and np.ndim(results[key]) == 0:   # per-atom results (`energies`) are no energy
+        return float(results[key])
     return None
 
 

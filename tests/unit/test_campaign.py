@@ -128,7 +128,11 @@ BAD = [
     pytest.param(VALID + "sed: 3\n", "allowed keys: name, run_dir, seed", id="unknown-key-lists-allowed"),
     pytest.param(_edit("noise_floor: 0.005", "noise_flor: 0.005"),
                  "finetune.noise_flor: unknown key (did you mean 'noise_floor'?); allowed keys: force_threshold, "
-                 "force_weight, noise_floor", id="finetune-typo"),
+                 "force_threshold_per_atom, force_weight, noise_floor", id="finetune-typo"),
+    pytest.param(_edit("noise_floor: 0.005",
+                       "noise_floor: 0.005\n  force_threshold: 0.3\n  force_threshold_per_atom: 0.1"),
+                 "finetune: force_threshold and force_threshold_per_atom are both given; keep one",
+                 id="two-force-thresholds"),
     pytest.param(_edit("noise_floor: 0.005", "noise_floor: -1"), "campaign.yaml: finetune.noise_floor: must be > 0, got -1",
                  id="negative-noise-floor"),
     pytest.param(_edit("strategy: max_std", "strategy: maxstd"),

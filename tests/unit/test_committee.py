@@ -158,3 +158,19 @@ def test_predict_before_fit_and_checkpoint_round_trip(problem, tmp_path):
     np.savez(tmp_path / "old.npz", thetas=committee.thetas_, theta0=bb.theta0, val_score=np.zeros(4))
     with pytest.raises(ValueError, match="earlier aloop"):
         Committee(bb.theta0).load(tmp_path / "old.npz")
+
+
+def test_force_threshold_per_atom_is_the_value_times_root_n(problem):
+    """Per atom, a configuration of N atoms has the threshold t √N: on 3-atom configurations the fit
+    is the one with t √3; with N mixed, each configuration gets its own."""
+    bb, feats, jac, y = problem
+    idx = np.arange(30)
+    per_atom = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.03, threshold_per_atom=True)
+    whole = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.03 * np.sqrt(3))
+    assert np.all(per_atom.newton_steps_ > 0)   # the threshold is active, so it matters
+    np.testing.assert_allclose(per_atom.thetas_, whole.thetas_, rtol=1e-9, atol=1e-12)
+    P = 2
+    mixed = TrainingSet(Features(np.zeros((2, P)), np.zeros(2), np.array([3, 12])), np.zeros(2), np.zeros(2),
+                        np.zeros((2, 36)), np.zeros((2, 36, P)), np.zeros((2, 36)))
+    np.testing.assert_allclose(_Objective(mixed, 0.005, 0.1, 1.0, np.zeros(P), per_atom=True).t2, [0.03, 0.12])
+    assert _Objective(mixed, 0.005, 0.1, 1.0, np.zeros(P)).t2 == pytest.approx(0.01)

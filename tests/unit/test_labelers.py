@@ -1,11 +1,12 @@
 """Replay labels, and a run that waits for labels computed elsewhere."""
 import numpy as np
 import pytest
-from ase.io import write
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
 from conftest import h3, h3_set
 
 from aloop.labelers import DONE, FAILED, PENDING, Label, LabelError
-from aloop.labelers.replay import ReplayLabeler
+from aloop.labelers.replay import ReplayLabeler, stored_energy
 
 
 def test_replay_matches_by_position_within_tolerance(tmp_path):
@@ -32,6 +33,23 @@ def test_replay_file_without_energies_names_the_key(tmp_path):
     write(tmp_path / "bare.extxyz", h3_set(2))
     with pytest.raises(ValueError, match="labeler.energy_key"):
         ReplayLabeler(tmp_path / "jobs", tmp_path / "bare.extxyz", energy_key="e_qmc")
+
+
+def test_energies_of_a_calculator_stored_by_extxyz_are_found_under_their_own_keys(tmp_path):
+    """What test_set.energy_key and labeler.energy_key accept: a field of the frame, or a scalar
+    result of the calculator that wrote the file (extxyz reads `energy`, `free_energy` back into one)."""
+    frames = h3_set(3)
+    for i, a in enumerate(frames):
+        a.calc = SinglePointCalculator(a, energy=-1.0 - i, free_energy=-1.5 - i, energies=np.zeros(3))
+        a.info["e_qmc"] = -2.0 - i
+    write(tmp_path / "calc.extxyz", frames)
+    back = read(tmp_path / "calc.extxyz", index=":")
+    assert "free_energy" not in back[1].info and back[1].calc is not None   # where ASE puts it
+    assert [stored_energy(back[1], k) for k in ("energy", "free_energy", "e_qmc")] == [-2.0, -2.5, -3.0]
+    assert stored_energy(back[1], "energies") is None    # per atom: not an energy of the configuration
+    labeler = ReplayLabeler(tmp_path / "jobs", tmp_path / "calc.extxyz", energy_key="free_energy")
+    labeler.submit("k", frames[2])
+    assert labeler.collect("k").energy == pytest.approx(-3.5)
 
 
 class QueueLabeler:

@@ -106,3 +106,12 @@ def test_a_fork_continues_exactly_as_the_run_it_came_from(folder, finished):
     for it in (2, 3):   # same seed, same committee, same candidates: the same batches and labels
         assert RunStore(dest).ids(iteration=it) == run.store.ids(iteration=it)
         np.testing.assert_allclose(RunStore(dest).batch_errors(it)[0], run.store.batch_errors(it)[0])
+
+
+def test_force_threshold_per_atom_reaches_the_committee(folder):
+    path = folder / "per_atom.yaml"
+    path.write_text(CAMPAIGN.format(name="per_atom", budget=4) + "finetune: {force_threshold_per_atom: 0.1}\n")
+    committee = CampaignRun(load_campaign(path), progress=False).new_committee()
+    assert (committee.force_threshold, committee.threshold_per_atom) == (0.1, True)
+    default = CampaignRun(campaign(folder, "default_threshold", budget=4), progress=False).new_committee()
+    assert (default.force_threshold, default.threshold_per_atom) == (0.5, False)

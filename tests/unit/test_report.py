@@ -169,3 +169,14 @@ def test_not_a_run_dir(tmp_path, func):
     with pytest.raises(ValueError, match="not an aloop run directory"):
         func(tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()   # the check must not create a run by accident
+
+
+def test_label_axis_ticks_every_iteration_and_numbers_at_most_15():
+    from aloop.report import label_ticks
+
+    assert label_ticks([4, 8, 8, 12, 15]) == ([4, 8, 12, 15], [])   # a count repeats when a batch all failed
+    counts = list(range(5, 151, 5))
+    labelled, bare = label_ticks(counts)
+    assert sorted(labelled + bare) == counts and labelled[0] == 5 and labelled[-1] == 150
+    assert len(labelled) <= 15
+    assert min(np.diff(np.log(labelled))) >= np.log(150 / 5) / 15   # numbers spaced evenly along the log axis
