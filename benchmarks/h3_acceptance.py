@@ -7,7 +7,7 @@ Run after the quickstart (`aloop run campaigns/h3-exchange/campaign.yaml`):
 or run the quickstart itself at several seeds (campaign `seed`: pool MD and acquisition;
 `committee.seed`: the members' prior draws and bootstrap weights) and report over them:
 
-    python benchmarks/h3_acceptance.py --seeds 0-4 [--threads 1] [--out runs/h3-seeds]
+    python benchmarks/h3_acceptance.py --seeds 0-4 [--threads 1] [--out runs/h3-seeds] [--plot FILE.png]
 
 Each seed is an ordinary run (`aloop run` on a copy of the campaign with the seeds and run_dir
 changed; ALOOP_TORCH_THREADS=--threads), so a killed benchmark continues where it stopped. It prints
@@ -168,28 +168,65 @@ def over_seeds(results: dict[int, dict], exits: dict[int, tuple[int, int]]) -> d
     return summary
 
 
+def plot_seeds(histories: dict[int, list[dict]], results: dict[int, dict], path: Path) -> None:
+    """The committee's barrier (frozen path, mean ± 2 spread) against labels for every seed, and the
+    exported models' relaxed barriers, against CCSD(T)."""
+    from matplotlib.figure import Figure
+
+    reference = json.loads((CAMPAIGN / "reference.json").read_text())["ccsdt_barrier"]
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    for k, (seed, records) in enumerate(histories.items()):
+        n = np.array([r["n_labels"] for r in records]) + 0.25 * (k - 2)   # side by side
+        mean = np.array([r["observables"]["barrier"]["mean"] for r in records])
+        std = np.array([r["observables"]["barrier"]["std"] for r in records])
+        line = ax.errorbar(n, mean, yerr=2 * std, marker="o", ms=3, capsize=2, lw=1, label=f"seed {seed}")
+        ax.plot(n[-1] + 1.5, results[seed]["tuned_barrier"], marker="*", ms=11, color=line[0].get_color(), ls="none")
+    ax.axhspan(reference - 0.02, reference + 0.02, color="0.9", zorder=0, label="CCSD(T) ± 0.02 eV")
+    ax.axhline(reference, color="k", lw=1)
+    ax.set_xlabel("CCSD(T) labels")
+    ax.set_ylabel("barrier (eV)")
+    ax.set_title("committee barrier on the pool's path (mean ± 2 spread); ★ exported model, relaxed CI-NEB",
+                 fontsize=9)
+    ax.set_ylim(reference - 0.2, reference + 0.1)
+    ax.legend(fontsize=8, ncols=3, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "h3-exchange")
     parser.add_argument("--seeds", type=seed_list, help="run the quickstart at these seeds first, e.g. 0-4")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the seed runs (default 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "h3-seeds", help="folder of the seed runs")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="with --seeds: summarise and plot finished seed runs without running anything")
+    parser.add_argument("--plot", type=Path, help="with --seeds: also draw the barriers over seeds to this PNG")
     args = parser.parse_args()
     torch.set_num_threads(1)
     campaign = load_campaign(CAMPAIGN / "campaign.yaml")
     if args.seeds is None:
         acceptance(args.run, campaign)
         return
-    results, exits = {}, {}
+    results, exits, histories = {}, {}, {}
     for seed in args.seeds:
-        print(f"\n=== seed {seed} ({args.threads} torch threads)", flush=True)
-        run_dir = run_seed(campaign, seed, args.threads, args.out)
-        results[seed] = acceptance(run_dir, campaign)
-        exits[seed] = band_exits(RunStore.existing(run_dir).iterations(), "barrier")
+        if args.summary_only:
+            run_dir = args.out / f"seed-{seed}-t{args.threads}"
+            results[seed] = json.loads((RunStore.existing(run_dir).layout.report / "acceptance.json").read_text())
+        else:
+            print(f"\n=== seed {seed} ({args.threads} torch threads)", flush=True)
+            run_dir = run_seed(campaign, seed, args.threads, args.out)
+            results[seed] = acceptance(run_dir, campaign)
+        histories[seed] = RunStore.existing(run_dir).iterations()
+        exits[seed] = band_exits(histories[seed], "barrier")
     summary = over_seeds(results, exits)
     path = args.out / f"summary-t{args.threads}-seeds-{'_'.join(map(str, args.seeds))}.json"
     path.write_text(json.dumps(summary, indent=1))
     print(f"written to {path}")
+    if args.plot:
+        plot_seeds(histories, results, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
