@@ -9,8 +9,8 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from aloop.campaign import (BarrierObservable, Campaign, CampaignError, MDSource, NEBSource,
-                            PySCFLabeler, load_campaign)
+from aloop.campaign import BarrierObservable, Campaign, CampaignError, MDSource, NEBSource, load_campaign
+from aloop.campaign_labelers import PySCFLabeler
 
 VALID = """\
 name: h3-exchange

@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 from ase.units import Hartree
 
-from aloop.campaign import PyQMCLabeler as PyQMCSection
+from aloop.campaign_labelers import PyQMCLabeler as PyQMCSection
 from aloop.labelers import FAILED, LabelError, make_labeler
 from aloop.labelers.pyqmc import PyQMCLabeler, WavefunctionStore, fingerprint, initial_walkers
 from aloop.labelers.pyscf import build_molecule, run_scf

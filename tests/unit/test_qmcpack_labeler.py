@@ -15,7 +15,7 @@ from ase.units import Bohr
 
 from conftest import write_pseudos
 
-from aloop.campaign import QMCPACKLabeler as Spec
+from aloop.campaign_labelers import QMCPACKLabeler as Spec
 from aloop.campaign import load_campaign
 from aloop.labelers import PENDING, LabelError
 from aloop.labelers.qmcpack import QMCPACKLabeler, array_ranges
