@@ -17,14 +17,14 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from .campaign_errors import translate
 from .campaign_fields import AnyPath, FilePath, PosFloat, PosInt, Section, resolve_path
-from .campaign_labelers import Labeler
+from .campaign_labelers import LabelerSettings
 
 
 class CampaignError(ValueError):
     """The campaign file is missing, unreadable or invalid; the message lists every problem."""
 
 
-class ModelSpec(Section):
+class ModelSettings(Section):
     path: FilePath
     head: Optional[str] = None
 
@@ -68,7 +68,7 @@ class NEBSource(Section):
 Source = Annotated[Union[FileSource, MDSource, NEBSource], Field(discriminator="kind")]
 
 
-class Pool(Section):
+class PoolSettings(Section):
     sources: Annotated[list[Source], Field(min_length=1)]
     min_distance: Annotated[float, Field(ge=0)] = 0.5
 
@@ -83,7 +83,7 @@ class Pool(Section):
         return sources
 
 
-class Committee(Section):
+class CommitteeSettings(Section):
     size: Annotated[int, Field(ge=2)] = 5
     bootstrap: bool = True
     prior_sigma: PosFloat = 0.05
@@ -94,7 +94,7 @@ class Committee(Section):
 _RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
 
 
-class Finetune(Section):
+class FinetuneSettings(Section):
     # None until validated: 0.5 unless force_threshold_per_atom is given, then None (so the dump,
     # which a run keeps and export reads back, holds only the one that is used)
     force_threshold: Optional[Annotated[float, Field(ge=0)]] = None
@@ -103,7 +103,7 @@ class Finetune(Section):
     noise_floor: PosFloat = 0.005
 
     @model_validator(mode="after")
-    def _one_threshold(self) -> "Finetune":
+    def _one_threshold(self) -> "FinetuneSettings":
         if self.force_threshold is not None and self.force_threshold_per_atom is not None:
             raise ValueError("force_threshold and force_threshold_per_atom are both given; keep one (per atom, "
                              "a configuration of N atoms has the threshold value × √N)")
@@ -122,7 +122,7 @@ class Finetune(Section):
         return data
 
 
-class Acquisition(Section):
+class AcquisitionSettings(Section):
     strategy: Literal["random", "max_std", "diverse"] = "diverse"
     batch_size: PosInt = 4
     initial_size: Optional[PosInt] = None
@@ -130,7 +130,7 @@ class Acquisition(Section):
     batch_schedule: Optional[Annotated[list[PosInt], Field(min_length=1)]] = None
 
     @model_validator(mode="after")
-    def _default_initial_size(self) -> "Acquisition":
+    def _default_initial_size(self) -> "AcquisitionSettings":
         if self.initial_size is None:
             self.initial_size = self.batch_size
         return self
@@ -144,11 +144,11 @@ class Acquisition(Section):
 
 
 
-class LocalDispatch(Section):
+class LocalDispatchSettings(Section):
     kind: Literal["local"] = "local"
 
 
-class ParslDispatch(Section):
+class ParslDispatchSettings(Section):
     kind: Literal["parsl"]
     config: FilePath
     label_executor: Optional[str] = None
@@ -175,7 +175,7 @@ class ParslDispatch(Section):
         return v
 
 
-Dispatch = Annotated[Union[LocalDispatch, ParslDispatch], Field(discriminator="kind")]
+DispatchSettings = Annotated[Union[LocalDispatchSettings, ParslDispatchSettings], Field(discriminator="kind")]
 
 
 class ObservableStop(Section):
@@ -184,7 +184,7 @@ class ObservableStop(Section):
     window: Annotated[int, Field(ge=2)] = 3
 
 
-class Stop(Section):
+class StopSettings(Section):
     max_labels: PosInt
     max_iterations: Optional[PosInt] = None
     uncertainty_ratio: Optional[PosFloat] = None
@@ -209,7 +209,7 @@ class BarrierObservable(Section):
 Observable = Annotated[Union[BarrierObservable], Field(discriminator="kind")]
 
 
-class Evaluation(Section):
+class EvaluationSettings(Section):
     test_set: Optional[TestSet] = None
     observables: list[Observable] = Field(default_factory=list)
 
@@ -219,15 +219,15 @@ class Campaign(Section):
     run_dir: Optional[AnyPath] = None
     seed: Annotated[int, Field(ge=0)] = 0
     device: str = "auto"
-    model: ModelSpec
-    pool: Pool
-    committee: Committee = Field(default_factory=Committee)
-    finetune: Finetune = Field(default_factory=Finetune)
-    acquisition: Acquisition = Field(default_factory=Acquisition)
-    labeler: Labeler
-    dispatch: Dispatch = Field(default_factory=LocalDispatch)
-    stop: Stop
-    evaluation: Evaluation = Field(default_factory=Evaluation)
+    model: ModelSettings
+    pool: PoolSettings
+    committee: CommitteeSettings = Field(default_factory=CommitteeSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
+    labeler: LabelerSettings
+    dispatch: DispatchSettings = Field(default_factory=LocalDispatchSettings)
+    stop: StopSettings
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @field_validator("name")
     @classmethod

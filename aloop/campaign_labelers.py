@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from .campaign_fields import AnyPath, FilePath, Grid, NonNegInt, PosFloat, PosInt, Section
 
 
-class PySCFLabeler(Section):
+class PySCFSettings(Section):
     kind: Literal["pyscf"]
     method: str = "ccsd(t)"
     basis: str = "aug-cc-pvtz"
@@ -17,7 +17,7 @@ class PySCFLabeler(Section):
     conv_tol: PosFloat = 1e-9
 
 
-class ASELabeler(Section):
+class ASESettings(Section):
     kind: Literal["ase"]
     calculator: str
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -31,7 +31,7 @@ class ASELabeler(Section):
         return v
 
 
-class ReplayLabeler(Section):
+class ReplaySettings(Section):
     kind: Literal["replay"]
     path: FilePath
     energy_key: str = "energy"
@@ -39,7 +39,7 @@ class ReplayLabeler(Section):
     tolerance: PosFloat = 1e-4
 
 
-class PyQMCLabeler(Section):
+class PyQMCSettings(Section):
     kind: Literal["pyqmc"]
     basis: str = "cc-pvtz"
     charge: int = 0
@@ -83,7 +83,7 @@ _DERIVED_PW_KEYS = {"calculation": "the job", "prefix": "the job", "outdir": "th
                     "noinv": "labeler.twists", "nat": "the structure", "ntyp": "the structure", "ibrav": "the structure"}
 
 
-class QMCPACKLabeler(Section):
+class QMCPACKSettings(Section):
     kind: Literal["qmcpack"]
     pseudopotentials: Annotated[dict[str, Pseudopotential], Field(min_length=1)]
     ecut: PosFloat
@@ -162,5 +162,5 @@ class QMCPACKLabeler(Section):
         return list(eq) if isinstance(eq, list) else [eq] * len(self.timesteps)
 
 
-Labeler = Annotated[Union[PySCFLabeler, ReplayLabeler, ASELabeler, QMCPACKLabeler, PyQMCLabeler],
+LabelerSettings = Annotated[Union[PySCFSettings, ReplaySettings, ASESettings, QMCPACKSettings, PyQMCSettings],
                     Field(discriminator="kind")]
