@@ -7,53 +7,29 @@ docs/campaign.md describes every field.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .campaign_errors import translate
+from .campaign_fields import AnyPath, FilePath, PosFloat, PosInt, Section, resolve_path
+from .campaign_labelers import LabelerSettings
 
 
 class CampaignError(ValueError):
     """The campaign file is missing, unreadable or invalid; the message lists every problem."""
 
 
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = Path((info.context or {}).get("base_dir", Path.cwd()))
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
-
-
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    path = _resolve(value, info)
-    if not path.exists():
-        raise ValueError(f"file not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"not a file: {path}")
-    return path
-
-
-FilePath = Annotated[Path, AfterValidator(_existing_file)]   # must exist
-AnyPath = Annotated[Path, AfterValidator(_resolve)]           # need not exist
-PosInt = Annotated[int, Field(gt=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Section):
+class ModelSettings(Section):
     path: FilePath
     head: Optional[str] = None
 
 
-class FileSource(_Section):
+class FileSource(Section):
     kind: Literal["file"]
     name: str
     path: FilePath
@@ -66,7 +42,7 @@ class FileSource(_Section):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-class MDSource(_Section):
+class MDSource(Section):
     kind: Literal["md"]
     name: str
     start: FilePath
@@ -77,7 +53,7 @@ class MDSource(_Section):
     friction: PosFloat = 0.02
 
 
-class NEBSource(_Section):
+class NEBSource(Section):
     kind: Literal["neb"]
     name: str
     initial: FilePath
@@ -92,7 +68,7 @@ class NEBSource(_Section):
 Source = Annotated[Union[FileSource, MDSource, NEBSource], Field(discriminator="kind")]
 
 
-class Pool(_Section):
+class PoolSettings(Section):
     sources: Annotated[list[Source], Field(min_length=1)]
     min_distance: Annotated[float, Field(ge=0)] = 0.5
 
@@ -107,7 +83,7 @@ class Pool(_Section):
         return sources
 
 
-class Committee(_Section):
+class CommitteeSettings(Section):
     size: Annotated[int, Field(ge=2)] = 5
     bootstrap: bool = True
     prior_sigma: PosFloat = 0.05
@@ -118,7 +94,7 @@ class Committee(_Section):
 _RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
 
 
-class Finetune(_Section):
+class FinetuneSettings(Section):
     # None until validated: 0.5 unless force_threshold_per_atom is given, then None (so the dump,
     # which a run keeps and export reads back, holds only the one that is used)
     force_threshold: Optional[Annotated[float, Field(ge=0)]] = None
@@ -127,7 +103,7 @@ class Finetune(_Section):
     noise_floor: PosFloat = 0.005
 
     @model_validator(mode="after")
-    def _one_threshold(self) -> "Finetune":
+    def _one_threshold(self) -> "FinetuneSettings":
         if self.force_threshold is not None and self.force_threshold_per_atom is not None:
             raise ValueError("force_threshold and force_threshold_per_atom are both given; keep one (per atom, "
                              "a configuration of N atoms has the threshold value × √N)")
@@ -146,7 +122,7 @@ class Finetune(_Section):
         return data
 
 
-class Acquisition(_Section):
+class AcquisitionSettings(Section):
     strategy: Literal["random", "max_std", "diverse"] = "diverse"
     batch_size: PosInt = 4
     initial_size: Optional[PosInt] = None
@@ -154,7 +130,7 @@ class Acquisition(_Section):
     batch_schedule: Optional[Annotated[list[PosInt], Field(min_length=1)]] = None
 
     @model_validator(mode="after")
-    def _default_initial_size(self) -> "Acquisition":
+    def _default_initial_size(self) -> "AcquisitionSettings":
         if self.initial_size is None:
             self.initial_size = self.batch_size
         return self
@@ -166,171 +142,13 @@ class Acquisition(_Section):
         return self.batch_schedule[min(iteration, len(self.batch_schedule)) - 1]
 
 
-class PySCFLabeler(_Section):
-    kind: Literal["pyscf"]
-    method: str = "ccsd(t)"
-    basis: str = "aug-cc-pvtz"
-    charge: int = 0
-    spin: Optional[Annotated[int, Field(ge=0)]] = None
-    conv_tol: PosFloat = 1e-9
 
 
-class ASELabeler(_Section):
-    kind: Literal["ase"]
-    calculator: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("calculator")
-    @classmethod
-    def _importable(cls, v: str) -> str:
-        from .labelers.ase_calculator import import_calculator
-
-        import_calculator(v)
-        return v
-
-
-class ReplayLabeler(_Section):
-    kind: Literal["replay"]
-    path: FilePath
-    energy_key: str = "energy"
-    sigma_key: Optional[str] = None
-    tolerance: PosFloat = 1e-4
-
-
-class PyQMCLabeler(_Section):
-    kind: Literal["pyqmc"]
-    basis: str = "cc-pvtz"
-    charge: int = 0
-    spin: Optional[Annotated[int, Field(ge=0)]] = None
-    timestep: PosFloat = 0.02                          # Hartree⁻¹
-    walkers: Annotated[int, Field(ge=10)] = 500        # fewer: large population-control bias
-    blocks: Annotated[int, Field(ge=20)] = 200         # kept after equilibration, for reblocking
-    equilibration: Annotated[int, Field(ge=0)] = 50
-    optimize_steps: Annotated[int, Field(ge=0)] = 10
-    warm_optimize_steps: Annotated[int, Field(ge=0)] = 3
-    seed: Annotated[int, Field(ge=0)] = 0
-
-    @field_validator("basis")
-    @classmethod
-    def _known_basis(cls, v: str) -> str:
-        from .labelers.pyscf import check_basis
-
-        try:
-            return check_basis(v)
-        except ValueError as err:   # its message starts with the field name, which _translate adds
-            raise ValueError(str(err).removeprefix("labeler.basis: ")) from None
-
-
-class Pseudopotential(_Section):
-    upf: AnyPath       # pw.x's file; both files are checked when a job is queued
-    xml: AnyPath       # QMCPACK's file of the same pseudopotential
-    valence: Optional[PosInt] = None   # None: read from the files' headers
-
-
-class QMCPACKJastrow(_Section):
-    j3: bool = False
-    loops: PosInt = 10
-    samples: PosInt = 50000
-
-
-NonNegInt = Annotated[int, Field(ge=0)]
-Grid = tuple[PosInt, PosInt, PosInt]
-# pw.x settings that aloop derives from other fields; overriding them would desynchronise the
-# QMCPACK inputs (electron counts, orbital file) from the orbitals
-_DERIVED_PW_KEYS = {"calculation": "the job", "prefix": "the job", "outdir": "the job", "pseudo_dir": "the job",
-                    "ecutwfc": "labeler.ecut", "input_dft": "labeler.functional", "tot_charge": "labeler.charge",
-                    "nspin": "labeler.spin", "tot_magnetization": "labeler.spin", "nosym": "labeler.twists",
-                    "noinv": "labeler.twists", "nat": "the structure", "ntyp": "the structure", "ibrav": "the structure"}
-
-
-class QMCPACKLabeler(_Section):
-    kind: Literal["qmcpack"]
-    pseudopotentials: Annotated[dict[str, Pseudopotential], Field(min_length=1)]
-    ecut: PosFloat
-    functional: str = "pbe"
-    kgrid: Grid = (1, 1, 1)
-    twists: Grid = (1, 1, 1)
-    pw_parameters: dict[str, Any] = Field(default_factory=dict)
-    meshfactor: PosFloat = 1.0
-    charge: int = 0
-    spin: NonNegInt = 0
-    jastrow: QMCPACKJastrow = Field(default_factory=QMCPACKJastrow)
-    walkers: PosInt = 1024
-    timesteps: Annotated[list[PosFloat], Field(min_length=1)]
-    nonlocalmoves: Literal["no", "yes", "v0", "v1", "v3"] = "yes"
-    warmup_blocks: PosInt = 20
-    blocks: PosInt = 200
-    steps: PosInt = 10
-    equilibration: Union[NonNegInt, list[NonNegInt]] = 20
-    min_blocks: Annotated[int, Field(ge=2)] = 50
-    batch_template: Optional[FilePath] = None
-
-    @field_validator("pseudopotentials")
-    @classmethod
-    def _elements(cls, v: dict) -> dict:
-        from ase.data import chemical_symbols
-
-        unknown = [el for el in v if el not in chemical_symbols[1:]]
-        if unknown:
-            raise ValueError(f"keys must be element symbols (Mo, S, ...), got {', '.join(map(repr, unknown))}")
-        return v
-
-    @field_validator("pw_parameters")
-    @classmethod
-    def _pw_keys(cls, v: dict) -> dict:
-        from ase.io.espresso import Namelist
-        from ase.io.espresso_namelist.keys import ALL_KEYS
-
-        for key in v:
-            if key.lower() in _DERIVED_PW_KEYS:
-                raise ValueError(f"{key!r} is set by aloop from {_DERIVED_PW_KEYS[key.lower()]}; remove it here")
-            if Namelist.search_key(key.lower(), ALL_KEYS["pw"]) is None:
-                raise ValueError(f"{key!r} is not a pw.x input parameter (names as in pw.x's INPUT_PW documentation)")
-        return v
-
-    @field_validator("timesteps")
-    @classmethod
-    def _distinct(cls, v: list) -> list:
-        if len(set(v)) != len(v):
-            raise ValueError(f"timesteps must differ from each other (1/Hartree), got {v}")
-        return v
-
-    @field_validator("equilibration")
-    @classmethod
-    def _one_per_series(cls, v, info: ValidationInfo):
-        n = len(info.data.get("timesteps") or [])
-        if isinstance(v, list) and n and len(v) != n:
-            raise ValueError(f"one number of blocks per timestep ({n}), or a single number for all; got {len(v)}")
-        blocks = info.data.get("blocks")
-        if blocks is not None and max(v if isinstance(v, list) else [v]) >= blocks:
-            raise ValueError(f"must be fewer than labeler.blocks ({blocks}) blocks, got {v}")
-        return v
-
-    @field_validator("min_blocks")
-    @classmethod
-    def _reachable(cls, v: int, info: ValidationInfo) -> int:
-        blocks, eq = info.data.get("blocks"), info.data.get("equilibration")
-        if blocks is not None and eq is not None:
-            kept = blocks - max(eq if isinstance(eq, list) else [eq])
-            if v > kept:
-                raise ValueError(f"{v} blocks can never be reached: labeler.blocks ({blocks}) minus the longest "
-                                 f"equilibration leaves {kept}; lower min_blocks or raise blocks")
-        return v
-
-    def equilibration_per_series(self) -> list[int]:
-        eq = self.equilibration
-        return list(eq) if isinstance(eq, list) else [eq] * len(self.timesteps)
-
-
-Labeler = Annotated[Union[PySCFLabeler, ReplayLabeler, ASELabeler, QMCPACKLabeler, PyQMCLabeler],
-                    Field(discriminator="kind")]
-
-
-class LocalDispatch(_Section):
+class LocalDispatchSettings(Section):
     kind: Literal["local"] = "local"
 
 
-class ParslDispatch(_Section):
+class ParslDispatchSettings(Section):
     kind: Literal["parsl"]
     config: FilePath
     label_executor: Optional[str] = None
@@ -357,30 +175,30 @@ class ParslDispatch(_Section):
         return v
 
 
-Dispatch = Annotated[Union[LocalDispatch, ParslDispatch], Field(discriminator="kind")]
+DispatchSettings = Annotated[Union[LocalDispatchSettings, ParslDispatchSettings], Field(discriminator="kind")]
 
 
-class ObservableStop(_Section):
+class ObservableStop(Section):
     name: str
     tolerance: PosFloat
     window: Annotated[int, Field(ge=2)] = 3
 
 
-class Stop(_Section):
+class StopSettings(Section):
     max_labels: PosInt
     max_iterations: Optional[PosInt] = None
     uncertainty_ratio: Optional[PosFloat] = None
     observable: Optional[ObservableStop] = None
 
 
-class TestSet(_Section):
+class TestSet(Section):
     __test__ = False   # not a pytest test class
     path: FilePath
     energy_key: str = "energy"
     sigma_key: Optional[str] = None
 
 
-class BarrierObservable(_Section):
+class BarrierObservable(Section):
     kind: Literal["barrier"]
     name: str
     path: str
@@ -391,25 +209,25 @@ class BarrierObservable(_Section):
 Observable = Annotated[Union[BarrierObservable], Field(discriminator="kind")]
 
 
-class Evaluation(_Section):
+class EvaluationSettings(Section):
     test_set: Optional[TestSet] = None
     observables: list[Observable] = Field(default_factory=list)
 
 
-class Campaign(_Section):
+class Campaign(Section):
     name: str
     run_dir: Optional[AnyPath] = None
     seed: Annotated[int, Field(ge=0)] = 0
     device: str = "auto"
-    model: ModelSpec
-    pool: Pool
-    committee: Committee = Field(default_factory=Committee)
-    finetune: Finetune = Field(default_factory=Finetune)
-    acquisition: Acquisition = Field(default_factory=Acquisition)
-    labeler: Labeler
-    dispatch: Dispatch = Field(default_factory=LocalDispatch)
-    stop: Stop
-    evaluation: Evaluation = Field(default_factory=Evaluation)
+    model: ModelSettings
+    pool: PoolSettings
+    committee: CommitteeSettings = Field(default_factory=CommitteeSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
+    labeler: LabelerSettings
+    dispatch: DispatchSettings = Field(default_factory=LocalDispatchSettings)
+    stop: StopSettings
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @field_validator("name")
     @classmethod
@@ -428,8 +246,8 @@ class Campaign(_Section):
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo) -> "Campaign":
         if self.run_dir is None:
-            self.run_dir = _resolve(Path("runs") / self.name, info)
-        problems = []   # "dotted.path: message" lines; see _translate
+            self.run_dir = resolve_path(Path("runs") / self.name, info)
+        problems = []   # "dotted.path: message" lines; see campaign_errors.translate
         if self.run_dir.exists() and not self.run_dir.is_dir():
             problems.append(f"run_dir: {self.run_dir} is a file, not a folder; give a folder for the run")
         neb = [s.name for s in self.pool.sources if s.kind == "neb"]
@@ -454,103 +272,6 @@ class Campaign(_Section):
     def to_dict(self) -> dict:
         """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""
         return self.model_dump(mode="json")
-
-
-# ---------------------------------------------------------------- error translation
-
-def _flatten(tp: Any) -> list:
-    """The alternatives of a type: unwraps Annotated, Optional and Union."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return _flatten(get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        return [t for a in get_args(tp) for t in _flatten(a)]
-    return [] if tp is type(None) else [tp]
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and get_origin(tp) is None and issubclass(tp, BaseModel)
-
-
-def _kind(model: type) -> Optional[str]:
-    field = model.model_fields.get("kind")
-    return get_args(field.annotation)[0] if field is not None else None
-
-
-def _walk(loc: tuple) -> tuple[list[str], list[type], list]:
-    """A pydantic loc → (dotted path parts with union tags dropped, models owning the last part,
-    the types the last part may take)."""
-    cands: list = [Campaign]
-    parts: list[str] = []
-    owners: list[type] = []
-    for seg in loc:
-        models = [c for c in cands if _is_model(c)]
-        if isinstance(seg, int):
-            parts.append(str(seg))
-            cands = [a for c in cands if get_origin(c) is list for a in _flatten(get_args(c)[0])]
-            continue
-        owner = next((m for m in models if seg in m.model_fields), None)
-        tagged = [m for m in models if _kind(m) == seg]
-        if owner is None and tagged:          # discriminator tag inserted by pydantic
-            cands = tagged
-            continue
-        parts.append(str(seg))
-        owners = models
-        cands = _flatten(owner.model_fields[seg].annotation) if owner else []
-    return parts, owners, cands
-
-
-def _unquote(s: str) -> str:
-    return ", ".join(x.strip().strip("'\"") for x in re.split(r",| or ", s) if x.strip())
-
-
-_EXPECTED = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-             "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
-             "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
-             "path_type": "a path (a string)"}
-
-
-def _translate(err: dict) -> list[str]:
-    """One pydantic error → lines of 'dotted.path: message'."""
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    parts, owners, cands = _walk(tuple(err["loc"]))
-    msg = str(err["msg"])
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        if not parts:                          # root validator: lines already carry their path
-            return msg.splitlines()
-    elif kind == "missing":
-        msg = "required field missing"
-    elif kind == "extra_forbidden":
-        allowed = list(owners[0].model_fields) if len(owners) == 1 else []
-        msg = "unknown key"
-        close = difflib.get_close_matches(str(parts[-1]), allowed, n=1)
-        if close:
-            msg += f" (did you mean {close[0]!r}?)"
-        if allowed:
-            msg += f"; allowed keys: {', '.join(allowed)}"
-    elif kind == "literal_error":
-        msg = f"expected one of: {_unquote(ctx['expected'])}; got {got!r}"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        parts.append(str(ctx.get("discriminator", "kind")).strip("'"))
-        choices = ", ".join(str(_kind(m)) for m in cands if _is_model(m))
-        msg = (f"expected one of: {choices}; got {ctx.get('tag')!r}" if kind == "union_tag_invalid"
-               else f"required field missing; expected one of: {choices}")
-    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
-                     "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}[kind]
-        limit = ctx[bound]
-        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
-        msg = f"must be {op} {limit}, got {got!r}"
-    elif kind == "too_short":
-        msg = f"must have at least {ctx['min_length']} item(s), got {ctx.get('actual_length', 0)}"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = f"expected a mapping (a section of keys), got {type(got).__name__} {got!r}"
-    elif kind in _EXPECTED:
-        msg = f"expected {_EXPECTED[kind]}, got {got!r}"
-    else:
-        msg = f"{msg[:1].lower()}{msg[1:]}, got {got!r}"
-    return [f"{'.'.join(parts) or '(top level)'}: {msg}"]
 
 
 def load_campaign(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Campaign:
@@ -580,6 +301,6 @@ def load_campaign(path: str | os.PathLike, run_dir: str | os.PathLike | None = N
     try:
         campaign = Campaign.model_validate(data, context={"base_dir": source.parent})
     except ValidationError as exc:
-        lines = [line for err in exc.errors() for line in _translate(err)]
+        lines = [line for err in exc.errors() for line in translate(err, Campaign)]
         raise CampaignError("\n".join(f"{label}: {line}" for line in lines)) from None
     return campaign

@@ -83,16 +83,19 @@ class Committee:
     def __init__(
         self,
         theta0: np.ndarray,
-        size: int = 5,
-        bootstrap: bool = True,
-        prior_sigma: float = 0.05,
-        force_threshold: float = 0.5,
-        force_weight: float = 1.0,
-        noise_floor: float = 0.005,
-        seed: int = 0,
-        max_steps: int = 200,
+        *,
+        size: int,
+        bootstrap: bool,
+        prior_sigma: float,
+        force_threshold: float,
+        force_weight: float,
+        noise_floor: float,
+        seed: int,
         threshold_per_atom: bool = False,
+        max_steps: int = 200,
     ):
+        """The settings' defaults live in the campaign schema alone: a run builds its committee with
+        `from_settings`."""
         if size < 2:
             raise ValueError(f"committee: size must be at least 2 (its spread is the uncertainty), got {size}")
         self.theta0 = np.asarray(theta0, dtype=np.float64)
@@ -105,6 +108,17 @@ class Committee:
         self.noise_floor = noise_floor
         self.seed = seed
         self.max_steps = max_steps
+
+    @classmethod
+    def from_settings(cls, theta0: np.ndarray, committee, finetune) -> "Committee":
+        """The committee a campaign's `committee` and `finetune` sections describe (read by attribute:
+        campaign.CommitteeSettings and FinetuneSettings). A threshold per atom, when given, replaces
+        the one per configuration."""
+        per_atom = finetune.force_threshold_per_atom is not None
+        return cls(theta0, size=committee.size, bootstrap=committee.bootstrap, prior_sigma=committee.prior_sigma,
+                   force_threshold=finetune.force_threshold_per_atom if per_atom else finetune.force_threshold,
+                   threshold_per_atom=per_atom, force_weight=finetune.force_weight,
+                   noise_floor=finetune.noise_floor, seed=committee.seed)
 
     # --- the members' random draws -----------------------------------------------------------
     def _rng(self, k: int, *tags: int) -> np.random.Generator:

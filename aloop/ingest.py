@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from .campaign import Labeler as LabelerSettings
+from .campaign_labelers import LabelerSettings
 from .labelers import DONE, Labeler, make_labeler
 from .labelers.qmcpack import EXIT_STATUS, INCONSISTENT, MANIFEST, QMCPACKLabeler, differences
 from .labelers.qmcpack_results import JobProblem

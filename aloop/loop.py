@@ -160,15 +160,7 @@ class CampaignRun:
         return out
 
     def new_committee(self) -> Committee:
-        ft = self.campaign.finetune
-        per_atom = ft.force_threshold_per_atom is not None
-        return Committee(
-            self.backbone.theta0, size=self.campaign.committee.size, bootstrap=self.campaign.committee.bootstrap,
-            prior_sigma=self.campaign.committee.prior_sigma,
-            force_threshold=ft.force_threshold_per_atom if per_atom else ft.force_threshold,
-            threshold_per_atom=per_atom, force_weight=ft.force_weight, noise_floor=ft.noise_floor,
-            seed=self.campaign.committee.seed,
-        )
+        return Committee.from_settings(self.backbone.theta0, self.campaign.committee, self.campaign.finetune)
 
     def load_committee(self, iteration: int) -> Committee | None:
         path = self.layout.committee(iteration)

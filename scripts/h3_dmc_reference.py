@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
+from aloop.campaign_labelers import PyQMCSettings
 from aloop.labelers.pyqmc import PyQMCLabeler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def main() -> None:
     for name, file in GEOMETRIES.items():
         if args.geometry not in (None, name):
             continue
-        labeler = PyQMCLabeler(workdir / name, **settings)
+        labeler = PyQMCLabeler.from_settings(workdir / name, PyQMCSettings(kind="pyqmc", **settings))
         labeler.submit(name, read(CAMPAIGN / file))
         label = labeler.collect(name)
         p = label.provenance

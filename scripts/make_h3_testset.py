@@ -15,6 +15,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import write
 
+from aloop.campaign_labelers import PySCFSettings
 from aloop.labelers.pyscf import PySCFLabeler
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "h3-exchange"
@@ -44,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     frames = configurations(np.random.default_rng(args.seed), args.n)
     with tempfile.TemporaryDirectory() as jobs:
-        labeler = PySCFLabeler(jobs, method="ccsd(t)", basis="aug-cc-pvtz", spin=1)
+        settings = PySCFSettings(kind="pyscf", method="ccsd(t)", basis="aug-cc-pvtz", spin=1)
+        labeler = PySCFLabeler.from_settings(jobs, settings)
         for atoms in frames:
             label = labeler.compute(atoms)
             atoms.info.update(energy=label.energy, method="CCSD(T)", basis="aug-cc-pVTZ", seed=args.seed)

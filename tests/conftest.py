@@ -76,3 +76,15 @@ def tiny_model_file(tmp_path):
     path = tmp_path / "tiny.model"
     torch.save(tiny_mace(), path)
     return path
+
+
+def make_committee(theta0, **settings):
+    """A committee built as a run builds it: `Committee.from_settings` on the campaign's committee and
+    finetune sections, the schema's defaults for every setting not given (per-atom threshold:
+    `force_threshold_per_atom`)."""
+    from aloop.campaign import CommitteeSettings, FinetuneSettings
+    from aloop.committee import Committee
+
+    committee = {key: value for key, value in settings.items() if key in CommitteeSettings.model_fields}
+    finetune = {key: value for key, value in settings.items() if key not in committee}
+    return Committee.from_settings(theta0, CommitteeSettings(**committee), FinetuneSettings(**finetune))

@@ -17,23 +17,22 @@ def make_labeler(spec, run_dir: str | Path, campaign: str) -> Labeler:
         from .qmcpack import QMCPACKLabeler
 
         return QMCPACKLabeler(run.queue, spec, campaign=campaign)
-    settings = spec.model_dump(exclude={"kind"})
     if spec.kind == "pyscf":
         from .pyscf import PySCFLabeler
 
-        return PySCFLabeler(run.labels, **settings)
+        return PySCFLabeler.from_settings(run.labels, spec)
     if spec.kind == "replay":
         from .replay import ReplayLabeler
 
-        return ReplayLabeler(run.labels, **settings)
+        return ReplayLabeler.from_settings(run.labels, spec)
     if spec.kind == "ase":
         from .ase_calculator import ASECalculatorLabeler
 
-        return ASECalculatorLabeler(run.labels, **settings)
+        return ASECalculatorLabeler.from_settings(run.labels, spec)
     if spec.kind == "pyqmc":
         from .pyqmc import PyQMCLabeler
 
-        return PyQMCLabeler(run.labels, **settings)
+        return PyQMCLabeler.from_settings(run.labels, spec)
     raise ValueError(f"labeler.kind: unknown backend '{spec.kind}'")
 
 

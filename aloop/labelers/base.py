@@ -92,6 +92,12 @@ class LocalLabeler:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def from_settings(cls, workdir: str | os.PathLike, settings):
+        """The labeler a campaign's `labeler` section describes (read by attribute): each of its fields
+        but `kind` is a keyword of the constructor, so the settings' defaults live in the schema alone."""
+        return cls(workdir, **{key: value for key, value in vars(settings).items() if key != "kind"})
+
     def compute(self, atoms: Atoms) -> Label:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -151,17 +151,19 @@ class PyQMCLabeler(LocalLabeler):
     def __init__(
         self,
         workdir: str | os.PathLike,
-        basis: str = "cc-pvtz",
-        charge: int = 0,
-        spin: int | None = None,
-        timestep: float = 0.02,
-        walkers: int = 500,
-        blocks: int = 200,
-        equilibration: int = 50,
-        optimize_steps: int = 10,
-        warm_optimize_steps: int = 3,
-        seed: int = 0,
+        *,
+        basis: str,
+        charge: int,
+        spin: int | None,
+        timestep: float,
+        walkers: int,
+        blocks: int,
+        equilibration: int,
+        optimize_steps: int,
+        warm_optimize_steps: int,
+        seed: int,
     ):
+        """Defaults: campaign_labelers.PyQMCSettings; a run builds the labeler with `from_settings`."""
         self.basis = check_basis(basis)
         _check_charge_spin(charge, spin)
         check_settings(timestep, walkers=walkers, blocks=blocks, equilibration=equilibration,

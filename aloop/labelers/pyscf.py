@@ -239,13 +239,15 @@ class PySCFLabeler(LocalLabeler):
     def __init__(
         self,
         workdir: str | os.PathLike,
-        method: str = "ccsd(t)",
-        basis: str = "aug-cc-pvtz",
-        charge: int = 0,
-        spin: int | None = None,
-        conv_tol: float = 1e-9,
+        *,
+        method: str,
+        basis: str,
+        charge: int,
+        spin: int | None,
+        conv_tol: float,
         max_memory_mb: int = 4000,
     ):
+        """Defaults: campaign_labelers.PySCFSettings; a run builds the labeler with `from_settings`."""
         self.method = check_method(method)
         self.basis = check_basis(basis)
         _check_charge_spin(charge, spin)

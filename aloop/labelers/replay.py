@@ -29,7 +29,8 @@ def stored_energy(atoms, key: str):
 class ReplayLabeler(LocalLabeler):
     name = "replay"
 
-    def __init__(self, workdir, path, energy_key: str = "energy", sigma_key: str | None = None, tolerance: float = 1e-4):
+    def __init__(self, workdir, path, *, energy_key: str, sigma_key: str | None, tolerance: float):
+        """Defaults: campaign_labelers.ReplaySettings; a run builds the labeler with `from_settings`."""
         super().__init__(workdir)
         self.path = Path(path)
         self.tolerance = tolerance

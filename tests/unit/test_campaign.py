@@ -9,8 +9,8 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from aloop.campaign import (BarrierObservable, Campaign, CampaignError, MDSource, NEBSource,
-                            PySCFLabeler, load_campaign)
+from aloop.campaign import BarrierObservable, Campaign, CampaignError, MDSource, NEBSource, load_campaign
+from aloop.campaign_labelers import PySCFSettings
 
 VALID = """\
 name: h3-exchange
@@ -77,7 +77,7 @@ def test_valid_campaign_loads_with_defaults(folder: Path) -> None:
     assert (ft.force_threshold, ft.force_weight, ft.noise_floor) == (0.5, 1.0, 0.005)
     assert c.acquisition.strategy == "max_std"
     assert c.acquisition.batch_size == 4 and c.acquisition.initial_size == 4
-    assert isinstance(c.labeler, PySCFLabeler)
+    assert isinstance(c.labeler, PySCFSettings)
     assert (c.labeler.method, c.labeler.basis, c.labeler.spin, c.labeler.conv_tol) == ("ccsd(t)", "cc-pvdz", None, 1e-9)
     assert c.stop.max_labels == 40 and c.stop.max_iterations is None and c.stop.uncertainty_ratio is None
     assert c.stop.observable.window == 3

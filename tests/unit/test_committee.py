@@ -1,11 +1,12 @@
 """The loss, the committee fit, and export to ordinary MACE files."""
 import numpy as np
 import pytest
-from conftest import h3_set, tiny_mace
+from conftest import h3_set, make_committee, tiny_mace
 from mace.calculators import MACECalculator
 
 from aloop.arrays import Features, feature_moment
 from aloop.backbone import Backbone
+from aloop.campaign import CommitteeSettings, FinetuneSettings
 from aloop.committee import Committee, TrainingSet, _Objective, force_penalty
 
 
@@ -23,12 +24,12 @@ def test_force_penalty_zero_inside_threshold_quartic_outside():
 def test_members_made_elsewhere_predict_like_fitted_ones():
     theta0 = np.zeros(3)
     feats = Features(np.array([[1.0, 0, 0], [0, 2.0, 1.0]]), np.zeros(2), np.array([1, 2]))
-    committee = Committee(theta0, size=2).use_members([[1.0, 0, 0], [3.0, 1.0, 1.0]])
+    committee = make_committee(theta0, size=2).use_members([[1.0, 0, 0], [3.0, 1.0, 1.0]])
     mean, std = committee.predict(feats)
     np.testing.assert_allclose(mean, [2.0, 1.5])
     assert np.isnan(committee.objective_).all()
     with pytest.raises(ValueError, match=r"expected members of shape \(2, 3\), got \(3,\)"):
-        Committee(theta0, size=2).use_members([1.0, 2.0, 3.0])
+        make_committee(theta0, size=2).use_members([1.0, 2.0, 3.0])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def training_set(feats, jac, y, idx):
 def fit(bb, feats, jac, y, idx, **kw):
     settings = dict(size=4, force_weight=0.0, noise_floor=0.002)
     settings.update(kw)
-    return Committee(bb.theta0, **settings).fit(training_set(feats, jac, y, idx), 1, moment=feature_moment(feats))
+    return make_committee(bb.theta0, **settings).fit(training_set(feats, jac, y, idx), 1, moment=feature_moment(feats))
 
 
 def test_fine_tuning_learns_the_labels_and_spread_shrinks_with_data(problem):
@@ -120,16 +121,16 @@ def test_fit_does_not_depend_on_row_order_or_on_other_labels(problem):
     np.testing.assert_allclose(two.thetas_, one.thetas_, rtol=1e-8, atol=1e-8 * np.abs(one.thetas_).max())
     again = fit(bb, feats, jac, y, idx, **settings)
     np.testing.assert_array_equal(again.thetas_, one.thetas_)  # the same inputs: the same bits
-    committee = Committee(bb.theta0, size=3)
+    committee = make_committee(bb.theta0, size=3)
     np.testing.assert_array_equal(committee.weights(np.arange(20))[:, :10], committee.weights(np.arange(10)))
-    other_seed = Committee(bb.theta0, size=3, seed=1)
+    other_seed = make_committee(bb.theta0, size=3, seed=1)
     assert not np.allclose(other_seed.weights(np.arange(10)), committee.weights(np.arange(10)))
 
 
 def test_a_committee_needs_two_members(problem):
     bb, *_ = problem
-    with pytest.raises(ValueError, match="at least 2"):
-        Committee(bb.theta0, size=1)
+    with pytest.raises(ValueError, match="at least 2"):   # the schema refuses it too; the class must as well
+        Committee.from_settings(bb.theta0, CommitteeSettings.model_construct(size=1), FinetuneSettings())
 
 
 def test_export_loads_in_mace_calculator_with_member_energies(problem, tmp_path):
@@ -148,16 +149,16 @@ def test_export_loads_in_mace_calculator_with_member_energies(problem, tmp_path)
 def test_predict_before_fit_and_checkpoint_round_trip(problem, tmp_path):
     bb, feats, jac, y = problem
     with pytest.raises(RuntimeError, match="before fit"):
-        Committee(bb.theta0).predict(feats)
+        make_committee(bb.theta0).predict(feats)
     committee = fit(bb, feats, jac, y, np.arange(10))
     committee.save(tmp_path / "c.npz")
-    again = Committee(bb.theta0).load(tmp_path / "c.npz")
+    again = make_committee(bb.theta0).load(tmp_path / "c.npz")
     np.testing.assert_array_equal(again.thetas_, committee.thetas_)
     with pytest.raises(ValueError, match="different base model"):
-        Committee(bb.theta0 + 1).load(tmp_path / "c.npz")
+        make_committee(bb.theta0 + 1).load(tmp_path / "c.npz")
     np.savez(tmp_path / "old.npz", thetas=committee.thetas_, theta0=bb.theta0, val_score=np.zeros(4))
     with pytest.raises(ValueError, match="earlier aloop"):
-        Committee(bb.theta0).load(tmp_path / "old.npz")
+        make_committee(bb.theta0).load(tmp_path / "old.npz")
 
 
 def test_force_threshold_per_atom_is_the_value_times_root_n(problem):
@@ -165,7 +166,7 @@ def test_force_threshold_per_atom_is_the_value_times_root_n(problem):
     is the one with t √3; with N mixed, each configuration gets its own."""
     bb, feats, jac, y = problem
     idx = np.arange(30)
-    per_atom = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.03, threshold_per_atom=True)
+    per_atom = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold_per_atom=0.03)
     whole = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.03 * np.sqrt(3))
     assert np.all(per_atom.newton_steps_ > 0)   # the threshold is active, so it matters
     np.testing.assert_allclose(per_atom.thetas_, whole.thetas_, rtol=1e-9, atol=1e-12)

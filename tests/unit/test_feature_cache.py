@@ -5,10 +5,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import make_committee
 
 from aloop import acquisition, arrays
 from aloop.arrays import Features, feature_moment
-from aloop.committee import Committee
 from aloop.feature_cache import FeatureCache, PoolRows, stream_predict
 
 P = 6
@@ -74,7 +74,7 @@ def test_streamed_pool_work_matches_the_in_memory_arrays(pool, monkeypatch, bloc
     monkeypatch.setattr(arrays, "BLOCK", block)
     cache, feats = pool
     ids = list(range(1, 301))
-    committee = Committee(np.zeros(P), size=4)
+    committee = make_committee(np.zeros(P), size=4)
     committee.thetas_ = np.random.default_rng(4).normal(size=(4, P))
     rows = PoolRows(cache, ids)
     x = feats.a / feats.n_atoms[:, None]
@@ -108,7 +108,7 @@ def test_pool_work_streams_in_bounded_memory(tmp_path, monkeypatch):
     for lo in range(0, n, 5000):
         cache.write(list(range(lo + 1, lo + 5001)), random_features(5000, rng, width))
     rows = PoolRows(cache, list(range(1, n + 1)))
-    committee = Committee(np.zeros(width), size=8)
+    committee = make_committee(np.zeros(width), size=8)
     committee.thetas_ = rng.normal(size=(8, width))
     tracemalloc.start()
     _, std = stream_predict(committee, rows)

@@ -5,8 +5,14 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from conftest import h3, h3_set
 
+from aloop.campaign_labelers import ReplaySettings
 from aloop.labelers import DONE, FAILED, PENDING, Label, LabelError
 from aloop.labelers.replay import ReplayLabeler, stored_energy
+
+
+def replay(folder, path, **settings) -> ReplayLabeler:
+    """The labeler a campaign's section with these settings builds (the schema's defaults for the rest)."""
+    return ReplayLabeler.from_settings(folder, ReplaySettings(kind="replay", path=path, **settings))
 
 
 def test_replay_matches_by_position_within_tolerance(tmp_path):
@@ -14,7 +20,7 @@ def test_replay_matches_by_position_within_tolerance(tmp_path):
     for i, a in enumerate(frames):
         a.info.update(energy=-40.0 - i, energy_sigma=0.01 * i)
     write(tmp_path / "labels.extxyz", frames)
-    labeler = ReplayLabeler(tmp_path / "jobs", tmp_path / "labels.extxyz", sigma_key="energy_sigma", tolerance=1e-3)
+    labeler = replay(tmp_path / "jobs", tmp_path / "labels.extxyz", sigma_key="energy_sigma", tolerance=1e-3)
     probe = frames[2].copy()
     probe.positions += 5e-4
     labeler.submit("k2", probe)
@@ -32,7 +38,7 @@ def test_replay_matches_by_position_within_tolerance(tmp_path):
 def test_replay_file_without_energies_names_the_key(tmp_path):
     write(tmp_path / "bare.extxyz", h3_set(2))
     with pytest.raises(ValueError, match="labeler.energy_key"):
-        ReplayLabeler(tmp_path / "jobs", tmp_path / "bare.extxyz", energy_key="e_qmc")
+        replay(tmp_path / "jobs", tmp_path / "bare.extxyz", energy_key="e_qmc")
 
 
 def test_energies_of_a_calculator_stored_by_extxyz_are_found_under_their_own_keys(tmp_path):
@@ -47,7 +53,7 @@ def test_energies_of_a_calculator_stored_by_extxyz_are_found_under_their_own_key
     assert "free_energy" not in back[1].info and back[1].calc is not None   # where ASE puts it
     assert [stored_energy(back[1], k) for k in ("energy", "free_energy", "e_qmc")] == [-2.0, -2.5, -3.0]
     assert stored_energy(back[1], "energies") is None    # per atom: not an energy of the configuration
-    labeler = ReplayLabeler(tmp_path / "jobs", tmp_path / "calc.extxyz", energy_key="free_energy")
+    labeler = replay(tmp_path / "jobs", tmp_path / "calc.extxyz", energy_key="free_energy")
     labeler.submit("k", frames[2])
     assert labeler.collect("k").energy == pytest.approx(-3.5)
 

@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 from ase.units import Hartree
 
-from aloop.campaign import PyQMCLabeler as PyQMCSection
+from aloop.campaign_labelers import PyQMCSettings
 from aloop.labelers import FAILED, LabelError, make_labeler
 from aloop.labelers.pyqmc import PyQMCLabeler, WavefunctionStore, fingerprint, initial_walkers
 from aloop.labelers.pyscf import build_molecule, run_scf
@@ -14,11 +14,18 @@ from aloop.labelers.reblock import reblock
 
 H2_EXACT_HARTREE = -1.1744757   # Born-Oppenheimer, R = 0.7414 Å (Kolos & Wolniewicz)
 H2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7414]])
+
+
+def pyqmc(folder, **settings) -> PyQMCLabeler:
+    """The labeler a campaign's section with these settings builds (the schema's defaults for the rest)."""
+    return PyQMCLabeler.from_settings(folder, PyQMCSettings(kind="pyqmc", **settings))
+
+
 SHORT = dict(basis="cc-pvdz", timestep=0.05, walkers=100, blocks=100, equilibration=20, optimize_steps=3, seed=1)
 
 
 def test_short_dmc_on_h2_reaches_the_exact_energy(tmp_path):
-    label = PyQMCLabeler(tmp_path, **SHORT).compute(H2)
+    label = pyqmc(tmp_path, **SHORT).compute(H2)
     p = label.provenance
     e, sigma = label.energy / Hartree, label.sigma / Hartree
     # H2 has no nodes (one electron of each spin), so DMC is exact up to the timestep and the
@@ -39,7 +46,7 @@ def test_short_dmc_on_h2_reaches_the_exact_energy(tmp_path):
     # the next, nearby configuration starts from this Jastrow with the warm-start step count
     stretched = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.80]])
     quick = {**SHORT, "blocks": 20, "equilibration": 0, "walkers": 20, "warm_optimize_steps": 0}
-    again = PyQMCLabeler(tmp_path, **quick).compute(stretched).provenance["jastrow"]
+    again = pyqmc(tmp_path, **quick).compute(stretched).provenance["jastrow"]
     assert again["start"] == p["jastrow"]["saved_as"] == fingerprint(H2, 0, 0)
     assert again["optimize_steps"] == 0
     assert again["distance_rms_angstrom"] == pytest.approx(0.80 - 0.7414, abs=1e-6)
@@ -111,17 +118,17 @@ def test_reblocking_recovers_the_error_of_a_correlated_series():
     ({"spin": -1}, r"labeler\.spin"),
 ])
 def test_bad_settings_name_the_field(tmp_path, settings, message):
-    with pytest.raises(ValueError, match=message):
-        PyQMCLabeler(tmp_path, **settings)
+    with pytest.raises(ValueError, match=message):   # the labeler's own checks, the schema's left out
+        PyQMCLabeler.from_settings(tmp_path, PyQMCSettings.model_construct(kind="pyqmc", **settings))
 
 
 def test_campaign_section_builds_the_labeler(tmp_path):
-    section = PyQMCSection(kind="pyqmc", basis="cc-pVDZ", spin=1, walkers=200)
+    section = PyQMCSettings(kind="pyqmc", basis="cc-pVDZ", spin=1, walkers=200)
     labeler = make_labeler(section, tmp_path, "c")
     assert isinstance(labeler, PyQMCLabeler) and labeler.name == "pyqmc"
     assert (labeler.basis, labeler.spin, labeler.walkers, labeler.steps_per_block) == ("cc-pVDZ", 1, 200, 5)
     with pytest.raises(ValueError, match="unknown basis"):
-        PyQMCSection(kind="pyqmc", basis="no-such-basis")
+        PyQMCSettings(kind="pyqmc", basis="no-such-basis")
 
 
 def test_campaign_file_errors_name_the_pyqmc_field(tmp_path):
@@ -143,7 +150,7 @@ def test_campaign_file_errors_name_the_pyqmc_field(tmp_path):
 
 
 def test_periodic_cell_is_a_failed_job(tmp_path):
-    labeler = PyQMCLabeler(tmp_path, basis="sto-3g")
+    labeler = pyqmc(tmp_path, basis="sto-3g")
     labeler.submit("cell", Atoms("H2", positions=H2.positions, cell=[5, 5, 5], pbc=True))
     assert labeler.poll("cell") == FAILED
     with pytest.raises(LabelError, match="periodic cells are not supported"):

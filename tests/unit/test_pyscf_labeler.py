@@ -4,6 +4,7 @@ from ase import Atoms
 from ase.units import Hartree
 from pyscf import gto, scf
 
+from aloop.campaign_labelers import PySCFSettings
 from aloop.labelers.base import DONE, FAILED, LabelError
 from aloop.labelers.pyscf import PySCFLabeler, energy_and_forces, single_point
 
@@ -11,8 +12,13 @@ H2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
 H3_BENT = Atoms("H3", positions=[[0, 0, 0], [0.95, 0, 0], [1.6, 0.7, 0.1]])
 
 
+def pyscf(folder, **settings) -> PySCFLabeler:
+    """The labeler a campaign's section with these settings builds (the schema's defaults for the rest)."""
+    return PySCFLabeler.from_settings(folder, PySCFSettings(kind="pyscf", **settings))
+
+
 def test_h2_hf_energy_matches_direct_pyscf(tmp_path):
-    label = PySCFLabeler(tmp_path, method="hf", basis="sto-3g").compute(H2)
+    label = pyscf(tmp_path, method="hf", basis="sto-3g").compute(H2)
     direct = scf.RHF(gto.M(atom="H 0 0 0; H 0 0 0.74", basis="sto-3g", verbose=0)).kernel()
     assert label.energy == pytest.approx(direct * Hartree, abs=1e-7)
     assert label.sigma == 0.0
@@ -23,14 +29,14 @@ def test_h2_hf_energy_matches_direct_pyscf(tmp_path):
 
 
 def test_h_atom_is_a_doublet(tmp_path):
-    label = PySCFLabeler(tmp_path, method="hf", basis="sto-3g").compute(Atoms("H"))
+    label = pyscf(tmp_path, method="hf", basis="sto-3g").compute(Atoms("H"))
     assert label.provenance["spin"] == 1
     assert label.provenance["reference"] == "UHF"
     assert label.energy == pytest.approx(-0.466581849 * Hartree, abs=1e-6)
 
 
 def test_open_shell_ccsd_t_has_correlation_parts(tmp_path):
-    label = PySCFLabeler(tmp_path, method="ccsd(t)", basis="sto-3g").compute(H3_BENT)
+    label = pyscf(tmp_path, method="ccsd(t)", basis="sto-3g").compute(H3_BENT)
     prov = label.provenance
     assert prov["reference"] == "UHF"
     assert prov["e_corr_hartree"] < 0
@@ -43,14 +49,14 @@ def test_open_shell_reference_follows_internal_instabilities(tmp_path):
     stretched = Atoms("H3", positions=[[0, 0, 0], [2.0, 0, 0], [4.0, 0, 0]])
     mol = gto.M(atom="H 0 0 0; H 2 0 0; H 4 0 0", basis="sto-3g", spin=1, verbose=0)
     default_guess = scf.UHF(mol).kernel() * Hartree
-    label = PySCFLabeler(tmp_path, method="hf", basis="sto-3g").compute(stretched)
+    label = pyscf(tmp_path, method="hf", basis="sto-3g").compute(stretched)
     assert label.energy < default_guess - 1.0
     assert label.provenance["stability"] == "internal instabilities followed"
 
 
 @pytest.mark.parametrize("method", ["mp2", "ccsd"])
 def test_closed_shell_correlated_methods_lower_the_hf_energy(tmp_path, method):
-    label = PySCFLabeler(tmp_path, method=method, basis="sto-3g").compute(H2)
+    label = pyscf(tmp_path, method=method, basis="sto-3g").compute(H2)
     assert label.provenance["reference"] == "RHF"
     assert label.provenance["e_corr_hartree"] < 0
     assert label.energy < label.provenance["e_scf_hartree"] * Hartree
@@ -58,14 +64,14 @@ def test_closed_shell_correlated_methods_lower_the_hf_energy(tmp_path, method):
 
 def test_unknown_method_and_basis_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"labeler\.method.*ccsd\(t\)"):
-        PySCFLabeler(tmp_path, method="ccsdtq-magic")
+        pyscf(tmp_path, method="ccsdtq-magic")
     with pytest.raises(ValueError, match=r"labeler\.basis"):
-        PySCFLabeler(tmp_path, basis="aug-cc-pvtz-nonsense")
-    PySCFLabeler(tmp_path, method="PBE", basis="aug-cc-pVTZ")
+        pyscf(tmp_path, basis="aug-cc-pvtz-nonsense")
+    pyscf(tmp_path, method="PBE", basis="aug-cc-pVTZ")
 
 
 def test_inconsistent_spin_is_a_label_error(tmp_path):
-    labeler = PySCFLabeler(tmp_path, method="hf", basis="sto-3g", spin=1)
+    labeler = pyscf(tmp_path, method="hf", basis="sto-3g", spin=1)
     with pytest.raises(LabelError, match="H2"):
         labeler.compute(H2)
     labeler.submit("h2", H2)
@@ -77,7 +83,7 @@ def test_inconsistent_spin_is_a_label_error(tmp_path):
 def test_unconverged_scf_is_a_label_error(tmp_path, monkeypatch):
     monkeypatch.setattr(scf.hf.SCF, "max_cycle", 1)
     with pytest.raises(LabelError, match="did not converge"):
-        PySCFLabeler(tmp_path, method="hf", basis="sto-3g").compute(H3_BENT)
+        pyscf(tmp_path, method="hf", basis="sto-3g").compute(H3_BENT)
 
 
 def _central_difference(atoms, method, direction, step=1e-3):
@@ -119,7 +125,7 @@ def test_forces_refused_for_correlated_methods():
 
 
 def test_local_round_trip_computes_once(tmp_path):
-    labeler = PySCFLabeler(tmp_path, method="hf", basis="sto-3g")
+    labeler = pyscf(tmp_path, method="hf", basis="sto-3g")
     calls = []
     compute = labeler.compute
     labeler.compute = lambda atoms: calls.append(1) or compute(atoms)

@@ -15,7 +15,7 @@ from ase.units import Bohr
 
 from conftest import write_pseudos
 
-from aloop.campaign import QMCPACKLabeler as Spec
+from aloop.campaign_labelers import QMCPACKSettings
 from aloop.campaign import load_campaign
 from aloop.labelers import PENDING, LabelError
 from aloop.labelers.qmcpack import QMCPACKLabeler, array_ranges
@@ -25,11 +25,11 @@ from aloop.labelers.qmcpack_jastrow import splice
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spec(folder: Path, **changes) -> Spec:
+def spec(folder: Path, **changes) -> QMCPACKSettings:
     data = {"kind": "qmcpack", "ecut": 300, "pseudopotentials": write_pseudos(folder, {"Mo": 14, "S": 6}),
             "timesteps": [0.02, 0.01], "equilibration": [20, 40], "blocks": 200, "min_blocks": 50}
     data.update(changes)
-    return Spec.model_validate(data, context={"base_dir": str(folder)})
+    return QMCPACKSettings.model_validate(data, context={"base_dir": str(folder)})
 
 
 def mos2(charge=None, spin=None):
@@ -230,7 +230,7 @@ def test_mos2_example_queues_a_job_a_qmcpack_user_recognises(tmp_path):
     if (ROOT / "campaigns" / "mos2-svac" / "base_chgnet.model").exists():   # the whole file is valid
         assert load_campaign(campaign).labeler.kind == "qmcpack"
     section = yaml.safe_load(campaign.read_text())["labeler"]
-    settings = Spec.model_validate(section, context={"base_dir": str(campaign.parent)})
+    settings = QMCPACKSettings.model_validate(section, context={"base_dir": str(campaign.parent)})
     assert settings.pseudopotentials["Mo"].upf == ROOT / "campaigns/mos2-svac/pseudo/Mo.ccECP.AREP.upf"
     # the ccECP files are the user's to fetch: stand-ins with the same names and valences
     for el, z in (("Mo", 14), ("S", 6)):
@@ -240,7 +240,7 @@ def test_mos2_example_queues_a_job_a_qmcpack_user_recognises(tmp_path):
         write_pseudos(tmp_path, {el: z})
         for kind in ("upf", "xml"):
             (tmp_path / f"{el}.{kind}").rename(entry[kind])
-    settings = Spec.model_validate(section, context={"base_dir": str(campaign.parent)})
+    settings = QMCPACKSettings.model_validate(section, context={"base_dir": str(campaign.parent)})
     atoms = read(structure)
     QMCPACKLabeler(tmp_path / "queue", settings).submit("cand0000001", atoms)
     job = tmp_path / "queue" / "cand0000001"

@@ -172,7 +172,7 @@ def test_not_a_run_dir(tmp_path, func):
 
 
 def test_label_axis_ticks_every_iteration_and_numbers_at_most_15():
-    from aloop.report import label_ticks
+    from aloop.plots import label_ticks
 
     assert label_ticks([4, 8, 8, 12, 15]) == ([4, 8, 12, 15], [])   # a count repeats when a batch all failed
     counts = list(range(5, 151, 5))

@@ -1,0 +1,202 @@
+"""The report's figures: learning curve, observables, pool uncertainty and parity, as PNG files.
+
+Functions of the iteration records and of arrays read by aloop.report; the parity plot also reads
+the labelled rows and the cached features. docs/reading-the-plots.md explains how to read each plot.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+# Figure objects are drawn with matplotlib's Agg renderer when saved as PNG; avoiding pyplot keeps
+# the process-wide backend (and any interactive session that imports aloop) untouched.
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, LogFormatter, NullFormatter, ScalarFormatter
+
+from .feature_cache import FeatureCache
+from .store import LABELLED, RunStore
+
+DPI = 120
+MAX_LABELLED_TICKS = 15   # more numbers than this along one axis are no longer read
+PLOTS = ("learning_curve", "observables", "uncertainty", "parity")
+
+
+def label_ticks(xs, most: int = MAX_LABELLED_TICKS) -> tuple[list, list]:
+    """(labelled, unlabelled) ticks of a log axis of label counts: a tick at every iteration's count;
+    with more than `most` counts, only counts at least 1/`most` of the axis apart (and always the
+    first and last) carry a number, the others a bare tick mark."""
+    counts = sorted(set(xs))
+    if len(counts) <= most:
+        return counts, []
+    gap = np.log(counts[-1] / counts[0]) / most
+    labelled = [counts[0]]
+    for t in counts[1:-1]:
+        if np.log(t / labelled[-1]) >= gap and np.log(counts[-1] / t) >= gap:
+            labelled.append(t)
+    labelled.append(counts[-1])
+    return labelled, [t for t in counts if t not in labelled]
+
+
+def _labels_axis(ax, xs) -> None:
+    """Log x axis of label counts, ticked as plain numbers at the run's own counts (label_ticks)."""
+    lo, hi = min(xs), max(xs)
+    labelled, bare = label_ticks(xs)
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 1.2, hi * 1.2)
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
+    ax.xaxis.set_minor_locator(FixedLocator(bare))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())   # log axes label minor ticks 2×10¹-style otherwise
+    if len(labelled) > 8:   # close counts on a log axis: upright numbers would overprint
+        ax.tick_params(axis="x", which="major", labelrotation=90, labelsize="small")
+    ax.set_xlabel("high-fidelity labels")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _log_y(ax) -> None:
+    # LogFormatter writes 20, 30, 50 rather than 2×10¹, and thins minor labels on wide ranges itself.
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
+
+
+def _plot(ax, xs, ys, style, **kw) -> None:
+    """Plot the points a log axis can show (not a missing value, not a zero error); nothing at all,
+    so no empty legend entry, when none are left."""
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None and np.isfinite(y) and y > 0]
+    if pts:
+        ax.plot(*zip(*pts), style, **kw)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def learning_curve(records, out: Path) -> Path:
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    n = [r["n_labels"] for r in records]
+    prosp = [r["prospective"] or {} for r in records]
+    test = [r["test"] or {} for r in records]
+    series = [(prosp, "rmse", "o-", "C0", "prospective batch RMSE (before training on it)"),
+              (prosp, "mean_sigma", "--", "C0", "batch mean committee σ"),
+              (test, "rmse", "s-", "C1", "held-out test RMSE")]
+    for values, key, style, color, label in series:
+        _plot(ax, n, [v.get(key, np.nan) * 1000 for v in values], style, color=color, label=label)
+    if not ax.lines:   # iteration 0 alone, no test set: say so rather than draw empty axes
+        ax.text(0.5, 0.5, "no prospective batch yet (the first batch has no prediction)\nand no test set",
+                transform=ax.transAxes, ha="center", va="center", color="gray")
+    _log_y(ax)
+    ax.set_ylabel("energy error (meV per configuration)")
+    _labels_axis(ax, n)
+    ax.set_title("Learning curve")
+    if ax.lines:
+        ax.legend(fontsize="small")
+    return _save(fig, out / "learning_curve.png")
+
+
+def observables(records, specs: dict, base: dict, stop: str | None, out: Path) -> Path:
+    names = list(records[-1]["observables"])
+    fig = Figure(figsize=(8.4, 3.4 * len(names)))
+    x = np.array([r["n_labels"] for r in records])
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, i + 1)
+        vals = [r["observables"].get(name) for r in records]
+        mean = np.array([v["mean"] if v else np.nan for v in vals])
+        std = np.array([v["std"] if v else np.nan for v in vals])
+        ax.plot(x, mean, "o-", color="C0", label="committee mean")
+        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.25, label="±1 std of members")
+        spec = specs.get(name, {})
+        if name in base:
+            ax.axhline(base[name]["mean"], color="gray", ls=":", label="base model")
+        if spec.get("reference") is not None:
+            ax.axhline(spec["reference"], color="k", ls="-", lw=1.2, label="high-fidelity reference")
+        if spec.get("low_fidelity") is not None:
+            ax.axhline(spec["low_fidelity"], color="C3", ls="-.", label="low-fidelity value")
+        if stop:
+            ax.axvline(x[-1], color="C2", lw=1, label="campaign stopped")
+        _labels_axis(ax, x)
+        ax.set_ylabel(f"{name} (eV)")
+        # Beside the panel: the reference lines run across the whole width, any inside spot hides one.
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, out / "observables.png")
+
+
+def uncertainty(records, ratio, stop: str | None, out: Path) -> Path:
+    fig = Figure(figsize=(6.4, 5.0))
+    ax = fig.add_subplot()
+    n = [r["n_labels"] for r in records]
+    pool = [r["pool_sigma"] or {} for r in records]
+    _plot(ax, n, [p.get("median", np.nan) * 1000 for p in pool], "o-", label="pool σ, median")
+    _plot(ax, n, [p.get("p95", np.nan) * 1000 for p in pool], "^-", label="pool σ, 95th percentile")
+    noise = [r["label_noise_median"] * (ratio or 1.0) * 1000 if r["label_noise_median"] else None for r in records]
+    _plot(ax, n, noise, "k--", label=f"stop threshold: {ratio or 1:g} × label noise (median)")
+    if stop:
+        ax.axvline(n[-1], color="C2", lw=1)
+        short = stop.split(":")[0][:40]   # the rule's name; the full sentence is in summary.md
+        ax.annotate(f"stopped: {short}", xy=(n[-1], 1), xycoords=("data", "axes fraction"), xytext=(-4, -4),
+                    textcoords="offset points", ha="right", va="top", fontsize="small", color="C2")
+    _log_y(ax)
+    ax.set_ylabel("committee σ (meV per configuration)")
+    _labels_axis(ax, n)
+    ax.set_title("Uncertainty over the unlabelled pool")
+    # Below the axes: inside, it would hide either the threshold line or the stop note.
+    if ax.lines:
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    return _save(fig, out / "uncertainty.png")
+
+
+def parity(store: RunStore, thetas, trained_in: int, out: Path) -> tuple[Path | None, dict]:
+    """Returns the plot (None without labels) and the RMSEs (eV) drawn on it."""
+    rows = store.rows(state=LABELLED)
+    if not rows:
+        return None, {}
+    ref = np.array([r.energy_hf for r in rows])
+    offset = ref.mean()   # shown relative to the labels' mean: absolute energies are ~1e2–1e4 eV
+    fig = Figure(figsize=(5.6, 5.6))
+    ax = fig.add_subplot()
+    rmse = {}
+    pred = np.array([r.get("pred_energy", np.nan) for r in rows], dtype=float)
+    ok = np.isfinite(pred)   # the first batch is chosen without a committee: no prediction
+    if ok.any():
+        rmse["prospective"] = float(np.sqrt(np.mean((pred[ok] - ref[ok]) ** 2)))
+        sig = np.array([r.get("pred_sigma", np.nan) for r in rows], dtype=float)[ok]
+        ax.errorbar(ref[ok] - offset, pred[ok] - offset, yerr=np.where(np.isfinite(sig), sig, 0), fmt="o",
+                    ms=4, alpha=0.7, capsize=2,
+                    label=f"prospective, ±σ (n={ok.sum()}, RMSE {rmse['prospective'] * 1000:.1f} meV)")
+    series = []
+    folder = store.layout.cache / "features"
+    if thetas is not None and (folder / "done.npy").exists():
+        cache = FeatureCache(folder, thetas.shape[1])
+        absent = set(cache.missing([r.id for r in rows]))
+        # Only what it was trained on: a label that came in after the checkpoint would be prospective.
+        have = [j for j, r in enumerate(rows) if r.id not in absent and r.get("iteration", 0) <= trained_in]
+        if have:
+            f = cache.read([rows[j].id for j in have])
+            series.append(("final", "final committee, labelled", ref[have], f.energies(thetas).mean(0), offset, "s"))
+    test = store.layout.cache / "test_features.npz"
+    if thetas is not None and test.exists():
+        with np.load(test) as f:
+            y = f["y"]
+            series.append(("test", "final committee, test set", y, (thetas @ f["a"].T + f["e"]).mean(0),
+                           y.mean(), "^"))  # its own offset: the test set may be another system
+    for key, label, y, p, off, marker in series:
+        if len(y):
+            rmse[key] = float(np.sqrt(np.mean((p - y) ** 2)))
+            ax.plot(y - off, p - off, marker, ms=4, alpha=0.7,
+                    label=f"{label} (n={len(y)}, RMSE {rmse[key] * 1000:.1f} meV)")
+    if not rmse:   # labels but nothing to compare them with (no prediction, no checkpoint yet)
+        return None, {}
+    lims = np.array(ax.get_xlim() + ax.get_ylim())
+    lo, hi = lims.min(), lims.max()
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, zorder=0)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("high-fidelity label, E − ⟨E⟩ (eV)")
+    ax.set_ylabel("predicted, E − ⟨E⟩ (eV)")
+    ax.set_title("Parity (⟨E⟩: mean of each set's labels)")
+    ax.legend(fontsize="small")
+    return _save(fig, out / "parity.png"), rmse
