@@ -287,8 +287,9 @@ class _Objective:
             g, H = self.gradient_hessian(theta, w, centre, s2)
             try:
                 d = -cho_solve(cho_factor(H), g)
-            except LinAlgError:  # cannot happen for J's Hessian (≥ 2I/s²), kept as a clear message
-                raise NotConverged("committee fit: the Hessian is not positive definite") from None
+            except LinAlgError:  # J's Hessian is ≥ 2I/s²: only non-finite inputs (a corrupt cache) get here
+                raise NotConverged("committee fit: the Hessian is not positive definite; the training set holds "
+                                   "non-finite features, forces or labels") from None
             decrement = -float(g @ d)  # ≈ 2 × (J − min J) near the minimiser
             if decrement <= 1e-12 * max(abs(value), 1.0):
                 # inside the quadratic region: the full step costs nothing and removes the last digits
