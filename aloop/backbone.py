@@ -87,6 +87,7 @@ class Backbone:
             [m.weight.detach().cpu().numpy().ravel() for m in self._targets] + [self._e0().numpy()]
         )
         self.n_params = len(self.theta0)
+        self._theta_model: tuple[bytes | None, torch.nn.Module | None] = (None, None)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", head: str | None = None) -> "Backbone":
@@ -207,23 +208,25 @@ class Backbone:
         bar.close()
         return result
 
-    def energy_forces(self, atoms_list, batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Base-model energies [M] and forces of many configurations, in as few model calls as possible."""
+    def energy_forces(self, atoms_list, batch_size: int = 64,
+                      theta: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Energies [M] and forces of many configurations, in as few model calls as possible: of the
+        base model, or of the model whose readouts carry `theta`."""
+        model = self.model if theta is None else self._float64_model(theta)
         energies, forces = [], []
         for batch in self.batches(atoms_list, batch_size):
-            out = self.model(batch, training=False, compute_force=True)
+            out = model(batch, training=False, compute_force=True)
             energies.append(out["energy"].detach().reshape(-1).cpu().numpy())
             f = out["forces"].detach().cpu().numpy()
             ptr = batch["ptr"].cpu().numpy()
             forces.extend(f[lo:hi].astype(np.float64) for lo, hi in zip(ptr[:-1], ptr[1:]))
         return np.concatenate(energies), forces
 
-    def model_with(self, theta: np.ndarray) -> torch.nn.Module:
-        """An ordinary MACE model (the source file's class and dtype) whose readouts carry θ."""
+    def _write_theta(self, model: torch.nn.Module, theta: np.ndarray) -> torch.nn.Module:
+        """`model` (a copy of the source model) with θ in its readouts and E0, in place."""
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (self.n_params,):
             raise ValueError(f"θ has shape {theta.shape}, expected ({self.n_params},)")
-        model = copy.deepcopy(self.template)
         with torch.no_grad():
             for readout, sl in zip(model.readouts, self.slices[:-1]):
                 target = self._output_linear(readout)
@@ -236,7 +239,19 @@ class Backbone:
                 buf[:, self.head_index] = e0
             else:
                 buf[self.head_index, :] = e0
-        return model.to(self.source_dtype)
+        return model
+
+    def _float64_model(self, theta: np.ndarray) -> torch.nn.Module:
+        """The backbone's float64 model with θ in its readouts; the last one is kept, since a path
+        relaxation asks for the same θ a few hundred times."""
+        key = np.asarray(theta, dtype=np.float64).tobytes()
+        if self._theta_model[0] != key:
+            self._theta_model = (key, self._write_theta(copy.deepcopy(self.model), theta))
+        return self._theta_model[1]
+
+    def model_with(self, theta: np.ndarray) -> torch.nn.Module:
+        """An ordinary MACE model (the source file's class and dtype) whose readouts carry θ."""
+        return self._write_theta(copy.deepcopy(self.template), theta).to(self.source_dtype)
 
     def export(self, theta: np.ndarray, path: str | Path) -> Path:
         path = Path(path)

@@ -202,6 +202,9 @@ class BarrierObservable(Section):
     kind: Literal["barrier"]
     name: str
     path: str
+    # true: the committee mean's own CI-NEB, re-relaxed each iteration (end points too), started from
+    # the pool source's path; false: the energies along the base model's frozen pool images
+    relax: bool = True
     reference: Optional[float] = None
     low_fidelity: Optional[float] = None
 

@@ -30,6 +30,11 @@ def fork_run(source: str | Path, dest: str | Path, iteration: int, share: tuple[
         saved = source.committee(it)
         if saved.exists():
             shutil.copy2(saved, dest.committee(it))
+    # the observables' relaxed paths of the iterations kept: the next one starts from the last
+    for saved in source.paths.glob("*/*.extxyz") if source.paths.is_dir() else []:
+        if saved.stem == "base" or int(saved.stem.removeprefix("iter_")) < iteration:
+            (dest.paths / saved.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(saved, dest.paths / saved.parent.name / saved.name)
     for name in share:
         shared, link = getattr(source, name), getattr(dest, name)
         shared.mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, binding, measure, metrics, provenance
+from . import __version__, acquisition, binding, measure, metrics, provenance, reaction_path
 from .arrays import Features, ForceJacobian, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
@@ -125,6 +125,25 @@ class CampaignRun:
             bound = self.store.get_meta("binding")
             bound[binding.SOURCE + spec.name] = self.fields[binding.SOURCE + spec.name]
             self.store.set_meta("binding", bound)
+
+    def add_path_points(self, iteration: int) -> None:
+        """The end points and saddle of each relaxed observable path of `iteration` join the pool as
+        candidates of source `path:NAME`, through the same screening as every source: a strategy can
+        then label the configurations that decide the barrier. Repeats of earlier points are not added."""
+        for obs in self.campaign.evaluation.observables:
+            relaxed = reaction_path.load(self.layout.path(obs.name, iteration)) if obs.relax else None
+            if relaxed is None:
+                continue
+            source = f"path:{obs.name}"
+            earlier = self.store.source_ids(source)
+            seen = Geometries()
+            for atoms in self.store.atoms(earlier + self.store.source_ids(obs.path)):
+                seen.add(atoms)
+            points = reaction_path.key_points(relaxed)
+            keep, _ = screen(points, self.campaign.pool.min_distance, seen)
+            if keep:
+                self.store.add_candidates([points[i] for i in keep], source, added=iteration,
+                                          indices=list(range(len(earlier), len(earlier) + len(keep))))
 
     def features(self, ids: list[int]) -> Features:
         """Backbone features of candidates in memory, computed once per candidate and kept in cache/."""
@@ -295,7 +314,11 @@ class CampaignRun:
                 t = time.time()
                 committee = self.train(iteration)
                 seconds["train"] = time.time() - t
-            record = measure.iteration_record(self, iteration, committee, seconds)
+            t = time.time()
+            observed = measure.observables(self, committee, iteration)
+            seconds["observables"] = time.time() - t
+            self.add_path_points(iteration)
+            record = measure.iteration_record(self, iteration, committee, seconds, observed)
             records.append(record)
             reason = metrics.stop_reason(self.campaign, records)
             record["stop"] = reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from ase.io import read
 
-from . import metrics
+from . import metrics, reaction_path
 from .arrays import Features
 from .feature_cache import stream_predict
 from .files import file_digest
@@ -35,10 +35,37 @@ def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
     return feats, y
 
 
-def observable_values(run, thetas: np.ndarray) -> dict[str, np.ndarray]:
-    """Each observable (a barrier along a pool source's images) for every θ of `thetas` [K, P]."""
-    return {obs.name: metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(thetas))
-            for obs in run.campaign.evaluation.observables}
+def observables(run, committee, iteration: int) -> dict[str, dict]:
+    """Each observable's record for the committee of `iteration`: a barrier on the committee mean's
+    own relaxed path (`relax: true`, see reaction_path) or along the pool source's frozen images."""
+    base_observables(run)   # first: the committee's first path starts from the base model's
+    out = {}
+    for obs in run.campaign.evaluation.observables:
+        if obs.relax:
+            path = reaction_path.relaxed(run, obs, iteration, committee.thetas_.mean(0))
+            out[obs.name] = reaction_path.observable(run, obs, path, committee.thetas_)
+        else:
+            frozen = metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(committee.thetas_))
+            out[obs.name] = {**metrics.observable(frozen), "path": "frozen"}
+    return out
+
+
+def base_observables(run) -> dict[str, dict]:
+    """The base model's value of each observable (its own relaxed path, or the frozen images), kept in
+    the store's meta `base_observables`."""
+    kept = run.store.get_meta("base_observables") or {}
+    kind = {obs.name: "relaxed" if obs.relax else "frozen" for obs in run.campaign.evaluation.observables}
+    if all(kept.get(name, {}).get("path") == k for name, k in kind.items()):
+        return kept
+    out = {}
+    for obs in run.campaign.evaluation.observables:
+        if obs.relax:
+            value = reaction_path.relaxed(run, obs, None, run.backbone.theta0).barrier
+        else:
+            value = float(metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(run.backbone.theta0)))
+        out[obs.name] = {**metrics.observable(np.array([value])), "path": kind[obs.name]}
+    run.store.set_meta("base_observables", out)
+    return out
 
 
 def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,7 +76,8 @@ def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return tuple(np.concatenate(part) for part in zip(*batches))
 
 
-def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
+def iteration_record(run, iteration: int, committee, seconds: dict, observed: dict) -> dict:
+    """`observed`: the observables' records (`observables`), measured before the path points joined the pool."""
     c = run.campaign
     _, _, label_sigma = run.store.labels()
     test = None
@@ -58,13 +86,10 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         test = metrics.held_out_errors(*committee.predict(feats), y, feats.n_atoms)
     pool_ids = run.store.ids(state=POOL)
     pool_std = stream_predict(committee, run.pool_rows(pool_ids))[1] if pool_ids else None
-    if iteration == 0:
-        base = observable_values(run, run.backbone.theta0[None])
-        run.store.set_meta("base_observables", {name: metrics.observable(v) for name, v in base.items()})
     return metrics.iteration_record(
         iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
-        observables=observable_values(run, committee.thetas_), objective=committee.objective_.tolist(),
+        observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist(),
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

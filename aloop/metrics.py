@@ -79,19 +79,20 @@ def spread(std: np.ndarray) -> dict | None:
     return {"median": float(np.median(std)), "p95": float(np.percentile(std, 95))}
 
 
-def observable(values: np.ndarray) -> dict:
-    """One observable's committee mean, spread and per-member values."""
+def observable(values: np.ndarray, centre: float | None = None) -> dict:
+    """One observable's value, spread and per-member values. The value is the members' mean, or
+    `centre` when given (a relaxed barrier: the committee mean model's own, which export gives)."""
     values = np.asarray(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "members": values.tolist()}
+    return {"mean": float(values.mean() if centre is None else centre),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "members": values.tolist()}
 
 
 def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigma: np.ndarray, noise_floor: float,
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict) -> dict:
     """The record of one iteration. `batch` and `history` are (error, committee σ, label σ) of this
-    iteration's labels and of every prospective label so far; `observables` maps a name to the
-    members' values."""
+    iteration's labels and of every prospective label so far; `observables` maps a name to its
+    record (see `observable`)."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
@@ -104,7 +105,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "pool_sigma": spread(pool_std) if pool_std is not None else None,
         "sigma_scale": scale,
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
-        "observables": {name: observable(values) for name, values in observables.items()},
+        "observables": observables,
         "objective": list(objective),
         "newton_steps": list(newton_steps),
         "seeds": seeds,

@@ -106,11 +106,13 @@ def observables(records, specs: dict, base: dict, stop: str | None, out: Path) -
         vals = [r["observables"].get(name) for r in records]
         mean = np.array([v["mean"] if v else np.nan for v in vals])
         std = np.array([v["std"] if v else np.nan for v in vals])
-        ax.plot(x, mean, "o-", color="C0", label="committee mean")
-        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.25, label="±1 std of members")
         spec = specs.get(name, {})
+        relaxed = (records[-1]["observables"][name] or {}).get("path") == "relaxed"   # older records: frozen
+        ax.plot(x, mean, "o-", color="C0", label="committee mean model, own relaxed CI-NEB" if relaxed
+                else "committee mean, base model's frozen path (relax: false)")
+        ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.25, label="±1 std of members on that path")
         if name in base:
-            ax.axhline(base[name]["mean"], color="gray", ls=":", label="base model")
+            ax.axhline(base[name]["mean"], color="gray", ls=":", label="base model" + (", own relaxed CI-NEB" if relaxed else ""))
         if spec.get("reference") is not None:
             ax.axhline(spec["reference"], color="k", ls="-", lw=1.2, label="high-fidelity reference")
         if spec.get("low_fidelity") is not None:

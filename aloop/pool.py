@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
 from tqdm.auto import tqdm
+
+from .neb import interpolate, relax_band
 
 
 class PoolError(ValueError):
@@ -30,26 +31,6 @@ def read_frames(path: Path, index: str, where: str) -> list[Atoms]:
     if not frames:
         raise PoolError(f"{where}: {path} holds no configurations (index '{index}')")
     return frames
-
-
-class BatchedCalculator(Calculator):
-    """Serves a fixed set of configurations (NEB images) from one batched model call: the first
-    image asked at new positions evaluates them all, the others are answered from that call."""
-
-    implemented_properties = ["energy", "forces"]
-
-    def __init__(self, backbone, images: list[Atoms]):
-        super().__init__()
-        self.backbone, self.images, self._cache = backbone, images, {}
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        key = self.atoms.positions.tobytes()
-        if key not in self._cache:
-            energies, forces = self.backbone.energy_forces(self.images)
-            self._cache = {im.positions.tobytes(): (e, f) for im, e, f in zip(self.images, energies, forces)}
-        energy, forces = self._cache[key]
-        self.results = {"energy": float(energy), "forces": forces}
 
 
 def from_file(spec) -> tuple[list[Atoms], list[np.ndarray] | None]:
@@ -117,40 +98,23 @@ def molecular_dynamics(spec, backbone, seed: int, progress: bool = True) -> list
 
 
 def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
-    """Climbing-image NEB between fixed end points; returns every image, end points included."""
-    from ase.mep import NEB
-    from ase.optimize import FIRE
-
-    initial = read_frames(spec.initial, "-1", f"pool source '{spec.name}'")[0]
-    final = read_frames(spec.final, "-1", f"pool source '{spec.name}'")[0]
+    """Climbing-image NEB of the base model between fixed end points; every image, end points included."""
+    where = f"pool source '{spec.name}'"
+    initial = read_frames(spec.initial, "-1", where)[0]
+    final = read_frames(spec.final, "-1", where)[0]
     if len(initial) != len(final) or list(initial.numbers) != list(final.numbers):
-        raise PoolError(f"pool source '{spec.name}': initial and final hold different atoms")
-    stops = [initial, final]
+        raise PoolError(f"{where}: initial and final hold different atoms")
+    guess = None
     if spec.guess is not None:
-        stops.insert(1, read_frames(spec.guess, "-1", f"pool source '{spec.name}'")[0])
-        if list(stops[1].numbers) != list(initial.numbers):
-            raise PoolError(f"pool source '{spec.name}': the guess holds different atoms than initial")
-    # interior images (the guess is one of them) shared out over the segments initial→guess→final,
-    # each interpolated on its own
-    per_segment = np.array_split(np.arange(spec.images + 2 - len(stops)), len(stops) - 1)
-    images = [initial.copy()]
-    for segment, end in zip(per_segment, stops[1:]):
-        piece = [images[-1]] + [images[-1].copy() for _ in segment] + [end.copy()]
-        NEB(piece, allow_shared_calculator=True).interpolate(method="idpp")
-        images += piece[1:]
-    calc = BatchedCalculator(backbone, images)
-    for image in images:
-        image.calc = calc
-    neb = NEB(images, climb=spec.climb, allow_shared_calculator=True)
-    optimizer = FIRE(neb, logfile=None)
-    bar = tqdm(total=spec.steps, desc=f"NEB {spec.name}", unit="step", disable=not progress)
-    optimizer.attach(lambda: bar.update(1))
-    converged = optimizer.run(fmax=spec.fmax, steps=spec.steps)
-    bar.close()
+        guess = read_frames(spec.guess, "-1", where)[0]
+        if list(guess.numbers) != list(initial.numbers):
+            raise PoolError(f"{where}: the guess holds different atoms than initial")
+    images, converged, _ = relax_band(interpolate(initial, final, spec.images, guess), backbone, climb=spec.climb,
+                                      fmax=spec.fmax, steps=spec.steps, progress=progress, desc=f"NEB {spec.name}")
     if not converged:
         print(f"warning: NEB '{spec.name}' did not reach fmax {spec.fmax} eV/Å in {spec.steps} steps; "
               "its images are used as they are")
-    return [Atoms(im.numbers, im.positions, cell=im.cell, pbc=im.pbc) for im in images]
+    return images
 
 
 DUPLICATE_TOLERANCE = 1e-4   # Å per coordinate, as the replay labeler matches frames

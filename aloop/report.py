@@ -106,12 +106,15 @@ def write_report(run_dir) -> Path:
     plots += [parity] if parity else []
 
     if last["observables"]:
-        lines += ["## Final observables", "", "| observable | committee (eV) | base model (eV) | reference (eV) "
-                  "| committee − reference (meV) |", "|---|---|---|---|---|"]
+        lines += ["## Final observables", "", "A relaxed barrier is the committee mean model's own CI-NEB (end points relaxed), "
+                  "re-relaxed each iteration: the exported model's barrier; ± is the members' spread on that path. "
+                  "A frozen one (relax: false) is read along the base model's pool images.", "",
+                  "| observable | path | committee (eV) | base model (eV) | reference (eV) "
+                  "| committee − reference (meV) |", "|---|---|---|---|---|---|"]
         for name, o in last["observables"].items():
             ref = specs.get(name, {}).get("reference")
             b = base.get(name, {}).get("mean")
-            lines.append(f"| {name} | {o['mean']:.4f} ± {o['std']:.4f} | {'—' if b is None else f'{b:.4f}'} | "
+            lines.append(f"| {name} | {o.get('path', 'frozen')} | {o['mean']:.4f} ± {o['std']:.4f} | {'—' if b is None else f'{b:.4f}'} | "
                          f"{'—' if ref is None else f'{ref:.4f}'} | {'—' if ref is None else _meV(o['mean'] - ref)} |")
         lines.append("")
     lines += ["## Errors", ""]
@@ -183,6 +186,12 @@ def status_text(run_dir) -> str:
     dropped = {why: sum(s.get(why, 0) for s in screened) for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)}
     if any(dropped.values()):
         lines.append("pool frames dropped: " + ", ".join(f"{n} ({why})" for why, n in dropped.items() if n))
+    for obs in campaign.get("evaluation", {}).get("observables", []):
+        points = store.count(source=f"path:{obs['name']}")
+        if points:
+            labelled = store.count(source=f"path:{obs['name']}", state=LABELLED)
+            lines.append(f"path points of '{obs['name']}' in the pool (end points and saddle of the relaxed paths): "
+                         f"{points}, {labelled} labelled")
     lines += binding.summary(store.get_meta("binding") or {})
     lines += describe(store.get_meta("sessions") or [])
     return "\n".join(lines)

@@ -3,6 +3,7 @@
     RUN/aloop.db      candidates, labels, iteration records, metadata (store.py)
     RUN/cache/        backbone features and force Jacobians, recomputable
     RUN/committee/    the committee fitted in each iteration (iter_NNN.npz)
+    RUN/paths/        each barrier observable's relaxed path, per iteration (NAME/iter_NNN.extxyz)
     RUN/labels/       one record per job of a labeler that computes here
     RUN/queue/        job folders of the QMCPACK batch queue
     RUN/report/       plots and summary (`aloop report`)
@@ -55,6 +56,14 @@ class RunDir:
 
     def committee(self, iteration: int) -> Path:
         return self.committees / f"iter_{iteration:03d}.npz"
+
+    @property
+    def paths(self) -> Path:
+        return self.root / "paths"
+
+    def path(self, observable: str, iteration: int | None) -> Path:
+        """The relaxed path of `observable` for the committee of `iteration` (None: the base model)."""
+        return self.paths / observable / ("base.extxyz" if iteration is None else f"iter_{iteration:03d}.extxyz")
 
     @property
     def labels(self) -> Path:

@@ -60,10 +60,13 @@ class RunStore:
 
     # --- candidates --------------------------------------------------------------------------
     def add_candidates(self, atoms_list: list[Atoms], source: str, lf_forces: list | None = None,
-                       indices: list[int] | None = None) -> list[int]:
+                       indices: list[int] | None = None, added: int | None = None) -> list[int]:
         """Insert a whole source in one transaction: a source is in the pool entirely or not at all.
         `indices`: each configuration's frame number in its source (default 0, 1, ...), kept as `index`
-        so that provenance points at the right frame when some frames were dropped."""
+        so that provenance points at the right frame when some frames were dropped. `added`: the
+        iteration that made these candidates (an observable's path points), kept as `added` so that a
+        fork before it leaves them out."""
+        keys = {} if added is None else {"added": int(added)}
         ids = []
         with self.db:
             for i, atoms in enumerate(atoms_list):
@@ -74,7 +77,7 @@ class RunStore:
                 if info:
                     data["info"] = info
                 index = i if indices is None else int(indices[i])
-                ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data))
+                ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data, **keys))
         return ids
 
     def count(self, **selection) -> int:
@@ -189,6 +192,9 @@ class RunStore:
             source.backup(copy)
         db = connect(tmp, type="db")
         with db:
+            later = [row.id for row in db.select("added>=%d" % iteration, include_data=False)]
+            if later:
+                db.delete(later)
             for row in list(db.select("iteration>=%d" % iteration)):
                 data = {k: v for k, v in row.data.items() if k != "provenance"}
                 db.write(row.toatoms(), id=row.id, data=data, source=row.source, index=row.index, state=POOL)

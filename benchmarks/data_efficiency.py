@@ -50,7 +50,7 @@ from aloop.campaign import load_campaign  # noqa: E402
 from aloop.files import file_digest  # noqa: E402
 from aloop.fork import fork_run  # noqa: E402
 from aloop.loop import CampaignRun  # noqa: E402
-from aloop.pool import BatchedCalculator  # noqa: E402
+from aloop.neb import BatchedCalculator  # noqa: E402
 from aloop.report_text import one_line  # noqa: E402
 from testbeds.mos2.geometry import neb  # noqa: E402
 

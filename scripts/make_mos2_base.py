@@ -30,7 +30,7 @@ from mace import modules
 from mace import tools as mace_tools
 
 from aloop.backbone import Backbone
-from aloop.pool import BatchedCalculator
+from aloop.neb import BatchedCalculator
 
 from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train
 from testbeds.mos2.geometry import CAMPAIGN, neb

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 from e3nn import o3
 from mace import modules
 
@@ -88,3 +89,38 @@ def make_committee(theta0, **settings):
     committee = {key: value for key, value in settings.items() if key in CommitteeSettings.model_fields}
     finetune = {key: value for key, value in settings.items() if key not in committee}
     return Committee.from_settings(theta0, CommitteeSettings(**committee), FinetuneSettings(**finetune))
+
+
+
+class SaddleBump(Calculator):
+    """A(exp(−(r_ab − r_bc)²/(2w²))) on H_a–H_b–H_c: largest where the two distances are equal."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, amplitude: float, width: float):
+        super().__init__()
+        self.amplitude, self.width = amplitude, width
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        x = self.atoms.positions
+        d_ab, d_bc = x[0] - x[1], x[2] - x[1]
+        r_ab, r_bc = np.linalg.norm(d_ab), np.linalg.norm(d_bc)
+        u = r_ab - r_bc
+        e = self.amplitude * np.exp(-u**2 / (2 * self.width**2))
+        de_du = -u / self.width**2 * e
+        forces = np.zeros_like(x)
+        forces[0] = -de_du * d_ab / r_ab
+        forces[2] = de_du * d_bc / r_bc
+        forces[1] = -(forces[0] + forces[2])
+        self.results = {"energy": e, "forces": forces}
+
+
+def RaisedSaddle(model: str, amplitude: float = 0.2, width: float = 0.3) -> Calculator:
+    """H3 labels for tests: a MACE model plus SaddleBump, as a higher level of theory raises the
+    exchange barrier (PBE → CCSD(T)). The `ase` labeler takes it as `conftest:RaisedSaddle`."""
+    from ase.calculators.mixing import SumCalculator
+    from mace.calculators import MACECalculator
+
+    return SumCalculator([MACECalculator(model_paths=model, device="cpu", default_dtype="float64"),
+                          SaddleBump(amplitude, width)])

@@ -55,6 +55,11 @@ def test_test_errors_and_pool_spread():
     assert metrics.spread(np.arange(101.0)) == {"median": 50.0, "p95": 95.0}
 
 
+def test_a_relaxed_observable_reports_the_mean_models_value_with_the_members_spread():
+    o = metrics.observable(np.array([0.3, 0.5]), centre=0.41)
+    assert o["mean"] == 0.41 and o["std"] == pytest.approx(np.std([0.3, 0.5], ddof=1)) and o["members"] == [0.3, 0.5]
+
+
 def test_observable_of_one_member_has_no_spread():
     assert metrics.observable(np.array([0.4])) == {"mean": 0.4, "std": 0.0, "members": [0.4]}
     two = metrics.observable(np.array([0.3, 0.5]))
@@ -74,7 +79,7 @@ def test_iteration_record_from_arrays():
     history = tuple(np.tile(x, 4) for x in batch)    # 8 errors: enough to calibrate
     r = metrics.iteration_record(
         2, n_labels=10, n_failed=1, label_sigma=np.full(10, 0.003), noise_floor=0.004, batch=batch,
-        history=history, test=None, pool_std=np.array([0.01, 0.03]), observables={"barrier": np.array([0.4, 0.5])},
+        history=history, test=None, pool_std=np.array([0.01, 0.03]), observables={"barrier": metrics.observable(np.array([0.4, 0.5]))},
         objective=np.array([1.0, 2.0]), newton_steps=np.array([0, 3]), seeds={"selection": [0, 2, 1]}, seconds={"train": 1.234})
     assert r["n_new"] == 2 and r["prospective"]["n"] == 2 and r["sigma_scale"] is not None
     assert r["label_noise_median"] == pytest.approx(0.005)

@@ -10,7 +10,8 @@ from ase import Atoms
 from ase.io import write
 from conftest import h3, h3_set
 
-from aloop.pool import (DUPLICATE, DUPLICATE_TOLERANCE, NON_FINITE, TOO_CLOSE, BatchedCalculator, Geometries, PoolError,
+from aloop.neb import BatchedCalculator
+from aloop.pool import (DUPLICATE, DUPLICATE_TOLERANCE, NON_FINITE, TOO_CLOSE, Geometries, PoolError,
                         from_file, generate, screen)
 
 

@@ -1,0 +1,86 @@
+"""A barrier observable's own path: the CI-NEB of the committee mean, re-relaxed every iteration.
+
+The base model's path (the pool source) is the wrong place to read a corrected barrier: the
+high-fidelity saddle moves, and the energies of the corrected model along the old images are not
+its barrier. So for an observable with `relax: true` each iteration relaxes the committee mean's
+CI-NEB, end points included, starting from the path of the iteration before (the base model's own
+relaxed path first). The mean's barrier on its path is the observable's value: it is what the
+exported committee-mean model gives. Its spread is that of the members' barriers on the same
+images; a member-by-member relaxation would cost K NEBs an iteration for a second-order change.
+
+Paths are kept in RUN/paths/NAME/ (base.extxyz, iter_NNN.extxyz): a resumed run reads them back,
+and a later iteration starts from them. The path's end points and saddle are offered to the pool
+(`key_points`), so a selection strategy can label the configurations that decide the barrier.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ase.io import read, write
+
+from . import metrics
+from .files import atomic_open
+from .neb import RelaxedPath, relax_path
+
+
+def _source(campaign, obs):
+    return next(s for s in campaign.pool.sources if s.name == obs.path)
+
+
+def save(path, relaxed: RelaxedPath) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [im.copy() for im in relaxed.images]
+    for image, energy in zip(images, relaxed.energies):
+        image.info["path_energy"] = float(energy)
+    images[0].info.update(converged=relaxed.converged, steps=relaxed.steps, seconds=round(relaxed.seconds, 2))
+    with atomic_open(path, "w") as handle:
+        write(handle, images, format="extxyz")
+
+
+def load(path) -> RelaxedPath | None:
+    if not path.exists():
+        return None
+    images = read(path, index=":", format="extxyz")
+    first = images[0].info
+    return RelaxedPath(images, np.array([im.info["path_energy"] for im in images]), bool(first["converged"]),
+                       int(first["steps"]), float(first["seconds"]))
+
+
+def _start(run, obs, iteration: int | None):
+    """The images to start from: the latest relaxed path before `iteration`, else the pool source's."""
+    earlier = [] if iteration is None else [*range(iteration - 1, -1, -1), None]
+    for it in earlier:
+        path = run.layout.path(obs.name, it)
+        if path.exists():
+            return read(path, index=":", format="extxyz")
+    return run.store.atoms(run.store.source_ids(obs.path))
+
+
+def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
+    """The relaxed path of θ (the committee mean of `iteration`; None: the base model), from the run
+    folder when it was made before."""
+    path = run.layout.path(obs.name, iteration)
+    done = load(path)
+    if done is not None:
+        return done
+    spec = _source(run.campaign, obs)
+    who = "base model" if iteration is None else f"iteration {iteration}"
+    result = relax_path(_start(run, obs, iteration), run.backbone, theta=theta, climb=spec.climb, fmax=spec.fmax,
+                        steps=spec.steps, progress=run.progress, desc=f"CI-NEB {obs.name} ({who})")
+    if not result.converged:
+        print(f"warning: the relaxed path of '{obs.name}' ({who}) did not reach fmax {spec.fmax} eV/Å in "
+              f"{spec.steps} steps; its barrier is read from the images as they are")
+    save(path, result)
+    return result
+
+
+def observable(run, obs, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
+    """The observable's record: the mean model's barrier on its path, and the members' on the same images."""
+    members = metrics.barrier(run.backbone.features(relaxed_path.images).energies(thetas))
+    return {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
+            "saddle_image": relaxed_path.saddle, "neb_steps": relaxed_path.steps,
+            "neb_converged": relaxed_path.converged, "neb_seconds": round(relaxed_path.seconds, 2)}
+
+
+def key_points(relaxed_path: RelaxedPath) -> list:
+    """The configurations that decide the barrier: both end points and the saddle."""
+    return [relaxed_path.images[i] for i in (0, relaxed_path.saddle, -1)]

@@ -1,0 +1,121 @@
+"""The barrier observable on the committee mean's own relaxed CI-NEB (issue: track the model's own
+barrier): it is the exported model's barrier, its path points join the pool, a fork leaves out the
+points of the iterations it drops, and `relax: false` keeps the frozen-path values."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mace.calculators import MACECalculator
+
+from aloop import metrics, reaction_path
+from aloop.backbone import Backbone
+from aloop.campaign import load_campaign
+from aloop.fork import fork_run
+from aloop.loop import CampaignRun
+from aloop.neb import relax_path
+from aloop.store import RunStore
+
+H3 = Path(__file__).resolve().parents[2] / "campaigns" / "h3-exchange"
+CAMPAIGN = """
+name: {name}
+seed: 1
+model: {{path: base_pbe.model}}
+pool:
+  sources:
+    - {{kind: file, name: frames, path: ccsdt_test.extxyz}}
+    - {{kind: neb, name: exchange, initial: reactant.xyz, final: product.xyz, guess: saddle_pbe.xyz,
+        images: 5, fmax: 0.03, steps: 2000}}
+committee: {{size: 4}}
+acquisition: {{strategy: max_std, batch_size: 4, initial_size: 4}}
+labeler: {{kind: ase, calculator: "conftest:RaisedSaddle", parameters: {{model: {model}}}}}
+stop: {{max_labels: 12}}
+evaluation:
+  observables: [{{kind: barrier, name: barrier, path: exchange{relax}}}]
+"""
+
+
+def campaign_file(folder: Path, name: str, relax: str = "") -> Path:
+    for f in ("base_pbe.model", "reactant.xyz", "product.xyz", "saddle_pbe.xyz", "ccsdt_test.extxyz"):
+        if not (folder / f).exists():
+            shutil.copy(H3 / f, folder / f)
+    path = folder / f"{name}.yaml"
+    path.write_text(CAMPAIGN.format(name=name, relax=relax, model=folder / "base_pbe.model"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def relaxed_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("relaxed")
+    run = CampaignRun(load_campaign(campaign_file(folder, "relaxed")), progress=False)
+    run.run()
+    return run
+
+
+def test_relaxed_barrier_is_the_exported_models_ci_neb(relaxed_run):
+    run = relaxed_run
+    records = run.store.iterations()
+    assert len(records) == 3
+    last = records[-1]["observables"]["barrier"]
+    assert last["path"] == "relaxed" and last["neb_converged"]
+    exported = run.export(members=False)[0]
+    # a CI-NEB of the exported file, from the base model's pool path (not the run's chain of paths)
+    direct = relax_path(run.store.atoms(run.store.source_ids("exchange")), Backbone.from_file(exported, device="cpu"),
+                        fmax=0.03, steps=2000)
+    assert direct.converged
+    assert last["mean"] == pytest.approx(direct.barrier, abs=2e-3)
+    # the path the run kept is evaluated by the exported file as the run recorded it
+    kept = reaction_path.load(run.layout.path("barrier", records[-1]["iteration"]))
+    calc = MACECalculator(model_paths=str(exported), device="cpu", default_dtype="float64")
+    energies = []
+    for atoms in kept.images:
+        atoms.calc = calc
+        energies.append(atoms.get_potential_energy())
+    np.testing.assert_allclose(energies, kept.energies, atol=1e-6)
+    assert last["mean"] == pytest.approx(kept.barrier, abs=1e-9)
+    # the spread is the members' on that path, each its own highest image minus its first
+    thetas = run.load_committee(records[-1]["iteration"]).thetas_
+    members = metrics.barrier(run.backbone.features(kept.images).energies(thetas))
+    np.testing.assert_allclose(last["members"], members, atol=1e-9)
+    base = run.store.get_meta("base_observables")["barrier"]
+    assert base["path"] == "relaxed" and base["mean"] == pytest.approx(0.1635, abs=2e-3)   # base_pbe.json's CI-NEB
+
+
+def test_a_kept_path_is_read_back_not_relaxed_again(relaxed_run, monkeypatch):
+    run = relaxed_run
+    obs = run.campaign.evaluation.observables[0]
+    before = reaction_path.load(run.layout.path("barrier", 1))
+    monkeypatch.setattr(reaction_path, "relax_path", lambda *a, **k: pytest.fail("relaxed again"))
+    again = reaction_path.relaxed(run, obs, 1, run.load_committee(1).thetas_.mean(0))
+    assert again.barrier == before.barrier
+
+
+def test_path_points_join_the_pool_and_a_fork_drops_later_ones(relaxed_run, tmp_path):
+    run = relaxed_run
+    points = run.store.rows(source="path:barrier")
+    assert 1 <= len(points) <= 3 * 3
+    assert {row.added for row in points} <= {0, 1, 2} and min(row.added for row in points) == 0
+    # the first path's end points and saddle are offered: they are not repeats of the source's images
+    first = [row for row in points if row.added == 0]
+    assert len(first) == 3
+    fork = fork_run(run.run_dir, tmp_path / "fork", iteration=1)
+    assert {row.added for row in fork.rows(source="path:barrier")} == {0}
+    assert sorted(p.name for p in (tmp_path / "fork" / "paths" / "barrier").iterdir()) == ["base.extxyz", "iter_000.extxyz"]
+
+
+def test_relax_false_reads_the_frozen_pool_path(tmp_path):
+    run = CampaignRun(load_campaign(campaign_file(tmp_path, "frozen", relax=", relax: false")), progress=False)
+    run.run(max_iterations=2)
+    store = RunStore(run.run_dir)
+    for record in store.iterations():
+        thetas = run.load_committee(record["iteration"]).thetas_
+        frozen = metrics.barrier(run.features(store.source_ids("exchange")).energies(thetas))
+        obs = record["observables"]["barrier"]
+        assert obs["path"] == "frozen" and obs["members"] == pytest.approx(frozen.tolist(), abs=1e-12)
+        assert obs["mean"] == pytest.approx(frozen.mean(), abs=1e-12)
+    assert store.count(source="path:barrier") == 0 and not (tmp_path / "runs" / "frozen" / "paths").exists()
+    base = store.get_meta("base_observables")["barrier"]
+    expected = metrics.barrier(run.features(store.source_ids("exchange")).energies(run.backbone.theta0))
+    assert base["path"] == "frozen" and base["mean"] == pytest.approx(float(expected), abs=1e-12)
