@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 from ase.io import read
 
-from . import metrics
+from . import cost, metrics
 from .arrays import Features
 from .feature_cache import stream_predict
 from .files import file_digest
 from .labelers.replay import stored_energy
-from .store import FAILED, POOL
+from .store import FAILED, LABELLED, POOL
 
 
 def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
@@ -41,6 +41,18 @@ def observable_values(run, thetas: np.ndarray) -> dict[str, np.ndarray]:
             for obs in run.campaign.evaluation.observables}
 
 
+def observable_directions(run, committee) -> dict[str, np.ndarray]:
+    """∂o/∂θ [P] of each observable at the committee mean, on the pool source's frozen images: for a
+    barrier a(saddle) − a(first image), the saddle the image of highest committee-mean energy (the
+    barrier's maximum is piecewise linear in θ; this is its gradient where the committee stands)."""
+    directions = {}
+    for obs in run.campaign.evaluation.observables:
+        feats = run.features(run.store.source_ids(obs.path))
+        saddle = int(np.argmax(committee.predict(feats)[0]))
+        directions[obs.name] = feats.a[saddle] - feats.a[0]
+    return directions
+
+
 def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(error, committee σ, label σ) of every label predicted before it was made, iterations 1..upto."""
     batches = [store.batch_errors(it) for it in range(1, upto + 1)]
@@ -61,8 +73,9 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
     if iteration == 0:
         base = observable_values(run, run.backbone.theta0[None])
         run.store.set_meta("base_observables", {name: metrics.observable(v) for name, v in base.items()})
+    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in run.store.rows(state=LABELLED)])
     return metrics.iteration_record(
-        iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
+        iteration, n_labels=len(label_sigma), core_hours=None if unknown else spent, n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
         observables=observable_values(run, committee.thetas_), objective=committee.objective_.tolist(),

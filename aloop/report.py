@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import binding, plots as figures
+from . import binding, cost, plots as figures
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
 from .rundir import RunDir
@@ -160,6 +160,24 @@ def write_report(run_dir) -> Path:
     return out / "summary.md"
 
 
+def _core_hours(store: RunStore) -> list[str]:
+    """What the labels cost so far and what the selected ones are predicted to cost (aloop.cost)."""
+    labelled, selected = store.rows(state=LABELLED), store.rows(state=SELECTED)
+    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in labelled])
+    if not labelled and not selected:
+        return []
+    line = f"core-hours: {spent:.4g} spent on {len(labelled) - unknown} labels"
+    if unknown:
+        line += f" (and {unknown} labels whose cost was not recorded)"
+    predicted = [row.get("pred_core_hours") for row in selected]
+    if selected:
+        known = [p for p in predicted if p is not None]
+        line += (f"; {sum(known):.4g} queued (predicted, {len(known)} selected)" if known else "")
+        if len(known) < len(selected):
+            line += f"; {len(selected) - len(known)} selected with no cost prediction"
+    return [line]
+
+
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
     store = RunStore.existing(run_dir)
@@ -173,6 +191,7 @@ def status_text(run_dir) -> str:
         lines.append(f"  failed #{row.id} ({row.get('source', '?')}): {reason[:150]}")
     if len(failed) > 10:
         lines.append(f"  … and {len(failed) - 10} more failed")
+    lines += _core_hours(store)
     lines.append(f"iterations done: {len(records)}")
     if records:
         lines.append(f"last: {one_line(records[-1])}")
