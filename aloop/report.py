@@ -57,13 +57,13 @@ def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
 def _metrics_csv(records: list[dict], path: Path) -> None:
     """The iteration records as one flat table (eV), for spreadsheets and scripts."""
     names = sorted({n for r in records for n in r["observables"]})
-    header = ["iteration", "n_labels", "batch_rmse", "batch_mean_sigma", "batch_within_2sigma", "test_rmse",
+    header = ["iteration", "n_labels", "core_hours", "batch_rmse", "batch_mean_sigma", "batch_within_2sigma", "test_rmse",
               "pool_sigma_median", "pool_sigma_p95", "label_noise_median"]
     header += [f"{n}_{k}" for n in names for k in ("mean", "std")] + ["stop"]
     rows = [header]
     for r in records:
         p, t, ps = r["prospective"] or {}, r["test"] or {}, r["pool_sigma"] or {}
-        row = [r["iteration"], r["n_labels"], p.get("rmse"), p.get("mean_sigma"), p.get("within_2sigma"),
+        row = [r["iteration"], r["n_labels"], r.get("core_hours"), p.get("rmse"), p.get("mean_sigma"), p.get("within_2sigma"),
                t.get("rmse"), ps.get("median"), ps.get("p95"), r["label_noise_median"]]
         row += [r["observables"].get(n, {}).get(k) for n in names for k in ("mean", "std")]
         rows.append(row + [r.get("stop") or ""])
@@ -85,6 +85,7 @@ def write_report(run_dir) -> Path:
              f"- run directory: `{store.run_dir.resolve()}`",
              f"- labels used: {store.count(state=LABELLED)} (failed: {store.count(state=FAILED)}, "
              f"in the pool: {store.count(state=POOL)})",
+             *[f"- {line}" for line in _core_hours(store)],
              f"- iterations: {len(records)}",
              f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
     if not records:
@@ -161,21 +162,20 @@ def write_report(run_dir) -> Path:
 
 
 def _core_hours(store: RunStore) -> list[str]:
-    """What the labels cost so far and what the selected ones are predicted to cost (aloop.cost)."""
+    """What the labels cost so far and what the selected ones are predicted to cost (aloop.cost), as
+    one line; none before anything is selected."""
     labelled, selected = store.rows(state=LABELLED), store.rows(state=SELECTED)
-    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in labelled])
     if not labelled and not selected:
         return []
-    line = f"core-hours: {spent:.4g} spent on {len(labelled) - unknown} labels"
-    if unknown:
-        line += f" (and {unknown} labels whose cost was not recorded)"
-    predicted = [row.get("pred_core_hours") for row in selected]
-    if selected:
-        known = [p for p in predicted if p is not None]
-        line += (f"; {sum(known):.4g} queued (predicted, {len(known)} selected)" if known else "")
-        if len(known) < len(selected):
-            line += f"; {len(selected) - len(known)} selected with no cost prediction"
-    return [line]
+    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in labelled])
+    parts = [f"core-hours: {spent:.4g} spent on {len(labelled) - unknown} labels"
+             + (f" (and {unknown} labels whose cost was not recorded)" if unknown else "")]
+    predicted = [row.get("pred_core_hours") for row in selected if row.get("pred_core_hours") is not None]
+    if predicted:
+        parts.append(f"{sum(predicted):.4g} queued (predicted, {len(predicted)} selected)")
+    if len(predicted) < len(selected):
+        parts.append(f"{len(selected) - len(predicted)} selected with no cost prediction")
+    return ["; ".join(parts)]
 
 
 def status_text(run_dir) -> str:
