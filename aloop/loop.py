@@ -209,11 +209,13 @@ class CampaignRun:
                 "rows": PoolRows(self.feature_cache, available, per_atom=False)}
 
     def cost_model(self) -> CostModel:
-        """Predicted label costs: fitted to the finished labels whose cost is known, else the
-        campaign's `acquisition.cost_model` (aloop.cost)."""
-        rows = self.store.rows(state=LABELLED)
+        """Predicted label costs: fitted to the finished labels of this labeler whose cost is known
+        (an accepted change of labeler leaves labels of another price), else the campaign's
+        `acquisition.cost_model` (aloop.cost)."""
+        rows = [r for r in self.store.rows(state=LABELLED)
+                if r.data.get("provenance", {}).get("labeler") == self.labeler.name]
         atoms = self.store.atoms([r.id for r in rows])
-        costs = [label_core_hours(r.data.get("provenance", {})) for r in rows]
+        costs = [label_core_hours(r.data["provenance"]) for r in rows]
         return CostModel.fit(self.campaign.acquisition.cost_model, self.campaign.labeler, atoms, costs)
 
     def predicted_cost(self, ids: list[int], model: CostModel, rows: PoolRows | None = None) -> np.ndarray | None:
