@@ -112,12 +112,6 @@ class CostModel:
             return None
         return self.core_hours * np.asarray(size, dtype=float) ** self.exponent
 
-    def describe(self) -> str:
-        if self.core_hours is None:
-            return "no cost known yet (uniform)"
-        source = f"fitted to {self.fitted_on} labels" if self.fitted_on else "acquisition.cost_model"
-        return f"{self.core_hours:.3g} core-hours × {self.per}s^{self.exponent:g} ({source})"
-
 
 # --- QMCPACK: its own timings ---------------------------------------------------------------------
 _RANKS_IN_GROUP = re.compile(r"Number of ranks in group\s*=\s*(\d+)")

@@ -144,3 +144,18 @@ def test_targeted_streams_the_pool_in_blocks(monkeypatch):
     streamed = acquisition.targeted(np.ones(50), pool, 4, **kwargs)
     assert list(whole[0]) == list(streamed[0])
     np.testing.assert_allclose(whole[1], streamed[1], rtol=1e-12)
+
+
+def test_a_common_scale_of_posterior_and_noise_picks_the_same_batch():
+    # docs/method.md: Σ is not rescaled alone, because only its ratio to the label noise ranks
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(30, 4))
+    M = rng.normal(size=(4, 4))
+    kwargs = dict(rng=np.random.default_rng(0), directions=rng.normal(size=(1, 4)), rows=pool,
+                  cost=rng.uniform(1, 3, 30))
+    idx, scores = acquisition.targeted(np.ones(30), pool, 5, sigma=M @ M.T, noise=0.3, **kwargs)
+    idx7, scores7 = acquisition.targeted(np.ones(30), pool, 5, sigma=7 * M @ M.T, noise=2.1, **kwargs)
+    assert list(idx) == list(idx7)
+    np.testing.assert_allclose(scores7, 7 * scores, rtol=1e-10)
+    other, _ = acquisition.targeted(np.ones(30), pool, 5, sigma=7 * M @ M.T, noise=0.3, **kwargs)
+    assert list(other) != list(idx)   # Σ scaled alone: another batch
