@@ -84,7 +84,6 @@ class CostModel:
     exponent: float
     core_hours: float | None
     charge: int = 0      # the labeler's net charge, for counting electrons
-    fitted_on: int = 0   # finished labels c was fitted to (0: the campaign's value, or none)
 
     @classmethod
     def fit(cls, settings, labeler, label_atoms: list, label_costs: list[float | None]) -> "CostModel":
@@ -96,11 +95,11 @@ class CostModel:
         model = cls(settings.per or per, settings.exponent if settings.exponent is not None else exponent,
                     settings.core_hours, int(getattr(labeler, "charge", 0)))
         known = [(a, c) for a, c in zip(label_atoms, label_costs) if c is not None and c > 0]
-        if known:
-            size = model.sizes([a for a, _ in known])
-            cost = np.array([c for _, c in known])
-            model.core_hours = float(np.exp(np.mean(np.log(cost) - model.exponent * np.log(size))))
-            model.fitted_on = len(known)
+        size = model.sizes([a for a, _ in known])
+        cost = np.array([c for _, c in known])
+        if np.any(size > 0):   # a configuration without electrons has no cost to scale
+            ok = size > 0
+            model.core_hours = float(np.exp(np.mean(np.log(cost[ok]) - model.exponent * np.log(size[ok]))))
         return model
 
     def sizes(self, atoms_list) -> np.ndarray:
