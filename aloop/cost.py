@@ -135,6 +135,12 @@ def qmcpack_parallelism(log: str) -> tuple[int, int] | None:
     return int(ranks.group(1)), int(threads.group(1))
 
 
+def _head(path: Path, size: int = 1 << 16) -> str:
+    """The start of a log: QMCPACK's summary comes first, and a DMC log can be long."""
+    with open(path, "rb") as f:
+        return f.read(size).decode(errors="replace")
+
+
 def qmcpack_core_seconds(folder: str | Path, runs: dict[str, str]) -> dict | None:
     """The core-seconds of a job's QMCPACK runs, each given as {log file: project}: the blocks of
     every `<project>.*scalar.dat` × ranks per group × threads. None when a run's log is missing or
@@ -146,7 +152,7 @@ def qmcpack_core_seconds(folder: str | Path, runs: dict[str, str]) -> dict | Non
         if not files:
             continue
         path = folder / log
-        parallel = qmcpack_parallelism(path.read_text(errors="replace")) if path.exists() else None
+        parallel = qmcpack_parallelism(_head(path)) if path.exists() else None
         if parallel is None:
             return None
         try:
