@@ -92,8 +92,8 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
     one per candidate), `rows` the candidates' energy rows a_x [n_candidates, P] (an array, or
     `feature_cache.PoolRows(..., per_atom=False)`). After each pick Σ is conditioned on it, so the
     next pick is scored given the ones before: a second copy of a picked configuration is worth
-    little, which keeps the batch diverse. The pool is read one block of rows per pick (n passes);
-    only [n_candidates] vectors stay in memory. `scores` are the reductions (eV², summed over the
+    little, which keeps the batch diverse. The pool is read a block of rows at a time, once to
+    score it and once more for each pick after the first; only [n_candidates] vectors stay in memory. `scores` are the reductions (eV², summed over the
     targets) when each was picked; `std`, `descriptors` and `rng` are unused (one signature for all).
     """
     n = _check(std, n)

@@ -75,7 +75,8 @@ def iteration_record(run, iteration: int, committee, seconds: dict) -> dict:
         run.store.set_meta("base_observables", {name: metrics.observable(v) for name, v in base.items()})
     spent, unknown = cost.spent([row.data.get("provenance", {}) for row in run.store.rows(state=LABELLED)])
     return metrics.iteration_record(
-        iteration, n_labels=len(label_sigma), core_hours=None if unknown else spent, n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
+        iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
+        core_hours=None if unknown else spent,
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
         observables=observable_values(run, committee.thetas_), objective=committee.objective_.tolist(),
