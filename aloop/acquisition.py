@@ -1,10 +1,13 @@
 """Batch selection as plain functions.
 
-Every strategy has the signature `(std, descriptors, n, *, rng) -> (indices, scores)`: `std` is the
-committee spread of each available candidate (eV), `descriptors` a [n_candidates, d] matrix used for
-diversity (an array, or anything indexed by rows like `feature_cache.PoolRows`, which reads only the
-rows asked for: the strategies touch a large pool's descriptors one block at a time), `indices`
-point into those arrays. The caller passes only candidates that are not yet
+Every strategy has the signature `(std, descriptors, n, *, rng, cost=None, ...) -> (indices, scores)`:
+`std` is the committee spread of each available candidate (eV), `descriptors` a [n_candidates, d]
+matrix used for diversity (an array, or anything indexed by rows like `feature_cache.PoolRows`, which
+reads only the rows asked for: the strategies touch a large pool's descriptors one block at a time),
+`indices` point into those arrays, `scores` are the strategy's value of each pick (σ, or a variance
+reduction), never divided by cost. `cost`, the predicted core-hours of each candidate (aloop.cost),
+makes the choice cost-aware: the value ranked is the strategy's value per core-hour. Extra inputs
+(`targeted`'s posterior) are keyword-only. The caller passes only candidates that are not yet
 selected or labelled, so nothing is ever chosen twice.
 """
 from __future__ import annotations
@@ -34,9 +37,15 @@ def random(std, descriptors, n, *, rng: np.random.Generator):
     return idx, np.asarray(std)[idx]
 
 
-def max_std(std, descriptors, n, *, rng: np.random.Generator):
+def per_cost(value: np.ndarray, cost: np.ndarray | None) -> np.ndarray:
+    """The value each candidate buys per predicted core-hour; the value itself without costs."""
+    return np.asarray(value, dtype=float) if cost is None else np.asarray(value, dtype=float) / np.asarray(cost)
+
+
+def max_std(std, descriptors, n, *, rng: np.random.Generator, cost: np.ndarray | None = None):
+    """The n largest σ (per core-hour when `cost` is given)."""
     n = _check(std, n)
-    idx = top_n(np.asarray(std), n)
+    idx = top_n(per_cost(std, cost), n)
     return idx, np.asarray(std)[idx]
 
 
@@ -50,22 +59,74 @@ def _standardise(descriptors, rows: np.ndarray) -> np.ndarray:
     return (np.asarray(descriptors[rows], dtype=float) - mean) / np.where(scale > 0, scale, 1.0)
 
 
-def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 5):
+def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 5,
+            cost: np.ndarray | None = None):
     """The most uncertain candidate of each of n k-means clusters drawn among the top oversample·n.
 
     Max-std alone fills a batch with near-copies of one uncertain region; clustering the uncertain
-    shortlist in descriptor space spreads the batch over distinct regions.
+    shortlist in descriptor space spreads the batch over distinct regions. With `cost`, σ per
+    core-hour both makes the shortlist and picks each cluster's candidate.
     """
     n = _check(std, n)
     std = np.asarray(std)
-    shortlist = top_n(std, min(len(std), oversample * n))
+    value = per_cost(std, cost)
+    shortlist = top_n(value, min(len(std), oversample * n))
     if len(shortlist) <= n:
         return shortlist, std[shortlist]
     x = _standardise(descriptors, shortlist)
     labels = KMeans(n_clusters=n, n_init=4, random_state=int(rng.integers(2**31))).fit_predict(x)
-    picks = [shortlist[labels == c][np.argmax(std[shortlist[labels == c]])] for c in range(n) if np.any(labels == c)]
-    idx = np.array(picks)[np.argsort(-std[picks], kind="stable")]
+    picks = [shortlist[labels == c][np.argmax(value[shortlist[labels == c]])] for c in range(n) if np.any(labels == c)]
+    idx = np.array(picks)[np.argsort(-value[picks], kind="stable")]
     return idx, std[idx]
+
+
+def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray, directions: np.ndarray,
+             noise, rows, cost: np.ndarray | None = None):
+    """Greedily, the candidates whose labels most reduce the posterior variance of the target
+    observables (docs/method.md, "Targeted acquisition").
+
+    With θ ~ N(θ̄, Σ) and energies linear in θ (E_x = a_x·θ + e_x), an observable's change is
+    a_o·δθ, and labelling x with noise variance σ_x² lowers its variance by
+    (a_oᵀΣa_x)² / (σ_x² + a_xᵀΣa_x) (a rank-1 update of Σ). `sigma` [P, P] is Σ, `directions`
+    [T, P] the a_o of the targets (their reductions are summed), `noise` σ_x² in eV² (one number or
+    one per candidate), `rows` the candidates' energy rows a_x [n_candidates, P] (an array, or
+    `feature_cache.PoolRows(..., per_atom=False)`). After each pick Σ is conditioned on it, so the
+    next pick is scored given the ones before: a second copy of a picked configuration is worth
+    little, which keeps the batch diverse. The pool is read a block of rows at a time, once to
+    score it and once more for each pick after the first; only [n_candidates] vectors stay in memory. `scores` are the reductions (eV², summed over the
+    targets) when each was picked; `std`, `descriptors` and `rng` are unused (one signature for all).
+    """
+    n = _check(std, n)
+    count = len(rows)
+    S = np.array(sigma, dtype=float)
+    D = np.atleast_2d(np.asarray(directions, dtype=float))
+    noise = np.broadcast_to(np.asarray(noise, dtype=float), (count,))
+    c, v = np.empty((len(D), count)), np.empty(count)   # a_oᵀΣa_x and a_xᵀΣa_x of every candidate
+    U = D @ S
+    for s in blocks(count):
+        A = np.asarray(rows[s], dtype=float)
+        c[:, s] = U @ A.T
+        v[s] = np.einsum("ip,ip->i", A @ S, A)
+    picked, scores = [], []
+    for _ in range(n):
+        gain = (c**2).sum(0) / (noise + v)
+        value = per_cost(gain, cost)
+        value[picked] = -np.inf
+        x = int(np.argmax(value))
+        picked.append(x)
+        scores.append(float(gain[x]))
+        if len(picked) == n:
+            break
+        g = S @ np.asarray(rows[[x]], dtype=float)[0]   # Σa_x
+        d = noise[x] + v[x]
+        k = np.empty(count)
+        for s in blocks(count):
+            k[s] = np.asarray(rows[s], dtype=float) @ g
+        # Σ ← Σ − g gᵀ/d, applied to the tracked products; gᵀa_o is c[:, x]
+        c -= np.outer(c[:, x], k) / d
+        v -= k**2 / d
+        S -= np.outer(g, g) / d
+    return np.array(picked), np.array(scores)
 
 
 def representative(descriptors, n, *, rng: np.random.Generator):
@@ -89,4 +150,4 @@ def representative(descriptors, n, *, rng: np.random.Generator):
     return sample[idx], np.zeros(len(idx))
 
 
-STRATEGIES = {"random": random, "max_std": max_std, "diverse": diverse}
+STRATEGIES = {"random": random, "max_std": max_std, "diverse": diverse, "targeted": targeted}

@@ -122,12 +122,24 @@ class FinetuneSettings(Section):
         return data
 
 
+class CostModelSettings(Section):
+    """A label's predicted cost, core_hours × size^exponent (aloop.cost); null: the labeler's default
+    (`per`, `exponent`) or no cost known before the first label (`core_hours`)."""
+    core_hours: Optional[PosFloat] = None
+    per: Optional[Literal["configuration", "atom", "electron"]] = None
+    exponent: Optional[Annotated[float, Field(ge=0)]] = None
+
+
 class AcquisitionSettings(Section):
-    strategy: Literal["random", "max_std", "diverse"] = "diverse"
+    strategy: Literal["random", "max_std", "diverse", "targeted"] = "diverse"
     batch_size: PosInt = 4
     initial_size: Optional[PosInt] = None
     # sizes of the batches after the first, in order, the last one repeating; batch_size when null
     batch_schedule: Optional[Annotated[list[PosInt], Field(min_length=1)]] = None
+    # observables whose variance `targeted` reduces; null: all of evaluation.observables
+    targets: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    cost_aware: bool = False
+    cost_model: CostModelSettings = Field(default_factory=CostModelSettings)
 
     @model_validator(mode="after")
     def _default_initial_size(self) -> "AcquisitionSettings":
@@ -263,6 +275,7 @@ class Campaign(Section):
             elif kinds[obs.path] != "neb":
                 problems.append(f"{where}: pool source {obs.path!r} is of kind {kinds[obs.path]!r}, "
                                 f"not 'neb'; expected one of the neb sources: {', '.join(neb) or '(none)'}")
+        problems += self._acquisition_checks()
         if self.stop.observable is not None:
             names = [o.name for o in self.evaluation.observables]
             if self.stop.observable.name not in names:
@@ -271,6 +284,24 @@ class Campaign(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _acquisition_checks(self) -> list[str]:
+        acq, names = self.acquisition, [o.name for o in self.evaluation.observables]
+        known = f"expected names of evaluation.observables: {', '.join(names) or '(none)'}"
+        problems = []
+        if acq.strategy == "targeted" and not names:
+            problems.append("acquisition.strategy: targeted reduces the uncertainty of observables, and "
+                            "evaluation.observables is empty; add an observable or choose max_std or diverse")
+        if acq.targets is not None and acq.strategy != "targeted":
+            problems.append(f"acquisition.targets: only strategy targeted uses targets, the strategy is "
+                            f"{acq.strategy!r}; remove targets or set acquisition.strategy: targeted")
+        unknown = [t for t in acq.targets or [] if t not in names]
+        if unknown and names:
+            problems.append(f"acquisition.targets: no observable named {', '.join(map(repr, unknown))}; {known}")
+        if acq.cost_aware and acq.strategy == "random":
+            problems.append("acquisition.cost_aware: strategy random has no value to divide by a cost; "
+                            "choose max_std, diverse or targeted, or remove cost_aware")
+        return problems
 
     def to_dict(self) -> dict:
         """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""

@@ -184,6 +184,26 @@ class Committee:
         self.newton_steps_ = np.array(steps)
         return self
 
+    # --- the posterior of θ ---------------------------------------------------------------------
+    def posterior_covariance(self, data: TrainingSet, moment: np.ndarray | None = None) -> np.ndarray:
+        """Σ [P, P]: the Laplace (Gaussian) posterior of θ for the committee as it is, the inverse of
+        ½ ∇²J at the committee mean with every label at weight 1 (a member's expected bootstrap weight).
+
+        J is −2 log posterior (the energy term is Σ r²/σ², the prior ‖θ − θ^prior‖²/s²), hence the ½:
+        its energy part is then AᵀWA, W = 1/(σ² + σ_floor²), its prior part I/s², and the force
+        penalty contributes its Hessian at the mean (zero where no force leaves the threshold).
+        `moment` scales the prior as in `fit`.
+        """
+        self._check_fitted()
+        s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
+        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
+                             self.threshold_per_atom)
+        mean = self.thetas_.mean(0)
+        _, H = problem.gradient_hessian(mean, np.ones(len(data)), mean, s2)
+        # H ≥ 2I/s², so the Cholesky factorisation fails only on non-finite inputs
+        sigma = cho_solve(cho_factor(0.5 * H), np.eye(len(mean)))
+        return 0.5 * (sigma + sigma.T)   # symmetric to the last digit: the greedy updates keep it so
+
     # --- prediction --------------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "thetas_"):

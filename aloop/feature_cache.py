@@ -117,20 +117,26 @@ class FeatureCache:
 
 
 class PoolRows:
-    """Per-atom features a/n of some cached candidates as a lazy [len(ids), P] matrix: indexing reads
-    only the rows asked for, so acquisition can stream over a pool larger than memory."""
+    """Per-atom features a/n of some cached candidates (or, with `per_atom=False`, the energy rows a
+    themselves) as a lazy [len(ids), P] matrix: indexing reads only the rows asked for, so
+    acquisition can stream over a pool larger than memory."""
 
-    def __init__(self, cache: FeatureCache, ids):
+    def __init__(self, cache: FeatureCache, ids, per_atom: bool = True):
         self.cache = cache
         self.ids = np.asarray(ids, dtype=np.int64)
         self.shape = (len(self.ids), cache.n_params)
+        self.per_atom = per_atom
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, rows) -> np.ndarray:
         f = self.cache.read(self.ids[rows])
-        return f.a / f.n_atoms[:, None]
+        return f.a / f.n_atoms[:, None] if self.per_atom else f.a
+
+    def n_atoms(self) -> np.ndarray:
+        """[len(ids)] atoms of each candidate, read from the cache's own n.npy."""
+        return np.asarray(self.cache._open("n")[self.ids], dtype=float)
 
     def features(self) -> Iterator[tuple[slice, Features]]:
         """(rows, Features) block by block."""

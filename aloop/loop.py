@@ -21,6 +21,7 @@ from .arrays import Features, ForceJacobian, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
+from .cost import CostModel, label_core_hours
 from .dispatch import make_dispatcher
 from .feature_cache import FeatureCache, PoolRows, stream_predict
 from .files import atomic_open, file_digest
@@ -196,16 +197,60 @@ class CampaignRun:
             return
         descriptors = self.pool_rows(available)
         rng = np.random.default_rng([self.campaign.seed, iteration, 1])
+        model = self.cost_model()
         if committee is None:
             idx, scores = acquisition.representative(descriptors, size, rng=rng)
             mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
         else:
             mean_all, std_all = stream_predict(committee, descriptors)
-            strategy = acquisition.STRATEGIES[self.campaign.acquisition.strategy]
-            idx, scores = strategy(std_all, descriptors, size, rng=rng)
+            extra = self.targeted_inputs(committee, iteration, available) if acquire.strategy == "targeted" else {}
+            if acquire.cost_aware:   # no cost known yet: None, every candidate costs the same
+                extra["cost"] = self.predicted_cost(available, model, descriptors)
+            strategy = acquisition.STRATEGIES[acquire.strategy]
+            idx, scores = strategy(std_all, descriptors, size, rng=rng, **extra)
             mean, std = mean_all[idx], std_all[idx]
         chosen = [available[i] for i in idx]
-        self.store.mark_selected(chosen, iteration, mean, std, scores)
+        self.store.mark_selected(chosen, iteration, mean, std, scores,
+                                 core_hours=self.predicted_cost(chosen, model))
+
+    def targeted_inputs(self, committee: Committee, iteration: int, available: list[int]) -> dict:
+        """What `acquisition.targeted` needs besides σ (`committee`: the one of iteration − 1, which
+        selects for `iteration`): the committee's posterior covariance (prior
+        scaled on the whole pool, as in `train`), the target observables' directions, the predicted
+        noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows."""
+        _, data = self.training_set()
+        moment = feature_moment(self.pool_rows(self.store.ids()))
+        directions = measure.observable_directions(self, committee, iteration - 1)
+        targets = self.campaign.acquisition.targets or list(directions)
+        label_sigma = self.store.labels()[2]
+        return {"sigma": committee.posterior_covariance(data, moment),
+                "directions": np.array([directions[name] for name in targets]),
+                "noise": self.campaign.finetune.noise_floor**2 + float(np.median(label_sigma**2)),
+                "rows": PoolRows(self.feature_cache, available, per_atom=False)}
+
+    def cost_model(self) -> CostModel:
+        """Predicted label costs: fitted to the finished labels of this labeler whose cost is known
+        (an accepted change of labeler leaves labels of another price), else the campaign's
+        `acquisition.cost_model` (aloop.cost)."""
+        rows = [r for r in self.store.rows(state=LABELLED)
+                if r.data.get("provenance", {}).get("labeler") == self.labeler.name]
+        atoms = self.store.atoms([r.id for r in rows])
+        costs = [label_core_hours(r.data["provenance"]) for r in rows]
+        return CostModel.fit(self.campaign.acquisition.cost_model, self.campaign.labeler, atoms, costs)
+
+    def predicted_cost(self, ids: list[int], model: CostModel, rows: PoolRows | None = None) -> np.ndarray | None:
+        """Each candidate's predicted core-hours (None: no cost known yet). Atoms are counted from the
+        feature cache (`rows`, when given, holds the same ids), so a 100k pool is not read from the
+        database for them; electrons from the stored configurations."""
+        if model.core_hours is None:
+            return None
+        if model.per == "configuration":
+            size = np.ones(len(ids))
+        elif model.per == "atom":
+            size = (rows if rows is not None else self.pool_rows(ids)).n_atoms()
+        else:
+            size = model.sizes(self.store.atoms(ids))
+        return model.predict(size)
 
     def label(self, iteration: int) -> None:
         pending_ids = self.store.ids(state=SELECTED)

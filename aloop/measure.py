@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 from ase.io import read
 
-from . import metrics, reaction_path
+from . import cost, metrics, reaction_path
 from .arrays import Features
 from .feature_cache import stream_predict
 from .files import file_digest
 from .labelers.replay import stored_energy
-from .store import FAILED, POOL
+from .store import FAILED, LABELLED, POOL
 
 
 def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
@@ -68,6 +68,24 @@ def base_observables(run) -> dict[str, dict]:
     return out
 
 
+def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarray]:
+    """∂o/∂θ [P] of each observable at the mean of the committee of `iteration`: for a barrier
+    a(saddle) − a(first image). On a relaxed path (the mean's own, kept by `observables`) the images
+    are stationary, so moving them changes the barrier only at second order and this is its
+    gradient; on the frozen pool images the saddle is the image of highest committee-mean energy (the
+    maximum is piecewise linear in θ; this is its gradient where the committee stands)."""
+    directions = {}
+    for obs in run.campaign.evaluation.observables:
+        relaxed = reaction_path.load(run.layout.path(obs.name, iteration)) if obs.relax else None
+        if relaxed is not None:
+            feats, saddle = run.backbone.features(relaxed.images), relaxed.saddle
+        else:
+            feats = run.features(run.store.source_ids(obs.path))
+            saddle = int(np.argmax(committee.predict(feats)[0]))
+        directions[obs.name] = feats.a[saddle] - feats.a[0]
+    return directions
+
+
 def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(error, committee σ, label σ) of every label predicted before it was made, iterations 1..upto."""
     batches = [store.batch_errors(it) for it in range(1, upto + 1)]
@@ -86,8 +104,10 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         test = metrics.held_out_errors(*committee.predict(feats), y, feats.n_atoms)
     pool_ids = run.store.ids(state=POOL)
     pool_std = stream_predict(committee, run.pool_rows(pool_ids))[1] if pool_ids else None
+    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in run.store.rows(state=LABELLED)])
     return metrics.iteration_record(
         iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
+        core_hours=None if unknown else spent,
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
         observables=observed, objective=committee.objective_.tolist(),

@@ -89,10 +89,12 @@ def observable(values: np.ndarray, centre: float | None = None) -> dict:
 
 def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigma: np.ndarray, noise_floor: float,
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
-                     observables: dict, objective, newton_steps, seeds: dict, seconds: dict) -> dict:
+                     observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
+                     core_hours: float | None = None) -> dict:
     """The record of one iteration. `batch` and `history` are (error, committee σ, label σ) of this
     iteration's labels and of every prospective label so far; `observables` maps a name to its
-    record (see `observable`)."""
+    record (see `observable`); `core_hours` what every label so far cost (None when one's cost is
+    unknown)."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
@@ -100,6 +102,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "n_labels": n_labels,
         "n_new": len(batch[0]),
         "n_failed": n_failed,
+        "core_hours": None if core_hours is None else round(float(core_hours), 6),
         "prospective": prospective(*batch),
         "test": test,
         "pool_sigma": spread(pool_std) if pool_std is not None else None,

@@ -53,6 +53,28 @@ def _labels_axis(ax, xs) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _extend(x, xp, fp):
+    """Piecewise-linear through (xp, fp), continued along the last piece beyond the end."""
+    x = np.asarray(x, dtype=float)
+    slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return np.where(x > xp[-1], fp[-1] + slope * (x - xp[-1]), np.interp(x, xp, fp))
+
+
+def core_hours_axis(ax, records) -> bool:
+    """Cumulative core-hours as a second x axis along the top of a plot of label counts, interpolated
+    between the iterations (and from nothing spent at zero labels); drawn only when every iteration
+    knows its cost and more labels always cost more (the map must be invertible). Whether it was."""
+    pairs = sorted({(r["n_labels"], r["core_hours"]) for r in records if r.get("core_hours") is not None})
+    if len(pairs) != len({r["n_labels"] for r in records}):   # an iteration without a cost
+        return False
+    n, hours = np.array([(0, 0.0)] + pairs).T
+    if not (np.all(np.diff(n) > 0) and np.all(np.diff(hours) > 0)):
+        return False
+    top = ax.secondary_xaxis("top", functions=(lambda x: _extend(x, n, hours), lambda h: _extend(h, hours, n)))
+    top.set_xlabel("high-fidelity core-hours (cumulative)")
+    return True
+
+
 def _log_y(ax) -> None:
     # LogFormatter writes 20, 30, 50 rather than 2×10¹, and thins minor labels on wide ranges itself.
     ax.set_yscale("log")
@@ -91,6 +113,7 @@ def learning_curve(records, out: Path) -> Path:
     _log_y(ax)
     ax.set_ylabel("energy error (meV per configuration)")
     _labels_axis(ax, n)
+    core_hours_axis(ax, records)
     ax.set_title("Learning curve")
     if ax.lines:
         ax.legend(fontsize="small")
@@ -120,6 +143,7 @@ def observables(records, specs: dict, base: dict, stop: str | None, out: Path) -
         if stop:
             ax.axvline(x[-1], color="C2", lw=1, label="campaign stopped")
         _labels_axis(ax, x)
+        core_hours_axis(ax, records)
         ax.set_ylabel(f"{name} (eV)")
         # Beside the panel: the reference lines run across the whole width, any inside spot hides one.
         ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -143,6 +167,7 @@ def uncertainty(records, ratio, stop: str | None, out: Path) -> Path:
     _log_y(ax)
     ax.set_ylabel("committee σ (meV per configuration)")
     _labels_axis(ax, n)
+    core_hours_axis(ax, records)
     ax.set_title("Uncertainty over the unlabelled pool")
     # Below the axes: inside, it would hide either the threshold line or the stop note.
     if ax.lines:

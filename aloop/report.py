@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import binding, plots as figures
+from . import binding, cost, plots as figures
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
 from .rundir import RunDir
@@ -57,13 +57,13 @@ def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
 def _metrics_csv(records: list[dict], path: Path) -> None:
     """The iteration records as one flat table (eV), for spreadsheets and scripts."""
     names = sorted({n for r in records for n in r["observables"]})
-    header = ["iteration", "n_labels", "batch_rmse", "batch_mean_sigma", "batch_within_2sigma", "test_rmse",
+    header = ["iteration", "n_labels", "core_hours", "batch_rmse", "batch_mean_sigma", "batch_within_2sigma", "test_rmse",
               "pool_sigma_median", "pool_sigma_p95", "label_noise_median"]
     header += [f"{n}_{k}" for n in names for k in ("mean", "std")] + ["stop"]
     rows = [header]
     for r in records:
         p, t, ps = r["prospective"] or {}, r["test"] or {}, r["pool_sigma"] or {}
-        row = [r["iteration"], r["n_labels"], p.get("rmse"), p.get("mean_sigma"), p.get("within_2sigma"),
+        row = [r["iteration"], r["n_labels"], r.get("core_hours"), p.get("rmse"), p.get("mean_sigma"), p.get("within_2sigma"),
                t.get("rmse"), ps.get("median"), ps.get("p95"), r["label_noise_median"]]
         row += [r["observables"].get(n, {}).get(k) for n in names for k in ("mean", "std")]
         rows.append(row + [r.get("stop") or ""])
@@ -85,6 +85,7 @@ def write_report(run_dir) -> Path:
              f"- run directory: `{store.run_dir.resolve()}`",
              f"- labels used: {store.count(state=LABELLED)} (failed: {store.count(state=FAILED)}, "
              f"in the pool: {store.count(state=POOL)})",
+             *[f"- {line}" for line in _core_hours(store)],
              f"- iterations: {len(records)}",
              f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
     if not records:
@@ -163,6 +164,23 @@ def write_report(run_dir) -> Path:
     return out / "summary.md"
 
 
+def _core_hours(store: RunStore) -> list[str]:
+    """What the labels cost so far and what the selected ones are predicted to cost (aloop.cost), as
+    one line; none before anything is selected."""
+    labelled, selected = store.rows(state=LABELLED), store.rows(state=SELECTED)
+    if not labelled and not selected:
+        return []
+    spent, unknown = cost.spent([row.data.get("provenance", {}) for row in labelled])
+    parts = [f"core-hours: {spent:.4g} spent on {len(labelled) - unknown} labels"
+             + (f" (and {unknown} labels whose cost was not recorded)" if unknown else "")]
+    predicted = [row.get("pred_core_hours") for row in selected if row.get("pred_core_hours") is not None]
+    if predicted:
+        parts.append(f"{sum(predicted):.4g} queued (predicted, {len(predicted)} selected)")
+    if len(predicted) < len(selected):
+        parts.append(f"{len(selected) - len(predicted)} selected with no cost prediction")
+    return ["; ".join(parts)]
+
+
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
     store = RunStore.existing(run_dir)
@@ -176,6 +194,7 @@ def status_text(run_dir) -> str:
         lines.append(f"  failed #{row.id} ({row.get('source', '?')}): {reason[:150]}")
     if len(failed) > 10:
         lines.append(f"  … and {len(failed) - 10} more failed")
+    lines += _core_hours(store)
     lines.append(f"iterations done: {len(records)}")
     if records:
         lines.append(f"last: {one_line(records[-1])}")

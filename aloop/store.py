@@ -119,12 +119,16 @@ class RunStore:
         return self.db.get(id=int(cid)).data.get("lf_forces")
 
     # --- selection and labels ----------------------------------------------------------------
-    def mark_selected(self, ids, iteration: int, pred_energy, pred_sigma, scores) -> None:
+    def mark_selected(self, ids, iteration: int, pred_energy, pred_sigma, scores, core_hours=None) -> None:
+        """`core_hours`: each one's predicted cost (aloop.cost), kept as `pred_core_hours`; None when
+        no cost is known yet."""
+        costs = [None] * len(ids) if core_hours is None else core_hours
         with self.db:
-            for cid, e, s, score in zip(ids, pred_energy, pred_sigma, scores):
+            for cid, e, s, score, cost in zip(ids, pred_energy, pred_sigma, scores, costs):
+                extra = {} if cost is None else {"pred_core_hours": float(cost)}
                 self.db.update(
                     int(cid), state=SELECTED, iteration=int(iteration),
-                    pred_energy=float(e), pred_sigma=float(s), score=float(score),
+                    pred_energy=float(e), pred_sigma=float(s), score=float(score), **extra,
                 )
 
     def add_label(self, cid: int, energy: float, sigma: float, provenance: dict) -> None:

@@ -111,11 +111,13 @@ class LocalLabeler:
     def job_record(self, atoms: Atoms) -> dict:
         """What a finished job leaves: its label (DONE), or the LabelError's reason (FAILED).
         Computed wherever the work runs (aloop.dispatch sends it to other machines)."""
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         try:
             label = self.compute(atoms)
             record = {"state": DONE, "label": label.to_json()}
+            # what the job cost (aloop.cost): CPU time is that of every thread of this process
             record["label"]["provenance"].setdefault("wall_s", round(time.time() - start, 3))
+            record["label"]["provenance"].setdefault("cpu_s", round(time.process_time() - cpu, 3))
         except LabelError as err:
             record = {"state": FAILED, "reason": str(err)}
         return record

@@ -203,6 +203,7 @@ def single_point(
         "conv_tol": conv_tol,
         "stability": "internal instabilities followed" if mol.spin else "not checked (restricted)",
         "e_scf_hartree": float(mf.e_tot),
+        "threads": pyscf.lib.num_threads(),   # the cores the job held: its cost is wall time × threads
         "units": UNITS_NOTE,
     }
     if method in WAVEFUNCTION_METHODS and method != "hf":

@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.io import write
 
 from .. import __version__
+from ..cost import qmcpack_core_seconds
 from ..files import write_text_atomic
 from . import qmcpack_inputs as inputs
 from . import qmcpack_jastrow
@@ -193,6 +194,7 @@ class QMCPACKLabeler:
         provenance = {"method": "DMC (QMCPACK)", "manifest_sha256": sha256(self.workdir / key / MANIFEST),
                       "consistency": manifest["consistency"], "electrons": manifest["electrons"],
                       "results": str(results), "blocks_sha256": blocks_digest(results, inputs.DMC_PROJECT, series),
+                      "cpu": qmcpack_core_seconds(results, {"opt.out": inputs.OPT_PROJECT, "dmc.out": inputs.DMC_PROJECT}),
                       **detail}
         try:
             return Label(energy, sigma, provenance)

@@ -112,3 +112,20 @@ def test_resume_after_kill_mid_iteration(campaign_dir):
     after = {p.name: p.stat().st_mtime_ns for p in labels_dir.glob("*.json")}
     assert all(after[name] == mtime for name, mtime in done_before.items())
     assert len(after) == budget
+
+
+def test_targeted_cost_aware_iteration(campaign_dir):
+    """Strategy targeted with cost-aware ranking runs an iteration on a tiny campaign, and every label's
+    cost is recorded, summed per iteration and predicted for the batch it chooses."""
+    text = (CAMPAIGN.format(name="targeted", method="hf", basis="sto-3g", budget=8)
+            .replace("strategy: diverse", "strategy: targeted, targets: [barrier], cost_aware: true"))
+    path = campaign_dir / "targeted.yaml"
+    path.write_text(text)
+    run = CampaignRun(load_campaign(path), progress=False)
+    assert run.run(max_iterations=2).n_labels == 8
+    records = run.store.iterations()
+    assert 0 < records[0]["core_hours"] < records[1]["core_hours"]
+    chosen = run.store.rows(iteration=1)
+    assert len(chosen) == 4 and all(r.score > 0 for r in chosen)   # variance reductions, eV²
+    assert all(r.pred_core_hours > 0 for r in chosen)   # fitted to the first batch's measured costs
+    assert all(r.data["provenance"]["threads"] >= 1 for r in run.store.rows(state=LABELLED))

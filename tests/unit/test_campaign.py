@@ -136,7 +136,17 @@ BAD = [
     pytest.param(_edit("noise_floor: 0.005", "noise_floor: -1"), "campaign.yaml: finetune.noise_floor: must be > 0, got -1",
                  id="negative-noise-floor"),
     pytest.param(_edit("strategy: max_std", "strategy: maxstd"),
-                 "acquisition.strategy: expected one of: random, max_std, diverse; got 'maxstd'", id="bad-strategy"),
+                 "acquisition.strategy: expected one of: random, max_std, diverse, targeted; got 'maxstd'", id="bad-strategy"),
+    pytest.param(_edit("strategy: max_std", "strategy: targeted\n  targets: [barrier, barier]"),
+                 "campaign.yaml: acquisition.targets: no observable named 'barier'; expected names of "
+                 "evaluation.observables: barrier", id="targeted-unknown-target"),
+    pytest.param(_edit("strategy: max_std", "strategy: diverse\n  targets: [barrier]"),
+                 "acquisition.targets: only strategy targeted uses targets", id="targets-without-targeted"),
+    pytest.param(_edit("strategy: max_std", "strategy: random\n  cost_aware: true"),
+                 "acquisition.cost_aware: strategy random has no value to divide by a cost", id="cost-aware-random"),
+    pytest.param(_edit("strategy: max_std", "strategy: max_std\n  cost_model: {core_hours: 2, per: molecule}"),
+                 "acquisition.cost_model.per: expected one of: configuration, atom, electron; got 'molecule'",
+                 id="cost-model-per"),
     pytest.param(_edit("kind: pyscf", "kind: casino"),
                  "labeler.kind: expected one of: pyscf, replay, ase, qmcpack", id="labeler-unknown-kind"),
     pytest.param(_edit("basis: cc-pvdz", "basis: cc-pvdz\n  methd: ccsd"),
@@ -189,6 +199,17 @@ def test_bad_campaign_message(folder: Path, text: str, expected: str) -> None:
     assert expected in str(info.value)
     for line in str(info.value).splitlines():
         assert line.startswith(str(folder / "campaign.yaml") + ": "), line
+
+
+def test_targeted_needs_an_observable(folder: Path) -> None:
+    text = _edit("strategy: max_std", "strategy: targeted").replace("  observable: {name: barrier, tolerance: 0.01}\n", "")
+    text = text[:text.index("  observables:")]
+    with pytest.raises(CampaignError, match="acquisition.strategy: targeted reduces the uncertainty of observables, "
+                                            "and evaluation.observables is empty"):
+        load_campaign(_write(folder, text))
+    c = load_campaign(_write(folder, _edit("strategy: max_std", "strategy: targeted\n  cost_aware: true\n"
+                                           "  cost_model: {core_hours: 0.5, per: electron, exponent: 3}")))
+    assert c.acquisition.targets is None and c.acquisition.cost_model.per == "electron"
 
 
 def test_missing_model_file_names_absolute_path(folder: Path) -> None:

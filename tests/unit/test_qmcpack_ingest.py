@@ -72,6 +72,22 @@ def test_label_reproduces_qmca_statistics_on_real_output(tmp_path):
     assert provenance["labeler"] == "qmcpack" and provenance["manifest_sha256"] and provenance["series"][0]["index"] == 2
 
 
+def test_an_ingested_label_costs_its_blocks_times_ranks_and_threads(tmp_path):
+    run_dir, store, labeler, keys = make_run(tmp_path, n=2)
+    for key, shift in zip(keys, (0.0, 1e-3)):
+        finish(labeler.workdir / key, {"dmc.s002.scalar.dat": MAIN}, shift=shift)
+    # QMCPACK's own summary at the top of its log, as one group of 16 ranks × 4 threads prints it
+    (labeler.workdir / keys[0] / "dmc.out").write_text("  Total number of MPI ranks = 16\n  Number of MPI groups      = 1\n"
+                                                       "  Number of ranks in group  = 16\n  OMP 1st level threads     = 4\n")
+    ingest(run_dir)
+    block_s = read_scalar(MAIN)["BlockCPU"].sum()
+    first, second = (store.db.get(id=int(key[4:])).data["provenance"] for key in keys)
+    assert first["cpu"]["core_s"] == pytest.approx(block_s * 64, abs=1e-3)
+    assert second["cpu"] is None   # no log: its ranks and threads are unknown
+    assert f"core-hours: {block_s * 64 / 3600:.4g} spent on 1 labels (and 1 labels whose cost was not recorded)" \
+        in status_text(run_dir)
+
+
 def test_timestep_extrapolation_and_twist_average(tmp_path):
     run_dir, store, labeler, keys = make_run(tmp_path, n=1, timesteps=[0.02, 0.01], equilibration=[5, 20],
                                              min_blocks=10, twists=[2, 1, 1])
