@@ -102,6 +102,7 @@ class Forecast:
     refusal: str | None = None
     fit: PowerLaw | None = None
     value_text: str = ""
+    points: tuple = ()     # (n, y) of the points fitted, for the plot
     core_hours_per_label: float | None = None
     reached: bool = False
 
@@ -126,7 +127,7 @@ def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 
     """The labels at which the fitted curve of (n, y ± err) reaches `target`, or why there is no number."""
     n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
     base = dict(quantity=quantity, target=target, what=what, n_now=int(n[-1]) if len(n) else 0,
-                core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "")
+                core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y))
     if len(y) and y[-1] <= target:
         return Forecast(**base, reached=True)
     usable = int(np.sum(y > floor))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import binding, plots as figures
+from . import binding, forecast, plots as figures
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
 from .rundir import RunDir
@@ -98,7 +98,8 @@ def write_report(run_dir) -> Path:
     base = store.get_meta("base_observables") or {}
     last = records[-1]
     thetas, trained_in = _committee(store.run_dir, last["iteration"])
-    plots = [figures.learning_curve(records, out)]
+    forecasts = forecast.from_records(records, campaign.get("stop", {}))
+    plots = [figures.learning_curve(records, out, forecasts)]
     if last["observables"]:
         plots.append(figures.observables(records, specs, base, stop, out))
     plots.append(figures.uncertainty(records, campaign.get("stop", {}).get("uncertainty_ratio"), stop, out))
@@ -142,6 +143,11 @@ def write_report(run_dir) -> Path:
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")
     if not (p or last["test"]):
         lines.append("- no prospective batch or test set yet")
+    if forecasts:
+        lines += ["", "## Forecast", "",
+                  "A power law fitted to the points so far, extrapolated to each target (68% range; "
+                  "docs/reading-the-plots.md says how it is made and when it gives no number):", ""]
+        lines += [f"- {f.text()}" for f in forecasts]
     lines += ["", "## Plots", ""] + [f"![{q.stem.replace('_', ' ')}]({q.name})\n" for q in plots]
 
     names = list(last["observables"])
@@ -176,6 +182,7 @@ def status_text(run_dir) -> str:
     lines.append(f"iterations done: {len(records)}")
     if records:
         lines.append(f"last: {one_line(records[-1])}")
+        lines += [f"forecast: {f.text()}" for f in forecast.from_records(records, campaign.get("stop", {}))]
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
     screened = [store.get_meta(f"source:{source['name']}") or {}
