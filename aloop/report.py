@@ -15,7 +15,8 @@ import numpy as np
 from . import binding, forecast, plots as figures
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
-from .rundir import RunDir
+from .rerank import read_cancel
+from .rundir import RunDir, candidate_id
 from .report_text import one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
@@ -166,6 +167,18 @@ def write_report(run_dir) -> Path:
     return out / "summary.md"
 
 
+def _cancellable(store: RunStore) -> list[str]:
+    """The queued jobs of queue/cancel.txt that still wait for their label (aloop.rerank)."""
+    jobs = [c for c in read_cancel(store.layout.queue) if store.count(id=candidate_id(c.key), state=SELECTED)]
+    if not jobs:
+        return []
+    lines = [f"cancellable: {len(jobs)} queued jobs a fresh batch would no longer choose "
+             f"({store.layout.queue / 'cancel.txt'})"]
+    lines += [f"  {c.key}: score {_meV(c.old_score)} → {_meV(c.new_score)} meV, slurm job {c.job_id}, "
+              f"array index {c.array_index}" for c in jobs[:10]]
+    return lines + ([f"  … and {len(jobs) - 10} more"] if len(jobs) > 10 else [])
+
+
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
     store = RunStore.existing(run_dir)
@@ -183,6 +196,7 @@ def status_text(run_dir) -> str:
     if records:
         lines.append(f"last: {one_line(records[-1])}")
         lines += [f"forecast: {f.text()}" for f in forecast.from_records(records, campaign.get("stop", {}))]
+    lines += _cancellable(store)
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
     screened = [store.get_meta(f"source:{source['name']}") or {}
