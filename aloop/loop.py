@@ -262,7 +262,7 @@ class CampaignRun:
         if not lines:
             return ""
         return (f"; {len(lines)} of them cancellable, listed in {self.labeler.workdir / rerank.CANCEL_FILE}"
-                + (f" ({len(new)} new jobs queued in their place)" if new else ""))
+                + (f" ({len(new)} pool candidates queued in their place)" if new else ""))
 
     def compute_labels(self, ids: list[int]) -> None:
         """Run the jobs of a labeler that computes (pyscf, ase, ...) through the dispatcher. Each job's
