@@ -90,8 +90,9 @@ def fit_power_law(n, y, err=None, floor: float = 0.0) -> PowerLaw:
 
 @dataclass(frozen=True)
 class Forecast:
-    """Labels needed for `quantity` to reach `target` (on y's scale): `n_total` and its 68% range,
-    or `refusal`, the reason there is no number; `fit` when a curve was fitted."""
+    """Labels needed for `quantity` to reach `target` (on y's scale): `n_total` and its 68% range;
+    or `reached` (the last value is at the target already); or `refusal`, the reason there is no
+    number. `fit` when a curve was fitted; `text()` is the line `aloop status` prints."""
 
     quantity: str
     target: float

@@ -1,7 +1,9 @@
 """A run's Markdown summary and metrics table (report/), and the short status text of `aloop status`.
 
 Everything here only reads the run directory (aloop.db, committee/, cache/), so a report can be
-written while a campaign is still running, or long after, without MACE or the labeler. The figures
+written while a campaign is still running, or long after, without MACE or the labeler. Both show
+the forecast of each tracked quantity (aloop.forecast) and the status lists the queued jobs a newer
+committee would no longer choose (queue/cancel.txt, aloop.rerank). The figures
 are drawn by aloop.plots; docs/reading-the-plots.md explains how to read each plot and when to stop
 buying labels.
 """
