@@ -115,7 +115,8 @@ class Forecast:
             return head + f"no forecast: {self.refusal}"
         more = [max(0, round(v - self.n_now)) for v in (self.n_total, *self.n_range)]
         if more[0] == 0:
-            return head + f"the fit puts {self.what} at {self.n_total:.0f} labels, already passed (the last value is above it)"
+            return (head + f"the fit puts {self.what} at {self.n_total:.0f} labels, already passed "
+                    "(the last value is above it)")
         line = head + f"≈ {more[0]} more labels (range {more[1]}–{more[2]}) to reach {self.what}"
         if self.core_hours_per_label:
             ch = [m * self.core_hours_per_label for m in more]
@@ -205,5 +206,6 @@ def hindcast(n, y, err, k: int, floor: float = 0.0) -> list[dict]:
     lo, hi = fit.band(n[k:])
     actual_err = np.full(len(n) - k, np.nan) if err is None else np.asarray(err, dtype=float)[k:]
     return [{"n_fit": int(n[k - 1]), "n": int(m), "forecast": float(p), "lo": float(a), "hi": float(b),
-             "actual": float(v), "actual_err": float(e), "exponent": fit.b, "exponent_sd": float(np.sqrt(fit.cov[1, 1]))}
+             "actual": float(v), "actual_err": float(e), "exponent": fit.b,
+             "exponent_sd": float(np.sqrt(fit.cov[1, 1]))}
             for m, p, a, b, v, e in zip(n[k:], fit.predict(n[k:]), lo, hi, y[k:], actual_err)]

@@ -54,7 +54,8 @@ def hindcast_run(run_dir: str) -> list[dict]:
 
 
 def agrees(r: dict) -> bool:
-    half = (r["hi"] if r["actual"] > r["forecast"] else r["forecast"]) - (r["forecast"] if r["actual"] > r["forecast"] else r["lo"])
+    """The measurement within the curve's 68% band (its side of it) ⊕ its own error bar."""
+    half = r["hi"] - r["forecast"] if r["actual"] > r["forecast"] else r["forecast"] - r["lo"]
     return abs(r["actual"] - r["forecast"]) <= np.hypot(half, r["actual_err"])
 
 
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     if not rows:
         print("no run has enough points for a hindcast")
         return 1
-    for label, subset in (("all", rows), ("where status would print a number", [r for r in rows if r["trusted"] == "number"])):
+    trusted = [r for r in rows if r["trusted"] == "number"]
+    for label, subset in (("all", rows), ("where status would print a number", trusted)):
         if subset:
             log_ratio = np.abs(np.log([r["forecast"] / r["actual"] for r in subset]))
             inside = np.mean([agrees(r) for r in subset])
