@@ -12,7 +12,7 @@ to 10 points a run has, many resamples hold fewer than three distinct label coun
 of their slopes says more about the resampling than about the curve.
 
 A forecast gives no number (and says why) when it cannot be trusted:
-- fewer than MIN_POINTS points above the floor;
+- fewer than MIN_POINTS points above the floor, at distinct label counts;
 - an exponent b that is not positive (flat or rising curve);
 - a misfit: a χ² that a power law with these error bars would exceed less than once in 1/MISFIT_P;
 - a range too wide: the 68% range of the label count needed spans more than a factor MAX_RANGE.
@@ -69,8 +69,9 @@ def fit_power_law(n, y, err=None, floor: float = 0.0) -> PowerLaw:
     ValueError with fewer than 3 such points (the fit would have no degree of freedom)."""
     n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
     keep = y > floor
-    if keep.sum() < 3:
-        raise ValueError(f"a power law needs at least 3 points above the floor {floor:g}, got {int(keep.sum())}")
+    if keep.sum() < 3 or len(np.unique(n[keep])) < 2:
+        raise ValueError(f"a power law needs at least 3 points above the floor {floor:g} at 2 label counts or more, "
+                         f"got {int(keep.sum())} at {len(np.unique(n[keep]))}")
     n, y = n[keep], y[keep]
     excess2 = y**2 - floor**2
     z = 0.5 * np.log(excess2)
@@ -132,10 +133,11 @@ def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 
                 core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y))
     if len(y) and y[-1] <= target:
         return Forecast(**base, reached=True)
-    usable = int(np.sum(y > floor))
+    # a batch that failed entirely repeats a label count: it adds no point along the curve
+    usable = len(np.unique(n[y > floor]))
     if usable < MIN_POINTS:
         where = " above the floor" if floor else ""
-        return Forecast(**base, refusal=f"{usable} points{where} (at least {MIN_POINTS} needed)")
+        return Forecast(**base, refusal=f"{usable} points{where} (at least {MIN_POINTS} label counts needed)")
     fit = fit_power_law(n, y, err, floor)
     base["fit"] = fit
     if fit.b <= 0:

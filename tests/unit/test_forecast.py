@@ -49,8 +49,12 @@ def test_labels_to_reach_a_target_on_an_exact_curve():
 
 def test_no_number_from_fewer_than_four_points():
     out = fc.forecast("barrier spread", N[:3], 0.05 * N[:3] ** -0.5, None, 0.001, "±0.001 eV")
-    assert out.n_total is None and out.refusal == "3 points (at least 4 needed)"
-    assert out.text() == "barrier spread: no forecast: 3 points (at least 4 needed)"
+    assert out.n_total is None and out.refusal == "3 points (at least 4 label counts needed)"
+    assert out.text() == "barrier spread: no forecast: 3 points (at least 4 label counts needed)"
+    repeated = fc.forecast("rmse", [10, 20, 20, 20, 40], [0.05, 0.03, 0.031, 0.029, 0.02], None, 0.001, "1 meV")
+    assert repeated.refusal == "3 points (at least 4 label counts needed)"   # a batch that all failed adds no point
+    with pytest.raises(ValueError, match="at 2 label counts or more, got 4 at 1"):
+        fc.fit_power_law([20, 20, 20, 20], [0.03, 0.031, 0.029, 0.03])
 
 
 @pytest.mark.parametrize("y", [np.full(6, 0.02), 0.01 * N[:6] ** 0.3])

@@ -194,7 +194,7 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
     store.set_meta("campaign", {"name": "h3", "stop": {"max_labels": 1000, "observable": {
         "name": "barrier", "tolerance": 0.005, "window": 3}}})
     text = status_text(tmp_path)
-    assert "forecast: prospective RMSE: no forecast: 3 points above the floor (at least 4 needed)" in text
+    assert "forecast: prospective RMSE: no forecast: 3 points above the floor (at least 4 label counts needed)" in text
     line = next(x for x in text.splitlines() if x.startswith("forecast: barrier committee spread: ≈ "))
     more = int(line.split("≈ ")[1].split(" ")[0])
     assert more == round((0.2 / 0.005) ** (1 / 0.6)) - 320
