@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, binding, measure, metrics, provenance, reaction_path
+from . import __version__, acquisition, binding, measure, metrics, provenance, reaction_path, rerank
 from .arrays import Features, ForceJacobian, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
@@ -27,8 +27,9 @@ from .feature_cache import FeatureCache, PoolRows, stream_predict
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
+from .labelers.qmcpack import QMCPACKLabeler
 from .pool import TOO_CLOSE, Geometries, PoolError, generate, screen
-from .rundir import RunDir, label_key
+from .rundir import RunDir, candidate_id, label_key
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 from .report_text import one_line
 
@@ -278,10 +279,54 @@ class CampaignRun:
                                                                   "key": key, "iteration": iteration})
         if waiting:
             where = getattr(self.labeler, "workdir", self.layout.labels)
+            note = self.rerank_queue(iteration, waiting) if isinstance(self.labeler, QMCPACKLabeler) else ""
             raise WaitingForLabels(
-                f"{len(waiting)} jobs queued in {where} ({self.labeler.name}); "
+                f"{len(waiting)} jobs queued in {where} ({self.labeler.name}){note}; "
                 f"run them, then `aloop ingest {self.run_dir}` and `aloop run` again"
             )
+
+    def rerank_queue(self, iteration: int, waiting: list[str]) -> str:
+        """Score the waiting QMCPACK jobs again with the newest committee (aloop.rerank): list in
+        queue/cancel.txt those an older committee chose and a fresh batch would not, and queue the
+        fresh batch's best pool candidates in their place as far as the label budget allows (added
+        to `waiting`). Returns a note for the waiting message."""
+        ids = [candidate_id(key) for key in waiting]
+        old = {cid: self.store.db.get(id=cid) for cid in ids}
+        # the jobs of this iteration were chosen by the newest committee a moment ago
+        stale = [old[cid].get("iteration", iteration) < iteration for cid in ids]
+        strategy = self.campaign.acquisition.strategy
+        committee = self.load_committee(iteration - 1) if iteration else None
+        if committee is None or strategy == "random" or not any(stale):   # random: no candidate ranks above another
+            rerank.write_cancel(self.labeler.workdir, [], "")
+            return ""
+        pool = self.store.ids(state=POOL)
+        rows = self.pool_rows(pool + ids)
+        mean, std = stream_predict(committee, rows)
+        budget = self.campaign.stop.max_labels - self.store.count(state=LABELLED) - len(waiting)
+        result = rerank.rerank(acquisition.STRATEGIES[strategy], std, rows, np.arange(len(pool), len(pool) + len(ids)),
+                               stale, budget, rng=np.random.default_rng([self.campaign.seed, iteration, 2]))
+        index = {key: i for i, key in enumerate(self.labeler.keys())}
+        lines = [rerank.CancelLine(waiting[j], self.labeler.workdir / waiting[j], float(old[ids[j]].get("score", 0.0)),
+                                   float(result.new_scores[j]), self.labeler.job_id(waiting[j]) or rerank.NO_JOB_ID,
+                                   index[waiting[j]]) for j in result.cancellable]
+        rerank.write_cancel(self.labeler.workdir, lines, (
+            f"written by `aloop run` at iteration {iteration}: waiting jobs chosen by an older committee that the "
+            f"committee of iteration {iteration - 1} ({strategy}) would not choose now\n"
+            f"cut-off {result.cutoff:.6f} eV: the lowest score in a fresh batch of {len(ids)} from the "
+            f"{len(pool) + len(ids)} unlabelled candidates\n"
+            "cancel with `scancel <slurm_job_id>`, or `scancel <array job id>_<array_index>` for a job not started; "
+            "a result that arrives anyway is still ingested"))
+        new = [pool[r] for r in result.replacements]
+        if new:
+            self.store.mark_selected(new, iteration, mean[result.replacements], std[result.replacements],
+                                     std[result.replacements])
+            for cid, atoms in zip(new, self.store.atoms(new)):
+                self.labeler.submit(label_key(cid), atoms)
+                waiting.append(label_key(cid))
+        if not lines:
+            return ""
+        return (f"; {len(lines)} of them cancellable, listed in {self.labeler.workdir / rerank.CANCEL_FILE}"
+                + (f" ({len(new)} pool candidates queued in their place)" if new else ""))
 
     def compute_labels(self, ids: list[int]) -> None:
         """Run the jobs of a labeler that computes (pyscf, ase, ...) through the dispatcher. Each job's

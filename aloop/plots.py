@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogFormatter, NullFormatter, ScalarFormatter
 
 from .feature_cache import FeatureCache
+from .forecast import Forecast
 from .store import LABELLED, RunStore
 
 DPI = 120
@@ -96,7 +97,21 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def learning_curve(records, out: Path) -> Path:
+def _forecast(ax, f: Forecast, color: str, points: bool) -> None:
+    """A forecast that gives a number: its points (unless drawn already), the fitted curve extended
+    to the upper end of its range with the curve's 68% band, and a line at its target (meV)."""
+    n, y = f.points
+    if points:
+        _plot(ax, n, y * 1000, "D-", color=color, label=f.quantity)
+    grid = np.geomspace(n[0], max(f.n_range[1], n[-1]), 100)
+    lo, hi = f.fit.band(grid)
+    ax.plot(grid, f.fit.predict(grid) * 1000, ":", color=color, label=f"{f.quantity}: fit, forecast")
+    ax.fill_between(grid, lo * 1000, hi * 1000, color=color, alpha=0.15, lw=0)
+    ax.axhline(f.target * 1000, color=color, ls="-.", lw=1, label=f"target: {f.what}")
+
+
+def learning_curve(records, out: Path, forecasts: list[Forecast] = ()) -> Path:
+    """The errors against the labels, and each forecast that gives a number (aloop.forecast)."""
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
     n = [r["n_labels"] for r in records]
@@ -107,15 +122,23 @@ def learning_curve(records, out: Path) -> Path:
               (test, "rmse", "s-", "C1", "held-out test RMSE")]
     for values, key, style, color, label in series:
         _plot(ax, n, [v.get(key, np.nan) * 1000 for v in values], style, color=color, label=label)
+    drawn = [f for f in forecasts if f.n_total is not None]
+    for f in drawn:
+        # the RMSE's points are the dots above; the observable's spread brings its own
+        rmse = f.quantity == "prospective RMSE"
+        _forecast(ax, f, "C0" if rmse else "C2", not rmse)
     if not ax.lines:   # iteration 0 alone, no test set: say so rather than draw empty axes
         ax.text(0.5, 0.5, "no prospective batch yet (the first batch has no prediction)\nand no test set",
                 transform=ax.transAxes, ha="center", va="center", color="gray")
     _log_y(ax)
     ax.set_ylabel("energy error (meV per configuration)")
-    _labels_axis(ax, n)
+    _labels_axis(ax, n + [round(v) for f in drawn for v in (f.n_total, f.n_range[1])])
     core_hours_axis(ax, records)
-    ax.set_title("Learning curve")
-    if ax.lines:
+    ax.set_title("Learning curve" + (" and forecast" if drawn else ""))
+    if drawn:   # below the axes: a forecast's entries would cover its own curve
+        fig.set_size_inches(6.4, 7.4)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    elif ax.lines:
         ax.legend(fontsize="small")
     return _save(fig, out / "learning_curve.png")
 

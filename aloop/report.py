@@ -1,7 +1,9 @@
 """A run's Markdown summary and metrics table (report/), and the short status text of `aloop status`.
 
 Everything here only reads the run directory (aloop.db, committee/, cache/), so a report can be
-written while a campaign is still running, or long after, without MACE or the labeler. The figures
+written while a campaign is still running, or long after, without MACE or the labeler. Both show
+the forecast of each tracked quantity (aloop.forecast) and the status lists the queued jobs a newer
+committee would no longer choose (queue/cancel.txt, aloop.rerank). The figures
 are drawn by aloop.plots; docs/reading-the-plots.md explains how to read each plot and when to stop
 buying labels.
 """
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import binding, cost, plots as figures
+from . import binding, cost, forecast, plots as figures
 from .provenance import describe
 from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
-from .rundir import RunDir
+from .rerank import read_cancel
+from .rundir import RunDir, candidate_id
 from .report_text import one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
@@ -99,7 +102,8 @@ def write_report(run_dir) -> Path:
     base = store.get_meta("base_observables") or {}
     last = records[-1]
     thetas, trained_in = _committee(store.run_dir, last["iteration"])
-    plots = [figures.learning_curve(records, out)]
+    forecasts = forecast.from_records(records, campaign.get("stop", {}))
+    plots = [figures.learning_curve(records, out, forecasts)]
     if last["observables"]:
         plots.append(figures.observables(records, specs, base, stop, out))
     plots.append(figures.uncertainty(records, campaign.get("stop", {}).get("uncertainty_ratio"), stop, out))
@@ -146,6 +150,11 @@ def write_report(run_dir) -> Path:
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")
     if not (p or last["test"]):
         lines.append("- no prospective batch or test set yet")
+    if forecasts:
+        lines += ["", "## Forecast", "",
+                  "A power law fitted to the points so far, extrapolated to each target (68% range; "
+                  "docs/reading-the-plots.md says how it is made and when it gives no number):", ""]
+        lines += [f"- {f.text()}" for f in forecasts]
     lines += ["", "## Plots", ""] + [f"![{q.stem.replace('_', ' ')}]({q.name})\n" for q in plots]
 
     names = list(last["observables"])
@@ -181,6 +190,18 @@ def _core_hours(store: RunStore) -> list[str]:
     return ["; ".join(parts)]
 
 
+def _cancellable(store: RunStore) -> list[str]:
+    """The queued jobs of queue/cancel.txt that still wait for their label (aloop.rerank)."""
+    jobs = [c for c in read_cancel(store.layout.queue) if store.count(id=candidate_id(c.key), state=SELECTED)]
+    if not jobs:
+        return []
+    lines = [f"cancellable: {len(jobs)} queued jobs a fresh batch would no longer choose "
+             f"({store.layout.queue / 'cancel.txt'})"]
+    lines += [f"  {c.key}: score {_meV(c.old_score)} → {_meV(c.new_score)} meV, slurm job {c.job_id}, "
+              f"array index {c.array_index}" for c in jobs[:10]]
+    return lines + ([f"  … and {len(jobs) - 10} more"] if len(jobs) > 10 else [])
+
+
 def status_text(run_dir) -> str:
     """Where a run stands, in a few lines, for `aloop status RUN`."""
     store = RunStore.existing(run_dir)
@@ -198,6 +219,8 @@ def status_text(run_dir) -> str:
     lines.append(f"iterations done: {len(records)}")
     if records:
         lines.append(f"last: {one_line(records[-1])}")
+        lines += [f"forecast: {f.text()}" for f in forecast.from_records(records, campaign.get("stop", {}))]
+    lines += _cancellable(store)
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
     screened = [store.get_meta(f"source:{source['name']}") or {}

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aloop"
 HEAVY = {"torch", "e3nn", "mace"}
 LIGHT = ("aloop.arrays", "aloop.files", "aloop.store", "aloop.feature_cache", "aloop.metrics",
          "aloop.report_text", "aloop.report", "aloop.plots", "aloop.committee", "aloop.provenance",
-         "aloop.binding", "aloop.rundir", "aloop.acquisition", "aloop.cost")
+         "aloop.binding", "aloop.rundir", "aloop.acquisition", "aloop.cost", "aloop.forecast")
 
 
 def module_name(path: Path) -> str:

@@ -31,6 +31,7 @@ from .base import DONE, FAILED, PENDING, Label, LabelError, set_aside
 from .qmcpack_results import FAILED_STATE, JobProblem, Series, blocks_digest, dmc_label
 
 MANIFEST, RECORD, EXIT_STATUS = "manifest.json", "ingested.json", "exit_status"
+JOB_ID = "slurm_job_id"   # written into the job folder by the batch script when the job starts
 INCONSISTENT = "inconsistent"
 DEFAULT_TEMPLATE = Path(__file__).with_name("templates") / "slurm.sh"
 
@@ -156,6 +157,12 @@ class QMCPACKLabeler:
     def record_of(self, key: str) -> dict | None:
         path = self.workdir / key / RECORD
         return json.loads(path.read_text()) if path.exists() else None
+
+    def job_id(self, key: str) -> str | None:
+        """The batch system's id of the job, if its batch script recorded one (the default template
+        writes <array job id>_<array index> when the job starts)."""
+        path = self.workdir / key / JOB_ID
+        return (path.read_text().strip() or None) if path.exists() else None
 
     def record(self, key: str, record: dict) -> None:
         _write_json(self.workdir / key / RECORD, record)

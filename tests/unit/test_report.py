@@ -180,3 +180,25 @@ def test_label_axis_ticks_every_iteration_and_numbers_at_most_15():
     assert sorted(labelled + bare) == counts and labelled[0] == 5 and labelled[-1] == 150
     assert len(labelled) <= 15
     assert min(np.diff(np.log(labelled))) >= np.log(150 / 5) / 15   # numbers spaced evenly along the log axis
+
+
+def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path):
+    store = RunStore(tmp_path)
+    store.add_candidates([_h3(i) for i in range(4)], source="dft")
+    labels = [10, 20, 40, 80, 160, 320]
+    for it, n in enumerate(labels):   # spread exactly 0.2 n^−0.6 eV: 5 meV at (0.2/0.005)^(1/0.6) ≈ 467 labels
+        rec = _record(it, n, 10, 0.08 * n**-0.5, 0.01, 0.01, 0.01, 0.42, 0.2 * n**-0.6)
+        rec["prospective"] = None if it < 3 else rec["prospective"]   # 3 prospective points: too few
+        rec["label_noise_median"] = 0.001
+        store.write_iteration(it, rec)
+    store.set_meta("campaign", {"name": "h3", "stop": {"max_labels": 1000, "observable": {
+        "name": "barrier", "tolerance": 0.005, "window": 3}}})
+    text = status_text(tmp_path)
+    assert "forecast: prospective RMSE: no forecast: 3 points above the floor (at least 4 label counts needed)" in text
+    line = next(x for x in text.splitlines() if x.startswith("forecast: barrier committee spread: ≈ "))
+    more = int(line.split("≈ ")[1].split(" ")[0])
+    assert more == round((0.2 / 0.005) ** (1 / 0.6)) - 320
+    assert "to reach ±0.005 eV (stop.observable.tolerance)" in line
+    summary = write_report(tmp_path).read_text()
+    assert "## Forecast" in summary and line.removeprefix("forecast: ") in summary
+    _assert_png(tmp_path / "report" / "learning_curve.png")

@@ -27,4 +27,6 @@ export PW="srun pw.x" PW2QMCPACK="srun pw2qmcpack.x" QMCPACK="srun qmcpack"
 cd "${SLURM_SUBMIT_DIR:-.}"
 job=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" jobs.txt)
 cd "$job"
+# the id `aloop run` puts in queue/cancel.txt when a newer committee no longer wants this job
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" > slurm_job_id; fi
 bash run.sh

@@ -1,0 +1,213 @@
+"""How many more labels a run needs: a power-law learning curve fitted to the records so far.
+
+A quantity that falls with the number of labels n (the prospective RMSE, an observable's committee
+spread) is fitted as y² = (c·n^−b)² + floor², where the floor is what no number of labels removes
+(the label noise, for an error measured against noisy labels). The fit is a weighted least-squares
+line through log(√(y² − floor²)) against log n, each point weighted by its own error bar carried
+into log space.
+
+Parameter uncertainty is the fit's covariance, widened by the reduced χ² when that is above 1 (the
+points scatter more than their error bars say). A bootstrap over points was not chosen: with the 4
+to 10 points a run has, many resamples hold fewer than three distinct label counts, and the spread
+of their slopes says more about the resampling than about the curve.
+
+A forecast gives no number (and says why) when it cannot be trusted:
+- fewer than MIN_POINTS points above the floor, at distinct label counts;
+- an exponent b that is not positive (flat or rising curve);
+- a misfit: a χ² that a power law with these error bars would exceed less than once in 1/MISFIT_P;
+- a range too wide: the 68% range of the label count needed spans more than a factor MAX_RANGE.
+
+Pure functions of numbers and records: nothing here reads the run folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import chi2
+
+MIN_POINTS = 4
+MISFIT_P = 1e-3
+MAX_RANGE = 4.0
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = √((c·n^−b)² + floor²); `cov`: covariance of (log c, b); `chi2_red`: None without error bars."""
+
+    log_c: float
+    b: float
+    cov: np.ndarray
+    floor: float
+    chi2_red: float | None
+    dof: int
+
+    def predict(self, n) -> np.ndarray:
+        return np.hypot(np.exp(self.log_c) * np.asarray(n, dtype=float) ** -self.b, self.floor)
+
+    def band(self, n) -> tuple[np.ndarray, np.ndarray]:
+        """The 68% band of the prediction at n (from the parameters' covariance)."""
+        log_n = np.log(np.asarray(n, dtype=float))
+        excess = self.log_c - self.b * log_n
+        grad = np.stack([np.ones_like(log_n), -log_n])
+        sd = np.sqrt(np.einsum("i...,ij,j...->...", grad, self.cov, grad))
+        return np.hypot(np.exp(excess - sd), self.floor), np.hypot(np.exp(excess + sd), self.floor)
+
+    def labels_to_reach(self, target: float) -> tuple[float, float, float]:
+        """(n, n_lo, n_hi): the label count at which the curve reaches `target` (> floor), and its
+        68% range."""
+        log_t = 0.5 * np.log(target**2 - self.floor**2)
+        log_n = (self.log_c - log_t) / self.b
+        grad = np.array([1 / self.b, -log_n / self.b])
+        sd = float(np.sqrt(grad @ self.cov @ grad))
+        return float(np.exp(log_n)), float(np.exp(log_n - sd)), float(np.exp(log_n + sd))
+
+
+def fit_power_law(n, y, err=None, floor: float = 0.0) -> PowerLaw:
+    """Weighted least squares of log √(y² − floor²) = log c − b log n over the points above the
+    floor; `err`: each y's standard error (None: equal weights, scatter estimated from the fit).
+    ValueError with fewer than 3 such points (the fit would have no degree of freedom)."""
+    n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
+    keep = y > floor
+    if keep.sum() < 3 or len(np.unique(n[keep])) < 2:
+        raise ValueError(f"a power law needs at least 3 points above the floor {floor:g} at 2 label counts or more, "
+                         f"got {int(keep.sum())} at {len(np.unique(n[keep]))}")
+    n, y = n[keep], y[keep]
+    excess2 = y**2 - floor**2
+    z = 0.5 * np.log(excess2)
+    # d log √(y² − f²) / dy = y / (y² − f²): close to the floor a point says little about the slope
+    sd = None if err is None else np.asarray(err, dtype=float)[keep] * y / excess2
+    w = np.ones_like(z) if sd is None else 1 / sd**2
+    design = np.stack([np.ones_like(n), -np.log(n)], axis=1)
+    cov = np.linalg.inv(design.T @ (design * w[:, None]))
+    params = cov @ design.T @ (w * z)
+    dof = len(z) - 2
+    chi2_red = float(np.sum(w * (z - design @ params) ** 2) / dof)
+    # without error bars the scatter itself sets the scale; with them, only more scatter than they
+    # allow widens the parameters
+    cov = cov * (chi2_red if sd is None else max(chi2_red, 1.0))
+    return PowerLaw(float(params[0]), float(params[1]), cov, float(floor), None if sd is None else chi2_red, dof)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Labels needed for `quantity` to reach `target` (on y's scale): `n_total` and its 68% range;
+    or `reached` (the last value is at the target already); or `refusal`, the reason there is no
+    number. `fit` when a curve was fitted; `text()` is the line `aloop status` prints."""
+
+    quantity: str
+    target: float
+    what: str              # what reaching the target means, for the sentence
+    n_now: int
+    n_total: float | None = None
+    n_range: tuple[float, float] | None = None
+    refusal: str | None = None
+    fit: PowerLaw | None = None
+    value_text: str = ""
+    points: tuple = ()     # (n, y) of the points fitted, for the plot
+    core_hours_per_label: float | None = None
+    reached: bool = False
+
+    def text(self) -> str:
+        head = f"{self.quantity}: "
+        if self.reached:
+            return head + f"reached {self.what} (last value {self.value_text})"
+        if self.refusal:
+            return head + f"no forecast: {self.refusal}"
+        more = [max(0, round(v - self.n_now)) for v in (self.n_total, *self.n_range)]
+        if more[0] == 0:
+            return (head + f"the fit puts {self.what} at {self.n_total:.0f} labels, already passed "
+                    "(the last value is above it)")
+        line = head + f"≈ {more[0]} more labels (range {more[1]}–{more[2]}) to reach {self.what}"
+        if self.core_hours_per_label:
+            ch = [m * self.core_hours_per_label for m in more]
+            line += f"; ≈ {ch[0]:.3g} core-hours ({ch[1]:.3g}–{ch[2]:.3g}) at the run's cost per label so far"
+        return line
+
+
+def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 0.0,
+             core_hours_per_label: float | None = None) -> Forecast:
+    """The labels at which the fitted curve of (n, y ± err) reaches `target`, or why there is no number."""
+    n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
+    base = dict(quantity=quantity, target=target, what=what, n_now=int(n[-1]) if len(n) else 0,
+                core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y))
+    if len(y) and y[-1] <= target:
+        return Forecast(**base, reached=True)
+    # a batch that failed entirely repeats a label count: it adds no point along the curve
+    usable = len(np.unique(n[y > floor]))
+    if usable < MIN_POINTS:
+        where = " above the floor" if floor else ""
+        return Forecast(**base, refusal=f"{usable} points{where} (at least {MIN_POINTS} label counts needed)")
+    fit = fit_power_law(n, y, err, floor)
+    base["fit"] = fit
+    if fit.b <= 0:
+        return Forecast(**base, refusal=f"the curve does not fall (fitted exponent {fit.b:.2f} ≤ 0)")
+    if fit.chi2_red is not None and chi2.sf(fit.chi2_red * fit.dof, fit.dof) < MISFIT_P:
+        return Forecast(**base, refusal=f"a power law does not fit (reduced χ² {fit.chi2_red:.1f} over {fit.dof} "
+                                        f"degrees of freedom)")
+    total, lo, hi = fit.labels_to_reach(target)
+    if hi / lo > MAX_RANGE:
+        return Forecast(**base, refusal=f"too uncertain: {lo:.0f}–{hi:.0f} labels in total (68% range, more than "
+                                        f"a factor {MAX_RANGE:g} wide)")
+    return Forecast(**base, n_total=total, n_range=(lo, hi))
+
+
+def _fmt(value: float) -> str:
+    return f"{value * 1000:.1f} meV"
+
+
+def rmse_series(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, prospective RMSE, its standard error) of every record with a prospective batch; the
+    RMSE of m errors has a standard error of about RMSE/√(2m)."""
+    rows = [(r["n_labels"], r["prospective"]["rmse"], r["prospective"]["rmse"] / np.sqrt(2 * r["prospective"]["n"]))
+            for r in records if r.get("prospective")]
+    return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def spread_series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, committee spread of observable `name`, its standard error): the standard deviation
+    of K members has a standard error of about std/√(2(K − 1))."""
+    rows = [(r["n_labels"], o["std"], o["std"] / np.sqrt(2 * (len(o["members"]) - 1)))
+            for r in records if (o := r["observables"].get(name)) and o["std"] > 0 and len(o["members"]) > 1]
+    return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def from_records(records: list[dict], stop: dict) -> list[Forecast]:
+    """One forecast per tracked quantity: the prospective RMSE (target: a model error equal to the
+    label noise, i.e. an RMSE of √2 × label noise against noisy labels) and, with a
+    `stop.observable` rule, that observable's committee spread (target: its tolerance). `stop` is
+    the campaign's stop section as stored in the run. Core-hours come with the numbers when the
+    records carry cumulative `core_hours`."""
+    if not records:
+        return []
+    last = records[-1]
+    hours = last.get("core_hours")
+    per_label = hours / last["n_labels"] if isinstance(hours, (int, float)) and hours > 0 and last["n_labels"] else None
+    out = []
+    noise = last.get("label_noise_median")
+    if noise:
+        n, y, err = rmse_series(records)
+        out.append(forecast("prospective RMSE", n, y, err, np.sqrt(2) * noise,
+                            f"{_fmt(np.sqrt(2) * noise)} (model error = label noise {_fmt(noise)})",
+                            floor=noise, core_hours_per_label=per_label))
+    rule = stop.get("observable")
+    if rule:
+        name, tol = rule["name"], rule["tolerance"]
+        n, y, err = spread_series(records, name)
+        out.append(forecast(f"{name} committee spread", n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
+                            core_hours_per_label=per_label))
+    return out
+
+
+def hindcast(n, y, err, k: int, floor: float = 0.0) -> list[dict]:
+    """Forecast each later point of a finished sequence from its first k points: one dict per later
+    point with the label count, the value forecast and the 68% band of the curve, and the value
+    measured with its own error bar (a single batch scatters about the curve by that much)."""
+    n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
+    fit = fit_power_law(n[:k], y[:k], None if err is None else np.asarray(err)[:k], floor)
+    lo, hi = fit.band(n[k:])
+    actual_err = np.full(len(n) - k, np.nan) if err is None else np.asarray(err, dtype=float)[k:]
+    return [{"n_fit": int(n[k - 1]), "n": int(m), "forecast": float(p), "lo": float(a), "hi": float(b),
+             "actual": float(v), "actual_err": float(e), "exponent": fit.b,
+             "exponent_sd": float(np.sqrt(fit.cov[1, 1]))}
+            for m, p, a, b, v, e in zip(n[k:], fit.predict(n[k:]), lo, hi, y[k:], actual_err)]

@@ -1,0 +1,94 @@
+"""How well the learning-curve forecast (aloop/forecast.py) predicts what a run measured later.
+
+For each run folder and each quantity the forecast tracks (the prospective RMSE, with the label
+noise as its floor, and the `stop.observable` committee spread), the power law is fitted to the
+first k points (k = 4 … all but one) and its value at every later label count is compared with
+the value the run measured there:
+
+    python benchmarks/forecast_hindcast.py RUN_DIR [RUN_DIR ...]
+
+One line per (run, quantity, k, later point): the value forecast with its 68% band, the value
+measured, their ratio, whether the measurement agrees with it (inside the curve's 68% band widened
+in quadrature by the measurement's own error bar: one batch scatters about the curve), and whether `aloop status`
+would have printed a label count from those k points (`forecast.forecast`: trusted or why not).
+Then, over all lines: the median |log ratio| as a factor, and the fraction inside the 68% band.
+Reads only the run folders.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from aloop import forecast as fc
+from aloop.store import RunStore
+
+
+def series(records: list[dict], stop: dict):
+    """(quantity, n, y, err, floor, target, what) of each quantity the forecast tracks."""
+    out = []
+    noise = records[-1].get("label_noise_median")
+    if noise:
+        out.append(("prospective RMSE", *fc.rmse_series(records), noise, np.sqrt(2) * noise, "model error = noise"))
+    rule = stop.get("observable")
+    if rule:
+        out.append((f"{rule['name']} spread", *fc.spread_series(records, rule["name"]), 0.0, rule["tolerance"],
+                    "tolerance"))
+    return out
+
+
+def hindcast_run(run_dir: str) -> list[dict]:
+    store = RunStore.existing(run_dir)
+    records, stop = store.iterations(), (store.get_meta("campaign") or {}).get("stop", {})
+    rows = []
+    for quantity, n, y, err, floor, target, what in series(records, stop) if records else []:
+        for k in range(fc.MIN_POINTS, len(n)):
+            if np.sum(y[:k] > floor) < 3:
+                continue
+            verdict = fc.forecast(quantity, n[:k], y[:k], err[:k], target, what, floor)
+            trusted = "number" if verdict.n_total is not None else ("reached" if verdict.reached else verdict.refusal)
+            for row in fc.hindcast(n, y, err, k, floor):
+                rows.append({"run": run_dir, "quantity": quantity, "k": k, "trusted": trusted, **row})
+    return rows
+
+
+def agrees(r: dict) -> bool:
+    """The measurement within the curve's 68% band (its side of it) ⊕ its own error bar."""
+    half = r["hi"] - r["forecast"] if r["actual"] > r["forecast"] else r["forecast"] - r["lo"]
+    return abs(r["actual"] - r["forecast"]) <= np.hypot(half, r["actual_err"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders")
+    args = parser.parse_args(argv)
+    rows = []
+    for run in args.runs:
+        try:
+            rows += hindcast_run(run)
+        except ValueError as err:
+            print(f"{run}: skipped: {err}", file=sys.stderr)
+    print(f"{'run':40} {'quantity':18} {'k':>2} {'fit≤n':>5} {'at n':>5} {'forecast (meV)':>22} "
+          f"{'measured':>9} {'ratio':>6} {'agrees':>7}  status from k points")
+    for r in rows:
+        band = f"{r['forecast'] * 1e3:6.1f} [{r['lo'] * 1e3:5.1f}–{r['hi'] * 1e3:5.1f}]"
+        inside = agrees(r)
+        print(f"{r['run'][-40:]:40} {r['quantity']:18} {r['k']:2d} {r['n_fit']:5d} {r['n']:5d} {band:>22} "
+              f"{r['actual'] * 1e3:9.1f} {r['forecast'] / r['actual']:6.2f} {'yes' if inside else 'no':>7}  "
+              f"{r['trusted'][:60]}")
+    if not rows:
+        print("no run has enough points for a hindcast")
+        return 1
+    trusted = [r for r in rows if r["trusted"] == "number"]
+    for label, subset in (("all", rows), ("where status would print a number", trusted)):
+        if subset:
+            log_ratio = np.abs(np.log([r["forecast"] / r["actual"] for r in subset]))
+            inside = np.mean([agrees(r) for r in subset])
+            print(f"{label}: {len(subset)} forecasts, median error ×{np.exp(np.median(log_ratio)):.2f}, "
+                  f"worst ×{np.exp(log_ratio.max()):.2f}, agreeing within 68% band ⊕ error bar {100 * inside:.0f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

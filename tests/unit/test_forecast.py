@@ -1,0 +1,90 @@
+"""The learning-curve forecast: a power law recovered from noisy points, and no number when the
+points cannot carry one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aloop import forecast as fc
+
+N = np.array([12, 16, 20, 24, 32, 40, 56, 75, 100, 150])
+
+
+def noisy_curve(seed: int, c=0.4, b=0.6, floor=0.0, rel=0.15):
+    """y = √((c n^−b)² + floor²) with relative Gaussian noise `rel` and that as each point's error bar."""
+    rng = np.random.default_rng(seed)
+    y = np.hypot(c * N**-b, floor) * (1 + rel * rng.normal(size=len(N)))
+    return y, rel * y
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.004])
+def test_hindcast_recovers_the_exponent_within_its_stated_uncertainty(floor):
+    y, err = noisy_curve(1, floor=floor)
+    rows = fc.hindcast(N, y, err, 7, floor=floor)
+    b, sd = rows[0]["exponent"], rows[0]["exponent_sd"]
+    assert 0 < sd < 0.3
+    assert abs(b - 0.6) < 2 * sd
+    assert [r["n"] for r in rows] == [75, 100, 150] and all(r["n_fit"] == 56 for r in rows)
+    truth = np.hypot(0.4 * N[7:] ** -0.6, floor)
+    assert all(r["lo"] < t < r["hi"] * 1.2 and r["lo"] < r["forecast"] < r["hi"] for r, t in zip(rows, truth))
+    assert [r["actual"] for r in rows] == list(y[7:])
+
+
+def test_the_stated_uncertainty_is_honest_over_many_noisy_curves():
+    """About 68% of the fitted exponents lie within one stated σ of the true one (not 20%, not 100%)."""
+    hits = [abs((f := fc.fit_power_law(N, *noisy_curve(seed))).b - 0.6) < np.sqrt(f.cov[1, 1]) for seed in range(200)]
+    assert 0.55 < np.mean(hits) < 0.85
+
+
+def test_labels_to_reach_a_target_on_an_exact_curve():
+    n = np.array([10.0, 20, 40, 80])
+    fit = fc.fit_power_law(n, 0.1 * n**-0.5)   # exact points: no scatter, no uncertainty
+    total, lo, hi = fit.labels_to_reach(0.1 / 20)
+    assert fit.b == pytest.approx(0.5) and total == pytest.approx(400) and lo == pytest.approx(hi, rel=1e-6)
+    out = fc.forecast("rmse", n, 0.1 * n**-0.5 * (1 + 0.01 * np.array([1, -1, 1, -1])), None, 0.1 / 20, "5 meV")
+    assert out.refusal is None and 300 < out.n_total < 530
+    more = round(out.n_total - 80)
+    assert out.text().startswith(f"rmse: ≈ {more} more labels (range ") and out.text().endswith("to reach 5 meV")
+
+
+def test_no_number_from_fewer_than_four_points():
+    out = fc.forecast("barrier spread", N[:3], 0.05 * N[:3] ** -0.5, None, 0.001, "±0.001 eV")
+    assert out.n_total is None and out.refusal == "3 points (at least 4 label counts needed)"
+    assert out.text() == "barrier spread: no forecast: 3 points (at least 4 label counts needed)"
+    repeated = fc.forecast("rmse", [10, 20, 20, 20, 40], [0.05, 0.03, 0.031, 0.029, 0.02], None, 0.001, "1 meV")
+    assert repeated.refusal == "3 points (at least 4 label counts needed)"   # a batch that all failed adds no point
+    with pytest.raises(ValueError, match="at 2 label counts or more, got 4 at 1"):
+        fc.fit_power_law([20, 20, 20, 20], [0.03, 0.031, 0.029, 0.03])
+
+
+@pytest.mark.parametrize("y", [np.full(6, 0.02), 0.01 * N[:6] ** 0.3])
+def test_no_number_from_a_flat_or_rising_curve(y):
+    out = fc.forecast("rmse", N[:6], y * (1 + 0.01 * np.arange(6) % 2), None, 0.001, "1 meV")
+    assert out.n_total is None and out.refusal.startswith("the curve does not fall")
+
+
+def test_no_number_from_a_misfit_or_a_range_too_wide():
+    n = N[:6].astype(float)
+    zigzag = 0.05 * n**-0.5 * np.array([1, 2, 0.5, 2, 0.5, 1])
+    out = fc.forecast("rmse", n, zigzag, 0.01 * zigzag, 0.001, "1 meV")
+    assert out.n_total is None and out.refusal.startswith("a power law does not fit (reduced χ²")
+    wide = fc.forecast("rmse", n, zigzag, 2 * zigzag, 0.001, "1 meV")   # the same points with huge error bars
+    assert wide.n_total is None and wide.refusal.startswith("too uncertain")
+
+
+def test_forecasts_from_records_with_and_without_core_hours():
+    y, err = noisy_curve(3, c=0.3, b=0.7, floor=0.003, rel=0.05)
+    spread = 0.2 * N**-0.6
+    records = [{"n_labels": int(n), "prospective": {"n": 200, "rmse": float(v)}, "label_noise_median": 0.003,
+                "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
+               for n, v, s in zip(N[:8], y[:8], spread[:8])]
+    rmse, barrier = fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}})
+    assert rmse.quantity == "prospective RMSE" and rmse.target == pytest.approx(np.sqrt(2) * 0.003)
+    assert "model error = label noise 3.0 meV" in rmse.text() and "core-hours" not in rmse.text()
+    assert barrier.n_total == pytest.approx((0.2 / 0.004) ** (1 / 0.6), rel=0.1)
+    assert barrier.text().startswith("barrier committee spread: ≈ ") and "±0.004 eV" in barrier.text()
+    records[-1]["core_hours"] = 2.0 * records[-1]["n_labels"]   # 2 core-hours per label so far
+    (_, barrier) = fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}})
+    more = round(barrier.n_total - N[7])
+    assert f"≈ {2 * more:.3g} core-hours" in barrier.text()
+    assert fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.5, "window": 3}})[1].reached
