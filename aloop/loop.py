@@ -34,6 +34,9 @@ from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 from .report_text import one_line
 
 
+PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
+
+
 class WaitingForLabels(RuntimeError):
     """External jobs must finish before the loop can go on."""
 
@@ -131,14 +134,16 @@ class CampaignRun:
     def add_path_points(self, iteration: int) -> None:
         """The end points and saddle of each relaxed observable path of `iteration` join the pool as
         candidates of source `path:NAME`, through the same screening as every source: a strategy can
-        then label the configurations that decide the barrier. Repeats of earlier points are not added."""
+        then label the configurations that decide the barrier. A point within PATH_POINT_TOLERANCE of an
+        earlier one (or of a source image) is not added: end points that settle by a few mÅ an
+        iteration would otherwise fill the pool with copies that a label would not tell apart."""
         for obs in self.campaign.evaluation.observables:
             relaxed = reaction_path.load(self.layout.path(obs.name, iteration)) if obs.relax else None
             if relaxed is None:
                 continue
             source = f"path:{obs.name}"
             earlier = self.store.source_ids(source)
-            seen = Geometries()
+            seen = Geometries(PATH_POINT_TOLERANCE)
             for atoms in self.store.atoms(earlier + self.store.source_ids(obs.path)):
                 seen.add(atoms)
             points = reaction_path.key_points(relaxed)

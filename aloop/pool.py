@@ -125,11 +125,12 @@ NON_FINITE, TOO_CLOSE, DUPLICATE = ("non-finite positions", "atoms closer than p
 
 class Geometries:
     """Configurations seen so far, to tell whether a new one repeats one of them: same atoms in the
-    same order, same cell, every coordinate within DUPLICATE_TOLERANCE. Within a bucket of equal atoms
+    same order, same cell, every coordinate within `tolerance` (Å). Within a bucket of equal atoms
     and cell the frames are kept sorted by the sum of their coordinates; two frames that agree within
     the tolerance differ there by at most 3N times it, so only that window is compared."""
 
-    def __init__(self):
+    def __init__(self, tolerance: float = DUPLICATE_TOLERANCE):
+        self.tolerance = tolerance
         self._buckets: dict[bytes, tuple[list[float], list[np.ndarray]]] = {}
 
     @staticmethod
@@ -138,9 +139,9 @@ class Geometries:
 
     def seen(self, atoms: Atoms) -> bool:
         sums, positions = self._buckets.get(self._key(atoms), ([], []))
-        total, window = float(atoms.positions.sum()), 3 * len(atoms) * DUPLICATE_TOLERANCE
+        total, window = float(atoms.positions.sum()), 3 * len(atoms) * self.tolerance
         lo, hi = bisect.bisect_left(sums, total - window), bisect.bisect_right(sums, total + window)
-        return any(np.abs(positions[i] - atoms.positions).max() <= DUPLICATE_TOLERANCE for i in range(lo, hi))
+        return any(np.abs(positions[i] - atoms.positions).max() <= self.tolerance for i in range(lo, hi))
 
     def add(self, atoms: Atoms) -> None:
         sums, positions = self._buckets.setdefault(self._key(atoms), ([], []))

@@ -14,7 +14,7 @@ from aloop import metrics, reaction_path
 from aloop.backbone import Backbone
 from aloop.campaign import load_campaign
 from aloop.fork import fork_run
-from aloop.loop import CampaignRun
+from aloop.loop import PATH_POINT_TOLERANCE, CampaignRun
 from aloop.neb import relax_path
 from aloop.store import RunStore
 
@@ -100,6 +100,9 @@ def test_path_points_join_the_pool_and_a_fork_drops_later_ones(relaxed_run, tmp_
     # the first path's end points and saddle are offered: they are not repeats of the source's images
     first = [row for row in points if row.added == 0]
     assert len(first) == 3
+    # end points that settle by a few mÅ are not offered again
+    xyz = [row.positions for row in points]
+    assert min(np.abs(a - b).max() for i, a in enumerate(xyz) for b in xyz[:i]) > PATH_POINT_TOLERANCE
     fork = fork_run(run.run_dir, tmp_path / "fork", iteration=1)
     assert {row.added for row in fork.rows(source="path:barrier")} == {0}
     assert sorted(p.name for p in (tmp_path / "fork" / "paths" / "barrier").iterdir()) == ["base.extxyz", "iter_000.extxyz"]
