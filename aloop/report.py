@@ -14,9 +14,9 @@ import numpy as np
 
 from . import binding, plots as figures
 from .provenance import describe
-from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
+from .domain import OUT_OF_DOMAIN
 from .rundir import RunDir
-from .report_text import one_line
+from .report_text import misfit_warning, one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 
@@ -39,6 +39,24 @@ def _stuck(store: RunStore, records: list[dict]) -> str | None:
     return (f"stuck at iteration 0: all {store.count(state=FAILED)} labels of the first batch failed (reasons: "
             f"`aloop status {store.run_dir}`); fix the campaign's labeler section and `aloop run` again (a changed "
             f"labeler retries them), or retry them as they are with `aloop requeue {store.run_dir}`")
+
+
+def _pool_lines(store: RunStore, campaign: dict) -> list[str]:
+    """One line per pool source: frames kept and dropped, by reason (and by pair for the domain)."""
+    lines = []
+    for source in campaign.get("pool", {}).get("sources", []):
+        meta = store.get_meta(f"source:{source['name']}")
+        if not meta:
+            continue
+        # reasons are the integer entries besides the kept count (older runs lack "frames" and "pairs")
+        dropped = {k: v for k, v in meta.items() if isinstance(v, int) and k not in ("n", "frames") and v}
+        pairs = meta.get("pairs") or {}
+        text = "; ".join(f"{n} {why}" + (f" ({', '.join(f'{p}: {c}' for p, c in sorted(pairs.items()))})"
+                                          if why == OUT_OF_DOMAIN and pairs else "") for why, n in dropped.items())
+        total = f" of {meta['frames']}" if "frames" in meta else ""
+        lines.append(f"{source['name']} ({meta.get('kind', '?')}): {meta['n']}{total} frames kept"
+                     + (f"; dropped: {text}" if text else ""))
+    return lines
 
 
 def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
@@ -87,6 +105,9 @@ def write_report(run_dir) -> Path:
              f"in the pool: {store.count(state=POOL)})",
              f"- iterations: {len(records)}",
              f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
+    warning = misfit_warning(records[-1]) if records else None
+    if warning:
+        lines += [f"**{warning[0].upper()}{warning[1:]}**", ""]
     if not records:
         lines.append("No iteration has finished yet: nothing to plot."
                      + ("" if _stuck(store, records) else " Run `aloop run` first."))
@@ -142,6 +163,9 @@ def write_report(run_dir) -> Path:
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")
     if not (p or last["test"]):
         lines.append("- no prospective batch or test set yet")
+    pool = _pool_lines(store, campaign)
+    if pool:
+        lines += ["", "## Pool", ""] + [f"- {line}" for line in pool]
     lines += ["", "## Plots", ""] + [f"![{q.stem.replace('_', ' ')}]({q.name})\n" for q in plots]
 
     names = list(last["observables"])
@@ -176,13 +200,12 @@ def status_text(run_dir) -> str:
     lines.append(f"iterations done: {len(records)}")
     if records:
         lines.append(f"last: {one_line(records[-1])}")
+        lines += [w for w in [misfit_warning(records[-1])] if w]
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
-    screened = [store.get_meta(f"source:{source['name']}") or {}
-                for source in campaign.get("pool", {}).get("sources", [])]
-    dropped = {why: sum(s.get(why, 0) for s in screened) for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)}
-    if any(dropped.values()):
-        lines.append("pool frames dropped: " + ", ".join(f"{n} ({why})" for why, n in dropped.items() if n))
+    pool = _pool_lines(store, campaign)
+    if pool:
+        lines += ["pool sources:"] + [f"  {line}" for line in pool]
     lines += binding.summary(store.get_meta("binding") or {})
     lines += describe(store.get_meta("sessions") or [])
     return "\n".join(lines)
