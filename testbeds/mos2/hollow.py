@@ -20,6 +20,7 @@ and permutation of atoms.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 from ase import Atoms
@@ -65,13 +66,10 @@ def _sulfur_near(atoms: Atoms, points: np.ndarray, cutoff: float) -> list[tuple[
              for k in range(3)]
     shifts = np.array(list(itertools.product(*(range(-n, n + 1) for n in reach))), dtype=float)
     sulfur = np.flatnonzero(atoms.numbers == S)
-    out = []
-    for t, point in enumerate(points):
-        for s in sulfur:
-            images = atoms.positions[s] + shifts @ cell
-            for k in np.flatnonzero(np.linalg.norm(images - point, axis=1) < cutoff):
-                out.append((t, int(s), shifts[k]))
-    return out
+    images = atoms.positions[sulfur][:, None] + (shifts @ cell)[None]              # [S, shifts, 3]
+    distance = np.linalg.norm(images[None] - points[:, None, None], axis=-1)      # [points, S, shifts]
+    t, s, k = np.nonzero(distance < cutoff)
+    return [(int(a), int(sulfur[b]), shifts[c]) for a, b, c in zip(t, s, k)]
 
 
 def hollow_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: float,
@@ -86,7 +84,8 @@ def hollow_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: fl
     pos = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
     cell = torch.tensor(atoms.cell.array, dtype=torch.float64)
     triangles = _triangles(atoms, mo_mo[1])
-    factors: dict[int, list] = {int(s): [] for s in sulfur}
+    # per atom, the product of (1 − w v b) over the triangles near it: 1 where none is
+    away = torch.ones(len(atoms), dtype=torch.float64)
     if triangles:
         index = torch.tensor([[v for v, _ in t] for t in triangles])
         shift = torch.tensor([[s for _, s in t] for t in triangles], dtype=torch.float64)
@@ -104,10 +103,10 @@ def hollow_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: fl
             d2 = (r**2).sum(-1)
             rho2 = d2 - (r * normal[t]).sum(-1) ** 2 / (normal[t] ** 2).sum(-1)
             inside = weight[t] * _switch_off(d2, *reach) * _switch_off(rho2, rho_in, rho_out)
-            for k, atom in enumerate(s.tolist()):
-                factors[atom].append(1.0 - inside[k])
-    one = torch.ones((), dtype=torch.float64)
-    energy = amplitude * sum(torch.stack(f).prod() if f else one for f in factors.values())
+            with warnings.catch_warnings():   # "index_reduce() is in beta": its product and gradient are exact
+                warnings.simplefilter("ignore", UserWarning)
+                away = away.index_reduce(0, s, 1.0 - inside, "prod")
+    energy = amplitude * away[torch.as_tensor(sulfur)].sum()
     if not energy.requires_grad:   # no S near any triangle: the constant `amplitude` per S
         return float(energy), np.zeros((len(atoms), 3))
     (gradient,) = torch.autograd.grad(energy, pos)
