@@ -8,8 +8,8 @@ frame teaches the readout a correction the backbone cannot represent, so the poo
 From the training configurations (`model.training_data`) the guard takes, per element pair, the
 shortest distance seen, and refuses a candidate with a pair closer than that minimum less
 `pool.domain.margin`. `pool.domain.min_distances` sets a pair's floor outright (`{"S-S": 1.9}`).
-A pair the training data never brings within `REACH`, or any pair when there is no training data,
-falls back to `pool.min_distance`.
+`pool.min_distance` stays the floor of every pair, the only one where the training data never
+brings a pair within `REACH` or where there is no training data: the domain can only raise it.
 """
 from __future__ import annotations
 
@@ -83,10 +83,13 @@ class DomainGuard:
         model.training_data (None without)."""
         floors, origin = {}, {}
         for name, minimum in (training_minima(training) if training else {}).items():
-            floors[name], origin[name] = max(minimum - domain.margin, 0.0), \
+            floors[name], origin[name] = minimum - domain.margin, \
                 f"training minimum {minimum:.3f} Å − margin {domain.margin} Å"
         for name, floor in domain.min_distances.items():
             floors[parse_pair(name)], origin[parse_pair(name)] = floor, "pool.domain.min_distances"
+        # pool.min_distance stays the floor under every pair: the domain only raises it, so naming
+        # the training data never lets in a frame that the campaign kept out before
+        floors = {name: floor for name, floor in floors.items() if floor > min_distance}
         return cls(floors, min_distance, origin)
 
     def floor(self, name: str) -> float:

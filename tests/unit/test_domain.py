@@ -27,6 +27,8 @@ def test_floors_are_the_training_minima_less_the_margin_and_overrides_replace_th
     guard = DomainGuard.from_settings(0.5, settings(0.1), TRAINING)
     assert guard.floor("H-H") == pytest.approx(0.64) and guard.floor("H-Li") == pytest.approx(1.5)
     assert guard.floor("Li-Li") == 0.5   # never in the training data: pool.min_distance
+    # pool.min_distance stays the floor under every pair: the domain only raises it
+    assert DomainGuard.from_settings(0.7, settings(0.1), TRAINING).floor("H-H") == 0.7
     guard = DomainGuard.from_settings(0.5, settings(0.1, {"Li-H": 1.2}), TRAINING)
     assert guard.floor("H-Li") == 1.2 and "pool.domain.min_distances" in guard.describe()
 
