@@ -25,8 +25,10 @@ def counts(result, frames) -> dict:
     pairs: dict[str, int] = {}
     for violation in result.violations.values():
         pairs[violation.pair] = pairs.get(violation.pair, 0) + 1
+    worst = max(result.violations.items(), key=lambda v: v[1].floor - v[1].distance, default=None)
     return {"frames": len(frames), "kept": len(result.keep),
-            "dropped": {why: len(i) for why, i in result.dropped.items() if i}, "pairs": pairs}
+            "dropped": {why: len(i) for why, i in result.dropped.items() if i}, "pairs": pairs,
+            "worst": None if worst is None else f"frame {worst[0]}: {worst[1]}"}
 
 
 def main() -> None:
