@@ -221,7 +221,8 @@ def screen(frames: list[Atoms], guard: DomainGuard, seen: Geometries, drop_repea
             bad, out.violations[i] = violation.reason, violation
         if bad is not None:
             out.dropped[bad].append(i)
-            left.add(key)
+            if key is not None:
+                left.add(key)
         elif drop_repeats and seen.seen(atoms):
             out.dropped[DUPLICATE].append(i)
         else:
