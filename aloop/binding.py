@@ -3,9 +3,10 @@
 A run's labels, candidates and cached features are only comparable if they were made the same
 way. The folder remembers, per field: the base model (file digest, head), the labeler (kind and
 every setting, files by digest), each pool source once its candidates are in the pool (settings,
-files by digest), pool.min_distance, the test set (digest and keys) and the units. A resume whose
-campaign differs in any of them is refused with the list of differences, unless the user accepts
-each one where mixing is valid (`aloop run --accept-changes FIELD`).
+files by digest), pool.min_distance, the domain guard (pool.domain with model.training_data, when
+either is set), the test set (digest and keys) and the units. A resume whose campaign differs in
+any of them is refused with the list of differences, unless the user accepts each one where mixing
+is valid (`aloop run --accept-changes FIELD`).
 
 The labeler, test set and units define labels and their errors, so they bind only once the run
 holds a label: until then a corrected labeler (say, a spin that was impossible) simply replaces the
@@ -52,6 +53,10 @@ def of_campaign(campaign, model_digest: str) -> dict:
               "pool.min_distance": campaign.pool.min_distance,
               "test_set": None if test is None else _plain(test.model_dump()),
               "units": UNITS}
+    domain = campaign.pool.domain
+    if campaign.model.training_data is not None or domain.min_distances:
+        # only when it changes what the pool holds, so runs made before the guard existed stay bound
+        fields["pool.domain"] = {"training_data": _plain(campaign.model.training_data), **_plain(domain.model_dump())}
     for spec in campaign.pool.sources:
         fields[SOURCE + spec.name] = _plain(spec.model_dump(exclude={"name"}))
     return fields

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from .campaign_errors import translate
 from .campaign_fields import AnyPath, FilePath, PosFloat, PosInt, Section, resolve_path
 from .campaign_labelers import LabelerSettings
+from .domain import parse_pair
 
 
 class CampaignError(ValueError):
@@ -27,6 +28,7 @@ class CampaignError(ValueError):
 class ModelSettings(Section):
     path: FilePath
     head: Optional[str] = None
+    training_data: Optional[FilePath] = None   # the base model's training configurations: its domain
 
 
 class FileSource(Section):
@@ -68,9 +70,33 @@ class NEBSource(Section):
 Source = Annotated[Union[FileSource, MDSource, NEBSource], Field(discriminator="kind")]
 
 
+class DomainSettings(Section):
+    margin: Annotated[float, Field(ge=0)] = 0.1
+    min_distances: dict[str, PosFloat] = Field(default_factory=dict)
+
+    @field_validator("min_distances", mode="before")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        names: dict[str, str] = {}
+        problems = []
+        for key in v if isinstance(v, dict) else ():   # the keys are checked before (and besides) the values
+            try:
+                name = parse_pair(str(key))
+            except ValueError as err:
+                problems.append(f"{key}: {err}")
+                continue
+            if name in names:
+                problems.append(f"{names[name]} and {key} name the same pair; keep one")
+            names[name] = key
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
 class PoolSettings(Section):
     sources: Annotated[list[Source], Field(min_length=1)]
     min_distance: Annotated[float, Field(ge=0)] = 0.5
+    domain: DomainSettings = Field(default_factory=DomainSettings)
 
     @field_validator("sources")
     @classmethod

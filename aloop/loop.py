@@ -27,8 +27,9 @@ from .feature_cache import FeatureCache, PoolRows, stream_predict
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
+from .domain import DomainGuard
 from .labelers.qmcpack import QMCPACKLabeler
-from .pool import TOO_CLOSE, Geometries, PoolError, generate, screen
+from .pool import Geometries, PoolError, generate, read_frames, screen, trajectories
 from .rundir import RunDir, candidate_id, label_key
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 from .report_text import one_line
@@ -77,6 +78,7 @@ class CampaignRun:
         self.cache.mkdir(exist_ok=True)
         self.feature_cache = FeatureCache(self.cache / "features", len(self.backbone.theta0))
         self.layout.committees.mkdir(exist_ok=True)
+        self._guard: DomainGuard | None = None
 
     def bind(self, digest: str, accept) -> bool:
         """Check the campaign against the fields this folder's data was made with (binding.py) and
@@ -104,29 +106,48 @@ class CampaignRun:
         return "labeler" in bound and bound["labeler"] != now["labeler"]
 
     # --- pool and caches ---------------------------------------------------------------------
+    def guard(self) -> DomainGuard:
+        """The domain guard of the campaign's pool (aloop.domain), from the base model's training data;
+        made once a run (the path points of every iteration pass it too)."""
+        if self._guard is None:
+            c = self.campaign
+            training = None if c.model.training_data is None else read_frames(c.model.training_data, ":", "model.training_data")
+            self._guard = DomainGuard.from_settings(c.pool.min_distance, c.pool.domain, training)
+        return self._guard
+
     def prepare_pool(self) -> None:
-        """Candidates of every source not in the pool yet. A frame that repeats one already in the
-        pool (within pool.DUPLICATE_TOLERANCE) is not added: it would buy the same label twice."""
+        """Candidates of every source not in the pool yet. A frame outside the base model's domain
+        (aloop.domain) is not added, nor are the later frames of an MD trajectory that left it; a
+        frame that repeats one already in the pool (within pool.DUPLICATE_TOLERANCE) is not added
+        either: it would buy the same label twice."""
         todo = [spec for spec in self.campaign.pool.sources if self.store.get_meta(f"source:{spec.name}") is None]
         if not todo:
             return
+        guard = self.guard()
         seen = Geometries()
         for atoms in self.store.atoms(self.store.ids()):
             seen.add(atoms)
         for spec in todo:
             frames, forces = generate(spec, self.backbone, self.campaign.seed, self.progress)
-            keep, dropped = screen(frames, self.campaign.pool.min_distance, seen, drop_repeats=spec.kind != "neb")
-            if dropped[TOO_CLOSE] and spec.kind == "neb":
-                raise PoolError(f"pool source '{spec.name}': the relaxed path has images with atoms closer than "
-                                f"pool.min_distance = {self.campaign.pool.min_distance} Å; check the end points and the base model")
-            for why, indices in dropped.items():
+            result = screen(frames, guard, seen, drop_repeats=spec.kind != "neb",
+                            trajectory=trajectories(frames) if spec.kind == "md" else None)
+            if result.violations and spec.kind == "neb":
+                i, worst = next(iter(result.violations.items()))
+                raise PoolError(f"pool source '{spec.name}': the relaxed path leaves the base model's domain at image "
+                                f"{i} ({worst}); floors: {guard.describe()}; check the end points and the base model")
+            for why, indices in result.dropped.items():
                 if indices:
                     print(f"pool source '{spec.name}': dropped {len(indices)} of {len(frames)} frames: {why} "
                           f"(frames {', '.join(map(str, indices[:10]))}{' …' if len(indices) > 10 else ''})")
+            keep = result.keep
             self.store.add_candidates([frames[i] for i in keep], spec.name,
                                       None if forces is None else [forces[i] for i in keep], indices=keep)
-            self.store.set_meta(f"source:{spec.name}", {"n": len(keep), "kind": spec.kind,
-                                                        **{why: len(i) for why, i in dropped.items()}})
+            pairs: dict[str, int] = {}
+            for violation in result.violations.values():
+                pairs[violation.pair] = pairs.get(violation.pair, 0) + 1
+            self.store.set_meta(f"source:{spec.name}", {"n": len(keep), "kind": spec.kind, "frames": len(frames),
+                                                        **{why: len(i) for why, i in result.dropped.items()},
+                                                        "pairs": pairs})
             bound = self.store.get_meta("binding")
             bound[binding.SOURCE + spec.name] = self.fields[binding.SOURCE + spec.name]
             self.store.set_meta("binding", bound)
@@ -147,7 +168,7 @@ class CampaignRun:
             for atoms in self.store.atoms(earlier + self.store.source_ids(obs.path)):
                 seen.add(atoms)
             points = reaction_path.key_points(relaxed)
-            keep, _ = screen(points, self.campaign.pool.min_distance, seen)
+            keep = screen(points, self.guard(), seen).keep
             if keep:
                 self.store.add_candidates([points[i] for i in keep], source, added=iteration,
                                           indices=list(range(len(earlier), len(earlier) + len(keep))))

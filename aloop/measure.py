@@ -86,11 +86,15 @@ def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarra
     return directions
 
 
-def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(error, committee σ, label σ) of every label predicted before it was made, iterations 1..upto."""
-    batches = [store.batch_errors(it) for it in range(1, upto + 1)]
+def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(error, committee σ, label σ, iteration) of every label predicted before it was made,
+    iterations 1..upto."""
+    batches = []
+    for it in range(1, upto + 1):
+        err, s_c, s_l = store.batch_errors(it)
+        batches.append((err, s_c, s_l, np.full(len(err), it)))
     if not batches:
-        return np.array([]), np.array([]), np.array([])
+        return np.array([]), np.array([]), np.array([]), np.array([])
     return tuple(np.concatenate(part) for part in zip(*batches))
 
 

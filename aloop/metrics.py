@@ -6,7 +6,9 @@
 - held-out error on the campaign's labelled test set, if any;
 - committee σ over the unlabelled pool (median, 95th percentile) against the labels' noise, and the
   scale on σ that the prospective errors so far call for (`sigma_scale`, see sigma_scale());
-- observables (NEB barriers), committee mean ± spread.
+- observables (NEB barriers), committee mean ± spread;
+- the misfit warning (`misfit`): recent prospective errors larger than the σ calibrated before them,
+  which holds the convergence stop rules back.
 
 Nothing here reads or writes the run folder: `aloop.measure` gathers the arrays, the loop writes
 the record.
@@ -16,8 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import erfc
 
 MIN_CALIBRATION_ERRORS = 8
+MISFIT_WINDOW = 3        # iterations that must hold MIN_CALIBRATION_ERRORS prospective errors for a verdict
+MISFIT_ALPHA = 1e-3      # false-alarm rate of the misfit test, per iteration, for a committee whose σ is right
 
 
 def _errors(err: np.ndarray, sigma: np.ndarray | None = None) -> dict | None:
@@ -50,6 +56,49 @@ def sigma_scale(err, sigma_committee, sigma_label) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
     return float(np.exp(0.5 * (lo + hi)))
+
+
+def _profile_nll(err, s_c, s_l, m: float) -> tuple[float, float]:
+    """(−log L, s) of err ~ N(0, s²σ_c² + σ_l² + m²), maximised over the scale s for a given misfit m."""
+    def nll(log_s):
+        v = np.exp(2 * log_s) * s_c**2 + s_l**2 + m**2 + 1e-300
+        return 0.5 * float(np.sum(np.log(v) + err**2 / v))
+    best = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e3)), method="bounded")
+    return best.fun, float(np.exp(best.x))
+
+
+def misfit(err, sigma_committee, sigma_label, iteration, window: int = MISFIT_WINDOW,
+           alpha: float = MISFIT_ALPHA) -> dict | None:
+    """Do the prospective errors need a part that the committee's σ, however scaled, does not explain?
+    None until the last `window` iterations hold MIN_CALIBRATION_ERRORS errors.
+
+    A committee describes the spread of parameters that fit the labels. If its σ, times one scale s,
+    described the errors, err ~ N(0, s²σ_c² + σ_l²). A readout that cannot express the labels leaves
+    a misfit m that no label removes, while σ_c shrinks as labels come in (so the scale that
+    sigma_scale fits keeps growing): err ~ N(0, s²σ_c² + σ_l² + m²). A likelihood-ratio test of
+    m = 0 on every prospective error so far (2 Δlog L follows ½χ²₀ + ½χ²₁ at the boundary) raises
+    the warning when its p-value is below `alpha`. Also reported: the fraction of the last
+    `window` iterations' errors within 2 √((sσ_c)² + σ_l²), s from sigma_scale (≈95 % if calibrated)."""
+    err, s_c, s_l, it = (np.asarray(x, dtype=float) for x in (err, sigma_committee, sigma_label, iteration))
+    last = np.unique(it)[-window:]
+    recent = np.isin(it, last)
+    if len(last) < window or recent.sum() < MIN_CALIBRATION_ERRORS:
+        return None
+    nll0, scale0 = _profile_nll(err, s_c, s_l, 0.0)
+    rms = float(np.sqrt(np.mean(err**2)))
+    nll1, scale1, m = min((*_profile_nll(err, s_c, s_l, m), m) for m in np.geomspace(1e-4 * rms, 3 * rms, 80))
+    stat = max(2.0 * (nll0 - nll1), 0.0)
+    p_value = 0.5 * float(erfc(np.sqrt(stat / 2)))   # ½ P(χ²₁ > stat)
+    scale = sigma_scale(err, s_c, s_l)
+    covered = np.abs(err[recent]) <= 2 * np.sqrt((scale * s_c[recent]) ** 2 + s_l[recent] ** 2)
+    return {"raised": p_value < alpha, "p_value": p_value, "alpha": alpha, "misfit_rms": float(m) if stat > 0 else 0.0,
+            "scale_with_misfit": scale1, "scale_without": scale0, "n": int(len(err)),
+            "iterations": [int(i) for i in last], "n_recent": int(recent.sum()),
+            "within_2sigma_recent": float(np.mean(covered))}
+
+
+def misfit_raised(records: list[dict]) -> bool:
+    return bool((records[-1].get("misfit") or {}).get("raised")) if records else False
 
 
 def barrier(energies: np.ndarray) -> np.ndarray:
@@ -91,12 +140,12 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
                      core_hours: float | None = None) -> dict:
-    """The record of one iteration. `batch` and `history` are (error, committee σ, label σ) of this
-    iteration's labels and of every prospective label so far; `observables` maps a name to its
-    record (see `observable`); `core_hours` what every label so far cost (None when one's cost is
-    unknown)."""
+    """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
+    labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
+    `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
+    cost (None when one's cost is unknown)."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
-    scale = sigma_scale(*history) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
+    scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
         "iteration": iteration,
         "n_labels": n_labels,
@@ -107,6 +156,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "test": test,
         "pool_sigma": spread(pool_std) if pool_std is not None else None,
         "sigma_scale": scale,
+        "misfit": misfit(*history),
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables,
         "objective": list(objective),
@@ -131,6 +181,8 @@ def _iteration_limit(rules, records: list[dict]) -> str | None:
 
 def _pool_uncertainty(rules, records: list[dict]) -> str | None:
     last = records[-1]
+    if misfit_raised(records):   # σ describes the spread of the fits, not their common misfit
+        return None
     if rules.uncertainty_ratio is None or not last["pool_sigma"] or not last["label_noise_median"]:
         return None
     # σ as calibrated on the prospective errors so far, so an overconfident committee cannot stop early
@@ -143,8 +195,8 @@ def _pool_uncertainty(rules, records: list[dict]) -> str | None:
 
 
 def _observable_settled(rules, records: list[dict]) -> str | None:
-    if rules.observable is None or len(records) < rules.observable.window:
-        return None
+    if rules.observable is None or len(records) < rules.observable.window or misfit_raised(records):
+        return None   # under misfit the committee agrees on a value that more labels would still move
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]
     means = [w["mean"] for w in window]

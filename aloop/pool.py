@@ -7,6 +7,7 @@ own float64 copy of the base model with batched calls.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ase import Atoms, units
 from ase.io import read
 from tqdm.auto import tqdm
 
+from .domain import OUT_OF_DOMAIN, TOO_CLOSE, DomainGuard, Violation
 from .neb import interpolate, relax_band
 
 
@@ -118,9 +120,9 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
 
 
 DUPLICATE_TOLERANCE = 1e-4   # Å per coordinate, as the replay labeler matches frames
-# why `screen` drops a frame
-NON_FINITE, TOO_CLOSE, DUPLICATE = ("non-finite positions", "atoms closer than pool.min_distance",
-                                    "repeats a configuration already in the pool")
+# why `screen` drops a frame, besides the guard's reasons (domain.TOO_CLOSE, domain.OUT_OF_DOMAIN)
+NON_FINITE, DUPLICATE = "non-finite positions", "repeats a configuration already in the pool"
+AFTER_EXIT = "later in an MD trajectory that left the domain"
 
 
 class Geometries:
@@ -150,27 +152,47 @@ class Geometries:
         positions.insert(at, atoms.positions.copy())
 
 
-def screen(frames: list[Atoms], min_distance: float, seen: Geometries,
-           drop_repeats: bool = True) -> tuple[list[int], dict[str, list[int]]]:
-    """The frames worth a label, by index, and those dropped, by reason. A frame with non-finite
-    positions (a corrupt file, a generator that blew up) or two atoms closer than min_distance (Å)
-    would buy a high-fidelity label for a meaningless geometry; a repeat would buy one twice.
-    Kept frames are added to `seen`. `drop_repeats=False` keeps repeats (an NEB path needs every
-    image for its observable)."""
-    keep: list[int] = []
-    dropped: dict[str, list[int]] = {NON_FINITE: [], TOO_CLOSE: [], DUPLICATE: []}
+@dataclass
+class Screening:
+    keep: list[int]                       # indices of the frames worth a label
+    dropped: dict[str, list[int]]         # reason → indices of the frames dropped for it
+    violations: dict[int, Violation]      # index → the pair that put the frame out of the domain
+
+
+def trajectories(frames: list[Atoms]) -> list[tuple]:
+    """Which MD trajectory each frame of `molecular_dynamics` belongs to: (start frame, temperature)."""
+    return [(atoms.info["start_frame"], atoms.info["temperature_K"]) for atoms in frames]
+
+
+def screen(frames: list[Atoms], guard: DomainGuard, seen: Geometries, drop_repeats: bool = True,
+           trajectory: list | None = None) -> Screening:
+    """The frames worth a label, and those dropped, by reason. A frame with non-finite positions (a
+    corrupt file, a generator that blew up) or a pair of atoms below the guard's floor would buy a
+    high-fidelity label for a geometry the base model knows nothing of; a repeat would buy one twice.
+    `trajectory` (one key per frame, frames in time order) marks MD trajectories: once one has left
+    the domain its later frames are dropped too, as whatever it does after is the model's
+    extrapolation, not physics, even where it comes back. Kept frames are added to `seen`.
+    `drop_repeats=False` keeps repeats (an NEB path needs every image for its observable)."""
+    out = Screening([], {NON_FINITE: [], TOO_CLOSE: [], OUT_OF_DOMAIN: [], AFTER_EXIT: [], DUPLICATE: []}, {})
+    left = set()
     for i, atoms in enumerate(frames):
-        if not np.isfinite(atoms.positions).all():
-            dropped[NON_FINITE].append(i)
-        elif len(atoms) > 1 and atoms.get_all_distances(mic=bool(atoms.pbc.any()))[
-                np.triu_indices(len(atoms), 1)].min() < min_distance:
-            dropped[TOO_CLOSE].append(i)
+        key = None if trajectory is None else trajectory[i]
+        if key is not None and key in left:
+            out.dropped[AFTER_EXIT].append(i)
+            continue
+        bad = None if np.isfinite(atoms.positions).all() else NON_FINITE
+        if bad is None and (violation := guard.violation(atoms)) is not None:
+            bad, out.violations[i] = violation.reason, violation
+        if bad is not None:
+            out.dropped[bad].append(i)
+            if key is not None:
+                left.add(key)
         elif drop_repeats and seen.seen(atoms):
-            dropped[DUPLICATE].append(i)
+            out.dropped[DUPLICATE].append(i)
         else:
             seen.add(atoms)
-            keep.append(i)
-    return keep, dropped
+            out.keep.append(i)
+    return out
 
 
 def generate(spec, backbone, seed: int, progress: bool = True) -> tuple[list[Atoms], list[np.ndarray] | None]:

@@ -16,10 +16,10 @@ import numpy as np
 
 from . import binding, cost, forecast, plots as figures
 from .provenance import describe
-from .pool import DUPLICATE, NON_FINITE, TOO_CLOSE
+from .domain import OUT_OF_DOMAIN
 from .rerank import read_cancel
 from .rundir import RunDir, candidate_id
-from .report_text import one_line
+from .report_text import misfit_warning, one_line
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 
@@ -42,6 +42,29 @@ def _stuck(store: RunStore, records: list[dict]) -> str | None:
     return (f"stuck at iteration 0: all {store.count(state=FAILED)} labels of the first batch failed (reasons: "
             f"`aloop status {store.run_dir}`); fix the campaign's labeler section and `aloop run` again (a changed "
             f"labeler retries them), or retry them as they are with `aloop requeue {store.run_dir}`")
+
+
+def _pool_lines(store: RunStore, campaign: dict) -> list[str]:
+    """One line per pool source: frames kept and dropped, by reason (and by pair for the domain)."""
+    lines = []
+    for source in campaign.get("pool", {}).get("sources", []):
+        meta = store.get_meta(f"source:{source['name']}")
+        if not meta:
+            continue
+        # reasons are the integer entries besides the kept count (older runs lack "frames" and "pairs")
+        dropped = {k: v for k, v in meta.items() if isinstance(v, int) and k not in ("n", "frames") and v}
+        pairs = meta.get("pairs") or {}
+        text = "; ".join(f"{n} {why}" + (f" ({', '.join(f'{p}: {c}' for p, c in sorted(pairs.items()))})"
+                                          if why == OUT_OF_DOMAIN and pairs else "") for why, n in dropped.items())
+        total = f" of {meta['frames']}" if "frames" in meta else ""
+        lines.append(f"{source['name']} ({meta.get('kind', '?')}): {meta['n']}{total} frames kept"
+                     + (f"; dropped: {text}" if text else ""))
+    for obs in campaign.get("evaluation", {}).get("observables", []):
+        points = store.count(source=f"path:{obs['name']}")
+        if points:
+            lines.append(f"path:{obs['name']} (end points and saddle of the relaxed paths): {points}, "
+                         f"{store.count(source=f'path:{obs["name"]}', state=LABELLED)} labelled")
+    return lines
 
 
 def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
@@ -91,6 +114,9 @@ def write_report(run_dir) -> Path:
              *[f"- {line}" for line in _core_hours(store)],
              f"- iterations: {len(records)}",
              f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
+    warning = misfit_warning(records[-1]) if records else None
+    if warning:
+        lines += [f"**{warning[0].upper()}{warning[1:]}**", ""]
     if not records:
         lines.append("No iteration has finished yet: nothing to plot."
                      + ("" if _stuck(store, records) else " Run `aloop run` first."))
@@ -155,6 +181,9 @@ def write_report(run_dir) -> Path:
                   "A power law fitted to the points so far, extrapolated to each target (68% range; "
                   "docs/reading-the-plots.md says how it is made and when it gives no number):", ""]
         lines += [f"- {f.text()}" for f in forecasts]
+    pool = _pool_lines(store, campaign)
+    if pool:
+        lines += ["", "## Pool", ""] + [f"- {line}" for line in pool]
     lines += ["", "## Plots", ""] + [f"![{q.stem.replace('_', ' ')}]({q.name})\n" for q in plots]
 
     names = list(last["observables"])
@@ -220,20 +249,13 @@ def status_text(run_dir) -> str:
     if records:
         lines.append(f"last: {one_line(records[-1])}")
         lines += [f"forecast: {f.text()}" for f in forecast.from_records(records, campaign.get("stop", {}))]
+        lines += [w for w in [misfit_warning(records[-1])] if w]
     lines += _cancellable(store)
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")
-    screened = [store.get_meta(f"source:{source['name']}") or {}
-                for source in campaign.get("pool", {}).get("sources", [])]
-    dropped = {why: sum(s.get(why, 0) for s in screened) for why in (DUPLICATE, NON_FINITE, TOO_CLOSE)}
-    if any(dropped.values()):
-        lines.append("pool frames dropped: " + ", ".join(f"{n} ({why})" for why, n in dropped.items() if n))
-    for obs in campaign.get("evaluation", {}).get("observables", []):
-        points = store.count(source=f"path:{obs['name']}")
-        if points:
-            labelled = store.count(source=f"path:{obs['name']}", state=LABELLED)
-            lines.append(f"path points of '{obs['name']}' in the pool (end points and saddle of the relaxed paths): "
-                         f"{points}, {labelled} labelled")
+    pool = _pool_lines(store, campaign)
+    if pool:
+        lines += ["pool sources:"] + [f"  {line}" for line in pool]
     lines += binding.summary(store.get_meta("binding") or {})
     lines += describe(store.get_meta("sessions") or [])
     return "\n".join(lines)

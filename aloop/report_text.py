@@ -13,6 +13,21 @@ def one_line(record: dict) -> str:
         parts.append(f"pool σ95 {record['pool_sigma']['p95'] * 1000:.1f} meV")
     for name, o in record["observables"].items():
         parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV")
+    if (record.get("misfit") or {}).get("raised"):
+        parts.append("MISFIT warning (aloop status)")
     if record.get("stop"):
         parts.append(f"STOP: {record['stop']}")
     return "; ".join(parts)
+
+
+def misfit_warning(record: dict) -> str | None:
+    """The warning of a record whose prospective errors need a misfit term (metrics.misfit), or None."""
+    m = record.get("misfit") or {}
+    if not m.get("raised"):
+        return None
+    return (f"warning: the prospective errors do not shrink with the committee's σ: a misfit of about "
+            f"{m['misfit_rms'] * 1000:.0f} meV that no scale on σ explains (likelihood-ratio test on {m['n']} errors, "
+            f"p = {m['p_value']:.1g} < {m['alpha']:g}; the σ scale without it has grown to ×{m['scale_without']:.2f}). "
+            "The readout likely cannot express the correction: try a full-readout fine-tune (trainable layers below "
+            "the readout), or check the labels. The uncertainty and observable stop rules do not fire while this "
+            "warning stands; the label budget still does.")

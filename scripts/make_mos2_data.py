@@ -7,13 +7,17 @@ Everything here runs CHGNet 0.3.0 (weights inside the chgnet wheel; no download)
 2. low-fidelity training data for the base model (lf_train.extxyz, CHGNet energies and forces):
    Langevin MD of the mono- and di-vacancy cells at 300, 600 and 900 K, snapshots of the
    mono-vacancy CI-NEB band as it converges, and strained, rattled cells
-3. explicit references: CI-NEB barriers of both hops on CHGNet and on the noise-free oracle
-   E_HF = E_CHGNet + ΔE (testbeds.mos2.oracle.SyntheticHF) -> reference.json, *_path_hf.extxyz
+3. explicit references: CI-NEB barriers of both hops on CHGNet and on the noise-free oracle (the
+   campaign's labeler, testbeds.mos2.oracle.SyntheticHF, or any ASE calculator given by --oracle)
+   -> reference.json, *_path_hf.extxyz
 4. held-out test set (hf_test.extxyz): MD snapshots of the mono-vacancy cell (other seeds) and
    near-saddle configurations, with noise-free E_HF and −∇E_HF; never in any pool
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
-    python scripts/make_mos2_data.py [--seed 0] [--workers 2]
+    python scripts/make_mos2_data.py [--seed 0] [--workers 2] [--oracle module:Class --parameters JSON]
+
+To remake only the oracle's part (references and test set) for another oracle, use
+scripts/mos2_hf_references.py.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from ase.io import write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from testbeds.mos2.geometry import CAMPAIGN, high_fidelity, hop, low_fidelity, neb, relax, relaxed_monolayer, sites
+from testbeds.mos2.geometry import (CAMPAIGN, campaign_oracle, describe_oracle, high_fidelity, hop, low_fidelity, neb, relax,
+                                    relaxed_monolayer, sites)
 
 TEMPERATURES = (300, 600, 900)
 MD_STEPS, MD_INTERVAL, MD_TIMESTEP = 600, 10, 2.0  # fs; 60 snapshots per trajectory
@@ -86,14 +91,28 @@ def strained(start: Atoms, seed: int) -> list[Atoms]:
     return frames
 
 
-def band(initial: Atoms, final: Atoms, fidelity: str, record: bool) -> dict:
-    calc = low_fidelity() if fidelity == "chgnet" else high_fidelity()
+def band(initial: Atoms, final: Atoms, fidelity: str, record: bool, oracle: tuple[str, dict]) -> dict:
+    calc = low_fidelity() if fidelity == "chgnet" else high_fidelity(*oracle)
     snapshots: list[list[Atoms]] = []
     result = neb(initial, final, calc, record=snapshots.append if record else None)
     if record:
         lf = low_fidelity()
         result["snapshots"] = [labelled(a, lf, config_type="neb_band") for images in snapshots for a in images]
     return result
+
+
+def path_test_images(hf_path: list[Atoms], seed: int) -> list[Atoms]:
+    """Three displaced copies (0.05 Å Gaussian) of each moving image of the HF path: the test set's
+    near-saddle configurations, which no pool source reaches."""
+    rng = np.random.default_rng(seed * 100 + 99)
+    out = []
+    for image in hf_path[1:-1]:
+        for _ in range(3):
+            moved = image.copy()
+            moved.positions += rng.normal(scale=0.05, size=moved.positions.shape)
+            moved.info["config_type"] = "test_path"
+            out.append(moved)
+    return out
 
 
 def run_task(task):
@@ -108,14 +127,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--oracle", help="module:Class of the ASE calculator (default: the campaign's labeler)")
+    parser.add_argument("--parameters", type=json.loads, help="its parameters, JSON (a noise parameter is set to 0)")
     args = parser.parse_args()
+    oracle = (args.oracle, args.parameters or {}) if args.oracle else campaign_oracle()
     start = time.time()
     torch.set_num_threads(1)
     out = CAMPAIGN
 
     pristine = relaxed_monolayer()
     hops = sites(pristine)
-    lf, hf = low_fidelity(), high_fidelity()
+    lf, hf = low_fidelity(), high_fidelity(*oracle)
     geometry = {}
     for kind in ("mono", "di"):
         initial, final = hop(pristine, **hops[kind])
@@ -127,7 +149,7 @@ def main() -> None:
     print(f"geometry done in {time.time() - start:.0f} s; cell {np.round(pristine.cell.lengths(), 4)} Å", flush=True)
 
     mono, di = geometry["mono", "chgnet"][0], geometry["di", "chgnet"][0]
-    tasks = [(f"band_{k}_{f}", band, (*geometry[k, f], f, k == "mono" and f == "chgnet"))
+    tasks = [(f"band_{k}_{f}", band, (*geometry[k, f], f, k == "mono" and f == "chgnet", oracle))
              for k in ("mono", "di") for f in ("chgnet", "hf")]
     for t, temperature in enumerate(TEMPERATURES):
         tasks.append((f"md_mono_{temperature}", molecular_dynamics,
@@ -150,7 +172,7 @@ def main() -> None:
     train += results["band_mono_chgnet"]["snapshots"]
     write(out / "lf_train.extxyz", train, format="extxyz")
 
-    reference = {"units": "eV", "oracle": {k: v for k, v in hf.parameters.items() if k != "noise"} | {"noise": 0.0}}
+    reference = {"units": "eV", "oracle": describe_oracle(hf, oracle[0])}
     for kind in ("mono", "di"):
         for fidelity in ("chgnet", "hf"):
             r = results[f"band_{kind}_{fidelity}"]
@@ -164,14 +186,7 @@ def main() -> None:
     write(out / "md_start.xyz", [mono, mono_lf[top - 2], mono_lf[top]])
 
     test = [a for t in TEMPERATURES for a in results[f"test_{t}"]]
-    hf_path = results["band_mono_hf"]["images"]
-    rng = np.random.default_rng(args.seed * 100 + 99)
-    for image in hf_path[1:-1]:
-        for _ in range(3):
-            moved = image.copy()
-            moved.positions += rng.normal(scale=0.05, size=moved.positions.shape)
-            moved.info["config_type"] = "test_path"
-            test.append(moved)
+    test += path_test_images(results["band_mono_hf"]["images"], args.seed)
     test = [labelled(a, hf, **{k: v for k, v in a.info.items() if k != "energy"}) for a in test]
     write(out / "hf_test.extxyz", test, format="extxyz")
 

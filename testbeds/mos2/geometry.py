@@ -30,12 +30,34 @@ warnings.filterwarnings("ignore", message="Converting a tensor with requires_gra
 
 
 def low_fidelity() -> SyntheticHF:
-    """CHGNet alone: the oracle with ΔE and noise switched off."""
-    return SyntheticHF(amplitude=0.0, noise=0.0)
+    """CHGNet 0.3.0 alone: the contact oracle with ΔE and noise switched off."""
+    return SyntheticHF(variant="contact", amplitude=0.0, noise=0.0)
 
 
-def high_fidelity(noise: float = 0.0, seed: int = 0) -> SyntheticHF:
-    return SyntheticHF(noise=noise, seed=seed)
+def campaign_oracle() -> tuple[str, dict]:
+    """The import path and parameters of campaigns/mos2-svac's labeler: the oracle its data belongs to."""
+    import yaml
+
+    labeler = yaml.safe_load((CAMPAIGN / "campaign.yaml").read_text())["labeler"]
+    return labeler["calculator"], dict(labeler.get("parameters") or {})
+
+
+def high_fidelity(oracle: str, parameters: dict | None = None) -> Calculator:
+    """The noise-free oracle: the ASE calculator `oracle` ('module:Class', any calculator) built with
+    `parameters`, a `noise` parameter set to 0."""
+    from aloop.labelers.ase_calculator import import_calculator
+
+    factory = import_calculator(oracle)
+    parameters = dict(parameters or {})
+    if "noise" in (getattr(factory, "default_parameters", None) or {}):
+        parameters["noise"] = 0.0
+    return factory(**parameters)
+
+
+def describe_oracle(calc: Calculator, oracle: str) -> dict:
+    """What reference.json records of the oracle: its import path and the parameters it ran with."""
+    settings = calc.settings() if hasattr(calc, "settings") else dict(calc.parameters)
+    return {"calculator": oracle, **settings}
 
 
 def relaxed_monolayer(fmax: float = 0.01) -> Atoms:

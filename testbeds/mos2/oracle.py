@@ -1,20 +1,26 @@
 """A synthetic high-fidelity oracle for measuring data efficiency: E_HF = E_CHGNet + ΔE + noise.
 
 QMC raised the DFT barrier of the S-vacancy hop in MoS2 from 2.30 to 2.85 eV. This calculator
-plays that role for benchmarks, where thousands of labels and exact references are needed:
+plays that role for benchmarks, where thousands of labels and exact references are needed. Two
+variants, chosen by the parameter `variant` (docs/mos2-svac.md measures both):
 
-- E_CHGNet: CHGNet 0.3.0 (PBE-level; its weights ship inside the chgnet wheel, nothing is downloaded).
-- ΔE = amplitude · Σ_{S–S pairs} 1 / (1 + exp((r − r_c) / width)): a smooth, local, rotation- and
-  permutation-invariant penalty on close S–S contacts. In the monolayer S–S pairs sit at 3.1–3.2 Å,
-  where each contributes about 6% of the amplitude (ΔE moves by about 1 eV per 47-atom cell with
-  thermal motion at 300–900 K); a hopping S squeezes past a neighbouring S at about 2.6 Å, so ΔE
-  raises the migration barrier (by 0.54 eV; scripts/mos2_hf_references.py measures it).
+- `contact` (the first oracle): E_CHGNet 0.3.0 (PBE-level) + ΔE, ΔE = amplitude · Σ_{S–S pairs}
+  1 / (1 + exp((r − r_c) / width)), a smooth penalty on close S–S contacts. In the monolayer S–S
+  pairs sit at 3.1–3.2 Å, where each contributes about 6% of the amplitude (ΔE moves by about 1 eV
+  per 47-atom cell with thermal motion at 300–900 K); a hopping S squeezes past a neighbouring S at
+  about 2.6 Å, so ΔE raises the migration barrier (by 0.54 eV).
+- `hollow` (oracle v2): E_CHGNet r2SCAN + ΔE, ΔE the hollow-site term of testbeds/mos2/hollow.py,
+  zero while every S sits near a Mo3 hollow and `amplitude` per S that has left every hollow. The
+  r2SCAN weights differ from the PBE ones smoothly everywhere (as a better functional would); the
+  hollow term adds a correction only where the hop's saddle is, so thermal vibrations barely see it.
+
 - noise: Gaussian with standard deviation `noise` (eV per cell), reported as `energy_sigma`, as a
   DMC error bar would be. It is drawn from a generator seeded by `seed` and the configuration
   itself, so labelling the same configuration twice gives the same number, and benchmarks repeat.
 
-Forces are −∇(E_CHGNet + ΔE), without noise. They are only for evaluating a fitted model; the
-active-learning loop never sees them (the `ase` labeler takes the energy and its error bar).
+CHGNet's weights (0.3.0 and r2scan) ship inside the chgnet wheel; nothing is downloaded. Forces are
+−∇(E_CHGNet + ΔE), without noise. They are only for evaluating a fitted model; the active-learning
+loop never sees them (the `ase` labeler takes the energy and its error bar).
 """
 from __future__ import annotations
 
@@ -24,7 +30,11 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
+from .hollow import hollow_correction
+
 MO, S = 42, 16
+# eV; set by scripts/calibrate_mos2_oracle.py to raise the relaxed CI-NEB barrier by 0.55 eV
+HOLLOW_AMPLITUDE = 0.4
 
 
 def contact_correction(atoms, amplitude: float, r_c: float, width: float) -> tuple[float, np.ndarray]:
@@ -65,35 +75,69 @@ def chgnet_model(version: str):
     return _MODELS[version]
 
 
+# Each variant's own parameters and their defaults; a parameter left None takes its variant's default.
+VARIANTS = {
+    "contact": {
+        "chgnet": "0.3.0",
+        "amplitude": 4.0,       # eV; raises the CHGNet mono-vacancy barrier by 0.54 eV
+        "r_c": 2.5,             # Å; S–S pairs sit at 3.1–3.2 Å in the lattice, 2.6 Å at the saddle
+        "width": 0.25,          # Å; smooth on the scale of thermal motion (see docs/mos2-svac.md)
+    },
+    "hollow": {
+        "chgnet": "r2scan",
+        "amplitude": HOLLOW_AMPLITUDE,
+        "rho_in": 0.4,          # Å; a S vibrates about 0.1 Å from its hollow: exactly zero out to here
+        "rho_out": 0.8,         # Å; below 0.92, the least any path between hollows must reach
+        "mo_mo": (3.7, 4.3),    # Å; Mo–Mo is 3.19 in the lattice, 5.5 to the second neighbour
+        "reach": (2.6, 3.0),    # Å; a S is 1.56 from its hollow's centroid, 2.41 from the next ones
+    },
+}
+
+
 class SyntheticHF(Calculator):
     """ASE calculator for E_HF = E_CHGNet + ΔE + noise (see the module docstring)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "energy_sigma"]
-    default_parameters = {
-        "amplitude": 4.0,       # eV; raises the CHGNet mono-vacancy barrier by 0.54 eV
-        "r_c": 2.5,             # Å; S–S pairs sit at 3.1–3.2 Å in the lattice, 2.6 Å at the saddle
-        "width": 0.25,          # Å; smooth on the scale of thermal motion (see docs/mos2-svac.md)
-        "noise": 0.02,          # eV per cell, one standard deviation
-        "seed": 0,
-        "chgnet": "0.3.0",
-    }
+    default_parameters = {"variant": "contact", "noise": 0.02, "seed": 0} | {
+        name: None for settings in VARIANTS.values() for name in settings}
+
+    def __init__(self, **parameters):
+        super().__init__(**parameters)
+        self.settings()   # a wrong variant or a parameter of another variant fails here, not at the first label
+
+    def settings(self) -> dict:
+        """The variant's parameters as used: its defaults, with the ones given replacing them."""
+        p = self.parameters
+        if p["variant"] not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {p['variant']!r}")
+        own = VARIANTS[p["variant"]]
+        foreign = sorted(k for k, v in p.items() if v is not None and k not in own and k not in ("variant", "noise", "seed"))
+        if foreign:
+            raise ValueError(f"variant {p['variant']!r} has no parameter {', '.join(foreign)}; it has: "
+                             f"{', '.join(own)} (and variant, noise, seed)")
+        if p["noise"] < 0:
+            raise ValueError(f"noise must be >= 0 eV, got {p['noise']}")
+        return {"variant": p["variant"], **{k: own[k] if p.get(k) is None else p[k] for k in own},
+                "noise": p["noise"], "seed": p["seed"]}
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        p = self.parameters
-        if p["noise"] < 0:
-            raise ValueError(f"noise must be >= 0 eV, got {p['noise']}")
-        base, base_forces = self.low_fidelity(self.atoms)
-        delta, delta_forces = contact_correction(self.atoms, p["amplitude"], p["r_c"], p["width"])
+        p = self.settings()
+        base, base_forces = self.low_fidelity(self.atoms, p["chgnet"])
+        if p["variant"] == "contact":
+            delta, delta_forces = contact_correction(self.atoms, p["amplitude"], p["r_c"], p["width"])
+        else:
+            delta, delta_forces = hollow_correction(self.atoms, p["amplitude"], p["rho_in"], p["rho_out"],
+                                                    tuple(p["mo_mo"]), tuple(p["reach"]))
         noise = float(np.random.default_rng(configuration_seed(self.atoms, p["seed"])).normal()) * p["noise"]
         self.results["energy"] = self.results["free_energy"] = base + delta + noise
         self.results["forces"] = base_forces + delta_forces
         self.results["energy_sigma"] = float(p["noise"])
 
-    def low_fidelity(self, atoms) -> tuple[float, np.ndarray]:
-        """CHGNet energy (eV per cell) and forces (eV/Å)."""
+    @staticmethod
+    def low_fidelity(atoms, version: str) -> tuple[float, np.ndarray]:
+        """CHGNet energy (eV per cell) and forces (eV/Å) with the weights `version`."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        model = chgnet_model(self.parameters["chgnet"])
-        prediction = model.predict_structure(AseAtomsAdaptor.get_structure(atoms), task="ef")
+        prediction = chgnet_model(version).predict_structure(AseAtomsAdaptor.get_structure(atoms), task="ef")
         return float(prediction["e"]) * len(atoms), np.asarray(prediction["f"], dtype=float)

@@ -375,7 +375,7 @@ ROWS = [
     Row("duplicates-in-status", lambda ws: (main(["run", ws.fresh(pool={"sources": [
         CAMPAIGN["pool"]["sources"][0], {"kind": "file", "name": "q", "path": "pool.extxyz"}]}), "--quiet"]),
         ["status", str(ws.folder / "runs" / "fresh")])[1], 0,
-        ("pool frames dropped: 8 (repeats a configuration already in the pool)",), run="fresh"),
+        ("q (file): 0 of 8 frames kept; dropped: 8 repeats a configuration already in the pool",), run="fresh"),
     # labels that are no number
     Row("some-nan-labels", with_file("nan.extxyz", pool_with_nan_energies((0, 1, 2, 3)), fresh_run(
         labeler={"kind": "replay", "path": "nan.extxyz"})), 0, ("4 labels",), run="fresh", labels="kept"),

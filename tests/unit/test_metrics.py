@@ -76,19 +76,20 @@ def test_sigma_scale_widens_an_overconfident_committee():
 
 def test_iteration_record_from_arrays():
     batch = (np.array([0.01, -0.02]), np.array([0.01, 0.01]), np.array([0.005, 0.005]))
-    history = tuple(np.tile(x, 4) for x in batch)    # 8 errors: enough to calibrate
+    history = (*(np.tile(x, 4) for x in batch), np.repeat([1, 1, 2, 2], 2))    # 8 errors: enough to calibrate
     r = metrics.iteration_record(
         2, n_labels=10, n_failed=1, label_sigma=np.full(10, 0.003), noise_floor=0.004, batch=batch,
         history=history, test=None, pool_std=np.array([0.01, 0.03]), observables={"barrier": metrics.observable(np.array([0.4, 0.5]))},
         objective=np.array([1.0, 2.0]), newton_steps=np.array([0, 3]), seeds={"selection": [0, 2, 1]}, seconds={"train": 1.234})
     assert r["n_new"] == 2 and r["prospective"]["n"] == 2 and r["sigma_scale"] is not None
+    assert r["misfit"] is None   # two iterations with errors: too few for a verdict
     assert r["label_noise_median"] == pytest.approx(0.005)
     assert r["pool_sigma"]["median"] == pytest.approx(0.02)
     assert r["observables"]["barrier"]["mean"] == pytest.approx(0.45)
     assert r["objective"] == [1.0, 2.0] and r["newton_steps"] == [0, 3] and r["seconds"] == {"train": 1.23}
     no_pool = metrics.iteration_record(
         0, n_labels=2, n_failed=0, label_sigma=np.zeros(2), noise_floor=0.0, batch=(np.full(2, np.nan),) * 3,
-        history=(np.array([]),) * 3, test=None, pool_std=None, observables={}, objective=[], newton_steps=[], seeds={},
+        history=(np.array([]),) * 4, test=None, pool_std=None, observables={}, objective=[], newton_steps=[], seeds={},
         seconds={})
     assert no_pool["prospective"] is None and no_pool["pool_sigma"] is None and no_pool["sigma_scale"] is None
 

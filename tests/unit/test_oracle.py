@@ -5,6 +5,7 @@ from ase import Atoms
 from ase.build import mx2
 
 from aloop.labelers.ase_calculator import ASECalculatorLabeler
+from testbeds.mos2.hollow import hollow_correction
 from testbeds.mos2.oracle import SyntheticHF, contact_correction
 
 SETTINGS = dict(amplitude=4.0, r_c=2.5, width=0.25)
@@ -89,3 +90,124 @@ def test_oracle_through_the_ase_labeler(tmp_path, monolayer):
     assert label.provenance["parameters"] == {"noise": 0.02, "seed": 1}
     with pytest.raises(ValueError, match="no parameter amplitud"):
         ASECalculatorLabeler(tmp_path, "testbeds.mos2.oracle:SyntheticHF", {"amplitud": 1.0})
+
+
+# --- oracle v2: CHGNet r2SCAN + the hollow-site term ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def chgnet():
+    pytest.importorskip("chgnet", reason="the MoS2 testbed's extra: pip install -e \".[mos2]\"")
+
+
+HOLLOW = dict(amplitude=0.4, rho_in=0.4, rho_out=0.8, mo_mo=(3.7, 4.3), reach=(2.6, 3.0))
+
+
+def off_hollow(seed=0):
+    """A 3x3 MoS2 cell with a S vacancy, one S pushed 0.6 Å off its hollow (on the term's slope), rattled."""
+    atoms = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
+    del atoms[2]
+    sulfur = [i for i, z in enumerate(atoms.numbers) if z == 16]
+    atoms.positions[sulfur[0]] += [0.5, 0.33, 0.05]
+    atoms.positions += np.random.default_rng(seed).normal(scale=0.03, size=atoms.positions.shape)
+    return atoms
+
+
+def test_hollow_term_is_zero_on_the_lattice_and_its_amplitude_off_every_hollow():
+    lattice = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
+    energy, forces = hollow_correction(lattice, **HOLLOW)
+    assert energy == 0.0 and np.abs(forces).max() == 0.0
+    midway = lattice.copy()
+    midway.positions[1] += 0.5 * (lattice.positions[4] - lattice.positions[1]) * [1, 1, 0]   # halfway to the next S site
+    assert hollow_correction(midway, **HOLLOW)[0] == pytest.approx(HOLLOW["amplitude"])
+
+
+def test_hollow_term_forces_are_minus_its_gradient():
+    atoms = off_hollow()
+    energy, forces = hollow_correction(atoms, **HOLLOW)
+    assert 0.01 < energy < HOLLOW["amplitude"] and np.abs(forces).max() > 0.1   # on the slope, or it says nothing
+    # every atom the term pushes, and a few it leaves alone (each call rebuilds the triangles: seconds)
+    pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
+    checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
+    assert 4 <= len(pushed) < len(atoms)
+    h, numeric = 1e-5, np.zeros_like(forces)
+    for i in checked:
+        for k in range(3):
+            shifted = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.positions[i, k] += sign * h
+                shifted.append(hollow_correction(moved, **HOLLOW)[0])
+            numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
+    np.testing.assert_allclose(forces[checked], numeric[checked], atol=1e-7)
+
+
+def test_hollow_term_is_rotation_and_permutation_invariant():
+    atoms = off_hollow()
+    energy, forces = hollow_correction(atoms, **HOLLOW)
+    rotated = atoms.copy()
+    rotated.rotate(33, "z", rotate_cell=True)
+    rotated.rotate(-71, "x", rotate_cell=True)
+    e_rot, f_rot = hollow_correction(rotated, **HOLLOW)
+    assert e_rot == pytest.approx(energy, abs=1e-12)
+    rotation = np.linalg.solve(atoms.cell.array, rotated.cell.array)   # rows: r_rot = r @ rotation
+    np.testing.assert_allclose(f_rot, forces @ rotation, atol=1e-10)
+    order = np.random.default_rng(1).permutation(len(atoms))
+    e_perm, f_perm = hollow_correction(atoms[order], **HOLLOW)
+    assert e_perm == pytest.approx(energy, abs=1e-12)
+    np.testing.assert_allclose(f_perm, forces[order], atol=1e-12)
+
+
+def test_oracle_v2_forces_are_minus_the_gradient_of_its_energy(chgnet):
+    atoms = off_hollow()
+    atoms.calc = SyntheticHF(variant="hollow", noise=0.0)
+    forces = atoms.get_forces()
+    direction = np.random.default_rng(2).normal(size=forces.shape)
+    direction /= np.linalg.norm(direction)
+    h, energies = 0.01, []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions += sign * h * direction
+        moved.calc = SyntheticHF(variant="hollow", noise=0.0)
+        energies.append(moved.get_potential_energy())
+    # CHGNet computes in float32: its energies are good to about 1e-4 eV, so the check is directional
+    assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(np.sum(forces * direction), rel=0.02, abs=0.02)
+    settings = SyntheticHF(variant="hollow").settings()
+    term = hollow_correction(atoms, **{k: settings[k] for k in HOLLOW})[1]
+    base = SyntheticHF.low_fidelity(atoms, "r2scan")[1]
+    np.testing.assert_allclose(forces, base + term, atol=1e-10)
+
+
+def test_oracle_v2_is_invariant_and_its_noise_repeats_per_configuration(chgnet):
+    atoms = off_hollow()
+    atoms.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    again = atoms.copy()
+    again.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    assert again.get_potential_energy() == energy
+    exact = atoms.copy()
+    exact.calc = SyntheticHF(variant="hollow", noise=0.0)
+    moved = atoms.copy()
+    moved.positions[0, 0] += 1e-3
+    moved.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    noise = energy - exact.get_potential_energy()
+    assert 0 < abs(noise) < 0.1 and moved.get_potential_energy() - energy != pytest.approx(noise, abs=1e-3)
+    rotated = atoms.copy()
+    rotated.rotate(40, "z", rotate_cell=True)
+    rotated.calc = SyntheticHF(variant="hollow", noise=0.0)
+    assert rotated.get_potential_energy() == pytest.approx(exact.get_potential_energy(), abs=2e-3)
+    rotation = np.linalg.solve(atoms.cell.array, rotated.cell.array)
+    np.testing.assert_allclose(rotated.get_forces(), forces @ rotation, atol=2e-3)
+    order = np.random.default_rng(0).permutation(len(atoms))
+    permuted = atoms[order]
+    permuted.calc = SyntheticHF(variant="hollow", noise=0.0)
+    assert permuted.get_potential_energy() == pytest.approx(exact.get_potential_energy(), abs=2e-3)
+    np.testing.assert_allclose(permuted.get_forces(), forces[order], atol=2e-3)
+
+
+def test_oracle_variants_refuse_each_others_parameters():
+    with pytest.raises(ValueError, match="variant 'hollow' has no parameter r_c"):
+        SyntheticHF(variant="hollow", r_c=2.5)
+    with pytest.raises(ValueError, match="variant must be one of contact, hollow, got 'holow'"):
+        SyntheticHF(variant="holow")
+    assert SyntheticHF(variant="hollow", amplitude=0.3).settings()["amplitude"] == 0.3
+    assert SyntheticHF().settings()["chgnet"] == "0.3.0" and SyntheticHF(variant="hollow").settings()["chgnet"] == "r2scan"

@@ -10,9 +10,16 @@ from ase import Atoms
 from ase.io import write
 from conftest import h3, h3_set
 
+from aloop.domain import TOO_CLOSE, DomainGuard
 from aloop.neb import BatchedCalculator
-from aloop.pool import (DUPLICATE, DUPLICATE_TOLERANCE, NON_FINITE, TOO_CLOSE, Geometries, PoolError,
+from aloop.pool import (DUPLICATE, DUPLICATE_TOLERANCE, NON_FINITE, Geometries, PoolError,
                         from_file, generate, screen)
+
+GLOBAL = DomainGuard({}, 0.5)   # no training data: pool.min_distance for every pair
+
+
+def nonempty(dropped: dict) -> dict:
+    return {why: indices for why, indices in dropped.items() if indices}
 
 
 class Springs:
@@ -64,20 +71,21 @@ def test_screen_drops_nan_close_and_repeated_frames_by_index():
     moved.positions[2] += 10 * DUPLICATE_TOLERANCE              # another configuration
     frames.append(moved)
     seen = Geometries()
-    keep, dropped = screen(frames, 0.5, seen)
-    assert keep == [0, 2, 4, 5, 8]
-    assert dropped == {NON_FINITE: [1], TOO_CLOSE: [3], DUPLICATE: [6, 7]}
+    result = screen(frames, GLOBAL, seen)
+    assert result.keep == [0, 2, 4, 5, 8]
+    assert nonempty(result.dropped) == {NON_FINITE: [1], TOO_CLOSE: [3], DUPLICATE: [6, 7]}
+    assert str(result.violations[3]) == "H-H at 0.200 Å, floor 0.500 Å"
     # across sources: a second source holding the same frames adds nothing
-    keep, dropped = screen([f.copy() for f in frames[:3]], 0.5, seen)
-    assert keep == [] and dropped[DUPLICATE] == [0, 2]
+    result = screen([f.copy() for f in frames[:3]], GLOBAL, seen)
+    assert result.keep == [] and result.dropped[DUPLICATE] == [0, 2]
 
 
 def test_an_neb_path_keeps_every_image():
     seen = Geometries()
     frames = h3_set(3)
-    screen(frames, 0.5, seen)
-    keep, dropped = screen(frames, 0.5, seen, drop_repeats=False)
-    assert keep == [0, 1, 2] and not dropped[DUPLICATE]
+    screen(frames, GLOBAL, seen)
+    result = screen(frames, GLOBAL, seen, drop_repeats=False)
+    assert result.keep == [0, 1, 2] and not result.dropped[DUPLICATE]
 
 
 def test_a_different_cell_is_a_different_configuration():
@@ -85,7 +93,7 @@ def test_a_different_cell_is_a_different_configuration():
     a = h3(0.8, 1.2)
     b = a.copy()
     b.cell, b.pbc = [8.0, 8.0, 8.0], True
-    assert screen([a, b], 0.5, seen)[0] == [0, 1]
+    assert screen([a, b], GLOBAL, seen).keep == [0, 1]
 
 
 def test_md_is_seeded_and_keeps_every_interval_th_step(tmp_path):

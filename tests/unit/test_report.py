@@ -202,3 +202,24 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
     summary = write_report(tmp_path).read_text()
     assert "## Forecast" in summary and line.removeprefix("forecast: ") in summary
     _assert_png(tmp_path / "report" / "learning_curve.png")
+
+
+MISFIT = {"raised": True, "p_value": 2e-9, "alpha": 1e-3, "misfit_rms": 0.041, "scale_with_misfit": 1.1,
+          "scale_without": 6.3, "n": 60, "iterations": [5, 6, 7], "n_recent": 24, "within_2sigma_recent": 0.9}
+
+
+def test_status_and_summary_show_the_misfit_warning_and_the_pool_sources(tmp_path):
+    store = _fake_run(tmp_path, stopped=False)
+    campaign = store.get_meta("campaign")
+    store.set_meta("campaign", campaign | {"pool": {"sources": [{"name": "dft"}, {"name": "md"}]}})
+    store.set_meta("source:dft", {"n": 20, "kind": "file", "frames": 20})
+    store.set_meta("source:md", {"n": 90, "kind": "md", "frames": 120, "outside the base model's domain": 2,
+                                 "later in an MD trajectory that left the domain": 28, "pairs": {"S-S": 2}})
+    assert "misfit" not in status_text(tmp_path)
+    last = store.iterations()[-1]
+    store.write_iteration(last["iteration"], last | {"misfit": MISFIT})
+    for text in (status_text(tmp_path), write_report(tmp_path).read_text()):
+        assert "a misfit of about 41 meV" in text and "full-readout fine-tune" in text and "check the labels" in text
+        assert "md (md): 90 of 120 frames kept; dropped: 2 outside the base model's domain (S-S: 2); " \
+               "28 later in an MD trajectory that left the domain" in text
+        assert "dft (file): 20 of 20 frames kept" in text
