@@ -60,10 +60,11 @@ def _pool_lines(store: RunStore, campaign: dict) -> list[str]:
         lines.append(f"{source['name']} ({meta.get('kind', '?')}): {meta['n']}{total} frames kept"
                      + (f"; dropped: {text}" if text else ""))
     for obs in campaign.get("evaluation", {}).get("observables", []):
-        points = store.count(source=f"path:{obs['name']}")
+        source = f"path:{obs['name']}"
+        points = store.count(source=source)
         if points:
-            lines.append(f"path:{obs['name']} (end points and saddle of the relaxed paths): {points}, "
-                         f"{store.count(source=f'path:{obs["name"]}', state=LABELLED)} labelled")
+            lines.append(f"{source} (end points and saddle of the relaxed paths): {points}, "
+                         f"{store.count(source=source, state=LABELLED)} labelled")
     return lines
 
 
