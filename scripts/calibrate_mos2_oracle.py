@@ -56,7 +56,7 @@ def thermal(path: str, parameters: dict, temperature: float, snapshots: int) -> 
     calc = oracle(path, parameters)
     de, df = [], []
     for atoms in frames:
-        e_lf, f_lf = atoms.get_potential_energy(), atoms.get_forces()
+        e_lf, f_lf = atoms.get_potential_energy(), atoms.get_forces()   # CHGNet's, from the MD
         copy = atoms.copy()
         copy.calc = calc
         de.append(copy.get_potential_energy() - e_lf)
@@ -79,31 +79,36 @@ def main() -> None:
     parser.add_argument("--parameters", type=json.loads, default={"variant": "hollow"},
                         help="the calculator's parameters, JSON (noise is set to 0)")
     parser.add_argument("--snapshots", type=int, default=20, help="MD snapshots per temperature")
+    parser.add_argument("--no-bands", action="store_true", help="measure (b) and (c) only")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="write the measurements to this JSON file too")
     args = parser.parse_args()
     start = time.time()
     oracle(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
-    tasks = [("band_oracle", band, (args.oracle, args.parameters)), ("band_chgnet", band, (args.oracle, None))]
-    tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots)) for t in TEMPERATURES]
+    tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters)),
+                                      ("band_chgnet", band, (args.oracle, None))]
+    tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots))
+              for t in TEMPERATURES]
     results, seconds = {}, {}
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for name, result, wall in pool.imap_unordered(run_task, tasks):
             results[name], seconds[name] = result, round(wall, 1)
             print(f"  {name}: {wall:.0f} s", flush=True)
-    shift = results["band_oracle"]["barrier"] - results["band_chgnet"]["barrier"]
+    bands = "band_oracle" in results
+    shift = results["band_oracle"]["barrier"] - results["band_chgnet"]["barrier"] if bands else None
     report = {
         "oracle": args.oracle, "parameters": args.parameters,
-        "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet")},
+        "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
         "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES},
         "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "chgnet": __import__("chgnet").__version__},
         "wall_s": seconds | {"total": round(time.time() - start, 1)},
     }
-    print(f"(a) barrier: oracle {results['band_oracle']['barrier']:.3f} eV, CHGNet "
-          f"{results['band_chgnet']['barrier']:.3f} eV, shift {shift:+.3f} eV (converged: "
-          f"{results['band_oracle']['converged']}, {results['band_chgnet']['converged']})")
+    if bands:
+        print(f"(a) barrier: oracle {results['band_oracle']['barrier']:.3f} eV, CHGNet "
+              f"{results['band_chgnet']['barrier']:.3f} eV, shift {shift:+.3f} eV (converged: "
+              f"{results['band_oracle']['converged']}, {results['band_chgnet']['converged']})")
     for t in TEMPERATURES:
         r = results[f"md_{t}"]
         print(f"{t} K ({r['snapshots']} snapshots): (b) force MAE {r['force_mae_meV_per_A']:.0f} meV/Å, "
