@@ -49,8 +49,10 @@ def campaign_file(folder: Path, name: str, relax: str = "") -> Path:
 @pytest.fixture(scope="module")
 def relaxed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("relaxed")
-    run = CampaignRun(load_campaign(campaign_file(folder, "relaxed")), progress=False)
+    path = campaign_file(folder, "relaxed")
+    run = CampaignRun(load_campaign(path), progress=False)
     run.run()
+    run.campaign_file = path
     return run
 
 
@@ -94,18 +96,35 @@ def test_a_kept_path_is_read_back_not_relaxed_again(relaxed_run, monkeypatch):
 
 def test_path_points_join_the_pool_and_a_fork_drops_later_ones(relaxed_run, tmp_path):
     run = relaxed_run
+    # what the run offered: every point of its paths that is not within the tolerance of an earlier
+    # one or of the source's images, with the iteration that made it
     points = run.store.rows(source="path:barrier")
-    assert 1 <= len(points) <= 3 * 3
-    assert {row.added for row in points} <= {0, 1, 2} and min(row.added for row in points) == 0
-    # the first path's end points and saddle are offered: they are not repeats of the source's images
-    first = [row for row in points if row.added == 0]
-    assert len(first) == 3
-    # end points that settle by a few mÅ are not offered again
-    xyz = [row.positions for row in points]
-    assert min(np.abs(a - b).max() for i, a in enumerate(xyz) for b in xyz[:i]) > PATH_POINT_TOLERANCE
-    fork = fork_run(run.run_dir, tmp_path / "fork", iteration=1)
-    assert {row.added for row in fork.rows(source="path:barrier")} == {0}
-    assert sorted(p.name for p in (tmp_path / "fork" / "paths" / "barrier").iterdir()) == ["base.extxyz", "iter_000.extxyz"]
+    known = [a.positions for a in run.store.atoms(run.store.source_ids("exchange"))]
+    expected = []
+    for it in range(3):
+        for atoms in reaction_path.key_points(reaction_path.load(run.layout.path("barrier", it))):
+            if all(np.abs(atoms.positions - x).max() > PATH_POINT_TOLERANCE for x in known):
+                known.append(atoms.positions)
+                expected.append(it)
+    assert sorted(row.added for row in points) == expected
+    # a later path whose reactant moved by 0.05 Å and saddle by 0.01 Å offers the reactant alone,
+    # once; a fork before that iteration leaves it out
+    fork_dir = tmp_path / "fork"
+    fork_run(run.run_dir, fork_dir, iteration=3)
+    forked = CampaignRun(load_campaign(run.campaign_file, run_dir=fork_dir), progress=False)
+    moved = reaction_path.load(forked.layout.path("barrier", 2))
+    moved.images[0].positions[2, 0] += 0.05
+    moved.images[moved.saddle].positions[0, 0] += 0.01
+    reaction_path.save(forked.layout.path("barrier", 2), moved)
+    for _ in range(2):
+        forked.add_path_points(2)
+    new = [row for row in forked.store.rows(source="path:barrier") if row.id not in {r.id for r in points}]
+    assert len(new) == 1 and new[0].added == 2
+    np.testing.assert_allclose(new[0].positions, moved.images[0].positions)
+    again = fork_run(fork_dir, tmp_path / "fork2", iteration=2)
+    assert sorted(row.added for row in again.rows(source="path:barrier")) == [e for e in expected if e < 2]
+    assert sorted(p.name for p in (tmp_path / "fork2" / "paths" / "barrier").iterdir()) == \
+        ["base.extxyz", "iter_000.extxyz", "iter_001.extxyz"]
 
 
 def test_relax_false_reads_the_frozen_pool_path(tmp_path):
