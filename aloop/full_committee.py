@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arrays import feature_moment
+from .arrays import ReadoutInputs, feature_moment
 from .committee import Committee, NotConverged, TrainingSet
-from .full_readout import FullReadout, LabelledGraph, ReadoutInputs
+from .full_readout import FullReadout, LabelledGraph
 
 
 class FullCommittee:

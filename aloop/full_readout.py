@@ -19,37 +19,13 @@ inputs, so the atoms' inputs may be summed (the per-atom inputs of MACE's first 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .arrays import Features
+from .arrays import Features, ReadoutInputs
 from .backbone import Backbone
-
-
-@dataclass
-class ReadoutInputs:
-    """What the energy of any φ needs, per configuration: the linear decomposition and the per-atom
-    inputs h of each MLP readout (rows ptr[c]:ptr[c+1] belong to configuration c)."""
-
-    features: Features
-    h: list[np.ndarray]   # per MLP readout: [total atoms, d]
-
-    @property
-    def ptr(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.features.n_atoms)])
-
-    def __len__(self) -> int:
-        return len(self.features.e)
-
-    def subset(self, idx) -> "ReadoutInputs":
-        idx = np.asarray(idx, dtype=np.int64)
-        ptr = self.ptr
-        rows = np.concatenate([np.arange(ptr[c], ptr[c + 1]) for c in idx]) if len(idx) else np.zeros(0, int)
-        f = self.features
-        return ReadoutInputs(Features(f.a[idx], f.e[idx], f.n_atoms[idx]), [h[rows] for h in self.h])
 
 
 class FullReadout:
@@ -69,6 +45,9 @@ class FullReadout:
             names = [(n, p.shape) for n, p in readout.named_parameters() if p is not out_weight]
             self.inner.append(names)
             pieces += [readout.get_parameter(n).detach().cpu().numpy().ravel() for n, _ in names]
+        # the width of each MLP readout's input: that of its first map with irreps
+        self.widths = tuple(next(m for m in model.readouts[t].modules() if hasattr(m, "irreps_in")).irreps_in.dim
+                            for t in self.mlp)
         self.phi0 = np.concatenate(pieces)
         self.n_theta = backbone.n_params
         self.n_params = len(self.phi0)
