@@ -94,7 +94,7 @@ class FullCommittee:
             gradient.append(g)
         self.phis_ = np.array(phis)
         self.objective_ = np.array(objective)
-        self.steps_ = np.array(steps)
+        self.lbfgs_steps_ = np.array(steps)
         self.gradient_ = np.array(gradient)
         return self
 
@@ -171,7 +171,7 @@ class FullCommittee:
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path) -> None:
         self._check_fitted()
-        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, steps=self.steps_,
+        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, steps=self.lbfgs_steps_,
                  gradient=self.gradient_)
 
     def load(self, path) -> "FullCommittee":
@@ -181,7 +181,7 @@ class FullCommittee:
             if f["phi0"].shape != self.full.phi0.shape or not np.allclose(f["phi0"], self.full.phi0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             self.phis_, self.objective_ = f["phis"], f["objective"]
-            self.steps_, self.gradient_ = f["steps"], f["gradient"]
+            self.lbfgs_steps_, self.gradient_ = f["steps"], f["gradient"]
         return self
 
 

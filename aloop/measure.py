@@ -120,5 +120,6 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
         observables=observed, objective=committee.objective_.tolist(),
-        newton_steps=committee.newton_steps_.tolist(),
+        newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
+        lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)
