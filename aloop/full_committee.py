@@ -200,32 +200,28 @@ class _FullObjective:
                                   else np.full(len(data), linear.force_threshold**2), device=dev)
         if self.lam == 0:
             return
-        # ΔF = dF0 + B̄ θ + pad(F_mlp(φ)): B̄ is B without the MLP's W2 columns, whose forces F_mlp holds
+        # ΔF = dF0 + B̄ θ + F_mlp(φ): B̄ is B without the MLP's W2 columns, whose forces F_mlp holds
         mask = full._linear_mask.cpu().numpy()
         self.B = torch.as_tensor(data.B * mask, device=dev)
-        self.shape = data.f0.shape
-        self.rows = torch.as_tensor(np.repeat(np.arange(len(data)), 3 * n_atoms), device=dev)
-        self.cols = torch.as_tensor(np.concatenate([np.arange(3 * n) for n in n_atoms]), device=dev)
         phi0 = torch.as_tensor(full.phi0, device=dev)
         with torch.no_grad():
-            base = self._pad(graph.mlp_forces(phi0, create_graph=False))
-            self.dF0 = (torch.as_tensor(data.f0 - data.f_lf, device=dev) - self.B @ phi0[:full.n_theta] - base)
+            base = graph.mlp(phi0)[1].detach()
+            self.dF0 = torch.as_tensor(data.f0 - data.f_lf, device=dev) - self.B @ phi0[:full.n_theta] - base
 
-    def _pad(self, forces: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.shape, dtype=torch.float64, device=forces.device)
-        return out.index_put((self.rows, self.cols), forces.reshape(-1))
-
-    def forces_delta(self, phi: torch.Tensor) -> torch.Tensor:
-        """ΔF [n, 3Nmax] for φ, differentiable in φ."""
-        return self.dF0 + self.B @ phi[:self.full.n_theta] + self._pad(self.graph.mlp_forces(phi, create_graph=True))
+    def forces_delta(self, phi: torch.Tensor, mlp_forces: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔF [n, 3Nmax] for φ, differentiable in φ (`mlp_forces`: the graph's, when already at hand)."""
+        if mlp_forces is None:
+            mlp_forces = self.graph.mlp(phi)[1]
+        return self.dF0 + self.B @ phi[:self.full.n_theta] + mlp_forces
 
     def energies(self, phi: torch.Tensor) -> torch.Tensor:
         return self.full.energies_t(phi, self.a, self.e, self.h, self.index)
 
     def value(self, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        r = self.energies(phi) - self.y
-        value = (w * self.inv_var * r**2).sum()
         if self.lam == 0:
-            return value
-        excess = torch.clamp((self.forces_delta(phi) ** 2).sum(1) - self.t2, min=0.0)
-        return value + self.lam * (w * excess**2).sum()
+            r = self.energies(phi) - self.y
+            return (w * self.inv_var * r**2).sum()
+        mlp_energy, mlp_forces = self.graph.mlp(phi)
+        r = self.full.linear_energies(phi, self.a, self.e) + mlp_energy - self.y
+        excess = torch.clamp((self.forces_delta(phi, mlp_forces) ** 2).sum(1) - self.t2, min=0.0)
+        return (w * self.inv_var * r**2).sum() + self.lam * (w * excess**2).sum()

@@ -108,7 +108,11 @@ class FullReadout:
         """E_c(φ) for every configuration, in torch (differentiable in φ)."""
         nodes = self.node_energies(phi, h)
         mlp = torch.zeros(len(e), dtype=torch.float64, device=self.device).index_add_(0, index, nodes)
-        return a @ (self._linear_mask * phi[:self.n_theta]) + e + mlp
+        return self.linear_energies(phi, a, e) + mlp
+
+    def linear_energies(self, phi: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """ā·θ + e: the energy but for the MLP readouts'."""
+        return a @ (self._linear_mask * phi[:self.n_theta]) + e
 
     def tensors(self, inputs: ReadoutInputs):
         """(ā-ready a, e, h, atom → configuration index) on the device."""
@@ -149,33 +153,65 @@ class FullReadout:
 
 
 class LabelledGraph:
-    """The backbone's graph from positions to the MLP readouts' inputs for the labelled
-    configurations, built once (one forward pass) and kept: forces of any φ are then one backward
-    pass through it, and its φ-gradient one double-backward pass."""
+    """The MLP readouts' inputs h of the labelled configurations' atoms and their Jacobians ∂h/∂x,
+    computed once: the forces of any φ are then −Σ_i ∂ε_i/∂h_i · ∂h_i/∂x, dense algebra without
+    the backbone, for every member and every optimiser step.
 
-    def __init__(self, full: FullReadout, atoms_list, batch_size: int = 64):
+    The Jacobian of configuration c holds N_c × d × 3N_c numbers (d the MLP's input width); it is
+    taken by one batched backward pass per local atom index over a batch of configurations, each
+    pass computing for every channel at once (autograd's `is_grads_batched`)."""
+
+    def __init__(self, full: FullReadout, atoms_list, batch_size: int = 16):
         bb = full.backbone
         self.full = full
         capture = [bb.model.readouts[t] for t in full.mlp]
-        positions, h, counts = [], [[] for _ in full.mlp], []
+        self.width = 3 * max((len(a) for a in atoms_list), default=0)
+        h, jacobians, counts = [[] for _ in full.mlp], [[] for _ in full.mlp], []
         for batch in bb.batches(atoms_list, batch_size):
-            # training=True keeps MACE's own force graph, so the backbone's graph survives for ours
-            _, _, x = bb.forward(batch, compute_force=True, capture=capture)
-            positions.append(batch["positions"])
+            # training=True keeps the backbone's graph after MACE's own forces, for these passes
+            _, _, inputs = bb.forward(batch, compute_force=True, capture=capture)
             counts.append(torch.diff(batch["ptr"]))
-            for store, value in zip(h, x):
-                store.append(value)
-        self.positions = positions
-        self.h = h
-        self.n_atoms = torch.cat(counts).cpu().numpy()
+            for t, x in enumerate(inputs):
+                h[t].append(x.detach())
+                jacobians[t].append(self._jacobian(x, batch["positions"], batch["ptr"]))
+        dev = full.device
+        self.h = [torch.cat(x) if x else torch.zeros(0, 0, device=dev) for x in h]
+        self.jacobians = [torch.cat(j) if j else torch.zeros(0, 0, 0, device=dev) for j in jacobians]
+        n_atoms = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long, device=dev)
+        self.n_atoms = n_atoms.cpu().numpy()
+        self.config = torch.repeat_interleave(torch.arange(len(n_atoms), device=dev), n_atoms)
+
+    def _jacobian(self, x: torch.Tensor, positions: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+        """J [atoms, d, width]: J[i, k, 3m + a] = ∂x[i, k]/∂(position a of atom m of i's configuration)."""
+        n = torch.diff(ptr)
+        config = torch.repeat_interleave(torch.arange(len(n), device=x.device), n)
+        local = torch.arange(len(x), device=x.device) - ptr[config]
+        d = x.shape[1]
+        J = torch.zeros(len(x), d, self.width, dtype=torch.float64, device=x.device)
+        channels = torch.eye(d, dtype=x.dtype, device=x.device)
+        for j in range(int(n.max())):
+            # every configuration's atom j at once: configurations do not see each other's positions
+            cotangent = (local == j).to(x.dtype)[None, :, None] * channels[:, None, :]   # [d, atoms, d]
+            (g,) = torch.autograd.grad(x, positions, cotangent, retain_graph=True, is_grads_batched=True)
+            rows = torch.nonzero(n[config] > j).squeeze(1)   # atoms whose configuration has an atom j
+            target = ptr[config[rows]] + j
+            for a in range(3):
+                J[target, :, 3 * local[rows] + a] = g[:, rows, a].T
+        return J
 
     def energy_inputs(self) -> list[np.ndarray]:
-        """The MLP readouts' inputs of every labelled atom, without the graph: energies need no forces."""
-        return [torch.cat(h).detach().cpu().numpy() for h in self.h]
+        """The MLP readouts' inputs of every labelled atom."""
+        return [x.cpu().numpy() for x in self.h]
 
-    def mlp_forces(self, phi: torch.Tensor, create_graph: bool) -> torch.Tensor:
-        """−∂/∂x of the MLP readouts' energy, [total atoms, 3], for φ (a torch leaf or expression)."""
+    def mlp(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP readouts' energy [n] and forces −∂/∂x [n, width] (zeros past 3N_c) of every labelled
+        configuration for φ, differentiable in φ: one evaluation of the readouts serves both."""
         with torch.enable_grad():   # also under no_grad: the forces are a gradient
-            energy = sum(self.full.node_energies(phi, [h[b] for h in self.h]).sum() for b in range(len(self.positions)))
-            grads = torch.autograd.grad(energy, self.positions, create_graph=create_graph, retain_graph=True)
-        return -torch.cat(grads)
+            h = [x.clone().requires_grad_(True) for x in self.h]
+            nodes = self.full.node_energies(phi, h)
+            u = torch.autograd.grad(nodes.sum(), h, create_graph=True)
+        per_atom = -sum(torch.einsum("ik,ikm->im", du, J) for du, J in zip(u, self.jacobians))
+        n = len(self.n_atoms)
+        energy = torch.zeros(n, dtype=torch.float64, device=nodes.device).index_add(0, self.config, nodes)
+        forces = torch.zeros(n, self.width, dtype=torch.float64, device=nodes.device).index_add(0, self.config, per_atom)
+        return energy, forces
