@@ -8,9 +8,9 @@ longer linear in φ; it is
 
 where ā_c is a_c with the MLP's W2 columns set to zero and h_i the node features entering the MLP
 readout. Both are cached once per configuration (`ReadoutInputs`), so energies of any φ, the
-committee's spread and selection never run the backbone again. Forces need ∂h_i/∂x: they are taken
-by autograd through the backbone, kept as one graph of the labelled configurations only
-(`LabelledGraph`), and reused by every member and every optimiser step.
+committee's spread and selection never run the backbone again. Forces need ∂h_i/∂x: it is computed
+once, for the labelled configurations only (`LabelledGraph`), and reused by every member and every
+optimiser step.
 
 Readouts whose only parameter is their output linear map stay in ā_c·θ: they are linear in their
 inputs, so the atoms' inputs may be summed (the per-atom inputs of MACE's first readout are
@@ -37,6 +37,10 @@ class FullReadout:
         self.device = backbone.device
         # an MLP readout: one with parameters besides the output linear map that θ already holds
         self.mlp = [t for t, r in enumerate(model.readouts) if sum(1 for _ in r.parameters()) > 1]
+        if not self.mlp:
+            raise ValueError("finetune.readout: full trains the MLP readout's inner weights, and every readout of "
+                             "this model is one linear map; use finetune.readout: linear (the same parameters, "
+                             "solved exactly)")
         self.inner: list[list[tuple[str, torch.Size]]] = []
         pieces = [backbone.theta0]
         for t in self.mlp:
@@ -115,7 +119,7 @@ class FullReadout:
         return a @ (self._linear_mask * phi[:self.n_theta]) + e
 
     def tensors(self, inputs: ReadoutInputs):
-        """(ā-ready a, e, h, atom → configuration index) on the device."""
+        """(a, e, h, atom → configuration index) of `inputs` as tensors on the device."""
         f = inputs.features
         dev = self.device
         index = torch.as_tensor(np.repeat(np.arange(len(f.e)), f.n_atoms), device=dev)
