@@ -115,3 +115,10 @@ def test_full_fits_the_labels_better_than_linear_and_saves(setup, tmp_path):
     linear.save(tmp_path / "l.npz")
     with pytest.raises(ValueError, match="finetune.readout: linear; the campaign says full"):
         committee(full, size=2).load(tmp_path / "l.npz")
+
+
+def test_a_model_whose_readouts_are_all_linear_is_refused():
+    model = tiny_mace()
+    model.readouts[1] = model.readouts[0].__class__(model.readouts[1].linear_1.irreps_in)   # a linear last readout
+    with pytest.raises(ValueError, match="every readout of this model is one linear map; use finetune.readout: linear"):
+        FullReadout(Backbone(model, device="cpu"))
