@@ -173,6 +173,9 @@ class AtomRowsCache:
         h = self._open("h", "r+")
         h[used:used + len(rows)] = rows
         h.flush()
+        # the end moves before any start points past it: a crash in between leaves unused rows, never
+        # a candidate whose rows the next write overwrites
+        np.save(self.folder / "used.npy", np.array([used + len(rows)]))
         size = max(int(ids.max()) + 1, 0)
         for name in ("count", "start"):
             path = self.folder / f"{name}.npy"
@@ -185,7 +188,6 @@ class AtomRowsCache:
         start = self._open("start", "r+")
         start[ids] = used + np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
         start.flush()
-        np.save(self.folder / "used.npy", np.array([used + len(rows)]))
 
     def read(self, ids) -> np.ndarray:
         """The rows of `ids`, candidate after candidate: [Σ atoms, width]."""
