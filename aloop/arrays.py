@@ -27,6 +27,22 @@ class Features:
 
 
 @dataclass
+class ReadoutInputs:
+    """What the energy of any φ needs, per configuration: the linear decomposition and the per-atom
+    inputs h of each MLP readout (rows ptr[c]:ptr[c+1] belong to configuration c)."""
+
+    features: Features
+    h: list[np.ndarray]   # per MLP readout: [total atoms, d]
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return self.features.n_atoms
+
+    def __len__(self) -> int:
+        return len(self.features.e)
+
+
+@dataclass
 class ForceJacobian:
     """Forces of one configuration as an affine function of θ: F(θ) = f0 + B (θ − θ0)."""
 

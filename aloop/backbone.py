@@ -145,9 +145,14 @@ class Backbone:
         for batch in loader:
             yield batch.to(self.device).to_dict()
 
-    def _forward(self, batch: dict, compute_force: bool):
+    def forward(self, batch: dict, compute_force: bool, capture: tuple = ()):
+        """(model output, a [graphs, P], inputs of the `capture` modules): one ordinary forward pass,
+        its inputs of the trained linear maps summed per graph into a, and the per-node inputs of
+        any other modules asked for (`full_readout` asks for the MLP readouts')."""
         captured: list[torch.Tensor] = []
+        extra: list[torch.Tensor] = []
         hooks = [m.register_forward_hook(lambda mod, inp, out: captured.append(inp[0])) for m in self._targets]
+        hooks += [m.register_forward_hook(lambda mod, inp, out: extra.append(inp[0])) for m in capture]
         try:
             out = self.model(batch, training=compute_force, compute_force=compute_force)
         finally:
@@ -165,7 +170,7 @@ class Backbone:
         counts = torch.zeros(n_graphs, len(self.z_table), dtype=torch.float64, device=index.device)
         counts.index_add_(0, index, batch["node_attrs"].to(torch.float64))
         parts.append(counts)
-        return out, torch.cat(parts, dim=1)
+        return out, torch.cat(parts, dim=1), extra
 
     # --- public ------------------------------------------------------------------------------
     def features(self, atoms_list, batch_size: int = 32, progress: bool = False) -> Features:
@@ -174,7 +179,7 @@ class Backbone:
         bar = tqdm(total=len(atoms_list), desc="backbone features", unit="cfg", disable=not progress)
         for batch in self.batches(atoms_list, batch_size):
             with torch.no_grad():
-                out, a = self._forward(batch, compute_force=False)
+                out, a, _ = self.forward(batch, compute_force=False)
             energy = out["energy"].reshape(-1).to(torch.float64)
             a_all.append(a.cpu().numpy())
             e_all.append((energy - a @ theta0).cpu().numpy())
@@ -190,7 +195,7 @@ class Backbone:
         result: list[ForceJacobian] = []
         bar = tqdm(total=len(atoms_list), desc="force jacobians", unit="cfg", disable=not progress)
         for batch in self.batches(atoms_list, batch_size):
-            out, a = self._forward(batch, compute_force=True)
+            out, a, _ = self.forward(batch, compute_force=True)
             positions = batch["positions"]
             columns = []
             for p in range(self.n_params):

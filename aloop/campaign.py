@@ -127,6 +127,9 @@ class FinetuneSettings(Section):
     force_threshold_per_atom: Optional[Annotated[float, Field(ge=0)]] = None
     force_weight: Annotated[float, Field(ge=0)] = 1.0
     noise_floor: PosFloat = 0.005
+    # linear: the last linear map of each readout and E0, solved exactly (committee.py); full: every
+    # readout parameter, the MLP's W1 included, by L-BFGS (full_committee.py)
+    readout: Literal["linear", "full"] = "linear"
 
     @model_validator(mode="after")
     def _one_threshold(self) -> "FinetuneSettings":
@@ -302,6 +305,7 @@ class Campaign(Section):
                 problems.append(f"{where}: pool source {obs.path!r} is of kind {kinds[obs.path]!r}, "
                                 f"not 'neb'; expected one of the neb sources: {', '.join(neb) or '(none)'}")
         problems += self._acquisition_checks()
+        problems += self._readout_checks()
         if self.stop.observable is not None:
             names = [o.name for o in self.evaluation.observables]
             if self.stop.observable.name not in names:
@@ -327,6 +331,22 @@ class Campaign(Section):
         if acq.cost_aware and acq.strategy == "random":
             problems.append("acquisition.cost_aware: strategy random has no value to divide by a cost; "
                             "choose max_std, diverse or targeted, or remove cost_aware")
+        return problems
+
+    def _readout_checks(self) -> list[str]:
+        """What needs the energy to be linear in the trained parameters, which `readout: full` is not."""
+        if self.finetune.readout != "full":
+            return []
+        problems = []
+        if self.acquisition.strategy == "targeted":
+            problems.append("acquisition.strategy: targeted needs the energy linear in the trained parameters "
+                            "(its posterior covariance and the observables' directions), and finetune.readout is "
+                            "full; choose max_std or diverse, or finetune.readout: linear")
+        for i, obs in enumerate(self.evaluation.observables):
+            if obs.relax:
+                problems.append(f"evaluation.observables.{i}.relax: true relaxes the path of the committee-mean "
+                                "model, and with finetune.readout: full the members' average is not one model; "
+                                "set relax: false (the barrier on the frozen images) or finetune.readout: linear")
         return problems
 
     def to_dict(self) -> dict:

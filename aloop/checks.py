@@ -13,6 +13,7 @@ from ase.data import chemical_symbols
 
 from .backbone import Backbone
 from .campaign import Campaign, CampaignError
+from .full_readout import FullReadout
 from .pool import PoolError, read_frames
 
 MAX_LISTED = 10   # problems of one kind listed before "… and N more"
@@ -80,6 +81,11 @@ def check_campaign(campaign: Campaign, backbone: Backbone, skip: tuple[str, ...]
         if campaign.labeler.kind in ("pyscf", "pyqmc") and where != "evaluation.test_set":
             spins += impossible_spin(frames, where, path, campaign.labeler)
     problems = _shorten(elements) + _shorten(spins)
+    if campaign.finetune.readout == "full":
+        try:
+            FullReadout(backbone)
+        except ValueError as err:
+            problems.append(str(err))
     if elements:
         names = ", ".join(chemical_symbols[z] for z in sorted(known))
         problems.append(f"the base model knows {names}; remove those frames or use a model trained on their elements")

@@ -33,7 +33,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import load_campaign
-    from .loop import CampaignRun
+    from .loop import MEMBERS_ONLY, CampaignRun
     from .report import write_report
 
     campaign = load_campaign(args.campaign, run_dir=args.run_dir)
@@ -44,6 +44,8 @@ def cmd_run(args) -> int:
     if result.stop_reason:
         for path in run.export():
             print(f"exported {path}")
+        if run.full is not None:
+            print(MEMBERS_ONLY)
     summary = write_report(campaign.run_dir)
     print(f"report: {summary}")
     return 0
@@ -65,7 +67,7 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from .campaign import Campaign
-    from .loop import CampaignRun
+    from .loop import MEMBERS_ONLY, CampaignRun
     from .store import RunStore
 
     folder = _folder(args)
@@ -79,6 +81,8 @@ def cmd_export(args) -> int:
     run = CampaignRun(campaign, progress=False)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
+    if run.full is not None:
+        print(MEMBERS_ONLY)
     return 0
 
 

@@ -27,7 +27,7 @@ from .arrays import Features, ForceJacobian, feature_moment
 
 # Entropy tags for the member's random streams: one per purpose, so that adding a purpose never
 # shifts the draws of another.
-_ANCHOR, _WEIGHT = 0, 1
+_ANCHOR, _WEIGHT, _INNER_ANCHOR = 0, 1, 2
 
 
 def force_penalty(dF2: np.ndarray, threshold: float) -> np.ndarray:
@@ -132,9 +132,12 @@ class Committee:
             return np.ones((self.size, len(ids)))
         return np.array([[self._rng(k, _WEIGHT, int(i)).poisson() for i in ids] for k in range(self.size)], float)
 
-    def anchors(self, n_params: int) -> np.ndarray:
-        """[K, P] standard-normal draws; the prior of member k is centred at s·anchor_k."""
-        return np.array([self._rng(k, _ANCHOR).standard_normal(n_params) for k in range(self.size)])
+    def anchors(self, n_params: int, inner: bool = False) -> np.ndarray:
+        """[K, P] standard-normal draws; the prior of member k is centred at s·anchor_k. `inner`: the
+        draws for the MLP's inner parameters of `finetune.readout: full` (full_committee), a stream of
+        their own, so θ's draws are the same with either readout."""
+        tag = _INNER_ANCHOR if inner else _ANCHOR
+        return np.array([self._rng(k, tag).standard_normal(n_params) for k in range(self.size)])
 
     # --- fitting -----------------------------------------------------------------------------
     def prior_variance(self, moment: np.ndarray) -> float:
@@ -242,6 +245,8 @@ class Committee:
 
     def load(self, path) -> "Committee":
         with np.load(path) as f:
+            if "phis" in f:
+                raise ValueError(f"{path}: a committee of finetune.readout: full; the campaign says linear")
             if not np.allclose(f["theta0"], self.theta0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             if "objective" not in f:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import Features, blocks
+from .arrays import Features, ReadoutInputs, blocks
 
 class FeatureCache:
     """Memory-mapped features of candidates by id, in a folder of .npy files."""
@@ -116,13 +116,103 @@ class FeatureCache:
                     done(len(positions))
 
 
+def _resized(path: Path, shape: tuple, dtype, fill) -> None:
+    """Make the .npy at `path` at least shape[0] rows long (new rows = `fill`), copying block by block."""
+    old = np.load(path, mmap_mode="r") if path.exists() else None
+    if old is not None and old.shape[0] >= shape[0]:
+        return
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    new[:] = fill
+    if old is not None:
+        for s in blocks(old.shape[0]):
+            new[s] = old[s]
+    new.flush()
+    del new, old
+    os.replace(tmp, path)
+
+
+class AtomRowsCache:
+    """Per-atom rows of cached candidates (`finetune.readout: full`: the inputs of the MLP readout,
+    which a per-configuration sum cannot replace). One memory-mapped [atoms, width] array grows at its
+    end (`h.npy`); per candidate id `count.npy` holds its atoms and `start.npy` its first row, −1
+    until the rows are on disk (written last, as `done.npy` of FeatureCache)."""
+
+    def __init__(self, folder: str | Path, width: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.width = width
+        h = self.folder / "h.npy"
+        if h.exists() and np.load(h, mmap_mode="r").shape[1] != width:
+            raise ValueError(f"{self.folder}: cached readout inputs have {np.load(h, mmap_mode='r').shape[1]} "
+                             f"columns, the model's MLP readout takes {width}; delete the folder to recompute them")
+
+    def _open(self, name: str, mode: str = "r") -> np.memmap:
+        return np.load(self.folder / f"{name}.npy", mmap_mode=mode)
+
+    def missing(self, ids: Iterable[int]) -> list[int]:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if not (self.folder / "start.npy").exists():
+            return [int(i) for i in ids]
+        start = self._open("start")
+        inside = ids < len(start)
+        have = np.zeros(len(ids), dtype=bool)
+        have[inside] = start[ids[inside]] >= 0
+        return [int(i) for i in ids[~have]]
+
+    def write(self, ids: list[int], n_atoms: np.ndarray, rows: np.ndarray) -> None:
+        ids, n_atoms = np.asarray(ids, dtype=np.int64), np.asarray(n_atoms, dtype=np.int64)
+        if rows.shape != (int(n_atoms.sum()), self.width):
+            raise ValueError(f"{self.folder}: rows of shape {rows.shape} for {int(n_atoms.sum())} atoms and "
+                             f"{self.width} columns")
+        used = int(self._open("used")[0]) if (self.folder / "used.npy").exists() else 0
+        h_path = self.folder / "h.npy"
+        capacity = np.load(h_path, mmap_mode="r").shape[0] if h_path.exists() else 0
+        if used + len(rows) > capacity:
+            _resized(h_path, (max(used + len(rows), int(1.25 * capacity)), self.width), np.float64, 0.0)
+        h = self._open("h", "r+")
+        h[used:used + len(rows)] = rows
+        h.flush()
+        # the end moves before any start points past it: a crash in between leaves unused rows, never
+        # a candidate whose rows the next write overwrites
+        np.save(self.folder / "used.npy", np.array([used + len(rows)]))
+        size = max(int(ids.max()) + 1, 0)
+        for name in ("count", "start"):
+            path = self.folder / f"{name}.npy"
+            capacity = np.load(path, mmap_mode="r").shape[0] if path.exists() else 0
+            if size > capacity:
+                _resized(path, (max(size, int(1.25 * capacity)),), np.int64, -1)
+        count = self._open("count", "r+")
+        count[ids] = n_atoms
+        count.flush()
+        start = self._open("start", "r+")
+        start[ids] = used + np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+        start.flush()
+
+    def read(self, ids) -> np.ndarray:
+        """The rows of `ids`, candidate after candidate: [Σ atoms, width]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        absent = self.missing(ids)
+        if absent:
+            raise KeyError(f"{self.folder}: no readout inputs for candidates {absent[:5]}"
+                           f"{' ...' if len(absent) > 5 else ''}")
+        start, count, h = self._open("start")[ids], self._open("count")[ids], self._open("h")
+        if not len(ids):
+            return np.zeros((0, self.width))
+        return np.concatenate([h[a:a + n] for a, n in zip(start, count)])
+
+
 class PoolRows:
     """Per-atom features a/n of some cached candidates (or, with `per_atom=False`, the energy rows a
     themselves) as a lazy [len(ids), P] matrix: indexing reads only the rows asked for, so
     acquisition can stream over a pool larger than memory."""
 
-    def __init__(self, cache: FeatureCache, ids, per_atom: bool = True):
+    def __init__(self, cache: FeatureCache, ids, per_atom: bool = True, atoms: AtomRowsCache | None = None,
+                 widths: tuple[int, ...] = ()):
+        """`atoms` (with the `widths` of the MLP readouts' inputs, in order): `features()` then yields
+        ReadoutInputs, what a committee of `finetune.readout: full` predicts from."""
         self.cache = cache
+        self.atoms, self.widths = atoms, widths
         self.ids = np.asarray(ids, dtype=np.int64)
         self.shape = (len(self.ids), cache.n_params)
         self.per_atom = per_atom
@@ -138,10 +228,15 @@ class PoolRows:
         """[len(ids)] atoms of each candidate, read from the cache's own n.npy."""
         return np.asarray(self.cache._open("n")[self.ids], dtype=float)
 
-    def features(self) -> Iterator[tuple[slice, Features]]:
-        """(rows, Features) block by block."""
+    def features(self) -> Iterator[tuple[slice, Features | ReadoutInputs]]:
+        """(rows, what the committee predicts from) block by block."""
         for s in blocks(len(self.ids)):
-            yield s, self.cache.read(self.ids[s])
+            feats = self.cache.read(self.ids[s])
+            if self.atoms is None:
+                yield s, feats
+            else:
+                h = self.atoms.read(self.ids[s])
+                yield s, ReadoutInputs(feats, np.split(h, np.cumsum(self.widths)[:-1], axis=1))
 
 
 def stream_predict(committee, rows: PoolRows) -> tuple[np.ndarray, np.ndarray]:

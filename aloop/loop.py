@@ -17,13 +17,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, acquisition, binding, measure, metrics, provenance, reaction_path, rerank
-from .arrays import Features, ForceJacobian, feature_moment
+from .arrays import Features, ForceJacobian, ReadoutInputs, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
 from .cost import CostModel, label_core_hours
 from .dispatch import make_dispatcher
-from .feature_cache import FeatureCache, PoolRows, stream_predict
+from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
+from .full_committee import FullCommittee
+from .full_readout import FullReadout, LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
@@ -36,6 +38,9 @@ from .report_text import one_line
 
 
 PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
+MEMBERS_ONLY = ("finetune.readout: full: the files are the members; the committee's prediction is the average of "
+                "their energies, which no single model gives (the energy is not linear in the readout parameters), "
+                "so there is no committee_mean.model")
 
 
 class WaitingForLabels(RuntimeError):
@@ -77,6 +82,10 @@ class CampaignRun:
         self.cache = self.layout.cache
         self.cache.mkdir(exist_ok=True)
         self.feature_cache = FeatureCache(self.cache / "features", len(self.backbone.theta0))
+        # finetune.readout: full also needs, per candidate, the per-atom inputs of the MLP readout
+        self.full = FullReadout(self.backbone) if campaign.finetune.readout == "full" else None
+        self.atom_cache = None if self.full is None else AtomRowsCache(self.cache / "readout_inputs",
+                                                                       sum(self.full.widths))
         self.layout.committees.mkdir(exist_ok=True)
         self._guard: DomainGuard | None = None
 
@@ -178,9 +187,22 @@ class CampaignRun:
         self.fill_features(ids)
         return self.feature_cache.read(ids)
 
+    def inputs(self, ids: list[int]) -> Features | ReadoutInputs:
+        """What the committee predicts from: the features, and with `readout: full` the MLP readout's
+        per-atom inputs besides."""
+        feats = self.features(ids)
+        if self.full is None:
+            return feats
+        h = self.atom_cache.read(ids)
+        return ReadoutInputs(feats, np.split(h, np.cumsum(self.full.widths)[:-1], axis=1))
+
     def fill_features(self, ids: list[int]) -> None:
         """Compute the features of those of `ids` not cached yet, one block of candidates at a time
         (the dispatcher's `feature_block`: only that block's atoms are in memory)."""
+        if self.full is not None:
+            self.fill_inputs(ids)
+            return
+
         def compute(chunk):
             return self.dispatcher.features(self.backbone, self.store.atoms(chunk), progress=False)
         missing = self.feature_cache.missing(ids)
@@ -188,10 +210,26 @@ class CampaignRun:
             with tqdm(total=len(missing), desc="backbone features", unit="cfg", disable=not self.progress) as bar:
                 self.feature_cache.fill(missing, compute, size=self.dispatcher.feature_block, done=bar.update)
 
+    def fill_inputs(self, ids: list[int]) -> None:
+        """`readout: full`: features and MLP inputs of those of `ids` missing either, from one backbone
+        pass in this process (the dispatcher's feature shards carry the features alone)."""
+        missing = sorted(set(self.feature_cache.missing(ids)) | set(self.atom_cache.missing(ids)))
+        size = self.dispatcher.feature_block
+        with tqdm(total=len(missing), desc="backbone features and readout inputs", unit="cfg",
+                  disable=not self.progress or not missing) as bar:
+            for lo in range(0, len(missing), size):
+                chunk = missing[lo:lo + size]
+                inputs = self.full.inputs(self.store.atoms(chunk))
+                self.feature_cache.write(chunk, inputs.features)
+                self.atom_cache.write(chunk, inputs.features.n_atoms, np.hstack(inputs.h))
+                bar.update(len(chunk))
+
     def pool_rows(self, ids: list[int]) -> PoolRows:
         """Features of (possibly very many) candidates as a lazy matrix, streamed from disk."""
         self.fill_features(ids)
-        return PoolRows(self.feature_cache, ids)
+        if self.full is None:
+            return PoolRows(self.feature_cache, ids)
+        return PoolRows(self.feature_cache, ids, atoms=self.atom_cache, widths=self.full.widths)
 
     def jacobians(self, ids: list[int]):
         folder = self.cache / "jacobians"
@@ -206,10 +244,12 @@ class CampaignRun:
                 out.append(ForceJacobian(f0=f["f0"], B=f["B"]))
         return out
 
-    def new_committee(self) -> Committee:
+    def new_committee(self) -> Committee | FullCommittee:
+        if self.full is not None:
+            return FullCommittee.from_settings(self.full, self.campaign.committee, self.campaign.finetune)
         return Committee.from_settings(self.backbone.theta0, self.campaign.committee, self.campaign.finetune)
 
-    def load_committee(self, iteration: int) -> Committee | None:
+    def load_committee(self, iteration: int) -> Committee | FullCommittee | None:
         path = self.layout.committee(iteration)
         return self.new_committee().load(path) if path.exists() else None
 
@@ -387,12 +427,17 @@ class CampaignRun:
                      f"labels. To retry them with the same settings: aloop requeue {self.run_dir}")
         return "\n".join(lines)
 
-    def train(self, iteration: int) -> Committee:
-        _, data = self.training_set()
+    def train(self, iteration: int) -> Committee | FullCommittee:
+        ids, data = self.training_set()
         if len(data) == 0:
             raise NoLabels(self.no_labels(iteration))
         moment = feature_moment(self.pool_rows(self.store.ids()))
-        committee = self.new_committee().fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
+        committee = self.new_committee()
+        if self.full is not None:
+            graph = LabelledGraph(self.full, self.store.atoms(ids))
+            committee.fit(data, graph, len(self.backbone.z_table), moment=moment, progress=self.progress)
+        else:
+            committee.fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
         with atomic_open(self.layout.committee(iteration)) as handle:
             committee.save(handle)
         return committee
@@ -448,7 +493,8 @@ class CampaignRun:
 
     def export(self, out_dir: str | Path | None = None, members: bool = True) -> list[Path]:
         """The committee mean (energies are linear in θ, so it is exactly the mean of the members'
-        energies) and each member, as ordinary MACE model files."""
+        energies) and each member, as ordinary MACE model files. With `readout: full` the members
+        only: the energy is not linear in φ, so no single model has the members' average energy."""
         records = self.store.iterations()
         if not records:
             raise ValueError(f"{self.run_dir}: nothing to export yet; run the campaign first")
@@ -457,6 +503,11 @@ class CampaignRun:
         out = Path(out_dir) if out_dir else self.layout.export
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; give a folder for the model files")
+        if self.full is not None:
+            if not members:
+                raise ValueError("--mean-only: with finetune.readout: full there is no committee-mean model (the "
+                                 "energy is not linear in the readout parameters); export the members")
+            return [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
         paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
         if members:
             for k, theta in enumerate(committee.thetas_):

@@ -8,31 +8,40 @@ import numpy as np
 from ase.io import read
 
 from . import cost, metrics, reaction_path
-from .arrays import Features
+from .arrays import Features, ReadoutInputs
 from .feature_cache import stream_predict
 from .files import file_digest
 from .labelers.replay import stored_energy
 from .store import FAILED, LABELLED, POOL
 
 
-def test_set_features(run, spec) -> tuple[Features, np.ndarray]:
-    """Backbone features and labels of the campaign's test set, computed once and kept in
-    cache/test_features.npz (recomputed when the file's content changes)."""
+def test_set_features(run, spec) -> tuple[Features | ReadoutInputs, np.ndarray]:
+    """Backbone features (with `readout: full`, and the MLP readout's inputs) and labels of the
+    campaign's test set, computed once and kept in cache/test_features.npz (recomputed when the
+    file's content changes)."""
     path = run.cache / "test_features.npz"
     digest = file_digest(spec.path)  # an edited test set must not be scored against its old labels
     if path.exists():
         with np.load(path) as f:
-            if "digest" in f.files and str(f["digest"]) == digest:
-                return Features(f["a"], f["e"], f["n"]), f["y"]
+            if "digest" in f.files and str(f["digest"]) == digest and (run.full is None or "h" in f.files):
+                feats = Features(f["a"], f["e"], f["n"])
+                if run.full is None:
+                    return feats, f["y"]
+                return ReadoutInputs(feats, np.split(f["h"], np.cumsum(run.full.widths)[:-1], axis=1)), f["y"]
     frames = read(spec.path, index=":")
     energies = [stored_energy(atoms, spec.energy_key) for atoms in frames]
     missing = [i for i, e in enumerate(energies) if e is None]
     if missing:
         raise ValueError(f"{spec.path}: frames {missing[:5]} have no '{spec.energy_key}' (evaluation.test_set.energy_key)")
     y = np.array(energies, dtype=float)
-    feats = run.backbone.features(frames, progress=run.progress)
-    np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y, digest=digest)
-    return feats, y
+    if run.full is None:
+        feats = run.backbone.features(frames, progress=run.progress)
+        np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y, digest=digest)
+        return feats, y
+    inputs = run.full.inputs(frames)
+    feats = inputs.features
+    np.savez(path, a=feats.a, e=feats.e, n=feats.n_atoms, y=y, digest=digest, h=np.hstack(inputs.h))
+    return inputs, y
 
 
 def observables(run, committee, iteration: int) -> dict[str, dict]:
@@ -45,7 +54,7 @@ def observables(run, committee, iteration: int) -> dict[str, dict]:
             path = reaction_path.relaxed(run, obs, iteration, committee.thetas_.mean(0))
             out[obs.name] = reaction_path.observable(run, obs, path, committee.thetas_)
         else:
-            frozen = metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(committee.thetas_))
+            frozen = metrics.barrier(committee.member_energies(run.inputs(run.store.source_ids(obs.path))))
             out[obs.name] = {**metrics.observable(frozen), "path": "frozen"}
     return out
 
@@ -115,5 +124,6 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
         history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
         observables=observed, objective=committee.objective_.tolist(),
-        newton_steps=committee.newton_steps_.tolist(),
+        newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
+        lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

@@ -69,7 +69,9 @@ def _pool_lines(store: RunStore, campaign: dict) -> list[str]:
 
 
 def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
-    """The last committee's member weights [K, P] and the iteration it was trained in."""
+    """The last committee's member weights [K, P] and the iteration it was trained in; no weights for
+    a committee of `finetune.readout: full`, whose energies need the model's readout (torch), which
+    the report does not load: its parity plot shows the prospective predictions only."""
     layout = RunDir(run_dir)
     path = layout.committee(iteration)
     if not path.exists():   # a report written mid-iteration: the newest checkpoint there is
@@ -78,7 +80,7 @@ def _committee(run_dir: Path, iteration: int) -> tuple[np.ndarray | None, int]:
             return None, -1
         path = saved[-1]
     with np.load(path) as f:
-        return f["thetas"], int(path.stem[5:])
+        return (f["thetas"] if "thetas" in f.files else None), int(path.stem[5:])
 
 
 def _metrics_csv(records: list[dict], path: Path) -> None:

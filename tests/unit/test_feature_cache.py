@@ -9,7 +9,7 @@ from conftest import make_committee
 
 from aloop import acquisition, arrays
 from aloop.arrays import Features, feature_moment
-from aloop.feature_cache import FeatureCache, PoolRows, stream_predict
+from aloop.feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 
 P = 6
 
@@ -118,3 +118,20 @@ def test_pool_work_streams_in_bounded_memory(tmp_path, monkeypatch):
     tracemalloc.stop()
     full = n * width * 8
     assert peak < full / 3, f"peak {peak / 2**20:.1f} MiB against {full / 2**20:.1f} MiB for all rows"
+
+
+def test_per_atom_rows_by_id_survive_growth_and_reopening(tmp_path):
+    """`readout: full`'s per-atom inputs: ragged rows by candidate id, read back in any order."""
+    rng = np.random.default_rng(0)
+    n_atoms = {7: 3, 2: 5, 40: 1, 3: 4}
+    rows = {i: rng.normal(size=(n, 6)) for i, n in n_atoms.items()}
+    cache = AtomRowsCache(tmp_path, 6)
+    cache.write([7, 2], [3, 5], np.vstack([rows[7], rows[2]]))
+    assert cache.missing([2, 3, 7, 40]) == [3, 40]
+    AtomRowsCache(tmp_path, 6).write([40, 3], [1, 4], np.vstack([rows[40], rows[3]]))
+    again = AtomRowsCache(tmp_path, 6)
+    np.testing.assert_array_equal(again.read([3, 7, 40, 2]), np.vstack([rows[3], rows[7], rows[40], rows[2]]))
+    with pytest.raises(KeyError, match=r"no readout inputs for candidates \[5\]"):
+        again.read([5])
+    with pytest.raises(ValueError, match="cached readout inputs have 6 columns, the model's MLP readout takes 4"):
+        AtomRowsCache(tmp_path, 4)

@@ -1,0 +1,227 @@
+"""A committee of K full-readout fine-tunes (`finetune.readout: full`) on one frozen backbone.
+
+Member k minimises the linear class's loss (committee.py) over φ = (θ, ω) (full_readout.py):
+
+    J_k(φ) = Σ_c w_kc [ r_c² / (σ_c² + σ_floor²) + λ Θ(‖ΔF_c‖² − t²)(‖ΔF_c‖² − t²)² ]
+             + ‖θ − θ_k^prior‖² / s² + ‖ω − ω_k^prior‖² / s_ω²
+
+with the same bootstrap weights, the same θ prior (centre and s², drawn by `Committee`), and for ω
+the same idea: ω_k^prior = ω0 + s_ω ξ_k, s_ω² = τ² / ⟨‖∂ε_i/∂ω‖²⟩, so that to first order a draw
+moves per-atom energies ε_i by τ RMS (the average is over the labelled configurations' atoms).
+
+J_k is not convex in ω, so there is no closed-form or Newton-certified minimiser. Each member is
+minimised by full-batch L-BFGS (strong-Wolfe line search) from its prior centre, in coordinates
+whitened by the Gauss-Newton Hessian of the energy term and the prior (`FullCommittee.minimise`),
+until the largest gradient component is below `tolerance`. Full batch, a fixed start, no learning
+rate, no random mini-batches and no validation split: the result is a function of the labels, their
+weights and the prior (a local minimiser, the one reached from the member's own prior draw), not of
+which two of eight labels an early-stopping split happened to hold out (docs/method.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .arrays import ReadoutInputs, feature_moment
+from .committee import Committee, NotConverged, TrainingSet
+from .full_readout import FullReadout, LabelledGraph
+
+
+class FullCommittee:
+    """K members φ_k [K, P_full]; draws and weights come from the linear `Committee` of the same
+    settings, so θ's part of every prior is the linear class's own."""
+
+    def __init__(self, full: FullReadout, linear: Committee, *, max_steps: int = 2000,
+                 tolerance: float = 1e-5, freeze_inner: bool = False):
+        """`freeze_inner` keeps ω at the base model's (the linear class's problem, solved by this
+        optimiser): a check of the optimiser, not a campaign setting."""
+        self.full = full
+        self.linear = linear
+        self.size = linear.size
+        self.max_steps = max_steps
+        self.tolerance = tolerance
+        self.freeze_inner = freeze_inner
+
+    @classmethod
+    def from_settings(cls, full: FullReadout, committee, finetune) -> "FullCommittee":
+        return cls(full, Committee.from_settings(full.backbone.theta0, committee, finetune))
+
+    # --- the prior of ω ---------------------------------------------------------------------------
+    def inner_variance(self, h: list[np.ndarray]) -> float:
+        """s_ω² = τ² / ⟨‖∂ε_i/∂ω‖²⟩ over the atoms whose MLP inputs are `h`, at the base model."""
+        full = self.full
+        phi0 = torch.as_tensor(full.phi0, device=full.device)
+        hs = [torch.as_tensor(x, device=full.device) for x in h]
+        jac = torch.func.jacrev(lambda p: full.node_energies(p, hs))(phi0)[:, full.inner_slice]
+        return self.linear.prior_sigma**2 / float((jac**2).sum(1).mean())
+
+    # --- fitting --------------------------------------------------------------------------------
+    def problem(self, data: TrainingSet, graph: LabelledGraph, n_elements: int, moment: np.ndarray | None = None):
+        """(objective, [K, n] weights, [K, P_full] prior centres, prior scale of each free parameter)."""
+        if len(data) == 0:
+            raise ValueError("committee: no labelled configurations to fit")
+        if not np.array_equal(graph.n_atoms, data.features.n_atoms):
+            raise ValueError("committee: the labelled graph and the training set hold different configurations")
+        full, lin = self.full, self.linear
+        s2 = lin.prior_variance(moment if moment is not None else feature_moment(data.features))
+        weights = lin.weights(data.ids)
+        centres = lin.prior_centres(data, weights, n_elements, s2)
+        n_inner = full.n_params - full.n_theta
+        if self.freeze_inner:
+            inner = np.tile(full.phi0[full.inner_slice], (self.size, 1))
+            scale = np.full(full.n_theta, np.sqrt(s2))
+        else:
+            s_inner = np.sqrt(self.inner_variance(graph.energy_inputs()))
+            inner = full.phi0[full.inner_slice] + s_inner * lin.anchors(n_inner, inner=True)
+            scale = np.concatenate([np.full(full.n_theta, np.sqrt(s2)), np.full(n_inner, s_inner)])
+        return _FullObjective(full, data, graph, lin), weights, np.hstack([centres, inner]), scale
+
+    def fit(self, data: TrainingSet, graph: LabelledGraph, n_elements: int, moment: np.ndarray | None = None,
+            progress: bool = False) -> "FullCommittee":
+        """Every member by L-BFGS to `tolerance`. `graph` holds the labelled configurations of `data`,
+        in its order; `moment` scales θ's prior as in `Committee.fit`."""
+        problem, weights, centres, scale = self.problem(data, graph, n_elements, moment)
+        phis, objective, steps, gradient = [], [], [], []
+        for k in tqdm(range(self.size), desc=f"fitting {self.size} members (full)", unit="member", disable=not progress):
+            phi, value, n, g = self.minimise(problem, weights[k], centres[k], scale, self.max_steps)
+            if g > self.tolerance:
+                raise NotConverged(f"committee fit (readout full): member {k}: L-BFGS stopped after {n} steps with "
+                                   f"gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g})")
+            phis.append(phi)
+            objective.append(value)
+            steps.append(n)
+            gradient.append(g)
+        self.phis_ = np.array(phis)
+        self.objective_ = np.array(objective)
+        self.lbfgs_steps_ = np.array(steps)
+        self.gradient_ = np.array(gradient)
+        return self
+
+    def minimise(self, problem: "_FullObjective", w, centre, scale, max_steps: int):
+        """(φ, J, steps, largest gradient component) of one member by L-BFGS from its prior centre.
+
+        The coordinates v are whitened by the Gauss-Newton Hessian H of the energy term and the prior
+        where a round starts, φ = φ_start + L⁻ᵀ v with H = L Lᵀ: the labels' energies are stiff
+        (σ_floor of meV) along a few directions and free along others, and without this L-BFGS's line
+        search reaches round-off in J before the gradient is small. In v a unit of gradient is about a
+        unit of r/σ, so `tolerance` reads as a fraction of a label's error bar."""
+        dev = self.full.device
+        n_free = len(scale)
+        c = torch.as_tensor(centre, device=dev)
+        sc = torch.as_tensor(scale, device=dev)
+        w = torch.as_tensor(w, device=dev)
+
+        def phi_of(free):
+            return torch.cat([free, c[n_free:]])
+
+        def whitening(free):
+            jac = torch.func.jacrev(lambda x: problem.energies(phi_of(x)))(free)
+            hessian = 2 * (jac.T * (w * problem.inv_var)) @ jac + torch.diag(2 / sc**2)
+            eye = torch.eye(n_free, dtype=torch.float64, device=dev)
+            return torch.linalg.solve_triangular(torch.linalg.cholesky(hessian).T, eye, upper=True)
+
+        def value_and_grad(free, whiten, v):
+            x = free + whiten @ v
+            value = problem.value(phi_of(x), w) + (((x - c[:n_free]) / sc) ** 2).sum()
+            (grad,) = torch.autograd.grad(value, v)
+            return value, grad
+
+        # tolerance_change 0: stop on the gradient alone (or max_steps), never on a slow stretch. L-BFGS
+        # also stops when its line search finds no decrease along a stale quasi-Newton direction (the
+        # quartic force penalty and W1 change the curvature the whitening was made for); it is then
+        # restarted from where it stopped, whitened there, for as long as a restart still lowers J.
+        free = c[:n_free].clone()
+        steps, value = 0, None
+        while True:
+            whiten = whitening(free)
+            v = torch.zeros(n_free, dtype=torch.float64, device=dev, requires_grad=True)
+            previous, (value, grad) = value, value_and_grad(free, whiten, v)
+            if float(grad.abs().max()) <= self.tolerance or steps >= max_steps or not (previous is None or value < previous):
+                break
+
+            def closure():
+                loss, v.grad = value_and_grad(free, whiten, v)
+                return loss
+
+            opt = torch.optim.LBFGS([v], lr=1.0, max_iter=max_steps - steps, max_eval=2 * (max_steps - steps),
+                                    tolerance_grad=self.tolerance, tolerance_change=0.0, history_size=50,
+                                    line_search_fn="strong_wolfe")
+            opt.step(closure)
+            steps += max(int(opt.state[v].get("n_iter", 0)), 1)
+            free = (free + whiten @ v).detach()
+        phi = phi_of(free).cpu().numpy()
+        return phi, float(value), steps, float(grad.abs().max())
+
+    # --- prediction -----------------------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "phis_"):
+            raise RuntimeError("committee: predict called before fit (or load)")
+
+    def member_energies(self, inputs: ReadoutInputs) -> np.ndarray:
+        self._check_fitted()
+        return self.full.energies(self.phis_, inputs)
+
+    def predict(self, inputs: ReadoutInputs) -> tuple[np.ndarray, np.ndarray]:
+        """The member-average energy and the spread (sample standard deviation over members), eV. The
+        average is of the members' energies; no single model has it (E is not linear in φ)."""
+        energies = self.member_energies(inputs)
+        return energies.mean(0), energies.std(0, ddof=1)
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        self._check_fitted()
+        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, steps=self.lbfgs_steps_,
+                 gradient=self.gradient_)
+
+    def load(self, path) -> "FullCommittee":
+        with np.load(path) as f:
+            if "phis" not in f:
+                raise ValueError(f"{path}: a committee of finetune.readout: linear; the campaign says full")
+            if f["phi0"].shape != self.full.phi0.shape or not np.allclose(f["phi0"], self.full.phi0):
+                raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
+            self.phis_, self.objective_ = f["phis"], f["objective"]
+            self.lbfgs_steps_, self.gradient_ = f["steps"], f["gradient"]
+        return self
+
+
+class _FullObjective:
+    """The data part of J_k for φ (torch, differentiable): energy term and force penalty."""
+
+    def __init__(self, full: FullReadout, data: TrainingSet, graph: LabelledGraph, linear: Committee):
+        dev = full.device
+        self.full, self.graph = full, graph
+        self.a, self.e, self.h, self.index = full.tensors(ReadoutInputs(data.features, graph.energy_inputs()))
+        self.y = torch.as_tensor(data.energy, device=dev)
+        self.inv_var = torch.as_tensor(1.0 / (data.sigma**2 + linear.noise_floor**2), device=dev)
+        self.lam = linear.force_weight
+        n_atoms = data.features.n_atoms
+        self.t2 = torch.as_tensor(linear.force_threshold**2 * n_atoms if linear.threshold_per_atom
+                                  else np.full(len(data), linear.force_threshold**2), device=dev)
+        if self.lam == 0:
+            return
+        # ΔF = dF0 + B̄ θ + F_mlp(φ): B̄ is B without the MLP's W2 columns, whose forces F_mlp holds
+        mask = full._linear_mask.cpu().numpy()
+        self.B = torch.as_tensor(data.B * mask, device=dev)
+        phi0 = torch.as_tensor(full.phi0, device=dev)
+        with torch.no_grad():
+            base = graph.mlp(phi0)[1].detach()
+            self.dF0 = torch.as_tensor(data.f0 - data.f_lf, device=dev) - self.B @ phi0[:full.n_theta] - base
+
+    def forces_delta(self, phi: torch.Tensor, mlp_forces: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔF [n, 3Nmax] for φ, differentiable in φ (`mlp_forces`: the graph's, when already at hand)."""
+        if mlp_forces is None:
+            mlp_forces = self.graph.mlp(phi)[1]
+        return self.dF0 + self.B @ phi[:self.full.n_theta] + mlp_forces
+
+    def energies(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.full.energies_t(phi, self.a, self.e, self.h, self.index)
+
+    def value(self, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.lam == 0:
+            r = self.energies(phi) - self.y
+            return (w * self.inv_var * r**2).sum()
+        mlp_energy, mlp_forces = self.graph.mlp(phi)
+        r = self.full.linear_energies(phi, self.a, self.e) + mlp_energy - self.y
+        excess = torch.clamp((self.forces_delta(phi, mlp_forces) ** 2).sum(1) - self.t2, min=0.0)
+        return (w * self.inv_var * r**2).sum() + self.lam * (w * excess**2).sum()

@@ -1,0 +1,221 @@
+"""`finetune.readout: full`: every readout parameter trained, the MLP's inner map W1 included.
+
+The parameter vector is φ = (θ, ω): θ the linear class's vector (backbone.py: every linear readout,
+W2 of the MLP readout, E0) and ω the MLP readout's other parameters (W1 for MACE). The energy is no
+longer linear in φ; it is
+
+    E_c(φ) = ā_c · θ + e_c + s Σ_{i∈c} readout(h_i; W1, W2)
+
+where ā_c is a_c with the MLP's W2 columns set to zero and h_i the node features entering the MLP
+readout. Both are cached once per configuration (`ReadoutInputs`), so energies of any φ, the
+committee's spread and selection never run the backbone again. Forces need ∂h_i/∂x: it is computed
+once, for the labelled configurations only (`LabelledGraph`), and reused by every member and every
+optimiser step.
+
+Readouts whose only parameter is their output linear map stay in ā_c·θ: they are linear in their
+inputs, so the atoms' inputs may be summed (the per-atom inputs of MACE's first readout are
+32x0e+32x1o and larger, and add nothing).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arrays import Features, ReadoutInputs
+from .backbone import Backbone
+
+
+class FullReadout:
+    """The map φ → energies (and, on a `LabelledGraph`, forces) of a backbone's model."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        model = backbone.model
+        self.device = backbone.device
+        # an MLP readout: one with parameters besides the output linear map that θ already holds
+        self.mlp = [t for t, r in enumerate(model.readouts) if sum(1 for _ in r.parameters()) > 1]
+        if not self.mlp:
+            raise ValueError("finetune.readout: full trains the MLP readout's inner weights, and every readout of "
+                             "this model is one linear map; use finetune.readout: linear (the same parameters, "
+                             "solved exactly)")
+        self.inner: list[list[tuple[str, torch.Size]]] = []
+        pieces = [backbone.theta0]
+        for t in self.mlp:
+            readout = model.readouts[t]
+            out_weight = backbone._output_linear(readout).weight
+            names = [(n, p.shape) for n, p in readout.named_parameters() if p is not out_weight]
+            self.inner.append(names)
+            pieces += [readout.get_parameter(n).detach().cpu().numpy().ravel() for n, _ in names]
+        # the width of each MLP readout's input: that of its first map with irreps
+        self.widths = tuple(next(m for m in model.readouts[t].modules() if hasattr(m, "irreps_in")).irreps_in.dim
+                            for t in self.mlp)
+        self.phi0 = np.concatenate(pieces)
+        self.n_theta = backbone.n_params
+        self.n_params = len(self.phi0)
+        self.inner_slice = slice(self.n_theta, self.n_params)
+        mask = np.ones(self.n_theta)
+        for t in self.mlp:
+            mask[backbone.slices[t]] = 0.0
+        self._linear_mask = torch.as_tensor(mask, device=self.device)
+        self._scale = backbone._node_scale()
+
+    # --- inputs --------------------------------------------------------------------------------
+    def inputs(self, atoms_list, batch_size: int = 32) -> ReadoutInputs:
+        """One backbone pass per batch: the linear decomposition and the MLP readouts' inputs."""
+        bb = self.backbone
+        theta0 = torch.as_tensor(bb.theta0, device=self.device)
+        capture = [bb.model.readouts[t] for t in self.mlp]
+        a_all, e_all, n_all, h_all = [], [], [], [[] for _ in self.mlp]
+        for batch in bb.batches(atoms_list, batch_size):
+            with torch.no_grad():
+                out, a, h = bb.forward(batch, compute_force=False, capture=capture)
+            a_all.append(a.cpu().numpy())
+            e_all.append((out["energy"].reshape(-1).to(torch.float64) - a @ theta0).cpu().numpy())
+            n_all.append(torch.diff(batch["ptr"]).cpu().numpy())
+            for store, x in zip(h_all, h):
+                store.append(x.cpu().numpy())
+        if not a_all:
+            return ReadoutInputs(Features(np.zeros((0, bb.n_params)), np.zeros(0), np.zeros(0, dtype=int)),
+                                 [np.zeros((0, 0)) for _ in self.mlp])
+        return ReadoutInputs(Features(np.concatenate(a_all), np.concatenate(e_all), np.concatenate(n_all)),
+                             [np.concatenate(x) for x in h_all])
+
+    # --- energies ------------------------------------------------------------------------------
+    def _readout_params(self, phi: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """The parameters of MLP readout number k (in self.mlp) as φ holds them."""
+        bb, t = self.backbone, self.mlp[k]
+        out_weight = bb._output_linear(bb.model.readouts[t]).weight
+        out_name = next(n for n, p in bb.model.readouts[t].named_parameters() if p is out_weight)
+        params = {out_name: phi[bb.slices[t]].reshape(out_weight.shape)}
+        start = self.n_theta + sum(int(np.prod(s)) for names in self.inner[:k] for _, s in names)
+        for name, shape in self.inner[k]:
+            size = int(np.prod(shape))
+            params[name] = phi[start:start + size].reshape(shape)
+            start += size
+        return params
+
+    def node_energies(self, phi: torch.Tensor, h: list[torch.Tensor]) -> torch.Tensor:
+        """s Σ_t readout_t(h_i; φ) per node [atoms]: the MLP readouts' part of the energy."""
+        bb = self.backbone
+        total = torch.zeros(h[0].shape[0], dtype=torch.float64, device=self.device)
+        for k, (t, x) in enumerate(zip(self.mlp, h)):
+            heads = torch.full((x.shape[0],), bb.head_index, dtype=torch.long, device=self.device)
+            out = torch.func.functional_call(bb.model.readouts[t], self._readout_params(phi, k), (x, heads))
+            total = total + out[:, bb.head_index]
+        return self._scale * total
+
+    def energies_t(self, phi: torch.Tensor, a: torch.Tensor, e: torch.Tensor, h: list[torch.Tensor],
+                   index: torch.Tensor) -> torch.Tensor:
+        """E_c(φ) for every configuration, in torch (differentiable in φ)."""
+        nodes = self.node_energies(phi, h)
+        mlp = torch.zeros(len(e), dtype=torch.float64, device=self.device).index_add_(0, index, nodes)
+        return self.linear_energies(phi, a, e) + mlp
+
+    def linear_energies(self, phi: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """ā·θ + e: the energy but for the MLP readouts'."""
+        return a @ (self._linear_mask * phi[:self.n_theta]) + e
+
+    def tensors(self, inputs: ReadoutInputs):
+        """(a, e, h, atom → configuration index) of `inputs` as tensors on the device."""
+        f = inputs.features
+        dev = self.device
+        index = torch.as_tensor(np.repeat(np.arange(len(f.e)), f.n_atoms), device=dev)
+        return (torch.as_tensor(f.a, device=dev), torch.as_tensor(f.e, device=dev),
+                [torch.as_tensor(x, device=dev) for x in inputs.h], index)
+
+    def energies(self, phis: np.ndarray, inputs: ReadoutInputs) -> np.ndarray:
+        """Energies for one φ [P] → [n], or a committee [K, P] → [K, n]."""
+        phis = np.asarray(phis, dtype=np.float64)
+        a, e, h, index = self.tensors(inputs)
+        with torch.no_grad():
+            rows = [self.energies_t(torch.as_tensor(p, device=self.device), a, e, h, index).cpu().numpy()
+                    for p in np.atleast_2d(phis)]
+        return rows[0] if phis.ndim == 1 else np.array(rows)
+
+    # --- export --------------------------------------------------------------------------------
+    def model_with(self, phi: np.ndarray) -> torch.nn.Module:
+        """An ordinary MACE model (the source file's class and dtype) whose readouts carry φ."""
+        phi = np.asarray(phi, dtype=np.float64)
+        if phi.shape != (self.n_params,):
+            raise ValueError(f"φ has shape {phi.shape}, expected ({self.n_params},)")
+        bb = self.backbone
+        model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), phi[:self.n_theta])
+        with torch.no_grad():
+            for k, t in enumerate(self.mlp):
+                for name, value in self._readout_params(torch.as_tensor(phi), k).items():
+                    model.readouts[t].get_parameter(name).copy_(value)
+        return model.to(bb.source_dtype)
+
+    def export(self, phi: np.ndarray, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model_with(phi), path)
+        return path
+
+
+class LabelledGraph:
+    """The MLP readouts' inputs h of the labelled configurations' atoms and their Jacobians ∂h/∂x,
+    computed once: the forces of any φ are then −Σ_i ∂ε_i/∂h_i · ∂h_i/∂x, dense algebra without
+    the backbone, for every member and every optimiser step.
+
+    The Jacobian of configuration c holds N_c × d × 3N_c numbers (d the MLP's input width); it is
+    taken by one batched backward pass per local atom index over a batch of configurations, each
+    pass computing for every channel at once (autograd's `is_grads_batched`)."""
+
+    def __init__(self, full: FullReadout, atoms_list, batch_size: int = 16):
+        bb = full.backbone
+        self.full = full
+        capture = [bb.model.readouts[t] for t in full.mlp]
+        self.width = 3 * max((len(a) for a in atoms_list), default=0)
+        h, jacobians, counts = [[] for _ in full.mlp], [[] for _ in full.mlp], []
+        for batch in bb.batches(atoms_list, batch_size):
+            # training=True keeps the backbone's graph after MACE's own forces, for these passes
+            _, _, inputs = bb.forward(batch, compute_force=True, capture=capture)
+            counts.append(torch.diff(batch["ptr"]))
+            for t, x in enumerate(inputs):
+                h[t].append(x.detach())
+                jacobians[t].append(self._jacobian(x, batch["positions"], batch["ptr"]))
+        dev = full.device
+        self.h = [torch.cat(x) if x else torch.zeros(0, 0, device=dev) for x in h]
+        self.jacobians = [torch.cat(j) if j else torch.zeros(0, 0, 0, device=dev) for j in jacobians]
+        n_atoms = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long, device=dev)
+        self.n_atoms = n_atoms.cpu().numpy()
+        self.config = torch.repeat_interleave(torch.arange(len(n_atoms), device=dev), n_atoms)
+
+    def _jacobian(self, x: torch.Tensor, positions: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+        """J [atoms, d, width]: J[i, k, 3m + a] = ∂x[i, k]/∂(position a of atom m of i's configuration)."""
+        n = torch.diff(ptr)
+        config = torch.repeat_interleave(torch.arange(len(n), device=x.device), n)
+        local = torch.arange(len(x), device=x.device) - ptr[config]
+        d = x.shape[1]
+        J = torch.zeros(len(x), d, self.width, dtype=torch.float64, device=x.device)
+        channels = torch.eye(d, dtype=x.dtype, device=x.device)
+        for j in range(int(n.max())):
+            # every configuration's atom j at once: configurations do not see each other's positions
+            cotangent = (local == j).to(x.dtype)[None, :, None] * channels[:, None, :]   # [d, atoms, d]
+            (g,) = torch.autograd.grad(x, positions, cotangent, retain_graph=True, is_grads_batched=True)
+            rows = torch.nonzero(n[config] > j).squeeze(1)   # atoms whose configuration has an atom j
+            target = ptr[config[rows]] + j
+            for a in range(3):
+                J[target, :, 3 * local[rows] + a] = g[:, rows, a].T
+        return J
+
+    def energy_inputs(self) -> list[np.ndarray]:
+        """The MLP readouts' inputs of every labelled atom."""
+        return [x.cpu().numpy() for x in self.h]
+
+    def mlp(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP readouts' energy [n] and forces −∂/∂x [n, width] (zeros past 3N_c) of every labelled
+        configuration for φ, differentiable in φ: one evaluation of the readouts serves both."""
+        with torch.enable_grad():   # also under no_grad: the forces are a gradient
+            h = [x.clone().requires_grad_(True) for x in self.h]
+            nodes = self.full.node_energies(phi, h)
+            u = torch.autograd.grad(nodes.sum(), h, create_graph=True)
+        per_atom = -sum(torch.einsum("ik,ikm->im", du, J) for du, J in zip(u, self.jacobians))
+        n = len(self.n_atoms)
+        energy = torch.zeros(n, dtype=torch.float64, device=nodes.device).index_add(0, self.config, nodes)
+        forces = torch.zeros(n, self.width, dtype=torch.float64, device=nodes.device).index_add(0, self.config, per_atom)
+        return energy, forces

@@ -1,0 +1,61 @@
+"""A campaign with `finetune.readout: full` on a tiny model: it runs, and its exported members are
+ordinary MACE files with the members' energies."""
+import pytest
+import torch
+from ase.io import write
+from conftest import h3, h3_set, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.campaign import load_campaign
+from aloop.loop import CampaignRun
+from aloop.report import write_report
+from aloop.store import LABELLED
+
+CAMPAIGN = """
+name: full
+seed: 3
+model: {path: tiny.model}
+pool:
+  sources:
+    - {kind: file, name: random, path: pool.extxyz}
+    - {kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 5, steps: 2}
+committee: {size: 2}
+finetune: {readout: full, force_threshold: 0.2}
+acquisition: {strategy: max_std, batch_size: 3, initial_size: 3}
+labeler: {kind: pyscf, method: hf, basis: sto-3g}
+stop: {max_labels: 6}
+evaluation:
+  test_set: {path: test.extxyz, energy_key: ref_energy}
+  observables: [{kind: barrier, name: barrier, path: path, relax: false}]
+"""
+
+
+def test_full_readout_campaign_runs_and_exports_members(tmp_path):
+    torch.save(tiny_mace(), tmp_path / "tiny.model")
+    write(tmp_path / "pool.extxyz", h3_set(10))
+    write(tmp_path / "reactant.xyz", h3(0.74, 2.5))
+    write(tmp_path / "product.xyz", h3(2.5, 0.74))
+    test = h3_set(3, seed=9)
+    for atoms in test:
+        atoms.info["ref_energy"] = -1.5
+    write(tmp_path / "test.extxyz", test)
+    (tmp_path / "full.yaml").write_text(CAMPAIGN)
+    run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
+    result = run.run()
+    assert result.n_labels == 6
+    records = run.store.iterations()
+    assert records[-1]["prospective"]["n"] == 3 and records[-1]["test"]["n"] == 3
+    assert records[-1]["observables"]["barrier"]["path"] == "frozen"
+    with pytest.raises(ValueError, match="--mean-only: with finetune.readout: full there is no committee-mean model"):
+        run.export(members=False)
+    paths = run.export()
+    assert [p.name for p in paths] == ["member_0.model", "member_1.model"]
+    committee = run.load_committee(records[-1]["iteration"])
+    ids = [r.id for r in run.store.rows(state=LABELLED)[:2]]
+    expected = committee.member_energies(run.inputs(ids))
+    for k, path in enumerate(paths):
+        calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+        for atoms, e in zip(run.store.atoms(ids), expected[k]):
+            atoms.calc = calc
+            assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-8)
+    assert write_report(run.run_dir).exists()

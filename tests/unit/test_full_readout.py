@@ -1,0 +1,124 @@
+"""`finetune.readout: full`: the decomposition, the fit, export, and the campaign's field."""
+import numpy as np
+import pytest
+import torch
+from conftest import h3_set, make_committee, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.arrays import feature_moment
+from aloop.backbone import Backbone
+from aloop.committee import TrainingSet
+from aloop.full_committee import FullCommittee
+from aloop.full_readout import FullReadout, LabelledGraph
+
+
+@pytest.fixture(scope="module")
+def setup():
+    bb = Backbone(tiny_mace(), device="cpu")
+    full = FullReadout(bb)
+    atoms = h3_set(10, seed=5)
+    inputs = full.inputs(atoms)
+    graph = LabelledGraph(full, atoms)
+    jac = bb.force_jacobians(atoms)
+    energy, forces = bb.energy_forces(atoms)
+    rng = np.random.default_rng(1)
+    y = energy + 0.3 + 0.05 * rng.normal(size=len(energy))   # an offset and some scatter, as CCSD(T) vs PBE
+    data = TrainingSet.build(inputs.features, y, np.zeros(len(y)), jac, [j.f0 for j in jac], ids=np.arange(len(y)))
+    return bb, full, atoms, inputs, graph, data, energy, forces
+
+
+def committee(full, **settings):
+    """A full committee built from the settings a run reads (the schema's defaults for the rest)."""
+    base = dict(size=2, noise_floor=0.002, force_weight=1.0, force_threshold=0.05)
+    return FullCommittee(full, make_committee(full.backbone.theta0, **{**base, **settings}))
+
+
+def forces_at(problem, data, phi):
+    """Per-configuration forces [n, 3Nmax] of φ from the objective's ΔF (ΔF + F_LF)."""
+    with torch.no_grad():
+        return problem.forces_delta(torch.as_tensor(phi)).numpy() + data.f_lf
+
+
+def test_the_base_parameters_give_the_base_model_exactly(setup):
+    bb, full, atoms, inputs, graph, data, energy, forces = setup
+    assert full.mlp == [1] and full.n_params == bb.n_params + 64   # tiny_mace: W1 is 8x0e → 8x0e
+    np.testing.assert_allclose(full.energies(full.phi0, inputs), energy, rtol=0, atol=1e-10)
+    problem = committee(full).problem(data, graph, 1)[0]
+    padded = np.concatenate([np.concatenate([f.ravel(), np.zeros(data.f0.shape[1] - f.size)]) for f in forces])
+    np.testing.assert_allclose(forces_at(problem, data, full.phi0), padded.reshape(data.f0.shape), rtol=0, atol=1e-10)
+
+
+def test_any_parameters_are_those_of_the_exported_model(setup, tmp_path):
+    """The cached inputs and the kept graph give the energies and forces of the MACE file export writes,
+    loaded by MACE's own calculator."""
+    bb, full, atoms, inputs, graph, data, energy, forces = setup
+    phi = full.phi0 + 0.05 * np.random.default_rng(2).normal(size=full.n_params)
+    calc = MACECalculator(model_paths=str(full.export(phi, tmp_path / "member_0.model")), device="cpu",
+                          default_dtype="float64")
+    predicted = full.energies(phi, inputs)
+    cached_forces = forces_at(committee(full).problem(data, graph, 1)[0], data, phi)
+    for c, frame in enumerate(atoms):
+        frame = frame.copy()
+        frame.calc = calc
+        assert frame.get_potential_energy() == pytest.approx(predicted[c], abs=1e-9)
+        np.testing.assert_allclose(frame.get_forces().ravel(), cached_forces[c, :9], atol=1e-9)
+
+
+def test_one_step_lowers_the_loss(setup):
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    c = committee(full)
+    problem, weights, centres, scale = c.problem(data, graph, 1)
+    w = torch.as_tensor(weights[0])
+    with torch.no_grad():
+        start = float(problem.value(torch.as_tensor(centres[0]), w))   # the prior term is zero there
+    _, after, steps, _ = c.minimise(problem, weights[0], centres[0], scale, max_steps=1)
+    assert steps == 1 and after < start
+
+
+def test_with_w1_frozen_full_finds_the_linear_exact_solution(setup):
+    """Frozen W1 leaves the linear class's convex problem; L-BFGS must reach Newton's minimiser."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    settings = dict(size=3, noise_floor=0.002, force_weight=1.0, force_threshold=0.05)
+    moment = feature_moment(inputs.features)
+    linear = make_committee(bb.theta0, **settings).fit(data, 1, moment=moment)
+    frozen = FullCommittee(full, make_committee(bb.theta0, **settings), freeze_inner=True).fit(data, graph, 1, moment)
+    assert (frozen.gradient_ <= frozen.tolerance).all()
+    np.testing.assert_allclose(frozen.objective_, linear.objective_, rtol=1e-9)
+    np.testing.assert_allclose(frozen.member_energies(inputs), linear.member_energies(inputs.features), atol=1e-6)
+    np.testing.assert_array_equal(frozen.phis_[:, full.inner_slice], np.tile(full.phi0[full.inner_slice], (3, 1)))
+
+
+def test_forces_inside_the_threshold_cost_nothing(setup):
+    """With every ‖ΔF‖ inside t the force term is zero: the fit is that without forces, and the
+    members' forces stay within t."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    wide = committee(full, force_threshold=50.0).fit(data, graph, 1)
+    free = committee(full, force_weight=0.0).fit(data, graph, 1)
+    np.testing.assert_allclose(wide.objective_, free.objective_, rtol=1e-9)
+    np.testing.assert_allclose(wide.member_energies(inputs), free.member_energies(inputs), atol=1e-6)
+    problem = committee(full, force_threshold=50.0).problem(data, graph, 1)[0]
+    for phi in wide.phis_:
+        norms = np.linalg.norm(forces_at(problem, data, phi) - data.f_lf, axis=1)
+        assert norms.max() < 50.0
+
+
+def test_full_fits_the_labels_better_than_linear_and_saves(setup, tmp_path):
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    c = committee(full, size=2).fit(data, graph, 1)
+    linear = make_committee(bb.theta0, size=2, noise_floor=0.002, force_weight=1.0, force_threshold=0.05).fit(data, 1)
+    assert (c.objective_ < linear.objective_).all()   # the same loss over a superset of the parameters
+    c.save(tmp_path / "c.npz")
+    loaded = committee(full, size=2).load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(loaded.predict(inputs)[0], c.predict(inputs)[0])
+    with pytest.raises(ValueError, match="finetune.readout: full; the campaign says linear"):
+        make_committee(bb.theta0, size=2).load(tmp_path / "c.npz")
+    linear.save(tmp_path / "l.npz")
+    with pytest.raises(ValueError, match="finetune.readout: linear; the campaign says full"):
+        committee(full, size=2).load(tmp_path / "l.npz")
+
+
+def test_a_model_whose_readouts_are_all_linear_is_refused():
+    model = tiny_mace()
+    model.readouts[1] = model.readouts[0].__class__(model.readouts[1].linear_1.irreps_in)   # a linear last readout
+    with pytest.raises(ValueError, match="every readout of this model is one linear map; use finetune.readout: linear"):
+        FullReadout(Backbone(model, device="cpu"))
