@@ -53,19 +53,7 @@ class FeatureCache:
         shapes = {"a": ((size, self.n_params), np.float64), "e": ((size,), np.float64),
                   "n": ((size,), np.int64), "done": ((size,), np.bool_)}
         for name in self.FILES:
-            path = self._path(name)
-            old = np.load(path, mmap_mode="r") if path.exists() else None
-            if old is not None and old.shape[0] >= size:
-                continue
-            tmp = path.with_name(f"{name}.tmp.npy")
-            shape, dtype = shapes[name]
-            new = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            if old is not None:
-                for s in blocks(old.shape[0]):
-                    new[s] = old[s]
-            new.flush()
-            del new, old
-            os.replace(tmp, path)
+            _resized(self._path(name), *shapes[name])
 
     # --- rows --------------------------------------------------------------------------------
     def missing(self, ids: Iterable[int]) -> list[int]:
@@ -116,14 +104,16 @@ class FeatureCache:
                     done(len(positions))
 
 
-def _resized(path: Path, shape: tuple, dtype, fill) -> None:
-    """Make the .npy at `path` at least shape[0] rows long (new rows = `fill`), copying block by block."""
+def _resized(path: Path, shape: tuple, dtype, fill=None) -> None:
+    """Make the .npy at `path` at least shape[0] rows long, copying block by block; new rows are
+    `fill` (None: zero, as a new file is, without writing them)."""
     old = np.load(path, mmap_mode="r") if path.exists() else None
     if old is not None and old.shape[0] >= shape[0]:
         return
     tmp = path.with_name(path.stem + ".tmp.npy")
     new = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-    new[:] = fill
+    if fill is not None:
+        new[:] = fill
     if old is not None:
         for s in blocks(old.shape[0]):
             new[s] = old[s]
