@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,13 @@ from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
 from .cost import CostModel, label_core_hours
 from .dispatch import make_dispatcher
+from .domain import DomainGuard
 from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 from .full_committee import FullCommittee
 from .full_readout import FullReadout, LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
-from .domain import DomainGuard
 from .labelers.qmcpack import QMCPACKLabeler
 from .pool import Geometries, PoolError, generate, read_frames, screen, trajectories
 from .rundir import RunDir, candidate_id, label_key
@@ -151,12 +152,10 @@ class CampaignRun:
             keep = result.keep
             self.store.add_candidates([frames[i] for i in keep], spec.name,
                                       None if forces is None else [forces[i] for i in keep], indices=keep)
-            pairs: dict[str, int] = {}
-            for violation in result.violations.values():
-                pairs[violation.pair] = pairs.get(violation.pair, 0) + 1
+            pairs = Counter(violation.pair for violation in result.violations.values())
             self.store.set_meta(f"source:{spec.name}", {"n": len(keep), "kind": spec.kind, "frames": len(frames),
                                                         **{why: len(i) for why, i in result.dropped.items()},
-                                                        "pairs": pairs})
+                                                        "pairs": dict(pairs)})
             bound = self.store.get_meta("binding")
             bound[binding.SOURCE + spec.name] = self.fields[binding.SOURCE + spec.name]
             self.store.set_meta("binding", bound)

@@ -52,7 +52,7 @@ def observables(run, committee, iteration: int) -> dict[str, dict]:
     for obs in run.campaign.evaluation.observables:
         if obs.relax:
             path = reaction_path.relaxed(run, obs, iteration, committee.thetas_.mean(0))
-            out[obs.name] = reaction_path.observable(run, obs, path, committee.thetas_)
+            out[obs.name] = reaction_path.observable(run, path, committee.thetas_)
         else:
             frozen = metrics.barrier(committee.member_energies(run.inputs(run.store.source_ids(obs.path))))
             out[obs.name] = {**metrics.observable(frozen), "path": "frozen"}

@@ -7,16 +7,12 @@ molecules the per-call overhead, not the arithmetic, is the cost.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from tqdm.auto import tqdm
-
-
-class PathError(ValueError):
-    """A path's end points or guess cannot be used; the message names the source."""
 
 
 class BatchedCalculator(Calculator):
@@ -60,13 +56,35 @@ def _plain(atoms: Atoms) -> Atoms:
     return Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
 
 
+@dataclass
+class RelaxedPath:
+    """A CI-NEB path with relaxed end points, and the energies of its images on the surface it was
+    relaxed on (eV)."""
+    images: list[Atoms]
+    energies: np.ndarray
+    converged: bool
+    steps: int
+    seconds: float
+
+    @property
+    def barrier(self) -> float:
+        """Highest image minus the first (the same definition as metrics.barrier)."""
+        return float(self.energies.max() - self.energies[0])
+
+    @property
+    def saddle(self) -> int:
+        return int(np.argmax(self.energies))
+
+
 def relax_band(images: list[Atoms], backbone, *, theta: np.ndarray | None = None, climb: bool = True,
                fmax: float = 0.05, steps: int = 500, progress: bool = False,
-               desc: str = "NEB") -> tuple[list[Atoms], bool, int]:
-    """(images, converged, optimiser steps) of a (climbing-image) NEB between the fixed end points of
-    `images`, started from `images` themselves."""
+               desc: str = "NEB") -> RelaxedPath:
+    """The (climbing-image) NEB between the fixed end points of `images`, started from `images`
+    themselves."""
     from ase.mep import NEB
     from ase.optimize import FIRE
+
+    t0 = time.time()
 
     band = [_plain(im) for im in images]
     calc = BatchedCalculator(backbone, band, theta)
@@ -77,7 +95,8 @@ def relax_band(images: list[Atoms], backbone, *, theta: np.ndarray | None = None
     optimizer.attach(lambda: bar.update(1))
     converged = bool(optimizer.run(fmax=fmax, steps=steps))
     bar.close()
-    return [_plain(im) for im in band], converged, int(optimizer.nsteps)
+    energies = np.array([im.get_potential_energy() for im in band])   # from the calculator's last call
+    return RelaxedPath([_plain(im) for im in band], energies, converged, int(optimizer.nsteps), time.time() - t0)
 
 
 MAX_END_POINT_MOVE = 1.0   # Å: an end point whose atom moves further has left the basin it stood for
@@ -100,26 +119,6 @@ def relax_minimum(atoms: Atoms, backbone, *, theta: np.ndarray | None = None, fm
     return _plain(relaxed), bool(converged), int(optimizer.nsteps)
 
 
-@dataclass
-class RelaxedPath:
-    """A CI-NEB path with relaxed end points, and the energies of its images on the surface it was
-    relaxed on (eV)."""
-    images: list[Atoms]
-    energies: np.ndarray
-    converged: bool
-    steps: int
-    seconds: float
-
-    @property
-    def barrier(self) -> float:
-        """Highest image minus the first (the same definition as metrics.barrier)."""
-        return float(self.energies.max() - self.energies[0])
-
-    @property
-    def saddle(self) -> int:
-        return int(np.argmax(self.energies))
-
-
 def relax_path(start: list[Atoms], backbone, *, theta: np.ndarray | None = None, climb: bool = True,
                fmax: float = 0.05, steps: int = 500, progress: bool = False, desc: str = "NEB") -> RelaxedPath:
     """The CI-NEB of θ's surface started from the images `start` (a previous θ's path, or a guess):
@@ -127,9 +126,6 @@ def relax_path(start: list[Atoms], backbone, *, theta: np.ndarray | None = None,
     t0 = time.time()
     ends = [relax_minimum(start[i], backbone, theta=theta, fmax=fmax, steps=steps) for i in (0, -1)]
     band = [ends[0][0]] + [_plain(im) for im in start[1:-1]] + [ends[1][0]]
-    images, converged, n = relax_band(band, backbone, theta=theta, climb=climb, fmax=fmax, steps=steps,
-                                      progress=progress, desc=desc)
-    extra = {} if theta is None else {"theta": theta}
-    energies, _ = backbone.energy_forces(images, **extra)
-    return RelaxedPath(images, np.asarray(energies, dtype=float), converged and ends[0][1] and ends[1][1],
-                       n + ends[0][2] + ends[1][2], time.time() - t0)
+    path = relax_band(band, backbone, theta=theta, climb=climb, fmax=fmax, steps=steps, progress=progress, desc=desc)
+    return replace(path, converged=path.converged and ends[0][1] and ends[1][1],
+                   steps=path.steps + ends[0][2] + ends[1][2], seconds=time.time() - t0)

@@ -111,12 +111,12 @@ def nudged_elastic_band(spec, backbone, progress: bool = True) -> list[Atoms]:
         guess = read_frames(spec.guess, "-1", where)[0]
         if list(guess.numbers) != list(initial.numbers):
             raise PoolError(f"{where}: the guess holds different atoms than initial")
-    images, converged, _ = relax_band(interpolate(initial, final, spec.images, guess), backbone, climb=spec.climb,
-                                      fmax=spec.fmax, steps=spec.steps, progress=progress, desc=f"NEB {spec.name}")
-    if not converged:
+    path = relax_band(interpolate(initial, final, spec.images, guess), backbone, climb=spec.climb,
+                      fmax=spec.fmax, steps=spec.steps, progress=progress, desc=f"NEB {spec.name}")
+    if not path.converged:
         print(f"warning: NEB '{spec.name}' did not reach fmax {spec.fmax} eV/Å in {spec.steps} steps; "
               "its images are used as they are")
-    return images
+    return path.images
 
 
 DUPLICATE_TOLERANCE = 1e-4   # Å per coordinate, as the replay labeler matches frames

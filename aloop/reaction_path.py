@@ -73,7 +73,7 @@ def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
     return result
 
 
-def observable(run, obs, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
+def observable(run, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
     """The observable's record: the mean model's barrier on its path, and the members' on the same images."""
     members = metrics.barrier(run.backbone.features(relaxed_path.images).energies(thetas))
     return {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
