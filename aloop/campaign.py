@@ -130,6 +130,24 @@ class FinetuneSettings(Section):
     # linear: the last linear map of each readout and E0, solved exactly (committee.py); full: every
     # readout parameter, the MLP's W1 included, by L-BFGS (full_committee.py)
     readout: Literal["linear", "full"] = "linear"
+    # readout: the base model's readouts are fine-tuned (`readout` says which parameters); delta: they
+    # stay the base model's and a correction network of `delta_width` hidden units is learnt (delta.py)
+    kind: Literal["readout", "delta"] = "readout"
+    delta_width: PosInt = 32
+
+    @model_validator(mode="after")
+    def _kind(self) -> "FinetuneSettings":
+        if self.kind == "delta" and self.readout != "linear":
+            raise ValueError("readout: full fine-tunes the base model's readouts, and kind: delta keeps them frozen "
+                             "and learns a correction beside them; keep one (remove readout, or kind)")
+        return self
+
+    @property
+    def nonlinear(self) -> str | None:
+        """How the trained parameters enter the energy nonlinearly (a campaign setting to name), or None."""
+        if self.kind == "delta":
+            return "finetune.kind is delta"
+        return "finetune.readout is full" if self.readout == "full" else None
 
     @model_validator(mode="after")
     def _one_threshold(self) -> "FinetuneSettings":
@@ -334,19 +352,21 @@ class Campaign(Section):
         return problems
 
     def _readout_checks(self) -> list[str]:
-        """What needs the energy to be linear in the trained parameters, which `readout: full` is not."""
-        if self.finetune.readout != "full":
+        """What needs the energy to be linear in the trained parameters, which `readout: full` and
+        `kind: delta` are not."""
+        why = self.finetune.nonlinear
+        if why is None:
             return []
         problems = []
         if self.acquisition.strategy == "targeted":
             problems.append("acquisition.strategy: targeted needs the energy linear in the trained parameters "
-                            "(its posterior covariance and the observables' directions), and finetune.readout is "
-                            "full; choose max_std or diverse, or finetune.readout: linear")
+                            f"(its posterior covariance and the observables' directions), and {why}; choose "
+                            "max_std or diverse, or finetune.readout: linear")
         for i, obs in enumerate(self.evaluation.observables):
             if obs.relax:
                 problems.append(f"evaluation.observables.{i}.relax: true relaxes the path of the committee-mean "
-                                "model, and with finetune.readout: full the members' average is not one model; "
-                                "set relax: false (the barrier on the frozen images) or finetune.readout: linear")
+                                f"model, and with {why} the members' average is not one model; set relax: false "
+                                "(the barrier on the frozen images) or finetune.readout: linear")
         return problems
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ from ase.data import chemical_symbols
 
 from .backbone import Backbone
 from .campaign import Campaign, CampaignError
-from .full_readout import FullReadout
+from .delta import nonlinear_map
 from .pool import PoolError, read_frames
 
 MAX_LISTED = 10   # problems of one kind listed before "… and N more"
@@ -81,9 +81,9 @@ def check_campaign(campaign: Campaign, backbone: Backbone, skip: tuple[str, ...]
         if campaign.labeler.kind in ("pyscf", "pyqmc") and where != "evaluation.test_set":
             spins += impossible_spin(frames, where, path, campaign.labeler)
     problems = _shorten(elements) + _shorten(spins)
-    if campaign.finetune.readout == "full":
+    if campaign.finetune.nonlinear:
         try:
-            FullReadout(backbone)
+            nonlinear_map(backbone, campaign.finetune)
         except ValueError as err:
             problems.append(str(err))
     if elements:

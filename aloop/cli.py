@@ -33,7 +33,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import load_campaign
-    from .loop import MEMBERS_ONLY, CampaignRun
+    from .loop import CampaignRun, members_only
     from .report import write_report
 
     campaign = load_campaign(args.campaign, run_dir=args.run_dir)
@@ -45,7 +45,7 @@ def cmd_run(args) -> int:
         for path in run.export():
             print(f"exported {path}")
         if run.full is not None:
-            print(MEMBERS_ONLY)
+            print(members_only(campaign.finetune))
     summary = write_report(campaign.run_dir)
     print(f"report: {summary}")
     return 0
@@ -67,7 +67,7 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from .campaign import Campaign
-    from .loop import MEMBERS_ONLY, CampaignRun
+    from .loop import CampaignRun, members_only
     from .store import RunStore
 
     folder = _folder(args)
@@ -82,7 +82,7 @@ def cmd_export(args) -> int:
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
     if run.full is not None:
-        print(MEMBERS_ONLY)
+        print(members_only(campaign.finetune))
     return 0
 
 

@@ -246,7 +246,7 @@ class Committee:
     def load(self, path) -> "Committee":
         with np.load(path) as f:
             if "phis" in f:
-                raise ValueError(f"{path}: a committee of finetune.readout: full; the campaign says linear")
+                raise ValueError(f"{path}: a committee of finetune.readout: full or kind: delta; the campaign says linear")
             if not np.allclose(f["theta0"], self.theta0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             if "objective" not in f:

@@ -32,6 +32,8 @@ class FullCommittee:
     """K members φ_k [K, P_full]; draws and weights come from the linear `Committee` of the same
     settings, so θ's part of every prior is the linear class's own."""
 
+    kind = "readout full"   # how messages name this class of fit
+
     def __init__(self, full: FullReadout, linear: Committee, *, max_steps: int = 2000,
                  tolerance: float = 1e-5, freeze_inner: bool = False):
         """`freeze_inner` keeps ω at the base model's (the linear class's problem, solved by this
@@ -83,10 +85,10 @@ class FullCommittee:
         in its order; `moment` scales θ's prior as in `Committee.fit`."""
         problem, weights, centres, scale = self.problem(data, graph, n_elements, moment)
         phis, objective, steps, gradient = [], [], [], []
-        for k in tqdm(range(self.size), desc=f"fitting {self.size} members (full)", unit="member", disable=not progress):
+        for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member", disable=not progress):
             phi, value, n, g = self.minimise(problem, weights[k], centres[k], scale, self.max_steps)
             if g > self.tolerance:
-                raise NotConverged(f"committee fit (readout full): member {k}: L-BFGS stopped after {n} steps with "
+                raise NotConverged(f"committee fit ({self.kind}): member {k}: L-BFGS stopped after {n} steps with "
                                    f"gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g})")
             phis.append(phi)
             objective.append(value)
@@ -178,6 +180,8 @@ class FullCommittee:
         with np.load(path) as f:
             if "phis" not in f:
                 raise ValueError(f"{path}: a committee of finetune.readout: linear; the campaign says full")
+            if "steps" not in f:
+                raise ValueError(f"{path}: a committee of finetune.kind: delta; the campaign says readout: full")
             if f["phi0"].shape != self.full.phi0.shape or not np.allclose(f["phi0"], self.full.phi0):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             self.phis_, self.objective_ = f["phis"], f["objective"]

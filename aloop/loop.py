@@ -25,9 +25,10 @@ from .committee import Committee, TrainingSet
 from .cost import CostModel, label_core_hours
 from .dispatch import make_dispatcher
 from .domain import DomainGuard
+from .delta import DeltaCommittee, DeltaReadout, nonlinear_map
 from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 from .full_committee import FullCommittee
-from .full_readout import FullReadout, LabelledGraph
+from .full_readout import LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
@@ -39,9 +40,11 @@ from .report_text import one_line
 
 
 PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
-MEMBERS_ONLY = ("finetune.readout: full: the files are the members; the committee's prediction is the average of "
-                "their energies, which no single model gives (the energy is not linear in the readout parameters), "
-                "so there is no committee_mean.model")
+def members_only(finetune) -> str:
+    """What `aloop run` and `aloop export` print when a committee has no mean model."""
+    return (f"{finetune.nonlinear}: the files are the members; the committee's prediction is the average of their "
+            "energies, which no single model gives (the energy is not linear in the trained parameters), so there "
+            "is no committee_mean.model")
 
 
 class WaitingForLabels(RuntimeError):
@@ -83,8 +86,9 @@ class CampaignRun:
         self.cache = self.layout.cache
         self.cache.mkdir(exist_ok=True)
         self.feature_cache = FeatureCache(self.cache / "features", len(self.backbone.theta0))
-        # finetune.readout: full also needs, per candidate, the per-atom inputs of the MLP readout
-        self.full = FullReadout(self.backbone) if campaign.finetune.readout == "full" else None
+        # finetune.readout: full and kind: delta also need, per candidate, the per-atom inputs of the
+        # MLP readout
+        self.full = nonlinear_map(self.backbone, campaign.finetune)
         self.atom_cache = None if self.full is None else AtomRowsCache(self.cache / "readout_inputs",
                                                                        sum(self.full.widths))
         self.layout.committees.mkdir(exist_ok=True)
@@ -245,7 +249,8 @@ class CampaignRun:
 
     def new_committee(self) -> Committee | FullCommittee:
         if self.full is not None:
-            return FullCommittee.from_settings(self.full, self.campaign.committee, self.campaign.finetune)
+            kind = DeltaCommittee if isinstance(self.full, DeltaReadout) else FullCommittee
+            return kind.from_settings(self.full, self.campaign.committee, self.campaign.finetune)
         return Committee.from_settings(self.backbone.theta0, self.campaign.committee, self.campaign.finetune)
 
     def load_committee(self, iteration: int) -> Committee | FullCommittee | None:
@@ -504,8 +509,8 @@ class CampaignRun:
             raise ValueError(f"--out: {out} is a file; give a folder for the model files")
         if self.full is not None:
             if not members:
-                raise ValueError("--mean-only: with finetune.readout: full there is no committee-mean model (the "
-                                 "energy is not linear in the readout parameters); export the members")
+                raise ValueError(f"--mean-only: {self.campaign.finetune.nonlinear}, so there is no committee-mean "
+                                 "model (the energy is not linear in the trained parameters); export the members")
             return [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
         paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
         if members:

@@ -13,6 +13,7 @@ jobs (two bands, three temperatures) run in `--workers` processes of one thread 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/calibrate_mos2_oracle.py [--parameters '{"variant": "hollow", "amplitude": 0.4}']
         [--oracle testbeds.mos2.oracle:SyntheticHF] [--snapshots 20] [--out FILE.json]
+        [--no-bands | --bands-only]
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--parameters", type=json.loads, default={"variant": "hollow"},
                         help="the calculator's parameters, JSON (noise is set to 0)")
     parser.add_argument("--snapshots", type=int, default=20, help="MD snapshots per temperature")
-    parser.add_argument("--no-bands", action="store_true", help="measure (b) and (c) only")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--no-bands", action="store_true", help="measure (b) and (c) only")
+    parts.add_argument("--bands-only", action="store_true", help="measure (a) only")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="write the measurements to this JSON file too")
     args = parser.parse_args()
@@ -87,8 +90,9 @@ def main() -> None:
     oracle(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
     tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters)),
                                       ("band_chgnet", band, (args.oracle, None))]
-    tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots))
-              for t in TEMPERATURES]
+    if not args.bands_only:
+        tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots))
+                  for t in TEMPERATURES]
     results, seconds = {}, {}
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for name, result, wall in pool.imap_unordered(run_task, tasks):
@@ -99,7 +103,7 @@ def main() -> None:
     report = {
         "oracle": args.oracle, "parameters": args.parameters,
         "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
-        "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES},
+        "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES if f"md_{t}" in results},
         "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "chgnet": __import__("chgnet").__version__},
@@ -109,7 +113,7 @@ def main() -> None:
         print(f"(a) barrier: oracle {results['band_oracle']['barrier']:.3f} eV, CHGNet "
               f"{results['band_chgnet']['barrier']:.3f} eV, shift {shift:+.3f} eV (converged: "
               f"{results['band_oracle']['converged']}, {results['band_chgnet']['converged']})")
-    for t in TEMPERATURES:
+    for t in TEMPERATURES if not args.bands_only else ():
         r = results[f"md_{t}"]
         print(f"{t} K ({r['snapshots']} snapshots): (b) force MAE {r['force_mae_meV_per_A']:.0f} meV/Å, "
               f"(c) energy std {r['energy_std_eV']:.3f} eV")

@@ -6,7 +6,9 @@ Everything here runs CHGNet 0.3.0 (weights inside the chgnet wheel; no download)
    -> pristine.xyz, mono_initial.xyz, mono_final.xyz, di_initial.xyz, di_final.xyz, md_start.xyz
 2. low-fidelity training data for the base model (lf_train.extxyz, CHGNet energies and forces):
    Langevin MD of the mono- and di-vacancy cells at 300, 600 and 900 K, snapshots of the
-   mono-vacancy CI-NEB band as it converges, and strained, rattled cells
+   mono-vacancy CI-NEB band as it converges, strained, rattled cells, and the saddle region of
+   both hops: short MD started from every moving image of the converged CHGNet bands and rattled
+   copies of those images (without them the base model grows a spurious minimum mid-hop)
 3. explicit references: CI-NEB barriers of both hops on CHGNet and on the noise-free oracle (the
    campaign's labeler, testbeds.mos2.oracle.SyntheticHF, or any ASE calculator given by --oracle)
    -> reference.json, *_path_hf.extxyz
@@ -15,6 +17,8 @@ Everything here runs CHGNet 0.3.0 (weights inside the chgnet wheel; no download)
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/make_mos2_data.py [--seed 0] [--workers 2] [--oracle module:Class --parameters JSON]
+    python scripts/make_mos2_data.py --only saddle   # remake only the saddle-region frames of lf_train.extxyz
+                                                     # from the committed CHGNet paths
 
 To remake only the oracle's part (references and test set) for another oracle, use
 scripts/mos2_hf_references.py.
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import write
+from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
@@ -45,6 +49,11 @@ TEMPERATURES = (300, 600, 900)
 MD_STEPS, MD_INTERVAL, MD_TIMESTEP = 600, 10, 2.0  # fs; 60 snapshots per trajectory
 TEST_STEPS, TEST_INTERVAL = 400, 20
 STRAINS = (-0.02, -0.01, 0.01, 0.02)
+# The saddle region: 200 fs of MD from each moving band image (10 snapshots) at two temperatures,
+# and rattled copies of the images, which MD leaves within tens of femtoseconds
+SADDLE_TEMPERATURES, SADDLE_STEPS = (300, 600), 100
+RATTLES, RATTLE_SIGMA = 4, 0.05  # copies per image, Å
+SADDLE_TYPES = ("saddle_md", "saddle_rattle")
 
 
 def labelled(atoms: Atoms, calc, **info) -> Atoms:
@@ -91,6 +100,55 @@ def strained(start: Atoms, seed: int) -> list[Atoms]:
     return frames
 
 
+def rattled(path: list[Atoms], hop_kind: str, seed: int) -> list[Atoms]:
+    calc = low_fidelity()
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i, image in enumerate(path[1:-1], start=1):
+        for _ in range(RATTLES):
+            moved = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
+            moved.positions += rng.normal(scale=RATTLE_SIGMA, size=moved.positions.shape)
+            frames.append(labelled(moved, calc, config_type="saddle_rattle", hop=hop_kind, image=i))
+    return frames
+
+
+def saddle_tasks(paths: dict[str, list[Atoms]], seed: int) -> list[tuple]:
+    """MD from every moving image of the mono-vacancy CHGNet band; rattled images of both bands."""
+    tasks = []
+    for i, image in enumerate(paths["mono"][1:-1], start=1):
+        start = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
+        for t, temperature in enumerate(SADDLE_TEMPERATURES):
+            tasks.append((f"saddle_md_{i}_{temperature}", molecular_dynamics,
+                          (start, temperature, seed * 100 + 200 + 10 * i + t, SADDLE_STEPS, MD_INTERVAL, "saddle_md")))
+    for k, kind in enumerate(("mono", "di")):
+        tasks.append((f"saddle_rattle_{kind}", rattled, (paths[kind], kind, seed * 100 + 95 + k)))
+    return tasks
+
+
+def run_tasks(tasks: list[tuple], workers: int) -> tuple[dict, dict]:
+    results, seconds = {}, {}
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for name, result, wall in pool.imap_unordered(run_task, tasks):
+            results[name], seconds[name] = result, round(wall, 1)
+            print(f"  {name}: {wall:.0f} s", flush=True)
+    return results, seconds
+
+
+def saddle_frames(results: dict) -> list[Atoms]:
+    return [a for name in sorted(results) if name.startswith("saddle_") for a in results[name]]
+
+
+def only_saddle(args) -> None:
+    """Replace the saddle-region frames of lf_train.extxyz, made from the committed CHGNet paths."""
+    start = time.time()
+    paths = {kind: read(CAMPAIGN / f"{kind}_path_chgnet.extxyz", ":") for kind in ("mono", "di")}
+    results, _ = run_tasks(saddle_tasks(paths, args.seed), args.workers)
+    kept = [a for a in read(CAMPAIGN / "lf_train.extxyz", ":") if a.info.get("config_type") not in SADDLE_TYPES]
+    new = saddle_frames(results)
+    write(CAMPAIGN / "lf_train.extxyz", kept + new, format="extxyz")
+    print(f"{len(kept)} frames kept, {len(new)} saddle-region frames written; {time.time() - start:.0f} s")
+
+
 def band(initial: Atoms, final: Atoms, fidelity: str, record: bool, oracle: tuple[str, dict]) -> dict:
     calc = low_fidelity() if fidelity == "chgnet" else high_fidelity(*oracle)
     snapshots: list[list[Atoms]] = []
@@ -129,7 +187,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--oracle", help="module:Class of the ASE calculator (default: the campaign's labeler)")
     parser.add_argument("--parameters", type=json.loads, help="its parameters, JSON (a noise parameter is set to 0)")
+    parser.add_argument("--only", choices=["saddle"], help="remake only this part of lf_train.extxyz")
     args = parser.parse_args()
+    if args.only == "saddle":
+        return only_saddle(args)
     oracle = (args.oracle, args.parameters or {}) if args.oracle else campaign_oracle()
     start = time.time()
     torch.set_num_threads(1)
@@ -162,14 +223,14 @@ def main() -> None:
     tasks.append(("strain_pristine", strained, (pristine, args.seed * 100 + 91)))
     tasks.sort(key=lambda task: not task[0].startswith("band"))  # the slowest first
 
-    results, seconds = {}, {}
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        for name, result, wall in pool.imap_unordered(run_task, tasks):
-            results[name], seconds[name] = result, round(wall, 1)
-            print(f"  {name}: {wall:.0f} s", flush=True)
+    results, seconds = run_tasks(tasks, args.workers)
+    paths = {kind: results[f"band_{kind}_chgnet"]["images"] for kind in ("mono", "di")}
+    saddle, saddle_seconds = run_tasks(saddle_tasks(paths, args.seed), args.workers)
+    seconds |= saddle_seconds
 
     train = [a for name in sorted(results) if name.startswith(("md_", "strain")) for a in results[name]]
     train += results["band_mono_chgnet"]["snapshots"]
+    train += saddle_frames(saddle)
     write(out / "lf_train.extxyz", train, format="extxyz")
 
     reference = {"units": "eV", "oracle": describe_oracle(hf, oracle[0])}

@@ -1,5 +1,5 @@
-"""A campaign with `finetune.readout: full` on a tiny model: it runs, and its exported members are
-ordinary MACE files with the members' energies."""
+"""A campaign with `finetune.readout: full`, and one with `finetune.kind: delta`, on a tiny model: it
+runs, and its exported members are ordinary MACE files with the members' energies."""
 import pytest
 import torch
 from ase.io import write
@@ -20,7 +20,7 @@ pool:
     - {kind: file, name: random, path: pool.extxyz}
     - {kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 5, steps: 2}
 committee: {size: 2}
-finetune: {readout: full, force_threshold: 0.2}
+finetune: {FINETUNE, force_threshold: 0.2}
 acquisition: {strategy: max_std, batch_size: 3, initial_size: 3}
 labeler: {kind: pyscf, method: hf, basis: sto-3g}
 stop: {max_labels: 6}
@@ -30,7 +30,8 @@ evaluation:
 """
 
 
-def test_full_readout_campaign_runs_and_exports_members(tmp_path):
+@pytest.mark.parametrize("finetune", ["readout: full", "kind: delta, delta_width: 4"])
+def test_nonlinear_campaign_runs_and_exports_members(tmp_path, finetune):
     torch.save(tiny_mace(), tmp_path / "tiny.model")
     write(tmp_path / "pool.extxyz", h3_set(10))
     write(tmp_path / "reactant.xyz", h3(0.74, 2.5))
@@ -39,14 +40,14 @@ def test_full_readout_campaign_runs_and_exports_members(tmp_path):
     for atoms in test:
         atoms.info["ref_energy"] = -1.5
     write(tmp_path / "test.extxyz", test)
-    (tmp_path / "full.yaml").write_text(CAMPAIGN)
+    (tmp_path / "full.yaml").write_text(CAMPAIGN.replace("FINETUNE", finetune))
     run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
     result = run.run()
     assert result.n_labels == 6
     records = run.store.iterations()
     assert records[-1]["prospective"]["n"] == 3 and records[-1]["test"]["n"] == 3
     assert records[-1]["observables"]["barrier"]["path"] == "frozen"
-    with pytest.raises(ValueError, match="--mean-only: with finetune.readout: full there is no committee-mean model"):
+    with pytest.raises(ValueError, match="--mean-only: finetune.(readout is full|kind is delta), so there is no committee-mean model"):
         run.export(members=False)
     paths = run.export()
     assert [p.name for p in paths] == ["member_0.model", "member_1.model"]

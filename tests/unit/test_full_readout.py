@@ -110,7 +110,7 @@ def test_full_fits_the_labels_better_than_linear_and_saves(setup, tmp_path):
     c.save(tmp_path / "c.npz")
     loaded = committee(full, size=2).load(tmp_path / "c.npz")
     np.testing.assert_array_equal(loaded.predict(inputs)[0], c.predict(inputs)[0])
-    with pytest.raises(ValueError, match="finetune.readout: full; the campaign says linear"):
+    with pytest.raises(ValueError, match="finetune.readout: full or kind: delta; the campaign says linear"):
         make_committee(bb.theta0, size=2).load(tmp_path / "c.npz")
     linear.save(tmp_path / "l.npz")
     with pytest.raises(ValueError, match="finetune.readout: linear; the campaign says full"):

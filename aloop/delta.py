@@ -1,0 +1,205 @@
+"""`finetune.kind: delta`: a small correction network added to the frozen base model (Δ-learning).
+
+The base model is left exactly as it is. What the committee learns is the difference between the
+labels and the base model, with a network of its own on the inputs of the base model's MLP readout
+(the last layer's invariant node features h_i, cached once per candidate as for `readout: full`):
+
+    E_c(ψ) = E_base,c + Σ_{i∈c} s·g(h_i; W, v) + Σ_z n_cz δE0_z
+    g(h; W, v) = act(hᵀW / √d) · v / √(m + H)
+
+with W [d, H] and v [H] the correction's H hidden units, act the base MLP readout's own activation,
+s the model's interaction-energy scale, m the base MLP's width and δE0 a shift of each element's
+energy. ψ = (δE0, v, W). The scaling is that of the base readout widened by H hidden units, so the
+exported file is one ordinary MACE model: the MLP readout with m + H hidden units, the base model's
+weights in the first m and the correction's in the rest (`DeltaReadout.model_with`).
+
+Each member k has its own hidden layer W_k, a standard-normal draw (as MACE initialises a layer),
+kept fixed; it learns v and δE0. The energy is then linear in u = (δE0, v) with features
+[n_c, Σ_i s·act(h_iᵀW_k/√d)/√(m+H)], and the member's loss — the linear class's, with the same
+energy term, thresholded force penalty (the correction's forces through the frozen backbone's
+∂h/∂x, `LabelledGraph`) and bootstrap weights — is convex in u and solved exactly by the linear
+class's Newton iteration (committee.py): no optimiser path, no tolerance, the same answer from the
+same labels. (Training W as well would make the loss non-convex, as it is for `full`, whose L-BFGS
+fit costs minutes where this one costs a fraction of a second.) The prior of v is centred on the member's own draw and scaled so that a draw moves
+per-atom energies by `committee.prior_sigma` RMS on the labelled atoms; δE0's is centred on the
+member's least-squares shift with `prior_sigma` per atom. The members differ by their bootstrap
+weights and their draws of W and v.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from e3nn import o3
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .arrays import Features
+from .committee import TrainingSet, _Objective
+from .full_committee import FullCommittee
+from .full_readout import FullReadout, LabelledGraph
+
+
+class DeltaReadout(FullReadout):
+    """The map ψ → energies of the base model plus a correction of `width` hidden units."""
+
+    def __init__(self, backbone: Backbone, width: int):
+        super().__init__(backbone)   # refuses a model without an MLP readout
+        if len(self.mlp) != 1:
+            raise ValueError(f"finetune.kind: delta: the base model has {len(self.mlp)} MLP readouts; the correction "
+                             "is built on exactly one (MACE's last-layer readout)")
+        readout = backbone.model.readouts[self.mlp[0]]
+        if getattr(readout, "num_heads", 1) > 1:
+            raise ValueError("finetune.kind: delta: the base model's MLP readout has several heads; use a single-head "
+                             "model, or finetune.kind: readout")
+        single = [o3.Irreps(readout.linear_1.irreps_in), o3.Irreps(readout.linear_1.irreps_out)]
+        if any(len(irreps) != 1 or irreps[0].ir != o3.Irrep("0e") for irreps in single):
+            raise ValueError("finetune.kind: delta: the base model's MLP readout is not a map between scalar "
+                             "channels; use finetune.kind: readout")
+        self.d = self.widths[0]
+        self.m = o3.Irreps(readout.linear_1.irreps_out).dim
+        self.width = int(width)
+        self.act = readout.non_linearity.acts[0]   # e3nn's second-moment-normalised gate
+        self.n_elements = len(backbone.z_table)
+        self.e0_slice = backbone.slices[-1]
+        n_linear = self.n_elements + self.width
+        self.n_theta = n_linear             # the parameters the energy is linear in: δE0 and v
+        self.n_params = n_linear + self.d * self.width
+        self.inner_slice = slice(n_linear, self.n_params)
+        self.phi0 = np.zeros(self.n_params)  # no correction: the base model
+        self._theta0 = torch.as_tensor(backbone.theta0, device=self.device)
+
+    def parts(self, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(δE0 [elements], v [H], W [d, H]) of ψ."""
+        n = self.n_elements
+        return psi[:n], psi[n:n + self.width], psi[self.inner_slice].reshape(self.d, self.width)
+
+    def hidden(self, psi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.act(h @ self.parts(psi)[2] / np.sqrt(self.d))
+
+    def node_energies(self, psi: torch.Tensor, h: list[torch.Tensor]) -> torch.Tensor:
+        """s·g(h_i) per node [atoms]: the correction network's part of the energy."""
+        v = self.parts(psi)[1]
+        return self._scale * (self.hidden(psi, h[0]) @ v) / np.sqrt(self.m + self.width)
+
+    def linear_energies(self, psi: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The base model's energy plus the element shifts: all but the network's part."""
+        return a @ self._theta0 + e + a[:, self.e0_slice] @ self.parts(psi)[0]
+
+    # --- export --------------------------------------------------------------------------------
+    def model_with(self, psi: np.ndarray) -> torch.nn.Module:
+        """One ordinary MACE model of the base model's class and dtype computing base + correction:
+        its MLP readout widened to m + H hidden units and E0 shifted by δE0."""
+        psi = np.asarray(psi, dtype=np.float64)
+        if psi.shape != (self.n_params,):
+            raise ValueError(f"ψ has shape {psi.shape}, expected ({self.n_params},)")
+        bb, t = self.backbone, self.mlp[0]
+        de0, v, w = (x.numpy() for x in self.parts(torch.as_tensor(psi)))
+        model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), bb.theta0 + self._e0_shift(de0))
+        base = model.readouts[t]
+        wider = type(base)(irreps_in=base.linear_1.irreps_in, MLP_irreps=o3.Irreps(f"{self.m + self.width}x0e"),
+                           gate=self.act.f, irrep_out=base.linear_2.irreps_out,
+                           **({"num_heads": 1} if hasattr(base, "num_heads") else {})).to(torch.float64)
+        # e3nn's Linear holds its weight [in, out] flattened and divides by √(in): the base MLP's output
+        # weights are rescaled for the m + H inputs they now share
+        w1 = base.linear_1.weight.detach().reshape(self.d, self.m)
+        w2 = base.linear_2.weight.detach().reshape(self.m, -1)
+        n_out = w2.shape[1]
+        extra = torch.zeros(self.width, n_out, dtype=torch.float64)
+        extra[:, bb.head_index if n_out > 1 else 0] = torch.as_tensor(v)
+        with torch.no_grad():
+            wider.linear_1.weight.copy_(torch.cat([w1, torch.as_tensor(w)], 1).reshape(-1))
+            wider.linear_2.weight.copy_(torch.cat([w2 * np.sqrt((self.m + self.width) / self.m), extra]).reshape(-1))
+        model.readouts[t] = wider
+        return model.to(bb.source_dtype)
+
+    def _e0_shift(self, de0: np.ndarray) -> np.ndarray:
+        shift = np.zeros_like(self.backbone.theta0)
+        shift[self.e0_slice] = de0
+        return shift
+
+
+class DeltaCommittee(FullCommittee):
+    """K corrections ψ_k [K, P] on one frozen base model, each solved exactly for its own hidden layer;
+    draws and bootstrap weights come from the linear `Committee` of the same settings, prediction and
+    persistence from `FullCommittee`."""
+
+    kind = "kind delta"
+
+    def fit(self, data: TrainingSet, graph: LabelledGraph, n_elements: int, moment: np.ndarray | None = None,
+            progress: bool = False) -> "DeltaCommittee":
+        """Every member to the exact minimiser of its loss in (δE0, v); `moment` is not used (the
+        correction's prior is scaled on the labelled atoms)."""
+        if len(data) == 0:
+            raise ValueError("committee: no labelled configurations to fit")
+        delta, lin = self.full, self.linear
+        weights = lin.weights(data.ids)
+        draws = lin.anchors(delta.d * delta.width, inner=True)
+        e0_centres = lin._e0_refit(data, weights, n_elements)
+        v_draws = lin.anchors(delta.width)
+        counts = data.features.a[:, delta.e0_slice]
+        base_energy = data.features.energies(delta.backbone.theta0)
+        tau = lin.prior_sigma
+        phis, objective, steps = [], [], []
+        for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member",
+                      disable=not progress):
+            g, dg, atom_moment = self.hidden_features(graph, draws[k])
+            s_v = tau / np.sqrt(atom_moment)   # a draw v = s_v ξ moves per-atom energies by τ RMS
+            # coordinates scaled by the prior's scales, so that the prior is ‖u − centre‖² with s² = 1
+            scale = np.concatenate([np.full(n_elements, tau), np.full(delta.width, s_v)])
+            features = Features(np.hstack([counts, g]) * scale, base_energy, data.features.n_atoms)
+            B = np.concatenate([np.zeros(dg.shape[:2] + (n_elements,)), dg], axis=2) * scale
+            member = TrainingSet(features, data.energy, data.sigma, data.f0, B, data.f_lf, data.ids)
+            problem = _Objective(member, lin.noise_floor, lin.force_threshold, lin.force_weight,
+                                 np.zeros(len(scale)), lin.threshold_per_atom)
+            centre = np.concatenate([e0_centres[k] / tau, v_draws[k]])
+            u, value, n = problem.minimise(weights[k], centre, 1.0, lin.max_steps)
+            phis.append(np.concatenate([u * scale, draws[k]]))
+            objective.append(value)
+            steps.append(n)
+        self.phis_ = np.array(phis)
+        self.objective_ = np.array(objective)
+        self.newton_steps_ = np.array(steps)
+        return self
+
+    def save(self, path) -> None:
+        self._check_fitted()
+        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, newton_steps=self.newton_steps_)
+
+    def load(self, path) -> "DeltaCommittee":
+        with np.load(path) as f:
+            if "newton_steps" not in f or "phis" not in f:
+                raise ValueError(f"{path}: a committee of finetune.kind: readout; the campaign says kind: delta")
+            if f["phi0"].shape != self.full.phi0.shape:
+                raise ValueError(f"{path}: a correction of another width or base model (finetune.delta_width)")
+            self.phis_, self.objective_, self.newton_steps_ = f["phis"], f["objective"], f["newton_steps"]
+        return self
+
+    def hidden_features(self, graph: LabelledGraph, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """For hidden layer `w`: the energy features G [n, H] = Σ_i s·act(h_iᵀW/√d)/√(m+H) of every
+        labelled configuration, their forces −∂G/∂x [n, 3Nmax, H] through ∂h/∂x, and the per-atom
+        second moment ⟨Σ_j (s·act_ij/√(m+H))²⟩ over the labelled atoms."""
+        delta = self.full
+        dev = delta.device
+        W = torch.as_tensor(w, device=dev).reshape(delta.d, delta.width) / np.sqrt(delta.d)
+        factor = delta._scale / np.sqrt(delta.m + delta.width)
+        h, J = graph.h[0], graph.jacobians[0]
+        with torch.enable_grad():
+            z = (h @ W).requires_grad_(True)
+            a = delta.act(z)
+            (slope,) = torch.autograd.grad(a.sum(), z)   # act is elementwise: its derivative at each z
+        n = len(graph.n_atoms)
+        g = torch.zeros(n, delta.width, dtype=torch.float64, device=dev).index_add(0, graph.config, factor * a.detach())
+        per_atom = -factor * slope[:, :, None] * torch.einsum("dk,adw->akw", W, J)   # [atoms, H, 3Nmax]
+        dg = torch.zeros(n, delta.width, graph.width, dtype=torch.float64, device=dev).index_add(0, graph.config, per_atom)
+        moment = float(((factor * a.detach()) ** 2).sum(1).mean())
+        return g.cpu().numpy(), dg.transpose(1, 2).cpu().numpy(), moment
+
+
+def nonlinear_map(backbone: Backbone, finetune) -> FullReadout | None:
+    """The map from a member's parameters to energies when they enter nonlinearly (`readout: full`,
+    `kind: delta`); None for the linear class, whose θ the backbone's features carry."""
+    if finetune.kind == "delta":
+        return DeltaReadout(backbone, finetune.delta_width)
+    return FullReadout(backbone) if finetune.readout == "full" else None

@@ -1,0 +1,194 @@
+"""Model classes on the same labels: `linear`, `full` and `delta` fine-tunes refitted on the label
+sequences of finished runs.
+
+A finished run (for instance one of `python benchmarks/h3_acceptance.py --seeds 0 1 2 --out DIR`)
+holds the labels its acquisition chose, batch by batch. For every run and checkpoint (a label count
+the run passed through), each class is fitted on the run's first N labels with the campaign's own
+committee and finetune settings, and scored:
+
+- held-out RMSE on the campaign's test set (evaluation.test_set), and the fraction of test
+  configurations within 2σ of the committee (σ: the members' spread);
+- prospective 2σ coverage on the labels the run chose after the first N (σ: spread and label error
+  bar together), where there are any;
+- the barrier of each observable by relaxed CI-NEB (end points relaxed) on the exported model: the
+  committee-mean file for `linear`, each member's file for `full` and `delta` (their average energy is
+  no one model's), reported as the members' mean and spread; against the observable's reference;
+- the fit's wall time (one committee, the set-up of features, Jacobians and readout inputs apart).
+
+    python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
+        [--classes linear full delta] [--checkpoints 20 40] [--out runs/model_classes.json]
+
+Every class sees exactly the same labels, so differences come from the class alone; the label choice
+itself was made by the runs' own class (normally `linear`).
+"""
+from __future__ import annotations
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.io import read
+
+from aloop import reaction_path
+from aloop.arrays import feature_moment
+from aloop.backbone import Backbone
+from aloop.campaign import Campaign
+from aloop.committee import Committee
+from aloop.delta import DeltaCommittee, DeltaReadout
+from aloop.full_committee import FullCommittee
+from aloop.full_readout import FullReadout, LabelledGraph
+from aloop.loop import CampaignRun
+from aloop.neb import relax_path
+from aloop.store import LABELLED, RunStore
+
+CLASSES = ("linear", "full", "delta")
+
+
+def open_run(folder: Path) -> CampaignRun:
+    store = RunStore.existing(folder)
+    settings = {**store.get_meta("campaign"), "run_dir": str(folder.resolve())}
+    return CampaignRun(Campaign.model_validate(settings, context={"base_dir": str(folder)}), progress=False)
+
+
+def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
+    """(candidate ids in the order the run labelled them, label count after each iteration)."""
+    order, counts = [], []
+    for record in run.store.iterations():
+        order += [r.id for r in run.store.rows(iteration=record["iteration"], state=LABELLED)]
+        counts.append(record["n_labels"])
+    return order, counts
+
+
+def committee_of(kind: str, run: CampaignRun):
+    c, bb = run.campaign, run.backbone
+    if kind == "linear":
+        return Committee.from_settings(bb.theta0, c.committee, c.finetune), None
+    readout = FullReadout(bb) if kind == "full" else DeltaReadout(bb, c.finetune.delta_width)
+    cls = FullCommittee if kind == "full" else DeltaCommittee
+    return cls.from_settings(readout, c.committee, c.finetune), readout
+
+
+def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray):
+    """(committee, readout map or None, seconds of the fit alone)."""
+    committee, readout = committee_of(kind, run)
+    ids, data = run.training_set(ids)   # in the store's order, which the graph must follow
+    n_elements = len(run.backbone.z_table)
+    graph = None if readout is None else LabelledGraph(readout, run.store.atoms(ids))
+    t = time.perf_counter()
+    if readout is None:
+        committee.fit(data, n_elements, moment=moment)
+    else:
+        committee.fit(data, graph, n_elements, moment=moment)
+    return committee, readout, time.perf_counter() - t
+
+
+def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray, np.ndarray]:
+    """Committee mean and spread on `frames`."""
+    return committee.predict(backbone.features(frames) if readout is None else readout.inputs(frames))
+
+
+def barriers(kind: str, committee, readout, run: CampaignRun, folder: Path) -> dict:
+    """Each observable's relaxed CI-NEB barrier on the exported model(s), from the base model's path."""
+    out = {}
+    for obs in run.campaign.evaluation.observables:
+        start = reaction_path.load(run.layout.path(obs.name, None))
+        images = start.images if start is not None else run.store.atoms(run.store.source_ids(obs.path))
+        if readout is None:
+            values = [relax_path(images, run.backbone, theta=committee.thetas_.mean(0)).barrier]
+        else:
+            values = []
+            for k, phi in enumerate(committee.phis_):
+                member = Backbone.from_file(readout.export(phi, folder / f"{kind}_{k}.model"), device="cpu")
+                values.append(relax_path(images, member).barrier)
+        values = np.array(values)
+        out[obs.name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "error": float(values.mean() - obs.reference) if obs.reference is not None else None}
+    return out
+
+
+def coverage(mean, spread, y, label_sigma) -> float | None:
+    if len(y) == 0:
+        return None
+    return float(np.mean(np.abs(y - mean) <= 2 * np.hypot(spread, label_sigma)))
+
+
+def measure(run: CampaignRun, checkpoints: list[int], classes: list[str]) -> list[dict]:
+    order, counts = label_order(run)
+    spec = run.campaign.evaluation.test_set
+    test = read(spec.path, index=":")
+    y_test = np.array([a.info[spec.energy_key] if spec.energy_key in a.info else a.get_potential_energy() for a in test])
+    moment = feature_moment(run.pool_rows(run.store.ids()))
+    label_ids, energies, label_sigmas = run.store.labels()
+    labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [c for c in checkpoints if c in counts]:
+            ids, later = order[:n], order[n:]
+            for kind in classes:
+                committee, readout, seconds = fit(kind, run, ids, moment)
+                mean, spread = predict(committee, readout, run.backbone, test)
+                row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
+                       "fit_s": round(seconds, 3), "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
+                       "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
+                if later:
+                    m, s = predict(committee, readout, run.backbone, run.store.atoms(later))
+                    row["prospective_within_2sigma"] = coverage(m, s, np.array([labels[i] for i in later]),
+                                                                np.array([sigmas[i] for i in later]))
+                row["observables"] = barriers(kind, committee, readout, run, Path(tmp))
+                rows.append(row)
+                print(f"  {row['run']} N={n:3d} {kind:6}: test RMSE {row['test_rmse_meV']:7.2f} meV, "
+                      + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} eV" for k, v in row["observables"].items())
+                      + f", fit {seconds:.2f} s", flush=True)
+    return rows
+
+
+def table(rows: list[dict], classes: list[str]) -> None:
+    print(f"\n{'class':7} {'N':>4} {'runs':>4} {'RMSE meV (mean/std/worst)':>27} {'barrier err meV (mean/std/worst |·|)':>38} "
+          f"{'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7}")
+    for n in sorted({r["n_labels"] for r in rows}):
+        for kind in classes:
+            sel = [r for r in rows if r["n_labels"] == n and r["class"] == kind]
+            if not sel:
+                continue
+            rmse = np.array([r["test_rmse_meV"] for r in sel])
+            errors = np.array([1000 * v["error"] for r in sel for v in r["observables"].values() if v["error"] is not None])
+            prosp = [r["prospective_within_2sigma"] for r in sel if r.get("prospective_within_2sigma") is not None]
+            print(f"{kind:7} {n:4d} {len(sel):4d} {rmse.mean():9.2f} {rmse.std():8.2f} {rmse.max():8.2f} "
+                  f"{errors.mean():+12.1f} {errors.std():11.1f} {np.abs(errors).max():11.1f} "
+                  f"{np.mean([r['test_within_2sigma'] for r in sel]):8.2f} "
+                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, nargs="+", required=True)
+    parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=CLASSES)
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 40])
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("ALOOP_TORCH_THREADS", "2")))
+    parser.add_argument("--out", type=Path, default=Path("runs") / "model_classes.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    rows = []
+    for folder in args.runs:
+        print(f"{folder}:", flush=True)
+        rows += measure(open_run(folder), args.checkpoints, args.classes)
+    table(rows, args.classes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "rows": rows, "runs": [str(r) for r in args.runs], "classes": args.classes,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+                    "cpu_count": os.cpu_count()}, "wall_s": round(time.time() - start, 1)}, indent=1) + "\n")
+    print(f"wrote {args.out}; {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""`finetune.kind: delta`: a correction network beside the frozen base model; its export, its fit."""
+import numpy as np
+import pytest
+import torch
+from conftest import h3_set, make_committee, tiny_mace
+from mace.calculators import MACECalculator
+
+from aloop.backbone import Backbone
+from aloop.campaign import FinetuneSettings
+from aloop.committee import TrainingSet
+from aloop.delta import DeltaCommittee, DeltaReadout
+from aloop.full_readout import LabelledGraph
+
+WIDTH = 5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    bb = Backbone(tiny_mace(), device="cpu")
+    delta = DeltaReadout(bb, WIDTH)
+    atoms = h3_set(12, seed=4)
+    inputs = delta.inputs(atoms)
+    graph = LabelledGraph(delta, atoms)
+    jac = bb.force_jacobians(atoms)
+    energy, forces = bb.energy_forces(atoms)
+    return bb, delta, atoms, inputs, graph, jac, energy, forces
+
+
+def committee(delta, **settings):
+    base = dict(size=3, noise_floor=0.002, force_weight=1.0, force_threshold=0.05, prior_sigma=0.05)
+    return DeltaCommittee(delta, make_committee(delta.backbone.theta0, **{**base, **settings}))
+
+
+def training_set(inputs, jac, y):
+    return TrainingSet.build(inputs.features, y, np.zeros(len(y)), jac, [j.f0 for j in jac], ids=np.arange(len(y)))
+
+
+def test_no_correction_is_the_base_model_and_its_export_too(setup, tmp_path):
+    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    assert delta.n_params == 1 + WIDTH + 8 * WIDTH   # tiny_mace: one element, MLP input 8x0e
+    np.testing.assert_allclose(delta.energies(delta.phi0, inputs), energy, rtol=0, atol=1e-10)
+    psi = delta.phi0.copy()
+    psi[delta.inner_slice] = np.random.default_rng(0).normal(size=8 * WIDTH)   # hidden units, v = 0: no correction
+    calc = MACECalculator(model_paths=str(delta.export(psi, tmp_path / "d.model")), device="cpu", default_dtype="float64")
+    for frame, e, f in zip(atoms, energy, forces):
+        frame = frame.copy()
+        frame.calc = calc
+        assert frame.get_potential_energy() == pytest.approx(e, abs=1e-10)
+        np.testing.assert_allclose(frame.get_forces(), f, atol=1e-10)
+
+
+def test_the_exported_file_is_base_plus_correction(setup, tmp_path):
+    """One ordinary MACE file, read by MACE's own calculator, gives the base model's energy plus the
+    correction's, and forces the base model's plus the correction's through the frozen backbone."""
+    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    psi = np.random.default_rng(1).normal(size=delta.n_params)
+    predicted = delta.energies(psi, inputs)
+    assert np.abs(predicted - energy).max() > 1e-2   # a real correction
+    with torch.no_grad():
+        corr_energy, corr_forces = (x.numpy() for x in graph.mlp(torch.as_tensor(psi)))
+    calc = MACECalculator(model_paths=str(delta.export(psi, tmp_path / "d.model")), device="cpu", default_dtype="float64")
+    n = len(bb.z_table)
+    for c, (frame, e, f) in enumerate(zip(atoms, energy, forces)):
+        frame = frame.copy()
+        frame.calc = calc
+        shift = psi[:n] @ np.bincount([0] * len(frame), minlength=n)
+        assert frame.get_potential_energy() == pytest.approx(e + corr_energy[c] + shift, abs=1e-9)
+        assert frame.get_potential_energy() == pytest.approx(predicted[c], abs=1e-9)
+        np.testing.assert_allclose(frame.get_forces().ravel(), f.ravel() + corr_forces[c, :9], atol=1e-9)
+
+
+def test_the_fit_learns_a_correction_the_base_readout_does_not_have(setup):
+    """Labels = base + a nonlinear function of the readout inputs + an offset: every member fits them to
+    well below the correction's own size, and each starts from its own draw (they differ)."""
+    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    truth = np.random.default_rng(3).normal(size=delta.n_params) * 0.5
+    truth[0] = 0.2
+    y = delta.energies(truth, inputs)
+    c = committee(delta, force_weight=0.0).fit(training_set(inputs, jac, y), graph, 1)
+    members = c.member_energies(inputs)
+    before = np.sqrt(np.mean((energy - y) ** 2))
+    after = np.sqrt(np.mean((members - y) ** 2, axis=1))
+    assert before > 0.05 and after.max() < 0.1 * before
+    assert np.ptp(c.phis_[:, delta.inner_slice], axis=0).max() > 0.1
+
+
+def test_the_force_penalty_holds_the_correction_near_the_base_forces(setup):
+    """Labels made by a correction with large forces: without the penalty the fit follows them; with it,
+    the correction's forces are held closer to the base model's, the tighter the larger its weight."""
+    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    truth = np.random.default_rng(3).normal(size=delta.n_params) * 0.5
+    data = training_set(inputs, jac, delta.energies(truth, inputs))
+
+    def largest_force_change(force_weight):
+        c = committee(delta, force_weight=force_weight, force_threshold=0.05, noise_floor=0.02, size=2)
+        c.fit(data, graph, 1)
+        with torch.no_grad():
+            return max(float(np.linalg.norm(graph.mlp(torch.as_tensor(p))[1].numpy(), axis=1).max()) for p in c.phis_)
+
+    free, held, tight = (largest_force_change(w) for w in (0.0, 1e3, 1e4))
+    assert free > 0.5 and tight < held < 0.5 * free
+
+
+def test_the_campaign_field_and_what_it_refuses():
+    assert FinetuneSettings(kind="delta").delta_width == 32
+    with pytest.raises(ValueError, match="readout: full fine-tunes the base model's readouts, and kind: delta"):
+        FinetuneSettings(kind="delta", readout="full")
+
+
+
+def test_a_saved_committee_loads_back_and_another_class_is_refused(setup, tmp_path):
+    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    data = training_set(inputs, jac, energy + 0.1)
+    c = committee(delta).fit(data, graph, 1)
+    c.save(tmp_path / "delta.npz")
+    back = committee(delta).load(tmp_path / "delta.npz")
+    np.testing.assert_array_equal(back.member_energies(inputs), c.member_energies(inputs))
+    make_committee(bb.theta0, size=3).fit(data, 1).save(tmp_path / "linear.npz")
+    with pytest.raises(ValueError, match="a committee of finetune.kind: readout; the campaign says kind: delta"):
+        committee(delta).load(tmp_path / "linear.npz")
+    with pytest.raises(ValueError, match="another width"):
+        committee(DeltaReadout(bb, WIDTH + 1)).load(tmp_path / "delta.npz")
