@@ -1,7 +1,9 @@
 """Measure a MoS2 oracle against the low fidelity (CHGNet 0.3.0) on the statistics oracle v2 is held to.
 
 (a) the mono-vacancy barrier shift: CI-NEB relaxed on each surface (end points relaxed on it first,
-    7 moving images, fmax 0.05 eV/Å), oracle minus CHGNet; target +0.55 ± 0.10 eV
+    7 moving images, fmax 0.05 eV/Å), oracle minus CHGNet; target +0.55 ± 0.10 eV. With --out the
+    bands' final images are written beside the JSON (FILE_oracle_band.extxyz, FILE_chgnet_band.extxyz):
+    a band that did not converge is no measurement, and they show why
 (b) per-component mean |F_oracle − F_CHGNet| (meV/Å) over CHGNet MD snapshots of the mono-vacancy
     cell at 300, 600 and 900 K; target 150–300 meV/Å
 (c) standard deviation of E_oracle − E_CHGNet over those snapshots (eV per cell); target ≤ 0.25 eV
@@ -25,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from ase.io import read
+from ase.io import read, write
 
 from aloop.labelers.ase_calculator import import_calculator
 from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
@@ -40,13 +42,16 @@ def oracle(path: str, parameters: dict):
     return import_calculator(path)(**(parameters | {"noise": 0.0}))
 
 
-def band(path: str, parameters: dict | None) -> dict:
-    """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet)."""
+def band(path: str, parameters: dict | None, from_chgnet_path: bool = False) -> dict:
+    """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet), from the
+    straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band."""
     calc = low_fidelity() if parameters is None else oracle(path, parameters)
     initial = relax(read(CAMPAIGN / "mono_initial.xyz"), calc)
     final = relax(read(CAMPAIGN / "mono_final.xyz"), calc)
-    result = neb(initial, final, calc, fmax=FMAX)
-    return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"]}
+    start = read(CAMPAIGN / "mono_path_chgnet.extxyz", ":") if from_chgnet_path else None
+    result = neb(initial, final, calc, fmax=FMAX, start=start)
+    return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"],
+            "images": result["images"]}
 
 
 def thermal(path: str, parameters: dict, temperature: float, snapshots: int) -> dict:
@@ -83,13 +88,15 @@ def main() -> None:
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--no-bands", action="store_true", help="measure (b) and (c) only")
     parts.add_argument("--bands-only", action="store_true", help="measure (a) only")
+    parser.add_argument("--from-chgnet-path", action="store_true",
+                        help="start both bands from CHGNet's relaxed band (mono_path_chgnet.extxyz), not a straight line")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="write the measurements to this JSON file too")
     args = parser.parse_args()
     start = time.time()
     oracle(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
-    tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters)),
-                                      ("band_chgnet", band, (args.oracle, None))]
+    tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters, args.from_chgnet_path)),
+                                      ("band_chgnet", band, (args.oracle, None, args.from_chgnet_path))]
     if not args.bands_only:
         tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots))
                   for t in TEMPERATURES]
@@ -99,12 +106,14 @@ def main() -> None:
             results[name], seconds[name] = result, round(wall, 1)
             print(f"  {name}: {wall:.0f} s", flush=True)
     bands = "band_oracle" in results
+    images = {k: results[f"band_{k}"].pop("images") for k in ("oracle", "chgnet") if bands}
     shift = results["band_oracle"]["barrier"] - results["band_chgnet"]["barrier"] if bands else None
     report = {
         "oracle": args.oracle, "parameters": args.parameters,
         "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
         "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES if f"md_{t}" in results},
-        "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED},
+        "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED,
+                     "bands_start": "chgnet path" if args.from_chgnet_path else "straight line"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "chgnet": __import__("chgnet").__version__},
         "wall_s": seconds | {"total": round(time.time() - start, 1)},
@@ -120,6 +129,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(json.dumps(report, indent=1) + "\n")
+        for kind, path in images.items():   # the bands as they ended, to look at or to restart from
+            write(str(args.out).removesuffix(".json") + f"_{kind}_band.extxyz", path, format="extxyz")
 
 
 if __name__ == "__main__":

@@ -116,18 +116,25 @@ def relax(atoms: Atoms, calc, fmax: float = 0.01) -> Atoms:
 
 
 def neb(initial: Atoms, final: Atoms, calc, fmax: float = 0.03, steps: int = 1500,
-        record=None) -> dict:
+        record=None, start: list[Atoms] | None = None) -> dict:
     """Climbing-image NEB with `calc`: a calculator shared by the images, or a function of the images
     returning one (aloop.pool.BatchedCalculator evaluates a MACE on all images in one call).
     `record(images)` is called every 25 steps with copies of the moving images (training data from
-    the band as it converges)."""
+    the band as it converges). `start`: a path whose moving images the band starts from (another
+    surface's relaxed band), instead of the straight line between the end points."""
     images = [initial.copy() for _ in range(NEB_IMAGES + 1)] + [final.copy()]
+    if start is not None:
+        if len(start) != len(images):
+            raise ValueError(f"a start path of {len(start)} images for a band of {len(images)}")
+        for image, guess in zip(images[1:-1], start[1:-1]):
+            image.positions = guess.positions
     if not isinstance(calc, Calculator):
         calc = calc(images)
     for image in images:
         image.calc = calc
     band = NEB(images, climb=True, allow_shared_calculator=True)
-    band.interpolate(mic=True)
+    if start is None:
+        band.interpolate(mic=True)
     optimizer = FIRE(band, logfile=None)
     if record is not None:
         optimizer.attach(lambda: record([image.copy() for image in images[1:-1]]), interval=25)
