@@ -15,19 +15,21 @@ weights in the first m and the correction's in the rest (`DeltaReadout.model_wit
 
 Each member k has its own hidden layer W_k, a standard-normal draw (as MACE initialises a layer),
 kept fixed; it learns v and δE0. The energy is then linear in u = (δE0, v) with features
-[n_c, Σ_i s·act(h_iᵀW_k/√d)/√(m+H)], and the member's loss — the linear class's, with the same
-energy term, thresholded force penalty (the correction's forces through the frozen backbone's
-∂h/∂x, `LabelledGraph`) and bootstrap weights — is convex in u and solved exactly by the linear
-class's Newton iteration (committee.py): no optimiser path, no tolerance, the same answer from the
-same labels. (Training W as well would make the loss non-convex, as it is for `full`, whose L-BFGS
-fit costs minutes where this one costs a fraction of a second.) The prior of v is centred on the member's own draw and scaled so that a draw moves
-per-atom energies by `committee.prior_sigma` RMS on the labelled atoms; δE0's is centred on the
-member's least-squares shift with `prior_sigma` per atom. The members differ by their bootstrap
-weights and their draws of W and v.
+[n_c, Σ_i s·act(h_iᵀW_k/√d)/√(m+H)], and the member's loss is the linear class's: the same energy
+term, bootstrap weights and thresholded force penalty, the correction's forces computed through the
+frozen backbone by `DeltaReadout.hidden_terms` (K·H vector-Jacobian products per labelled
+configuration, kept in the run's cache since the hidden layers never change). It is convex in u and
+solved exactly by the linear class's Newton iteration (committee.py): no optimiser path, no
+tolerance, the same answer from the same labels. (Training W as well would make the loss
+non-convex, as it is for `full`.) The prior of v is centred on the member's own draw and scaled so
+that a draw moves per-atom energies by `committee.prior_sigma` RMS on the labelled atoms; δE0's is
+centred on the member's least-squares shift with `prior_sigma` per atom. The members differ by their
+bootstrap weights and their draws of W and v.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from .backbone import Backbone
 from .arrays import Features
 from .committee import TrainingSet, _Objective
 from .full_committee import FullCommittee
-from .full_readout import FullReadout, LabelledGraph
+from .full_readout import FullReadout
 
 
 class DeltaReadout(FullReadout):
@@ -87,6 +89,42 @@ class DeltaReadout(FullReadout):
         """The base model's energy plus the element shifts: all but the network's part."""
         return a @ self._theta0 + e + a[:, self.e0_slice] @ self.parts(psi)[0]
 
+    def hidden_terms(self, atoms_list, layers: np.ndarray, batch_size: int = 8) -> list["HiddenTerms"]:
+        """For each configuration and each hidden layer W_k of `layers` [K, d·H]: the energy features
+        G = Σ_i s·act(h_iᵀW_k/√d)/√(m+H) [H] and their forces −∂G/∂x [3N, H]. One backbone pass per
+        batch, then one backward pass batched over the H hidden units per member: K·H vector-Jacobian
+        products, where the per-atom Jacobians ∂h_i/∂x would take N·d."""
+        bb, dev = self.backbone, self.device
+        capture = [bb.model.readouts[self.mlp[0]]]
+        factor = self._scale / np.sqrt(self.m + self.width)
+        Ws = torch.as_tensor(np.asarray(layers), device=dev).reshape(len(layers), self.d, self.width) / np.sqrt(self.d)
+        out: list[HiddenTerms] = []
+        for batch in bb.batches(atoms_list, batch_size):
+            _, _, (h,) = bb.forward(batch, compute_force=True, capture=capture)   # keeps the graph to positions
+            ptr = batch["ptr"]
+            n = torch.diff(ptr)
+            config = torch.repeat_interleave(torch.arange(len(n), device=dev), n)
+            g, dg, a2 = [], [], []
+            for W in Ws:
+                with torch.enable_grad():
+                    z = (h.detach() @ W).requires_grad_(True)
+                    act = self.act(z)
+                    (slope,) = torch.autograd.grad(act.sum(), z)
+                act = factor * act.detach()
+                g.append(torch.zeros(len(n), self.width, dtype=torch.float64, device=dev).index_add(0, config, act))
+                a2.append(torch.zeros(len(n), dtype=torch.float64, device=dev).index_add(0, config, (act**2).sum(1)))
+                # d G_j / d h_i = s·act'(z_ij)·W[:, j]/√(m+H), every hidden unit j at once
+                cotangent = factor * slope.T[:, :, None] * W.T[:, None, :]   # [H, atoms, d]
+                (grad,) = torch.autograd.grad(h, batch["positions"], cotangent, retain_graph=True, is_grads_batched=True)
+                dg.append(-grad)   # [H, atoms, 3]
+            for c in range(len(n)):
+                rows = slice(int(ptr[c]), int(ptr[c + 1]))
+                out.append(HiddenTerms(
+                    g=torch.stack([x[c] for x in g]).cpu().numpy(),
+                    dg=torch.stack([x[:, rows].reshape(self.width, -1).T for x in dg]).cpu().numpy(),
+                    a2=torch.stack([x[c] for x in a2]).cpu().numpy(), n_atoms=int(n[c])))
+        return out
+
     # --- export --------------------------------------------------------------------------------
     def model_with(self, psi: np.ndarray) -> torch.nn.Module:
         """One ordinary MACE model of the base model's class and dtype computing base + correction:
@@ -120,6 +158,24 @@ class DeltaReadout(FullReadout):
         return shift
 
 
+@dataclass
+class HiddenTerms:
+    """What the fit needs of one labelled configuration for the K members' hidden layers: energy
+    features g [K, H], their forces dg [K, 3N, H], Σ_i Σ_j (s·act_ij/√(m+H))² a2 [K] and N."""
+    g: np.ndarray
+    dg: np.ndarray
+    a2: np.ndarray
+    n_atoms: int
+
+    def save(self, path) -> None:
+        np.savez(path, g=self.g, dg=self.dg, a2=self.a2, n_atoms=self.n_atoms)
+
+    @classmethod
+    def load(cls, path) -> "HiddenTerms":
+        with np.load(path) as f:
+            return cls(f["g"], f["dg"], f["a2"], int(f["n_atoms"]))
+
+
 class DeltaCommittee(FullCommittee):
     """K corrections ψ_k [K, P] on one frozen base model, each solved exactly for its own hidden layer;
     draws and bootstrap weights come from the linear `Committee` of the same settings, prediction and
@@ -127,35 +183,48 @@ class DeltaCommittee(FullCommittee):
 
     kind = "kind delta"
 
-    def fit(self, data: TrainingSet, graph: LabelledGraph, n_elements: int, moment: np.ndarray | None = None,
+    def layers(self) -> np.ndarray:
+        """[K, d·H]: each member's hidden layer W_k, a standard-normal draw of its own stream: fixed by
+        the committee's seed and size, whatever the labels."""
+        return self.linear.anchors(self.full.d * self.full.width, inner=True)
+
+    def fit(self, data: TrainingSet, hidden: list[HiddenTerms], n_elements: int, moment: np.ndarray | None = None,
             progress: bool = False) -> "DeltaCommittee":
-        """Every member to the exact minimiser of its loss in (δE0, v); `moment` is not used (the
-        correction's prior is scaled on the labelled atoms)."""
+        """Every member to the exact minimiser of its loss in (δE0, v). `hidden` holds, per row of
+        `data` and in its order, the hidden layers' terms (`DeltaReadout.hidden_terms` of `layers()`);
+        `moment` is not used (the correction's prior is scaled on the labelled atoms)."""
         if len(data) == 0:
             raise ValueError("committee: no labelled configurations to fit")
+        if [t.n_atoms for t in hidden] != data.features.n_atoms.tolist():
+            raise ValueError("committee: the hidden terms and the training set hold different configurations")
         delta, lin = self.full, self.linear
         weights = lin.weights(data.ids)
-        draws = lin.anchors(delta.d * delta.width, inner=True)
+        layers = self.layers()
         e0_centres = lin._e0_refit(data, weights, n_elements)
         v_draws = lin.anchors(delta.width)
         counts = data.features.a[:, delta.e0_slice]
         base_energy = data.features.energies(delta.backbone.theta0)
+        width = data.f0.shape[1]
         tau = lin.prior_sigma
         phis, objective, steps = [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member",
                       disable=not progress):
-            g, dg, atom_moment = self.hidden_features(graph, draws[k])
+            g = np.array([t.g[k] for t in hidden])
+            dg = np.zeros((len(hidden), width, delta.width))
+            for c, t in enumerate(hidden):
+                dg[c, :t.dg.shape[1]] = t.dg[k]
+            atom_moment = sum(t.a2[k] for t in hidden) / sum(t.n_atoms for t in hidden)
             s_v = tau / np.sqrt(atom_moment)   # a draw v = s_v ξ moves per-atom energies by τ RMS
             # coordinates scaled by the prior's scales, so that the prior is ‖u − centre‖² with s² = 1
             scale = np.concatenate([np.full(n_elements, tau), np.full(delta.width, s_v)])
             features = Features(np.hstack([counts, g]) * scale, base_energy, data.features.n_atoms)
-            B = np.concatenate([np.zeros(dg.shape[:2] + (n_elements,)), dg], axis=2) * scale
+            B = np.concatenate([np.zeros((len(hidden), width, n_elements)), dg], axis=2) * scale
             member = TrainingSet(features, data.energy, data.sigma, data.f0, B, data.f_lf, data.ids)
             problem = _Objective(member, lin.noise_floor, lin.force_threshold, lin.force_weight,
                                  np.zeros(len(scale)), lin.threshold_per_atom)
             centre = np.concatenate([e0_centres[k] / tau, v_draws[k]])
             u, value, n = problem.minimise(weights[k], centre, 1.0, lin.max_steps)
-            phis.append(np.concatenate([u * scale, draws[k]]))
+            phis.append(np.concatenate([u * scale, layers[k]]))
             objective.append(value)
             steps.append(n)
         self.phis_ = np.array(phis)
@@ -175,26 +244,6 @@ class DeltaCommittee(FullCommittee):
                 raise ValueError(f"{path}: a correction of another width or base model (finetune.delta_width)")
             self.phis_, self.objective_, self.newton_steps_ = f["phis"], f["objective"], f["newton_steps"]
         return self
-
-    def hidden_features(self, graph: LabelledGraph, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """For hidden layer `w`: the energy features G [n, H] = Σ_i s·act(h_iᵀW/√d)/√(m+H) of every
-        labelled configuration, their forces −∂G/∂x [n, 3Nmax, H] through ∂h/∂x, and the per-atom
-        second moment ⟨Σ_j (s·act_ij/√(m+H))²⟩ over the labelled atoms."""
-        delta = self.full
-        dev = delta.device
-        W = torch.as_tensor(w, device=dev).reshape(delta.d, delta.width) / np.sqrt(delta.d)
-        factor = delta._scale / np.sqrt(delta.m + delta.width)
-        h, J = graph.h[0], graph.jacobians[0]
-        with torch.enable_grad():
-            z = (h @ W).requires_grad_(True)
-            a = delta.act(z)
-            (slope,) = torch.autograd.grad(a.sum(), z)   # act is elementwise: its derivative at each z
-        n = len(graph.n_atoms)
-        g = torch.zeros(n, delta.width, dtype=torch.float64, device=dev).index_add(0, graph.config, factor * a.detach())
-        per_atom = -factor * slope[:, :, None] * torch.einsum("dk,adw->akw", W, J)   # [atoms, H, 3Nmax]
-        dg = torch.zeros(n, delta.width, graph.width, dtype=torch.float64, device=dev).index_add(0, graph.config, per_atom)
-        moment = float(((factor * a.detach()) ** 2).sum(1).mean())
-        return g.cpu().numpy(), dg.transpose(1, 2).cpu().numpy(), moment
 
 
 def nonlinear_map(backbone: Backbone, finetune) -> FullReadout | None:

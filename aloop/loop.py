@@ -25,7 +25,7 @@ from .committee import Committee, TrainingSet
 from .cost import CostModel, label_core_hours
 from .dispatch import make_dispatcher
 from .domain import DomainGuard
-from .delta import DeltaCommittee, DeltaReadout, nonlinear_map
+from .delta import DeltaCommittee, DeltaReadout, HiddenTerms, nonlinear_map
 from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 from .full_committee import FullCommittee
 from .full_readout import LabelledGraph
@@ -431,13 +431,31 @@ class CampaignRun:
                      f"labels. To retry them with the same settings: aloop requeue {self.run_dir}")
         return "\n".join(lines)
 
+    def hidden_terms(self, ids: list[int], committee: DeltaCommittee) -> list[HiddenTerms]:
+        """`kind: delta`: the members' hidden-layer terms of labelled candidates, computed once per
+        candidate: the layers are fixed by the committee's seed, size and the correction's width."""
+        c = self.campaign
+        folder = self.cache / f"delta_s{c.committee.seed}_k{c.committee.size}_h{c.finetune.delta_width}"
+        folder.mkdir(exist_ok=True)
+        missing = [i for i in ids if not (folder / f"{i}.npz").exists()]
+        if missing:
+            layers = committee.layers()
+            for lo in range(0, len(missing), 16):
+                chunk = missing[lo:lo + 16]
+                for cid, terms in zip(chunk, self.full.hidden_terms(self.store.atoms(chunk), layers)):
+                    with atomic_open(folder / f"{cid}.npz") as handle:
+                        terms.save(handle)
+        return [HiddenTerms.load(folder / f"{i}.npz") for i in ids]
+
     def train(self, iteration: int) -> Committee | FullCommittee:
         ids, data = self.training_set()
         if len(data) == 0:
             raise NoLabels(self.no_labels(iteration))
         moment = feature_moment(self.pool_rows(self.store.ids()))
         committee = self.new_committee()
-        if self.full is not None:
+        if isinstance(committee, DeltaCommittee):
+            committee.fit(data, self.hidden_terms(ids, committee), len(self.backbone.z_table), progress=self.progress)
+        elif self.full is not None:
             graph = LabelledGraph(self.full, self.store.atoms(ids))
             committee.fit(data, graph, len(self.backbone.z_table), moment=moment, progress=self.progress)
         else:

@@ -13,7 +13,8 @@ committee and finetune settings, and scored:
 - the barrier of each observable by relaxed CI-NEB (end points relaxed) on the exported model: the
   committee-mean file for `linear`, each member's file for `full` and `delta` (their average energy is
   no one model's), reported as the members' mean and spread; against the observable's reference;
-- the fit's wall time (one committee, the set-up of features, Jacobians and readout inputs apart).
+- the fit's wall time (one committee; the set-up apart: features, force Jacobians, and the per-atom
+  Jacobians of `full` or the hidden layers' forces of `delta`).
 
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
         [--classes linear full delta] [--checkpoints 20 40] [--out runs/model_classes.json]
@@ -81,7 +82,10 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray):
     committee, readout = committee_of(kind, run)
     ids, data = run.training_set(ids)   # in the store's order, which the graph must follow
     n_elements = len(run.backbone.z_table)
-    graph = None if readout is None else LabelledGraph(readout, run.store.atoms(ids))
+    if kind == "full":
+        graph = LabelledGraph(readout, run.store.atoms(ids))
+    elif kind == "delta":
+        graph = readout.hidden_terms(run.store.atoms(ids), committee.layers())
     t = time.perf_counter()
     if readout is None:
         committee.fit(data, n_elements, moment=moment)

@@ -9,7 +9,6 @@ from aloop.backbone import Backbone
 from aloop.campaign import FinetuneSettings
 from aloop.committee import TrainingSet
 from aloop.delta import DeltaCommittee, DeltaReadout
-from aloop.full_readout import LabelledGraph
 
 WIDTH = 5
 
@@ -20,10 +19,11 @@ def setup():
     delta = DeltaReadout(bb, WIDTH)
     atoms = h3_set(12, seed=4)
     inputs = delta.inputs(atoms)
-    graph = LabelledGraph(delta, atoms)
     jac = bb.force_jacobians(atoms)
     energy, forces = bb.energy_forces(atoms)
-    return bb, delta, atoms, inputs, graph, jac, energy, forces
+    layers = committee(delta).layers()
+    hidden = delta.hidden_terms(atoms, layers)
+    return bb, delta, atoms, inputs, hidden, jac, energy, forces
 
 
 def committee(delta, **settings):
@@ -36,7 +36,7 @@ def training_set(inputs, jac, y):
 
 
 def test_no_correction_is_the_base_model_and_its_export_too(setup, tmp_path):
-    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
     assert delta.n_params == 1 + WIDTH + 8 * WIDTH   # tiny_mace: one element, MLP input 8x0e
     np.testing.assert_allclose(delta.energies(delta.phi0, inputs), energy, rtol=0, atol=1e-10)
     psi = delta.phi0.copy()
@@ -51,32 +51,32 @@ def test_no_correction_is_the_base_model_and_its_export_too(setup, tmp_path):
 
 def test_the_exported_file_is_base_plus_correction(setup, tmp_path):
     """One ordinary MACE file, read by MACE's own calculator, gives the base model's energy plus the
-    correction's, and forces the base model's plus the correction's through the frozen backbone."""
-    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
-    psi = np.random.default_rng(1).normal(size=delta.n_params)
+    correction's, and forces the base model's plus the correction's, which the hidden layers' terms
+    (vector-Jacobian products through the backbone) give for that layer."""
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
+    rng = np.random.default_rng(1)
+    psi = rng.normal(size=delta.n_params)
     predicted = delta.energies(psi, inputs)
     assert np.abs(predicted - energy).max() > 1e-2   # a real correction
-    with torch.no_grad():
-        corr_energy, corr_forces = (x.numpy() for x in graph.mlp(torch.as_tensor(psi)))
+    terms = delta.hidden_terms(atoms, psi[None, delta.inner_slice])
+    v = psi[1:1 + WIDTH]
     calc = MACECalculator(model_paths=str(delta.export(psi, tmp_path / "d.model")), device="cpu", default_dtype="float64")
-    n = len(bb.z_table)
-    for c, (frame, e, f) in enumerate(zip(atoms, energy, forces)):
+    for frame, e, f, t, p in zip(atoms, energy, forces, terms, predicted):
         frame = frame.copy()
         frame.calc = calc
-        shift = psi[:n] @ np.bincount([0] * len(frame), minlength=n)
-        assert frame.get_potential_energy() == pytest.approx(e + corr_energy[c] + shift, abs=1e-9)
-        assert frame.get_potential_energy() == pytest.approx(predicted[c], abs=1e-9)
-        np.testing.assert_allclose(frame.get_forces().ravel(), f.ravel() + corr_forces[c, :9], atol=1e-9)
+        assert frame.get_potential_energy() == pytest.approx(e + t.g[0] @ v + psi[0] * len(frame), abs=1e-9)
+        assert frame.get_potential_energy() == pytest.approx(p, abs=1e-9)
+        np.testing.assert_allclose(frame.get_forces().ravel(), f.ravel() + t.dg[0] @ v, atol=1e-9)
 
 
 def test_the_fit_learns_a_correction_the_base_readout_does_not_have(setup):
     """Labels = base + a nonlinear function of the readout inputs + an offset: every member fits them to
     well below the correction's own size, and each starts from its own draw (they differ)."""
-    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
     truth = np.random.default_rng(3).normal(size=delta.n_params) * 0.5
     truth[0] = 0.2
     y = delta.energies(truth, inputs)
-    c = committee(delta, force_weight=0.0).fit(training_set(inputs, jac, y), graph, 1)
+    c = committee(delta, force_weight=0.0).fit(training_set(inputs, jac, y), hidden, 1)
     members = c.member_energies(inputs)
     before = np.sqrt(np.mean((energy - y) ** 2))
     after = np.sqrt(np.mean((members - y) ** 2, axis=1))
@@ -87,15 +87,15 @@ def test_the_fit_learns_a_correction_the_base_readout_does_not_have(setup):
 def test_the_force_penalty_holds_the_correction_near_the_base_forces(setup):
     """Labels made by a correction with large forces: without the penalty the fit follows them; with it,
     the correction's forces are held closer to the base model's, the tighter the larger its weight."""
-    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
     truth = np.random.default_rng(3).normal(size=delta.n_params) * 0.5
     data = training_set(inputs, jac, delta.energies(truth, inputs))
 
     def largest_force_change(force_weight):
-        c = committee(delta, force_weight=force_weight, force_threshold=0.05, noise_floor=0.02, size=2)
-        c.fit(data, graph, 1)
-        with torch.no_grad():
-            return max(float(np.linalg.norm(graph.mlp(torch.as_tensor(p))[1].numpy(), axis=1).max()) for p in c.phis_)
+        c = committee(delta, force_weight=force_weight, force_threshold=0.05, noise_floor=0.02)
+        c.fit(data, hidden, 1)
+        v = c.phis_[:, 1:1 + WIDTH]
+        return max(float(np.linalg.norm(t.dg[k] @ v[k])) for k in range(c.size) for t in hidden)
 
     free, held, tight = (largest_force_change(w) for w in (0.0, 1e3, 1e4))
     assert free > 0.5 and tight < held < 0.5 * free
@@ -109,9 +109,9 @@ def test_the_campaign_field_and_what_it_refuses():
 
 
 def test_a_saved_committee_loads_back_and_another_class_is_refused(setup, tmp_path):
-    bb, delta, atoms, inputs, graph, jac, energy, forces = setup
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
     data = training_set(inputs, jac, energy + 0.1)
-    c = committee(delta).fit(data, graph, 1)
+    c = committee(delta).fit(data, hidden, 1)
     c.save(tmp_path / "delta.npz")
     back = committee(delta).load(tmp_path / "delta.npz")
     np.testing.assert_array_equal(back.member_energies(inputs), c.member_energies(inputs))
