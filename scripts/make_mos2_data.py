@@ -100,16 +100,22 @@ def strained(start: Atoms, seed: int) -> list[Atoms]:
     return frames
 
 
+def displaced(path: list[Atoms], copies: int, sigma: float, rng: np.random.Generator) -> list[tuple[int, Atoms]]:
+    """(image index, plain copy) for `copies` Gaussian displacements (`sigma` Å per coordinate) of
+    each moving image of `path`, image by image."""
+    out = []
+    for i, image in enumerate(path[1:-1], start=1):
+        for _ in range(copies):
+            moved = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
+            moved.positions += rng.normal(scale=sigma, size=moved.positions.shape)
+            out.append((i, moved))
+    return out
+
+
 def rattled(path: list[Atoms], hop_kind: str, seed: int) -> list[Atoms]:
     calc = low_fidelity()
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i, image in enumerate(path[1:-1], start=1):
-        for _ in range(RATTLES):
-            moved = Atoms(image.numbers, image.positions, cell=image.cell, pbc=image.pbc)
-            moved.positions += rng.normal(scale=RATTLE_SIGMA, size=moved.positions.shape)
-            frames.append(labelled(moved, calc, config_type="saddle_rattle", hop=hop_kind, image=i))
-    return frames
+    return [labelled(moved, calc, config_type="saddle_rattle", hop=hop_kind, image=i)
+            for i, moved in displaced(path, RATTLES, RATTLE_SIGMA, np.random.default_rng(seed))]
 
 
 def saddle_tasks(paths: dict[str, list[Atoms]], seed: int) -> list[tuple]:
@@ -162,14 +168,9 @@ def band(initial: Atoms, final: Atoms, fidelity: str, record: bool, oracle: tupl
 def path_test_images(hf_path: list[Atoms], seed: int) -> list[Atoms]:
     """Three displaced copies (0.05 Å Gaussian) of each moving image of the HF path: the test set's
     near-saddle configurations, which no pool source reaches."""
-    rng = np.random.default_rng(seed * 100 + 99)
-    out = []
-    for image in hf_path[1:-1]:
-        for _ in range(3):
-            moved = image.copy()
-            moved.positions += rng.normal(scale=0.05, size=moved.positions.shape)
-            moved.info["config_type"] = "test_path"
-            out.append(moved)
+    out = [moved for _, moved in displaced(hf_path, 3, 0.05, np.random.default_rng(seed * 100 + 99))]
+    for moved in out:
+        moved.info["config_type"] = "test_path"
     return out
 
 
