@@ -66,23 +66,18 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .campaign import Campaign
     from .loop import CampaignRun, members_only
     from .store import RunStore
 
     folder = _folder(args)
-    store = RunStore.existing(folder)
-    if not store.iterations():
+    if not RunStore.existing(folder).iterations():
         raise ValueError(f"{folder}: nothing to export yet: no iteration has finished (`aloop status {folder}` "
                          "says why); run the campaign first")
-    # the folder as given, not the run_dir recorded in it: a run folder may have been moved
-    settings = {**store.get_meta("campaign"), "run_dir": str(store.run_dir.resolve())}
-    campaign = Campaign.model_validate(settings, context={"base_dir": str(store.run_dir)})
-    run = CampaignRun(campaign, progress=False)
+    run = CampaignRun.reopen(folder)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
     if run.full is not None:
-        print(members_only(campaign.finetune))
+        print(members_only(run.campaign.finetune))
     return 0
 
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 from .arrays import Features
 from .committee import TrainingSet, _Objective
-from .full_committee import FullCommittee
+from .full_committee import MemberCommittee
 from .full_readout import FullReadout
 
 
@@ -176,10 +176,9 @@ class HiddenTerms:
             return cls(f["g"], f["dg"], f["a2"], int(f["n_atoms"]))
 
 
-class DeltaCommittee(FullCommittee):
+class DeltaCommittee(MemberCommittee):
     """K corrections ψ_k [K, P] on one frozen base model, each solved exactly for its own hidden layer;
-    draws and bootstrap weights come from the linear `Committee` of the same settings, prediction and
-    persistence from `FullCommittee`."""
+    draws and bootstrap weights come from the linear `Committee` of the same settings."""
 
     kind = "kind delta"
 

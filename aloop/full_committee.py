@@ -28,26 +28,50 @@ from .committee import Committee, NotConverged, TrainingSet
 from .full_readout import FullReadout, LabelledGraph
 
 
-class FullCommittee:
-    """K members φ_k [K, P_full]; draws and weights come from the linear `Committee` of the same
-    settings, so θ's part of every prior is the linear class's own."""
+class MemberCommittee:
+    """K members φ_k [K, P] of a map whose energies are not linear in φ (`full`, a `FullReadout`, or a
+    subclass of it): what the nonlinear classes share, their construction and prediction. Bootstrap
+    weights and random draws come from the linear `Committee` of the same settings."""
 
-    kind = "readout full"   # how messages name this class of fit
+    kind = ""   # how messages name the class of fit
+
+    def __init__(self, full: FullReadout, linear: Committee):
+        self.full = full
+        self.linear = linear
+        self.size = linear.size
+
+    @classmethod
+    def from_settings(cls, full: FullReadout, committee, finetune):
+        return cls(full, Committee.from_settings(full.backbone.theta0, committee, finetune))
+
+    def _check_fitted(self):
+        if not hasattr(self, "phis_"):
+            raise RuntimeError("committee: predict called before fit (or load)")
+
+    def member_energies(self, inputs: ReadoutInputs) -> np.ndarray:
+        self._check_fitted()
+        return self.full.energies(self.phis_, inputs)
+
+    def predict(self, inputs: ReadoutInputs) -> tuple[np.ndarray, np.ndarray]:
+        """The member-average energy and the spread (sample standard deviation over members), eV. The
+        average is of the members' energies; no single model has it (E is not linear in φ)."""
+        energies = self.member_energies(inputs)
+        return energies.mean(0), energies.std(0, ddof=1)
+
+
+class FullCommittee(MemberCommittee):
+    """K members φ_k [K, P_full], each by L-BFGS; θ's part of every prior is the linear class's own."""
+
+    kind = "readout full"
 
     def __init__(self, full: FullReadout, linear: Committee, *, max_steps: int = 2000,
                  tolerance: float = 1e-5, freeze_inner: bool = False):
         """`freeze_inner` keeps ω at the base model's (the linear class's problem, solved by this
         optimiser): a check of the optimiser, not a campaign setting."""
-        self.full = full
-        self.linear = linear
-        self.size = linear.size
+        super().__init__(full, linear)
         self.max_steps = max_steps
         self.tolerance = tolerance
         self.freeze_inner = freeze_inner
-
-    @classmethod
-    def from_settings(cls, full: FullReadout, committee, finetune) -> "FullCommittee":
-        return cls(full, Committee.from_settings(full.backbone.theta0, committee, finetune))
 
     # --- the prior of ω ---------------------------------------------------------------------------
     def inner_variance(self, h: list[np.ndarray]) -> float:
@@ -154,21 +178,6 @@ class FullCommittee:
             free = (free + whiten @ v).detach()
         phi = phi_of(free).cpu().numpy()
         return phi, float(value), steps, float(grad.abs().max())
-
-    # --- prediction -----------------------------------------------------------------------------
-    def _check_fitted(self):
-        if not hasattr(self, "phis_"):
-            raise RuntimeError("committee: predict called before fit (or load)")
-
-    def member_energies(self, inputs: ReadoutInputs) -> np.ndarray:
-        self._check_fitted()
-        return self.full.energies(self.phis_, inputs)
-
-    def predict(self, inputs: ReadoutInputs) -> tuple[np.ndarray, np.ndarray]:
-        """The member-average energy and the spread (sample standard deviation over members), eV. The
-        average is of the members' energies; no single model has it (E is not linear in φ)."""
-        energies = self.member_energies(inputs)
-        return energies.mean(0), energies.std(0, ddof=1)
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -40,6 +40,8 @@ from .report_text import one_line
 
 
 PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
+
+
 def members_only(finetune) -> str:
     """What `aloop run` and `aloop export` print when a committee has no mean model."""
     return (f"{finetune.nonlinear}: the files are the members; the committee's prediction is the average of their "
@@ -93,6 +95,14 @@ class CampaignRun:
                                                                        sum(self.full.widths))
         self.layout.committees.mkdir(exist_ok=True)
         self._guard: DomainGuard | None = None
+
+    @classmethod
+    def reopen(cls, folder: str | Path, progress: bool = False) -> "CampaignRun":
+        """The run in `folder` with the settings it recorded, at that folder rather than the run_dir
+        recorded in it (a run folder may have been moved)."""
+        store = RunStore.existing(folder)
+        settings = {**store.get_meta("campaign"), "run_dir": str(store.run_dir.resolve())}
+        return cls(Campaign.model_validate(settings, context={"base_dir": str(store.run_dir)}), progress=progress)
 
     def bind(self, digest: str, accept) -> bool:
         """Check the campaign against the fields this folder's data was made with (binding.py) and

@@ -41,22 +41,15 @@ from ase.io import read
 from aloop import reaction_path
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
-from aloop.campaign import Campaign
 from aloop.committee import Committee
 from aloop.delta import DeltaCommittee, DeltaReadout
 from aloop.full_committee import FullCommittee
 from aloop.full_readout import FullReadout, LabelledGraph
 from aloop.loop import CampaignRun
 from aloop.neb import relax_path
-from aloop.store import LABELLED, RunStore
+from aloop.store import LABELLED
 
 CLASSES = ("linear", "full", "delta")
-
-
-def open_run(folder: Path) -> CampaignRun:
-    store = RunStore.existing(folder)
-    settings = {**store.get_meta("campaign"), "run_dir": str(folder.resolve())}
-    return CampaignRun(Campaign.model_validate(settings, context={"base_dir": str(folder)}), progress=False)
 
 
 def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
@@ -184,7 +177,7 @@ def main() -> None:
     rows = []
     for folder in args.runs:
         print(f"{folder}:", flush=True)
-        rows += measure(open_run(folder), args.checkpoints, args.classes)
+        rows += measure(CampaignRun.reopen(folder), args.checkpoints, args.classes)
     table(rows, args.classes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
