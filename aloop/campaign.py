@@ -120,6 +120,19 @@ class CommitteeSettings(Section):
 _RETIRED_FINETUNE = ("epochs", "lr", "batch_size", "val_fraction", "patience")
 
 
+class MultifidelitySettings(Section):
+    """`finetune.kind: multifidelity` (aloop.multifidelity): when and how the backbone is trained on
+    both fidelities at once."""
+    every: Annotated[int, Field(ge=0)] = 0   # iterations between trainings; 0: only when the run stops
+    epochs: PosInt = 60
+    patience: PosInt = 10                    # epochs without a better validation loss before stopping
+    replay: PosInt = 500                     # configurations of model.training_data per training
+    force_weight: Annotated[float, Field(ge=0)] = 0.0   # base-model forces on labelled configurations, relative to the replay's forces
+    lr: PosFloat = 1e-3
+    batch_size: PosInt = 8
+    valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
 class FinetuneSettings(Section):
     # None until validated: 0.5 unless force_threshold_per_atom is given, then None (so the dump,
     # which a run keeps and export reads back, holds only the one that is used)
@@ -131,15 +144,23 @@ class FinetuneSettings(Section):
     # readout parameter, the MLP's W1 included, by L-BFGS (full_committee.py)
     readout: Literal["linear", "full"] = "linear"
     # readout: the base model's readouts are fine-tuned (`readout` says which parameters); delta: they
-    # stay the base model's and a correction network of `delta_width` hidden units is learnt (delta.py)
-    kind: Literal["readout", "delta"] = "readout"
+    # stay the base model's and a correction network of `delta_width` hidden units is learnt (delta.py);
+    # multifidelity: as readout, and a model whose backbone is trained on both fidelities is made when
+    # the run stops (and every `multifidelity.every` iterations; multifidelity.py)
+    kind: Literal["readout", "delta", "multifidelity"] = "readout"
     delta_width: PosInt = 32
+    multifidelity: Optional[MultifidelitySettings] = None   # the defaults with kind: multifidelity
 
     @model_validator(mode="after")
     def _kind(self) -> "FinetuneSettings":
         if self.kind == "delta" and self.readout != "linear":
             raise ValueError("readout: full fine-tunes the base model's readouts, and kind: delta keeps them frozen "
                              "and learns a correction beside them; keep one (remove readout, or kind)")
+        if self.multifidelity is not None and self.kind != "multifidelity":
+            raise ValueError(f"multifidelity: these settings are for kind: multifidelity, and kind is {self.kind!r}; "
+                             "set kind: multifidelity or remove the multifidelity section")
+        if self.kind == "multifidelity" and self.multifidelity is None:
+            self.multifidelity = MultifidelitySettings()
         return self
 
     @property
@@ -324,6 +345,10 @@ class Campaign(Section):
                                 f"not 'neb'; expected one of the neb sources: {', '.join(neb) or '(none)'}")
         problems += self._acquisition_checks()
         problems += self._readout_checks()
+        if self.finetune.kind == "multifidelity" and self.model.training_data is None:
+            problems.append("finetune.kind: multifidelity trains the backbone on the base model's own data as well "
+                            "as the labels; give model.training_data (its training configurations, with "
+                            "energies and forces), or choose kind: readout")
         if self.stop.observable is not None:
             names = [o.name for o in self.evaluation.observables]
             if self.stop.observable.name not in names:

@@ -9,15 +9,17 @@ re-drawn, a finished label is not recomputed, a saved committee is not retrained
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from tqdm.auto import tqdm
 
-from . import __version__, acquisition, binding, measure, metrics, provenance, reaction_path, rerank
+from . import __version__, acquisition, binding, measure, metrics, multifidelity, provenance, reaction_path, rerank
 from .arrays import Features, ForceJacobian, ReadoutInputs, feature_moment
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
@@ -95,6 +97,7 @@ class CampaignRun:
                                                                        sum(self.full.widths))
         self.layout.committees.mkdir(exist_ok=True)
         self._guard: DomainGuard | None = None
+        self._training: list[Atoms] | None = None
 
     @classmethod
     def reopen(cls, folder: str | Path, progress: bool = False) -> "CampaignRun":
@@ -135,9 +138,14 @@ class CampaignRun:
         made once a run (the path points of every iteration pass it too)."""
         if self._guard is None:
             c = self.campaign
-            training = None if c.model.training_data is None else read_frames(c.model.training_data, ":", "model.training_data")
-            self._guard = DomainGuard.from_settings(c.pool.min_distance, c.pool.domain, training)
+            self._guard = DomainGuard.from_settings(c.pool.min_distance, c.pool.domain, self.training_frames())
         return self._guard
+
+    def training_frames(self) -> list[Atoms] | None:
+        """The base model's training configurations (model.training_data), None without; read once."""
+        if self._training is None and self.campaign.model.training_data is not None:
+            self._training = read_frames(self.campaign.model.training_data, ":", "model.training_data")
+        return self._training
 
     def prepare_pool(self) -> None:
         """Candidates of every source not in the pool yet. A frame outside the base model's domain
@@ -474,6 +482,19 @@ class CampaignRun:
             committee.save(handle)
         return committee
 
+    def multifidelity(self, iteration: int) -> dict:
+        """`kind: multifidelity`: train the model of both fidelities on every label so far and score
+        it as the committee is scored (multifidelity.score), each observable's CI-NEB starting from
+        this iteration's path of the committee mean."""
+        if self.progress:
+            print(f"iteration {iteration}: training the multi-fidelity model "
+                  f"({self.campaign.finetune.multifidelity.epochs} epochs at most)", flush=True)
+        result = multifidelity.run_training(self, iteration)
+        return {"model": str(result.path.relative_to(self.run_dir)), "seconds": round(result.seconds, 1),
+                "n_labels": result.n_labels, "n_replay": result.n_replay,
+                "e0_shift": {str(z): v for z, v in result.e0_shift.items()},
+                **multifidelity.score(self, result.path, iteration)}
+
     # --- the loop ----------------------------------------------------------------------------
     def run(self, max_iterations: int | None = None) -> RunResult:
         try:
@@ -514,6 +535,11 @@ class CampaignRun:
             record = measure.iteration_record(self, iteration, committee, seconds, observed)
             records.append(record)
             reason = metrics.stop_reason(self.campaign, records)
+            if self.campaign.finetune.kind == "multifidelity" and multifidelity.due(
+                    self.campaign.finetune.multifidelity.every, iteration, reason is not None):
+                t = time.time()
+                record["multifidelity"] = self.multifidelity(iteration)
+                record["seconds"]["multifidelity"] = time.time() - t
             record["stop"] = reason
             self.store.write_iteration(iteration, record)
             print(one_line(record), flush=True)   # also without progress bars (--quiet): the run's log
@@ -539,9 +565,20 @@ class CampaignRun:
             if not members:
                 raise ValueError(f"--mean-only: {self.campaign.finetune.nonlinear}, so there is no committee-mean "
                                  "model (the energy is not linear in the trained parameters); export the members")
-            return [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
+            paths = [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
+            return paths + self.export_multifidelity(records, out)
         paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
         if members:
             for k, theta in enumerate(committee.thetas_):
                 paths.append(self.backbone.export(theta, out / f"member_{k}.model"))
-        return paths
+        return paths + self.export_multifidelity(records, out)
+
+    def export_multifidelity(self, records: list[dict], out: Path) -> list[Path]:
+        """The latest multi-fidelity model (`kind: multifidelity`), as multifidelity.model."""
+        latest = [r["multifidelity"] for r in records if r.get("multifidelity")]
+        if not latest:
+            return []
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / "multifidelity.model"
+        shutil.copyfile(self.run_dir / latest[-1]["model"], target)
+        return [target]

@@ -100,6 +100,32 @@ def _metrics_csv(records: list[dict], path: Path) -> None:
         csv.writer(f).writerows([["" if v is None else v for v in row] for row in rows])
 
 
+def _multifidelity_lines(records: list[dict], specs: dict) -> list[str]:
+    """`kind: multifidelity`: the models trained on both fidelities, beside the committee."""
+    made = [r for r in records if r.get("multifidelity")]
+    if not made:
+        return []
+    lines = ["", "## Multi-fidelity model", "",
+             "The backbone trained on the base model's data and the labels together, one head per fidelity "
+             "(docs/model-classes.md); the committee drove selection. Latest: "
+             f"`{made[-1]['multifidelity']['model']}` (exported as multifidelity.model).", "",
+             "| iteration | labels | test RMSE (meV) | committee test RMSE (meV) | "
+             + " | ".join(f"{n} (eV) | committee {n} (eV)" for n in made[-1]["multifidelity"]["observables"])
+             + " | minutes |", "|---" * (5 + 2 * len(made[-1]["multifidelity"]["observables"])) + "|"]
+    for r in made:
+        m = r["multifidelity"]
+        cells = [str(r["iteration"]), str(m["n_labels"]), _meV((m.get("test") or {}).get("rmse")),
+                 _meV((r["test"] or {}).get("rmse"))]
+        for name, value in m["observables"].items():
+            committee = r["observables"].get(name, {}).get("mean")
+            cells += [f"{value:.4f}", "—" if committee is None else f"{committee:.4f}"]
+        lines.append("| " + " | ".join(cells + [f"{m['seconds'] / 60:.1f}"]) + " |")
+    refs = {n: specs[n]["reference"] for n in made[-1]["multifidelity"]["observables"] if specs.get(n, {}).get("reference") is not None}
+    if refs:
+        lines += ["", "References: " + ", ".join(f"{n} {v:.4f} eV" for n, v in refs.items())]
+    return lines
+
+
 def write_report(run_dir) -> Path:
     """Write RUN/report/{summary.md, metrics.csv, *.png}; returns the summary's path."""
     store = RunStore.existing(run_dir)
@@ -179,6 +205,7 @@ def write_report(run_dir) -> Path:
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")
     if not (p or last["test"]):
         lines.append("- no prospective batch or test set yet")
+    lines += _multifidelity_lines(records, specs)
     if forecasts:
         lines += ["", "## Forecast", "",
                   "A power law fitted to the points so far, extrapolated to each target (68% range; "

@@ -1,5 +1,5 @@
-"""Model classes on the same labels: `linear`, `full` and `delta` fine-tunes refitted on the label
-sequences of finished runs.
+"""Model classes on the same labels: `linear`, `full` and `delta` fine-tunes refitted, and the
+`multifidelity` model trained, on the label sequences of finished runs.
 
 A finished run (for instance one of `python benchmarks/h3_acceptance.py --seeds 0 1 2 --out DIR`)
 holds the labels its acquisition chose, batch by batch. For every run and checkpoint (a label count
@@ -16,8 +16,12 @@ committee and finetune settings, and scored:
 - the fit's wall time (one committee; the set-up apart: features, force Jacobians, and the per-atom
   Jacobians of `full` or the hidden layers' forces of `delta`).
 
+`multifidelity` is one model, not a committee: trained from the base model on the N labels and
+`finetune.multifidelity.replay` configurations of the run's model.training_data, with the default
+multifidelity settings; it has no σ, so no coverage, and its training time replaces the fit time.
+
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
-        [--classes linear full delta] [--checkpoints 20 40] [--out runs/model_classes.json]
+        [--classes linear full delta multifidelity] [--checkpoints 20 40] [--out runs/model_classes.json]
 
 Every class sees exactly the same labels, so differences come from the class alone; the label choice
 itself was made by the runs' own class (normally `linear`).
@@ -38,9 +42,10 @@ import numpy as np
 import torch
 from ase.io import read
 
-from aloop import reaction_path
+from aloop import multifidelity, reaction_path
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
+from aloop.campaign import MultifidelitySettings
 from aloop.committee import Committee
 from aloop.delta import DeltaCommittee, DeltaReadout
 from aloop.full_committee import FullCommittee
@@ -49,7 +54,7 @@ from aloop.loop import CampaignRun
 from aloop.neb import relax_path
 from aloop.store import LABELLED
 
-CLASSES = ("linear", "full", "delta")
+CLASSES = ("linear", "full", "delta", "multifidelity")
 
 
 def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
@@ -130,6 +135,9 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str]) -> lis
         for n in [c for c in checkpoints if c in counts]:
             ids, later = order[:n], order[n:]
             for kind in classes:
+                if kind == "multifidelity":
+                    rows.append(multifidelity_row(run, ids, Path(tmp)))
+                    continue
                 committee, readout, seconds = fit(kind, run, ids, moment)
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
@@ -147,6 +155,31 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str]) -> lis
     return rows
 
 
+def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path) -> dict:
+    """`multifidelity`: one model (no committee, so no 2σ coverage), trained from the base model on
+    the labels and model.training_data with the settings of docs/model-classes.md; barriers from
+    the base model's path, as for the other classes."""
+    campaign = run.campaign.model_copy(deep=True)
+    campaign.finetune.multifidelity = MultifidelitySettings()
+    saved, run.campaign = run.campaign, campaign
+    try:
+        result = multifidelity.run_training(run, len(ids), subset=ids, folder=folder / f"mf_{len(ids)}")
+        scored = multifidelity.score(run, result.path, None)
+    finally:
+        run.campaign = saved
+    row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": len(ids), "class": "multifidelity",
+           "fit_s": round(result.seconds, 3), "test_rmse_meV": 1000 * scored["test"]["rmse"],
+           "test_within_2sigma": None, "observables": {}}
+    for obs in run.campaign.evaluation.observables:
+        value = scored["observables"][obs.name]
+        row["observables"][obs.name] = {"mean": value, "std": 0.0,
+                                        "error": value - obs.reference if obs.reference is not None else None}
+    print(f"  {row['run']} N={len(ids):3d} multifidelity: test RMSE {row['test_rmse_meV']:7.2f} meV, "
+          + ", ".join(f"{k} {v['mean']:.4f} eV" for k, v in row["observables"].items())
+          + f", training {result.seconds:.0f} s", flush=True)
+    return row
+
+
 def table(rows: list[dict], classes: list[str]) -> None:
     print(f"\n{'class':7} {'N':>4} {'runs':>4} {'RMSE meV (mean/std/worst)':>27} {'barrier err meV (mean/std/worst |·|)':>38} "
           f"{'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7}")
@@ -158,9 +191,10 @@ def table(rows: list[dict], classes: list[str]) -> None:
             rmse = np.array([r["test_rmse_meV"] for r in sel])
             errors = np.array([1000 * v["error"] for r in sel for v in r["observables"].values() if v["error"] is not None])
             prosp = [r["prospective_within_2sigma"] for r in sel if r.get("prospective_within_2sigma") is not None]
-            print(f"{kind:7} {n:4d} {len(sel):4d} {rmse.mean():9.2f} {rmse.std():8.2f} {rmse.max():8.2f} "
+            test2 = [r["test_within_2sigma"] for r in sel if r["test_within_2sigma"] is not None]
+            print(f"{kind[:7]:7} {n:4d} {len(sel):4d} {rmse.mean():9.2f} {rmse.std():8.2f} {rmse.max():8.2f} "
                   f"{errors.mean():+12.1f} {errors.std():11.1f} {np.abs(errors).max():11.1f} "
-                  f"{np.mean([r['test_within_2sigma'] for r in sel]):8.2f} "
+                  f"{np.mean(test2) if test2 else float('nan'):8.2f} "
                   f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f}")
 
 

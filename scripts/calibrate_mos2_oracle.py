@@ -1,7 +1,7 @@
 """Measure a MoS2 oracle against the low fidelity (CHGNet 0.3.0) on the statistics oracle v2 is held to.
 
 (a) the mono-vacancy barrier shift: CI-NEB relaxed on each surface (end points relaxed on it first,
-    7 moving images, fmax 0.05 eV/Å), oracle minus CHGNet; target +0.55 ± 0.10 eV. With --out the
+    7 moving images unless --images, fmax 0.05 eV/Å), oracle minus CHGNet; target +0.55 ± 0.10 eV. With --out the
     bands' final images are written beside the JSON (FILE_oracle_band.extxyz, FILE_chgnet_band.extxyz):
     a band that did not converge is no measurement, and they show why
 (b) per-component mean |F_oracle − F_CHGNet| (meV/Å) over CHGNet MD snapshots of the mono-vacancy
@@ -15,7 +15,7 @@ jobs (two bands, three temperatures) run in `--workers` processes of one thread 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/calibrate_mos2_oracle.py [--parameters '{"variant": "hollow", "amplitude": 0.4}']
         [--oracle testbeds.mos2.oracle:SyntheticHF] [--snapshots 20] [--out FILE.json]
-        [--no-bands | --bands-only]
+        [--no-bands | --bands-only] [--from-chgnet-path] [--images N]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ase.io import read, write
 
 from aloop.labelers.ase_calculator import import_calculator
 from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
-from testbeds.mos2.geometry import CAMPAIGN, low_fidelity, neb, relax
+from testbeds.mos2.geometry import CAMPAIGN, NEB_IMAGES, low_fidelity, neb, relax
 
 FMAX = 0.05
 MD_INTERVAL = 20   # steps of MD_TIMESTEP between snapshots: 40 fs, past the S vibration's period
@@ -42,14 +42,14 @@ def oracle(path: str, parameters: dict):
     return import_calculator(path)(**(parameters | {"noise": 0.0}))
 
 
-def band(path: str, parameters: dict | None, from_chgnet_path: bool = False) -> dict:
+def band(path: str, parameters: dict | None, from_chgnet_path: bool = False, moving: int = NEB_IMAGES) -> dict:
     """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet), from the
     straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band."""
     calc = low_fidelity() if parameters is None else oracle(path, parameters)
     initial = relax(read(CAMPAIGN / "mono_initial.xyz"), calc)
     final = relax(read(CAMPAIGN / "mono_final.xyz"), calc)
     start = read(CAMPAIGN / "mono_path_chgnet.extxyz", ":") if from_chgnet_path else None
-    result = neb(initial, final, calc, fmax=FMAX, start=start)
+    result = neb(initial, final, calc, fmax=FMAX, start=start, moving=moving)
     return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"],
             "images": result["images"]}
 
@@ -90,13 +90,15 @@ def main() -> None:
     parts.add_argument("--bands-only", action="store_true", help="measure (a) only")
     parser.add_argument("--from-chgnet-path", action="store_true",
                         help="start both bands from CHGNet's relaxed band (mono_path_chgnet.extxyz), not a straight line")
+    parser.add_argument("--images", type=int, default=NEB_IMAGES,
+                        help=f"moving images of each band (default {NEB_IMAGES}); a start path is resampled to them")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="write the measurements to this JSON file too")
     args = parser.parse_args()
     start = time.time()
     oracle(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
-    tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters, args.from_chgnet_path)),
-                                      ("band_chgnet", band, (args.oracle, None, args.from_chgnet_path))]
+    tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters, args.from_chgnet_path, args.images)),
+                                      ("band_chgnet", band, (args.oracle, None, args.from_chgnet_path, args.images))]
     if not args.bands_only:
         tasks += [(f"md_{t}", thermal, (args.oracle, args.parameters, t, args.snapshots))
                   for t in TEMPERATURES]
@@ -113,7 +115,8 @@ def main() -> None:
         "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
         "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES if f"md_{t}" in results},
         "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED,
-                     "bands_start": "chgnet path" if args.from_chgnet_path else "straight line"},
+                     "bands_start": "chgnet path" if args.from_chgnet_path else "straight line",
+                     "moving_images": args.images},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "chgnet": __import__("chgnet").__version__},
         "wall_s": seconds | {"total": round(time.time() - start, 1)},

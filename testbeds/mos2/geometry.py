@@ -115,18 +115,35 @@ def relax(atoms: Atoms, calc, fmax: float = 0.01) -> Atoms:
     return atoms
 
 
+def resample(path: list[Atoms], moving: int) -> list[Atoms]:
+    """`path` (end points included) as `moving` + 2 images evenly spaced along its length, each
+    linearly interpolated between its two neighbours on `path`: a band of one size started from
+    another's relaxed path."""
+    positions = np.array([image.positions for image in path])
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(positions, axis=0), axis=(1, 2)))])
+    out = []
+    for s in np.linspace(0.0, arc[-1], moving + 2):
+        k = min(int(np.searchsorted(arc, s, side="right")) - 1, len(path) - 2)
+        t = (s - arc[k]) / (arc[k + 1] - arc[k])
+        image = path[k].copy()
+        image.calc = None
+        image.positions = (1 - t) * positions[k] + t * positions[k + 1]
+        out.append(image)
+    return out
+
+
 def neb(initial: Atoms, final: Atoms, calc, fmax: float = 0.03, steps: int = 1500,
-        record=None, start: list[Atoms] | None = None) -> dict:
+        record=None, start: list[Atoms] | None = None, moving: int = NEB_IMAGES) -> dict:
     """Climbing-image NEB with `calc`: a calculator shared by the images, or a function of the images
     returning one (aloop.pool.BatchedCalculator evaluates a MACE on all images in one call).
     `record(images)` is called every 25 steps with copies of the moving images (training data from
     the band as it converges). `start`: a path whose moving images the band starts from (another
-    surface's relaxed band), instead of the straight line between the end points."""
-    images = [initial.copy() for _ in range(NEB_IMAGES + 1)] + [final.copy()]
+    surface's relaxed band, resampled to `moving` images), instead of the straight line between the
+    end points."""
+    images = [initial.copy() for _ in range(moving + 1)] + [final.copy()]
     if start is not None:
-        if len(start) != len(images):
-            raise ValueError(f"a start path of {len(start)} images for a band of {len(images)}")
-        for image, guess in zip(images[1:-1], start[1:-1]):
+        guesses = start if len(start) == len(images) else resample(start, moving)
+        for image, guess in zip(images[1:-1], guesses[1:-1]):
             image.positions = guess.positions
     if not isinstance(calc, Calculator):
         calc = calc(images)

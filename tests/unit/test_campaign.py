@@ -128,7 +128,8 @@ BAD = [
     pytest.param(VALID + "sed: 3\n", "allowed keys: name, run_dir, seed", id="unknown-key-lists-allowed"),
     pytest.param(_edit("noise_floor: 0.005", "noise_flor: 0.005"),
                  "finetune.noise_flor: unknown key (did you mean 'noise_floor'?); allowed keys: force_threshold, "
-                 "force_threshold_per_atom, force_weight, noise_floor, readout, kind, delta_width", id="finetune-typo"),
+                 "force_threshold_per_atom, force_weight, noise_floor, readout, kind, delta_width, multifidelity",
+                 id="finetune-typo"),
     pytest.param(_edit("noise_floor: 0.005", "readout: ful"),
                  "campaign.yaml: finetune.readout: expected one of: linear, full; got 'ful'", id="bad-readout"),
     pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("reference: 0.42}", "reference: 0.42, relax: false}")
@@ -142,6 +143,14 @@ BAD = [
                  .replace("strategy: max_std", "strategy: targeted"),
                  "acquisition.strategy: targeted needs the energy linear in the trained parameters (its posterior "
                  "covariance and the observables' directions), and finetune.kind is delta", id="delta-targeted"),
+    pytest.param(_edit("noise_floor: 0.005", "kind: multifidelity"),
+                 "campaign.yaml: finetune.kind: multifidelity trains the backbone on the base model's own data as well "
+                 "as the labels; give model.training_data", id="multifidelity-without-training-data"),
+    pytest.param(_edit("noise_floor: 0.005", "multifidelity: {every: 2}"),
+                 "finetune: multifidelity: these settings are for kind: multifidelity, and kind is 'readout'",
+                 id="multifidelity-settings-without-kind"),
+    pytest.param(_edit("noise_floor: 0.005", "kind: multifidelity\n  multifidelity: {epocs: 2}"),
+                 "finetune.multifidelity.epocs: unknown key (did you mean 'epochs'?)", id="multifidelity-typo"),
     pytest.param(_edit("noise_floor: 0.005",
                        "noise_floor: 0.005\n  force_threshold: 0.3\n  force_threshold_per_atom: 0.1"),
                  "finetune: force_threshold and force_threshold_per_atom are both given; keep one",

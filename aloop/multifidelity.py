@@ -1,0 +1,211 @@
+"""Joint multi-fidelity training (`finetune.kind: multifidelity`).
+
+The readout classes keep the base model's backbone frozen. This class trains it as well, on the
+base model's own low-fidelity configurations (`model.training_data`, replayed) and the
+high-fidelity labels at once, with one readout head per fidelity. The engine is mace-torch's
+multi-head fine-tuning, run in-process; aloop prepares its two data sets and reads back its model.
+
+An epoch passes over every replayed configuration, so one training costs minutes to hours where a
+readout fit costs seconds. The linear readout committee therefore drives the run (selection, σ, the
+observables, the stop rules), and the multi-fidelity model is trained when the run stops and, with
+`finetune.multifidelity.every: N`, after every N-th iteration. Each training starts from the base
+model, not from the previous one, so a model depends only on the labels it saw.
+
+What the high-fidelity head is fitted to, per label:
+- the label's energy, with weight (noise_floor / σ)² capped at 1: a DMC energy with a wide error
+  bar counts less, as in the readout classes' noise-weighted loss;
+- the base model's forces on that configuration, with weight `force_weight`: labels carry no
+  forces, and this is the soft counterpart of the readout classes' force penalty;
+- per-element reference energies E0 of the base model plus a shift fitted to the labels (ridge
+  least squares of label minus base energy on the element counts). MACE's readouts have no bias,
+  and a DMC total energy may sit eV away from the DFT one.
+
+The model written is an ordinary single-head MACE (the high-fidelity head; the low-fidelity one is
+dropped), so it loads in mace's MACECalculator like any export.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import write
+
+from . import reaction_path
+from .backbone import Backbone
+from .files import atomic_open
+from .labelers.replay import stored_energy
+from .neb import relax_path
+from .pool import read_frames
+
+ENERGY_KEY, FORCES_KEY = "aloop_energy", "aloop_forces"
+RIDGE = 1e-6   # eV² per element: keeps the E0 shift defined for elements no label contains
+
+
+@dataclass
+class Result:
+    path: Path          # the single-head high-fidelity model
+    seconds: float
+    n_labels: int
+    n_replay: int
+    e0_shift: dict      # eV per atom, by atomic number
+
+
+def due(every: int, iteration: int, stopping: bool) -> bool:
+    """Whether iteration `iteration` (from 0) trains a multi-fidelity model."""
+    return stopping or (every > 0 and (iteration + 1) % every == 0)
+
+
+def reference_frame(atoms: Atoms, source: str, index: int) -> Atoms:
+    """A configuration of `model.training_data` with its energy and forces under aloop's keys, or a
+    message naming the file and frame when it lacks them."""
+    energy = atoms.info.get("energy", atoms.info.get("REF_energy"))
+    forces = atoms.arrays.get("forces", atoms.arrays.get("REF_forces"))
+    if atoms.calc is not None:
+        results = atoms.calc.results
+        energy = results.get("energy", energy)
+        forces = results.get("forces", forces)
+    if energy is None or forces is None:
+        raise ValueError(f"{source}: frame {index} has no {'energy' if energy is None else 'forces'}; "
+                         "finetune.kind: multifidelity replays model.training_data with its low-fidelity "
+                         "energies and forces (keys energy/forces or REF_energy/REF_forces)")
+    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info[ENERGY_KEY] = float(energy)
+    out.arrays[FORCES_KEY] = np.asarray(forces, dtype=float)
+    return out
+
+
+def replay(frames: list[Atoms], source: str, size: int, rng: np.random.Generator) -> list[Atoms]:
+    """`size` configurations of the base model's training data (all when it has fewer), drawn by `rng`."""
+    picked = np.sort(rng.choice(len(frames), size=min(size, len(frames)), replace=False))
+    return [reference_frame(frames[i], source, int(i)) for i in picked]
+
+
+def label_frames(atoms: list[Atoms], energies: np.ndarray, sigmas: np.ndarray, base_forces: list[np.ndarray],
+                 noise_floor: float, force_weight: float) -> list[Atoms]:
+    """The high-fidelity head's data: label energies weighted by their error bars, the base model's
+    forces as soft targets."""
+    out = []
+    for a, e, s, f in zip(atoms, energies, sigmas, base_forces):
+        frame = Atoms(a.numbers, a.positions, cell=a.cell, pbc=a.pbc)
+        frame.info[ENERGY_KEY] = float(e)
+        frame.arrays[FORCES_KEY] = np.asarray(f, dtype=float)
+        frame.info["config_energy_weight"] = float(min(1.0, (noise_floor / max(float(s), 1e-12)) ** 2))
+        frame.info["config_forces_weight"] = float(force_weight)
+        out.append(frame)
+    return out
+
+
+def e0_shift(atoms: list[Atoms], residuals: np.ndarray, zs: list[int]) -> np.ndarray:
+    """Per-element shift (eV per atom) that best explains label − base energy from element counts."""
+    counts = np.array([[np.count_nonzero(a.numbers == z) for z in zs] for a in atoms], dtype=float)
+    lhs = counts.T @ counts + RIDGE * np.eye(len(zs))
+    return np.linalg.solve(lhs, counts.T @ np.asarray(residuals, dtype=float))
+
+
+def base_e0(model: torch.nn.Module) -> np.ndarray:
+    """The base model's E0 per element (its first head's, for a multi-head model)."""
+    e0 = torch.atleast_2d(model.atomic_energies_fn.atomic_energies.detach().cpu().double())
+    if e0.shape[1] != len(model.atomic_numbers):   # stored as [elements, heads]
+        e0 = e0.T
+    return e0[0].numpy()
+
+
+def train(base_path: Path, replayed: list[Atoms], labelled: list[Atoms], e0: dict[int, float], settings,
+          seed: int, folder: Path, device: str, out: Path, echo: bool = True) -> Path:
+    """Train the multi-head model in `folder` (mace's work files and log) and write its high-fidelity
+    head, as a single-head model, to `out` (atomically: a crash leaves no partial model). `echo`:
+    mace's per-epoch lines on the console too."""
+    from mace.cli.run_train import run
+    from mace.tools import build_default_arg_parser
+    from mace.tools.scripts_utils import remove_pt_head
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder / "replay.extxyz", replayed, format="extxyz")
+    write(folder / "labels.extxyz", labelled, format="extxyz")
+    batch = max(1, min(settings.batch_size, len(labelled)))
+    argv = ["--name", "multifidelity", "--work_dir", str(folder), "--seed", str(seed),
+            "--device", device, "--default_dtype", "float64",
+            "--foundation_model", str(base_path), "--multiheads_finetuning", "True",
+            "--pt_train_file", str(folder / "replay.extxyz"), "--train_file", str(folder / "labels.extxyz"),
+            "--valid_fraction", str(settings.valid_fraction), "--E0s", repr(e0),
+            "--energy_key", ENERGY_KEY, "--forces_key", FORCES_KEY,
+            "--max_num_epochs", str(settings.epochs), "--patience", str(settings.patience),
+            "--batch_size", str(batch), "--valid_batch_size", str(batch), "--eval_interval", "1",
+            "--lr", str(settings.lr), "--force_mh_ft_lr", "True", "--save_cpu",
+            "--pin_memory", str(device != "cpu")]
+    args = build_default_arg_parser().parse_args(argv)
+    root = logging.getLogger()
+    handlers, level, dtype = root.handlers[:], root.level, torch.get_default_dtype()
+    try:
+        with contextlib.nullcontext() if echo else contextlib.redirect_stdout(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # TorchScript's and torch's notes on mace's code, not the user's
+            run(args)   # mace's console handler is made inside run(), on the sys.stdout of the moment
+    finally:   # mace sets up logging to the console and the default dtype for itself
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+        torch.set_default_dtype(dtype)
+    model = torch.load(folder / "multifidelity.model", map_location="cpu", weights_only=False)
+    single = remove_pt_head(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out) as handle:
+        torch.save(single, handle)
+    return out
+
+
+def run_training(run, iteration: int, subset: list[int] | None = None, folder: Path | None = None) -> Result:
+    """Train the multi-fidelity model of `run` on every label so far (or those of the candidates in
+    `subset`), in `folder` (default RUN/multifidelity/iteration_NNN); the model is `folder`.model."""
+    c = run.campaign
+    settings = c.finetune.multifidelity
+    t = time.time()
+    ids, energies, sigmas = run.store.labels()
+    if subset is not None:
+        keep = np.isin(ids, subset)
+        ids, energies, sigmas = [i for i, k in zip(ids, keep) if k], energies[keep], sigmas[keep]
+    atoms = run.store.atoms(ids)
+    base_energies, base_forces = run.backbone.energy_forces(atoms)
+    zs = [int(z) for z in run.backbone.z_table.zs]
+    shift = e0_shift(atoms, energies - base_energies, zs)
+    e0 = {z: float(b + s) for z, b, s in zip(zs, base_e0(run.backbone.template), shift)}
+    rng = np.random.default_rng([c.seed, iteration])
+    replayed = replay(run.training_frames(), str(c.model.training_data), settings.replay, rng)
+    labelled = label_frames(atoms, energies, sigmas, base_forces, c.finetune.noise_floor, settings.force_weight)
+    folder = folder or run.layout.root / "multifidelity" / f"iteration_{iteration:03d}"
+    path = train(Path(c.model.path), replayed, labelled, e0, settings, c.seed, folder,
+                 run.backbone.device.type, folder.with_suffix(".model"), echo=run.progress)
+    return Result(path, time.time() - t, len(ids), len(replayed), dict(zip(zs, shift.tolist())))
+
+
+def score(run, path: Path, iteration: int | None) -> dict:
+    """The model at `path` scored as a committee is: errors on the campaign's test set (eV per
+    configuration), and each observable's barrier by relaxed CI-NEB started from the committee
+    mean's path of `iteration` (None, or relax: false: the base model's path)."""
+    model = Backbone.from_file(path, device=run.campaign.device)
+    out = {}
+    spec = run.campaign.evaluation.test_set
+    if spec is not None:
+        frames = read_frames(spec.path, ":", "evaluation.test_set.path")
+        y = np.array([stored_energy(a, spec.energy_key) for a in frames], dtype=float)
+        error = model.energy_forces(frames)[0] - y
+        out["test"] = {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
+                       "rmse_per_atom": float(np.sqrt(np.mean((error / [len(a) for a in frames]) ** 2)))}
+    out["observables"] = {}
+    for obs in run.campaign.evaluation.observables:
+        start = reaction_path.load(run.layout.path(obs.name, iteration if obs.relax else None))
+        images = start.images if start is not None else run.store.atoms(run.store.source_ids(obs.path))
+        out["observables"][obs.name] = relax_path(images, model).barrier
+    return out

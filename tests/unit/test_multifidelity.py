@@ -1,0 +1,67 @@
+"""`finetune.kind: multifidelity`: the data it hands mace's multi-head training, and when it trains."""
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import h3_set
+
+from aloop import multifidelity
+
+
+def test_e0_shift_recovers_per_element_offsets():
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(12):
+        numbers = rng.choice([1, 8], size=int(rng.integers(2, 6)))
+        frames.append(Atoms(numbers=numbers, positions=rng.normal(size=(len(numbers), 3))))
+    true = {1: -0.25, 8: 0.7}
+    residuals = [sum(true[int(z)] for z in a.numbers) for a in frames]
+    assert multifidelity.e0_shift(frames, np.array(residuals), [1, 8]) == pytest.approx([-0.25, 0.7], abs=1e-5)
+
+
+def test_e0_shift_of_an_element_no_label_holds_is_zero():
+    frames = h3_set(4)
+    assert multifidelity.e0_shift(frames, np.full(4, 0.3), [1, 6]) == pytest.approx([0.1, 0.0], abs=1e-6)
+
+
+def test_label_frames_weight_energies_by_error_bar_and_carry_soft_forces():
+    frames = h3_set(2)
+    forces = [np.ones((3, 3)), 2 * np.ones((3, 3))]
+    out = multifidelity.label_frames(frames, np.array([-40.0, -41.0]), np.array([0.001, 0.02]), forces,
+                                     noise_floor=0.005, force_weight=0.0)
+    assert [a.info["config_energy_weight"] for a in out] == pytest.approx([1.0, 0.0625])
+    assert [a.info["config_forces_weight"] for a in out] == [0.0, 0.0]
+    assert out[1].info[multifidelity.ENERGY_KEY] == -41.0
+    assert np.array_equal(out[1].arrays[multifidelity.FORCES_KEY], forces[1])
+    assert out[0].calc is None and np.array_equal(out[0].positions, frames[0].positions)
+
+
+def test_replay_reads_energies_and_forces_from_a_calculator_or_info():
+    frames = h3_set(5)
+    for i, a in enumerate(frames):
+        if i % 2:
+            a.calc = SinglePointCalculator(a, energy=-1.0 * i, forces=np.full((3, 3), i))
+        else:
+            a.info["REF_energy"] = -1.0 * i
+            a.arrays["REF_forces"] = np.full((3, 3), float(i))
+    picked = multifidelity.replay(frames, "train.extxyz", 3, np.random.default_rng(1))
+    assert len(picked) == 3
+    for a in picked:
+        i = -a.info[multifidelity.ENERGY_KEY]
+        assert np.all(a.arrays[multifidelity.FORCES_KEY] == i)
+    assert len(multifidelity.replay(frames, "train.extxyz", 50, np.random.default_rng(1))) == 5
+
+
+def test_replay_names_the_file_and_frame_without_forces():
+    frames = h3_set(2)
+    frames[1].info["energy"] = -1.0
+    frames[0].calc = SinglePointCalculator(frames[0], energy=-1.0, forces=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"train.extxyz: frame 1 has no forces; finetune.kind: multifidelity replays "
+                                         r"model.training_data"):
+        multifidelity.replay(frames, "train.extxyz", 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("every, iteration, stopping, expected", [
+    (0, 0, False, False), (0, 5, True, True), (2, 0, False, False), (2, 1, False, True), (3, 5, False, True)])
+def test_due(every, iteration, stopping, expected):
+    assert multifidelity.due(every, iteration, stopping) is expected
