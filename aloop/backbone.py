@@ -61,6 +61,21 @@ def load_model(path: str | Path) -> torch.nn.Module:
     return model
 
 
+GRAPH_INPUTS = ("total_charge", "total_spin")
+
+
+def graph_inputs(atoms) -> dict[str, float]:
+    """A configuration's total charge and spin as MACE's charge and spin embeddings read them.
+    aloop keeps a candidate's net charge in atoms.info["charge"] and 2S in atoms.info["spin"] (the
+    labelers' convention, PySCF's); MACE's total_spin is the multiplicity 2S + 1. Without a
+    spin, the lowest one the electron count allows."""
+    charge = int(atoms.info.get("charge", 0))
+    spin = atoms.info.get("spin")
+    if spin is None:
+        spin = (int(atoms.numbers.sum()) - charge) % 2
+    return {"total_charge": float(charge), "total_spin": float(spin) + 1.0}
+
+
 class Backbone:
     """Frozen MACE backbone; θ is the vector of trainable readout weights and E0 of present elements."""
 
@@ -77,6 +92,11 @@ class Backbone:
         self.heads = heads
         self.head = head or heads[0]
         self.head_index = heads.index(self.head)
+        self.embeddings = dict(getattr(self.model, "embedding_specs", None) or {})
+        unknown = sorted(set(self.embeddings) - set(GRAPH_INPUTS))
+        if unknown:
+            raise ValueError(f"the model embeds {', '.join(unknown)}; aloop gives a model the total charge and "
+                             "spin of each configuration only (total_charge, total_spin)")
         self.z_table = AtomicNumberTable([int(z) for z in self.model.atomic_numbers])
         self.r_max = float(self.model.r_max)
         self._targets = [self._output_linear(r) for r in self.model.readouts]
@@ -126,11 +146,29 @@ class Backbone:
             return 1.0
         return float(torch.atleast_1d(scale_shift.scale)[self.head_index])
 
+    def refuses(self, atoms) -> str | None:
+        """Why the model cannot take this configuration's total charge or spin, or None. A model
+        without a charge embedding is not refused a charged configuration (it may have been trained
+        on that charge); the campaign check refuses mixed charges for it."""
+        inputs = graph_inputs(atoms)
+        for name, spec in self.embeddings.items():
+            if spec.get("type") != "categorical":
+                continue
+            index = inputs[name] + spec.get("offset", 0)
+            if not 0 <= index < spec["num_classes"]:
+                lo = -spec.get("offset", 0)
+                what = "charge" if name == "total_charge" else "spin multiplicity 2S+1"
+                return (f"{what} {inputs[name]:g} is outside the model's {name} embedding, which takes "
+                        f"{lo:g} to {lo + spec['num_classes'] - 1:g}")
+        return None
+
     def batches(self, atoms_list, batch_size: int):
         configs = []
         for atoms in atoms_list:
             config = mace_data.config_from_atoms(atoms, head_name=self.head)
             config.head = self.head
+            if self.embeddings:
+                config.properties.update(graph_inputs(atoms))
             configs.append(config)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)

@@ -47,15 +47,37 @@ def unknown_elements(frames: list[Atoms], where: str, path: str, known: set[int]
 
 
 def impossible_spin(frames: list[Atoms], where: str, path: str, labeler) -> list[str]:
-    """Frames whose electron count cannot have the labeler's 2S (all-electron count; pyscf, pyqmc)."""
+    """Frames whose electron count cannot have their 2S (all-electron count; pyscf, pyqmc): a frame's
+    own charge and spin (atoms.info) where it has them, else the labeler's."""
     problems = []
     for i, atoms in enumerate(frames):
-        electrons = int(atoms.numbers.sum()) - labeler.charge
-        spin = electrons % 2 if labeler.spin is None else labeler.spin
+        charge = int(atoms.info.get("charge", labeler.charge))
+        electrons = int(atoms.numbers.sum()) - charge
+        spin = atoms.info.get("spin", labeler.spin)
+        spin = electrons % 2 if spin is None else int(spin)
         if electrons <= 0 or spin > electrons or (electrons - spin) % 2:
+            origin = "its spin" if "spin" in atoms.info else "labeler.spin"
             problems.append(f"{where}: {path} frame {i} ({atoms.get_chemical_formula()}): {electrons} electrons "
-                            f"(charge {labeler.charge}) cannot have labeler.spin 2S = {spin}; 2S must be between 0 "
+                            f"(charge {charge}) cannot have {origin} 2S = {spin}; 2S must be between 0 "
                             f"and {max(electrons, 0)} with the parity of the electron count")
+    return problems
+
+
+def charge_problems(groups: list[tuple[str, str, list[Atoms]]], backbone: Backbone) -> list[str]:
+    """Frames whose total charge or spin the model cannot take (aloop.backbone.Backbone.refuses), and
+    charge states mixed for a model that has no charge embedding to tell them apart."""
+    problems, charges = [], set()
+    for where, path, frames in groups:
+        for i, atoms in enumerate(frames):
+            charges.add(int(atoms.info.get("charge", 0)))
+            why = backbone.refuses(atoms)
+            if why:
+                problems.append(f"{where}: {path} frame {i} ({atoms.get_chemical_formula()}): {why}")
+    problems = _shorten(problems)
+    if len(charges) > 1 and "total_charge" not in backbone.embeddings:
+        problems.append(f"the configurations hold charges {', '.join(map(str, sorted(charges)))} (atoms.info "
+                        "'charge'), and the base model has no total_charge embedding to tell them apart; keep "
+                        "one charge state, or use a model with MACE's charge embedding (embedding_specs)")
     return problems
 
 
@@ -80,7 +102,7 @@ def check_campaign(campaign: Campaign, backbone: Backbone, skip: tuple[str, ...]
         elements += unknown_elements(frames, where, path, known)
         if campaign.labeler.kind in ("pyscf", "pyqmc") and where != "evaluation.test_set":
             spins += impossible_spin(frames, where, path, campaign.labeler)
-    problems = _shorten(elements) + _shorten(spins)
+    problems = _shorten(elements) + _shorten(spins) + charge_problems(groups, backbone)
     if campaign.finetune.nonlinear:
         try:
             nonlinear_map(backbone, campaign.finetune)

@@ -41,7 +41,7 @@ from ase import Atoms
 from ase.io import write
 
 from . import reaction_path
-from .backbone import Backbone
+from .backbone import Backbone, graph_inputs
 from .files import atomic_open
 from .labelers.replay import stored_energy
 from .neb import relax_path
@@ -65,6 +65,14 @@ def due(every: int, iteration: int, stopping: bool) -> bool:
     return stopping or (every > 0 and (iteration + 1) % every == 0)
 
 
+def plain(atoms: Atoms) -> Atoms:
+    """The configuration alone, with its total charge and spin under the keys mace's training reads
+    (total_charge, total_spin: the multiplicity), for models with charge and spin embeddings."""
+    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info.update(graph_inputs(atoms))
+    return out
+
+
 def reference_frame(atoms: Atoms, source: str, index: int) -> Atoms:
     """A configuration of `model.training_data` with its energy and forces under aloop's keys, or a
     message naming the file and frame when it lacks them."""
@@ -78,7 +86,7 @@ def reference_frame(atoms: Atoms, source: str, index: int) -> Atoms:
         raise ValueError(f"{source}: frame {index} has no {'energy' if energy is None else 'forces'}; "
                          "finetune.kind: multifidelity replays model.training_data with its low-fidelity "
                          "energies and forces (keys energy/forces or REF_energy/REF_forces)")
-    out = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out = plain(atoms)
     out.info[ENERGY_KEY] = float(energy)
     out.arrays[FORCES_KEY] = np.asarray(forces, dtype=float)
     return out
@@ -96,7 +104,7 @@ def label_frames(atoms: list[Atoms], energies: np.ndarray, sigmas: np.ndarray, b
     forces as soft targets."""
     out = []
     for a, e, s, f in zip(atoms, energies, sigmas, base_forces):
-        frame = Atoms(a.numbers, a.positions, cell=a.cell, pbc=a.pbc)
+        frame = plain(a)
         frame.info[ENERGY_KEY] = float(e)
         frame.arrays[FORCES_KEY] = np.asarray(f, dtype=float)
         frame.info["config_energy_weight"] = float(min(1.0, (noise_floor / max(float(s), 1e-12)) ** 2))

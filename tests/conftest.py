@@ -15,8 +15,14 @@ from mace import modules
 torch.set_num_threads(1)  # tiny graphs: threads only add contention on the 2-core CI machine
 
 
-def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elements=(1,), heads=None):
-    """A 2-layer MACE with a few channels: real architecture, milliseconds per call."""
+CHARGE_SPIN = {"total_charge": {"type": "categorical", "per": "graph", "num_classes": 5, "offset": 2, "emb_dim": 4},
+               "total_spin": {"type": "categorical", "per": "graph", "num_classes": 4, "offset": -1, "emb_dim": 4}}
+
+
+def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elements=(1,), heads=None,
+              embedding_specs=None):
+    """A 2-layer MACE with a few channels: real architecture, milliseconds per call. `embedding_specs`:
+    MACE's global embeddings (CHARGE_SPIN: charges −2…2, multiplicities 1…4)."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -38,6 +44,8 @@ def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elem
             correlation=2,
             gate=torch.nn.functional.silu,
         )
+        if embedding_specs is not None:
+            kwargs["embedding_specs"] = embedding_specs
         if heads is not None:
             kwargs["heads"] = heads
             kwargs["atomic_energies"] = np.tile(kwargs["atomic_energies"][:, None], (1, len(heads)))

@@ -177,13 +177,14 @@ class PyQMCLabeler(LocalLabeler):
         self.store = WavefunctionStore(self.workdir / "pyqmc")
 
     def compute(self, atoms: Atoms) -> Label:
-        mol = build_molecule(atoms, self.basis, self.charge, self.spin)
+        charge = int(atoms.info.get("charge", self.charge))   # a candidate's own charge state first
+        mol = build_molecule(atoms, self.basis, charge, atoms.info.get("spin", self.spin))
         mf = run_scf(mol, "hf")
-        name = fingerprint(atoms, self.charge, mol.spin)
+        name = fingerprint(atoms, charge, mol.spin)
         run_seed = int(np.random.SeedSequence([self.seed, int(name[-12:], 16)]).generate_state(1)[0])
         wf, to_opt = pq.generate_wf(mol, mf)
         jastrow_keys = [k for k in wf.parameters if k.startswith("wf2")]
-        start = self.store.nearest(atoms, self.charge, mol.spin, {k: wf.parameters[k].shape for k in jastrow_keys})
+        start = self.store.nearest(atoms, charge, mol.spin, {k: wf.parameters[k].shape for k in jastrow_keys})
         if start is None:
             steps, origin = self.optimize_steps, {"start": "pyqmc default (cusps only)"}
         else:
@@ -197,12 +198,12 @@ class PyQMCLabeler(LocalLabeler):
             vmc = self._optimise(mol, wf, to_opt, configs, steps)
             energies, weights = self._dmc(mol, wf, configs)
         stats = reblock(energies, weights)
-        self.store.save(name, atoms, self.charge, mol.spin, {k: wf.parameters[k] for k in jastrow_keys},
+        self.store.save(name, atoms, charge, mol.spin, {k: wf.parameters[k] for k in jastrow_keys},
                         {"energy_hartree": energies, "weight": weights})
         provenance = {
             "method": "dmc (fixed-node, Slater-Jastrow)",
             "basis": self.basis,
-            "charge": self.charge,
+            "charge": charge,
             "spin": int(mol.spin),
             "reference": "UHF" if mol.spin else "RHF",
             "e_scf_hartree": float(mf.e_tot),

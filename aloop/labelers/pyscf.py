@@ -259,12 +259,13 @@ class PySCFLabeler(LocalLabeler):
         super().__init__(workdir)
 
     def compute(self, atoms: Atoms) -> Label:
+        # a candidate's own charge state (atoms.info, kept by the pool) before the campaign's
         return single_point(
             atoms,
             self.method,
             self.basis,
-            self.charge,
-            self.spin,
+            int(atoms.info.get("charge", self.charge)),
+            atoms.info.get("spin", self.spin),
             self.conv_tol,
             self.max_memory_mb,
         )

@@ -20,7 +20,7 @@ import torch
 import yaml
 from ase import Atoms
 from ase.io import read, write
-from conftest import h3_set, tiny_mace, write_pseudos
+from conftest import CHARGE_SPIN, h3_set, tiny_mace, write_pseudos
 
 from aloop.cli import main
 from aloop.store import LABELLED, RunStore
@@ -144,6 +144,23 @@ def pool_with_oxygen():
     frames = frames_with_energy(8, 0)
     frames.append(Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], info={"energy": -2.0}))
     return frames
+
+
+def pool_with_charges(*charges):
+    def frames():
+        out = frames_with_energy(len(charges), 0)
+        for atoms, charge in zip(out, charges):
+            atoms.info.update(charge=charge, spin=(3 - charge) % 2)
+        return out
+    return frames
+
+
+def charge_model(then):
+    """The workspace's model replaced by one with MACE's charge and spin embeddings (charges −2…2)."""
+    def setup(ws):
+        torch.save(tiny_mace(embedding_specs=CHARGE_SPIN), ws.folder / "tiny.model")
+        return then(ws)
+    return setup
 
 
 def pool_with_nan_frame():
@@ -357,6 +374,12 @@ ROWS = [
         ("pool.extxyz frame 0 (H3)", "3 electrons", "labeler.spin 2S = 0", "parity")),
     Row("impossible-charge", validate(labeler={"kind": "pyscf", "method": "hf", "basis": "sto-3g", "charge": 1,
                                                "spin": 1}), 1, ("2 electrons (charge 1)", "2S = 1")),
+    Row("mixed-charges-without-embedding", with_file("pool.extxyz", pool_with_charges(0, 0, 1, 0), validate()), 1,
+        ("the configurations hold charges 0, 1 (atoms.info 'charge')", "no total_charge embedding")),
+    Row("charge-outside-embedding", charge_model(with_file("pool.extxyz", pool_with_charges(0, 1, 3, -1), validate())),
+        1, ("pool.extxyz frame 2 (H3): charge 3 is outside the model's total_charge embedding, which takes -2 to 2",)),
+    Row("charges-inside-embedding", charge_model(with_file("pool.extxyz", pool_with_charges(0, 1, -1, 0),
+                                                           validate())), 0, (": valid. run directory",)),
     # the pool's frames
     Row("unreadable-pool", with_file("junk.extxyz", "3\nnot extxyz at all\nH 0 0\n", validate(
         pool={"sources": [{"kind": "file", "name": "j", "path": "junk.extxyz"}]})), 1,

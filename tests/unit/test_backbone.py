@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import h3_set, tiny_mace
+from conftest import CHARGE_SPIN, h3, h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
 from aloop.backbone import Backbone
@@ -69,3 +69,42 @@ def test_bad_model_file_is_a_clear_error(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), compiled)
     with pytest.raises(ValueError, match="x_compiled.model: a TorchScript"):
         Backbone.from_file(compiled, device="cpu")
+
+
+def test_charge_embedding_gives_each_charge_state_its_features():
+    """A model with MACE's charge and spin embeddings: the features follow atoms.info's charge and 2S
+    (as multiplicity 2S+1, MACE's convention), and equal MACE's own calculator given the same state."""
+    model = tiny_mace(embedding_specs=CHARGE_SPIN)
+    bb = Backbone(model, device="cpu")
+    states = [(0, None), (1, 0), (-1, 0), (1, 2)]
+    frames = []
+    for charge, spin in states:
+        atoms = h3(0.9, 1.3)
+        atoms.info["charge"] = charge
+        if spin is not None:
+            atoms.info["spin"] = spin
+        frames.append(atoms)
+    feats = bb.features(frames)
+    a = feats.a
+    for i in range(len(states)):
+        for j in range(i):
+            assert not np.allclose(a[i], a[j]), (states[i], states[j])
+    calc = MACECalculator(models=[model], device="cpu", default_dtype="float64")
+    for (charge, spin), atoms, energy in zip(states, frames, feats.energies(bb.theta0[None])[0]):
+        mace_atoms = atoms.copy()
+        mace_atoms.info = {"charge": charge, "spin": (3 - charge) % 2 + 1 if spin is None else spin + 1}
+        mace_atoms.calc = calc
+        assert mace_atoms.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+
+
+def test_charge_outside_the_embedding_is_refused_with_the_range():
+    bb = Backbone(tiny_mace(embedding_specs=CHARGE_SPIN), device="cpu")
+    atoms = h3(0.9, 1.3)
+    atoms.info.update(charge=3, spin=0)
+    assert bb.refuses(atoms) == "charge 3 is outside the model's total_charge embedding, which takes -2 to 2"
+    atoms.info.update(charge=1, spin=4)
+    assert bb.refuses(atoms) == ("spin multiplicity 2S+1 5 is outside the model's total_spin embedding, which "
+                                 "takes 1 to 4")
+    atoms.info.update(charge=-2, spin=1)
+    assert bb.refuses(atoms) is None
+    assert Backbone(tiny_mace(), device="cpu").refuses(atoms) is None

@@ -28,6 +28,20 @@ def test_h2_hf_energy_matches_direct_pyscf(tmp_path):
     assert "ase.units.Hartree" in prov["units"]
 
 
+def test_a_candidates_own_charge_state_comes_before_the_campaigns(tmp_path):
+    """One campaign, two charge states: H3+ (a closed-shell singlet) labelled by a labeler set up
+    for neutral H3, because the candidate says so in atoms.info."""
+    labeler = pyscf(tmp_path, method="hf", basis="sto-3g", charge=0, spin=1)
+    cation = H3_BENT.copy()
+    cation.info.update(charge=1, spin=0)
+    label = labeler.compute(cation)
+    positions = "; ".join(f"H {x} {y} {z}" for x, y, z in H3_BENT.positions)
+    direct = scf.RHF(gto.M(atom=positions, basis="sto-3g", charge=1, spin=0, verbose=0)).kernel()
+    assert label.energy == pytest.approx(direct * Hartree, abs=1e-7)
+    assert (label.provenance["charge"], label.provenance["spin"]) == (1, 0)
+    assert labeler.compute(H3_BENT).provenance["charge"] == 0
+
+
 def test_h_atom_is_a_doublet(tmp_path):
     label = pyscf(tmp_path, method="hf", basis="sto-3g").compute(Atoms("H"))
     assert label.provenance["spin"] == 1
