@@ -289,7 +289,21 @@ class BarrierObservable(Section):
     low_fidelity: Optional[float] = None
 
 
-Observable = Annotated[Union[BarrierObservable], Field(discriminator="kind")]
+class DifferenceObservable(Section):
+    """E(last frame) − E(first frame) of a pool source, e.g. the same geometry in two charge states
+    (an ionisation energy): always on the source's own frames."""
+    kind: Literal["difference"]
+    name: str
+    path: str
+    reference: Optional[float] = None
+    low_fidelity: Optional[float] = None
+
+    @property
+    def relax(self) -> bool:
+        return False
+
+
+Observable = Annotated[Union[BarrierObservable, DifferenceObservable], Field(discriminator="kind")]
 
 
 class EvaluationSettings(Section):
@@ -337,6 +351,11 @@ class Campaign(Section):
         kinds = {s.name: s.kind for s in self.pool.sources}
         for i, obs in enumerate(self.evaluation.observables):
             where = f"evaluation.observables.{i}.path"
+            if obs.kind == "difference":
+                if obs.path not in kinds:
+                    problems.append(f"{where}: no pool source named {obs.path!r}; a difference is read on the "
+                                    f"frames of one source: {', '.join(kinds)}")
+                continue
             if obs.path not in kinds:
                 problems.append(f"{where}: no pool source named {obs.path!r}; "
                                 f"expected one of the neb sources: {', '.join(neb) or '(none)'}")

@@ -159,14 +159,22 @@ class CampaignRun:
         seen = Geometries()
         for atoms in self.store.atoms(self.store.ids()):
             seen.add(atoms)
+        # a difference observable reads its source's first and last frames: every frame must stay
+        differences = {obs.path: obs.name for obs in self.campaign.evaluation.observables if obs.kind == "difference"}
         for spec in todo:
             frames, forces = generate(spec, self.backbone, self.campaign.seed, self.progress)
-            result = screen(frames, guard, seen, drop_repeats=spec.kind != "neb",
+            whole = spec.kind == "neb" or spec.name in differences
+            result = screen(frames, guard, seen, drop_repeats=not whole,
                             trajectory=trajectories(frames) if spec.kind == "md" else None)
             if result.violations and spec.kind == "neb":
                 i, worst = next(iter(result.violations.items()))
                 raise PoolError(f"pool source '{spec.name}': the relaxed path leaves the base model's domain at image "
                                 f"{i} ({worst}); floors: {guard.describe()}; check the end points and the base model")
+            if whole and len(result.keep) < len(frames):
+                why = "; ".join(f"{reason}: frames {', '.join(map(str, i))}" for reason, i in result.dropped.items() if i)
+                raise PoolError(f"pool source '{spec.name}': observable '{differences[spec.name]}' is the difference of "
+                                f"its last and first frames, and frames were left out ({why}); floors: "
+                                f"{guard.describe()}; fix the file or the base model's domain")
             for why, indices in result.dropped.items():
                 if indices:
                     print(f"pool source '{spec.name}': dropped {len(indices)} of {len(frames)} frames: {why} "

@@ -54,7 +54,7 @@ def observables(run, committee, iteration: int) -> dict[str, dict]:
             path = reaction_path.relaxed(run, obs, iteration, committee.thetas_.mean(0))
             out[obs.name] = reaction_path.observable(run, path, committee.thetas_)
         else:
-            frozen = metrics.barrier(committee.member_energies(run.inputs(run.store.source_ids(obs.path))))
+            frozen = metrics.frozen(obs.kind, committee.member_energies(run.inputs(run.store.source_ids(obs.path))))
             out[obs.name] = {**metrics.observable(frozen), "path": "frozen"}
     return out
 
@@ -71,7 +71,7 @@ def base_observables(run) -> dict[str, dict]:
         if obs.relax:
             value = reaction_path.relaxed(run, obs, None, run.backbone.theta0).barrier
         else:
-            value = float(metrics.barrier(run.features(run.store.source_ids(obs.path)).energies(run.backbone.theta0)))
+            value = float(metrics.frozen(obs.kind, run.features(run.store.source_ids(obs.path)).energies(run.backbone.theta0)))
         out[obs.name] = {**metrics.observable(np.array([value])), "path": kind[obs.name]}
     run.store.set_meta("base_observables", out)
     return out
@@ -79,7 +79,7 @@ def base_observables(run) -> dict[str, dict]:
 
 def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarray]:
     """∂o/∂θ [P] of each observable at the mean of the committee of `iteration`: for a barrier
-    a(saddle) − a(first image). On a relaxed path (the mean's own, kept by `observables`) the images
+    a(saddle) − a(first image), for a difference a(last) − a(first). On a relaxed path (the mean's own, kept by `observables`) the images
     are stationary, so moving them changes the barrier only at second order and this is its
     gradient; on the frozen pool images the saddle is the image of highest committee-mean energy (the
     maximum is piecewise linear in θ; this is its gradient where the committee stands)."""
@@ -90,7 +90,7 @@ def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarra
             feats, saddle = run.backbone.features(relaxed.images), relaxed.saddle
         else:
             feats = run.features(run.store.source_ids(obs.path))
-            saddle = int(np.argmax(committee.predict(feats)[0]))
+            saddle = -1 if obs.kind == "difference" else int(np.argmax(committee.predict(feats)[0]))
         directions[obs.name] = feats.a[saddle] - feats.a[0]
     return directions
 

@@ -106,6 +106,12 @@ def barrier(energies: np.ndarray) -> np.ndarray:
     return energies.max(-1) - energies[..., 0]
 
 
+def frozen(kind: str, energies: np.ndarray) -> np.ndarray:
+    """An observable on a source's own frames, along the last axis (eV): a barrier, or (`difference`)
+    the last frame minus the first."""
+    return energies[..., -1] - energies[..., 0] if kind == "difference" else barrier(energies)
+
+
 def prospective(err: np.ndarray, sigma_committee: np.ndarray, sigma_label: np.ndarray) -> dict | None:
     """Errors of a batch predicted before it was labelled. A label is the truth plus its own noise, so
     the error it can show is the committee's σ and the label's error bar together."""

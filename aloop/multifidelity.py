@@ -40,7 +40,7 @@ import torch
 from ase import Atoms
 from ase.io import write
 
-from . import reaction_path
+from . import metrics, reaction_path
 from .backbone import Backbone, graph_inputs
 from .files import atomic_open
 from .labelers.replay import stored_energy
@@ -213,6 +213,10 @@ def score(run, path: Path, iteration: int | None) -> dict:
                        "rmse_per_atom": float(np.sqrt(np.mean((error / [len(a) for a in frames]) ** 2)))}
     out["observables"] = {}
     for obs in run.campaign.evaluation.observables:
+        if obs.kind == "difference":
+            energies = model.energy_forces(run.store.atoms(run.store.source_ids(obs.path)))[0]
+            out["observables"][obs.name] = float(metrics.frozen(obs.kind, energies))
+            continue
         start = reaction_path.load(run.layout.path(obs.name, iteration if obs.relax else None))
         images = start.images if start is not None else run.store.atoms(run.store.source_ids(obs.path))
         out["observables"][obs.name] = relax_path(images, model).barrier

@@ -14,6 +14,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from tqdm.auto import tqdm
 
+from .charge import charge_state
+
 
 class BatchedCalculator(Calculator):
     """Serves a fixed set of configurations (NEB images) from one batched model call: the first
@@ -53,7 +55,9 @@ def interpolate(initial: Atoms, final: Atoms, n_images: int, guess: Atoms | None
 
 
 def _plain(atoms: Atoms) -> Atoms:
-    return Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    plain = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    plain.info.update(charge_state(atoms))   # the model's energy depends on it (charge embeddings)
+    return plain
 
 
 @dataclass

@@ -16,6 +16,7 @@ from ase.io import read
 from tqdm.auto import tqdm
 
 from .domain import OUT_OF_DOMAIN, TOO_CLOSE, DomainGuard, Violation
+from .charge import charge_state
 from .neb import interpolate, relax_band
 
 
@@ -92,7 +93,7 @@ def molecular_dynamics(spec, backbone, seed: int, progress: bool = True) -> list
         if step % spec.interval == 0:
             for (s, t, start, temperature), atoms in zip(runs, systems):
                 frame = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-                frame.info.update(temperature_K=temperature, step=step, start_frame=s)
+                frame.info.update(charge_state(start), temperature_K=temperature, step=step, start_frame=s)
                 frames.append(frame)
         bar.update(1)
     bar.close()
@@ -127,7 +128,8 @@ AFTER_EXIT = "later in an MD trajectory that left the domain"
 
 class Geometries:
     """Configurations seen so far, to tell whether a new one repeats one of them: same atoms in the
-    same order, same cell, every coordinate within `tolerance` (Å). Within a bucket of equal atoms
+    same order, same cell, same charge state (info charge and spin: one geometry in two charge
+    states is two candidates), every coordinate within `tolerance` (Å). Within a bucket of equal atoms
     and cell the frames are kept sorted by the sum of their coordinates; two frames that agree within
     the tolerance differ there by at most 3N times it, so only that window is compared."""
 
@@ -137,7 +139,8 @@ class Geometries:
 
     @staticmethod
     def _key(atoms: Atoms) -> bytes:
-        return atoms.numbers.tobytes() + np.round(atoms.cell.array, 6).tobytes() + atoms.pbc.tobytes()
+        state = f"{atoms.info.get('charge')},{atoms.info.get('spin')}".encode()
+        return atoms.numbers.tobytes() + np.round(atoms.cell.array, 6).tobytes() + atoms.pbc.tobytes() + state
 
     def seen(self, atoms: Atoms) -> bool:
         sums, positions = self._buckets.get(self._key(atoms), ([], []))

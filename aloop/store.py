@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms
 from ase.db import connect
 
+from .charge import charge_state
 from .rundir import RunDir
 
 POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
@@ -73,7 +74,7 @@ class RunStore:
                 data = {} if lf_forces is None else {"lf_forces": np.asarray(lf_forces[i], dtype=float)}
                 clean = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
                 # net charge and 2S set the electron count of a label; ase.db keeps no atoms.info
-                info = {k: int(v) for k, v in atoms.info.items() if k in ("charge", "spin")}
+                info = charge_state(atoms)
                 if info:
                     data["info"] = info
                 index = i if indices is None else int(indices[i])

@@ -18,6 +18,8 @@ from mace import data as mace_data
 from mace import modules
 from mace.tools import torch_geometric
 
+from aloop.backbone import graph_inputs
+
 
 @dataclass
 class Schedule:
@@ -37,6 +39,7 @@ def to_graphs(frames: list[Atoms], z_table, r_max: float) -> list:
         plain.info["REF_energy"] = atoms.get_potential_energy()
         plain.arrays["REF_forces"] = atoms.get_forces()
         config = mace_data.config_from_atoms(plain, key_specification=keys)
+        config.properties.update(graph_inputs(atoms))   # read by a model with charge and spin embeddings
         graphs.append(mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max))
     return graphs
 
@@ -57,8 +60,11 @@ def least_squares_e0(frames: list[Atoms], atomic_numbers: list[int]) -> np.ndarr
 
 
 def build_model(config: dict, atomic_numbers: list[int], e0s: np.ndarray, train_frames: list[Atoms],
-                avg_num_neighbors: float) -> torch.nn.Module:
-    """ScaleShiftMACE with the statistics MACE computes: mean interaction energy per atom, rms force."""
+                avg_num_neighbors: float, embedding_specs: dict | None = None) -> torch.nn.Module:
+    """ScaleShiftMACE with the statistics MACE computes: mean interaction energy per atom, rms force.
+    `embedding_specs`: MACE's global embeddings (total charge and spin), with a linear readout of
+    the embedding, so that a charge state's energy offset has a direct path to the energy."""
+    extra = {} if embedding_specs is None else {"embedding_specs": embedding_specs, "use_embedding_readout": True}
     n_atoms = np.array([len(a) for a in train_frames])
     e0_total = np.array([sum(e0s[atomic_numbers.index(z)] for z in a.numbers) for a in train_frames])
     energies = np.array([a.get_potential_energy() for a in train_frames])
@@ -83,6 +89,7 @@ def build_model(config: dict, atomic_numbers: list[int], e0s: np.ndarray, train_
         gate=torch.nn.functional.silu,
         atomic_inter_scale=scale,
         atomic_inter_shift=shift,
+        **extra,
     )
 
 

@@ -19,10 +19,14 @@ model: {path: tiny.model}
 pool:
   sources:
     - {kind: file, name: states, path: pool.extxyz}
+    - {kind: file, name: ie, path: ie.extxyz}     # one geometry, neutral then cation
+    - {kind: md, name: md, start: cation.xyz, temperatures: [300], steps: 20, interval: 10}
 committee: {size: 2}
 acquisition: {strategy: random, batch_size: 4, initial_size: 4}
 labeler: {kind: pyscf, method: hf, basis: sto-3g}
 stop: {max_labels: 8}
+evaluation:
+  observables: [{kind: difference, name: ie, path: ie}]
 """
 
 
@@ -32,9 +36,16 @@ def test_two_charge_states_in_one_campaign(tmp_path):
     for i, atoms in enumerate(pool):   # H3 (doublet) and H3+ (singlet), alternating
         atoms.info.update(charge=i % 2, spin=1 - i % 2)
     write(tmp_path / "pool.extxyz", pool)
+    neutral, cation = h3_set(1, seed=8)[0], h3_set(1, seed=8)[0]
+    neutral.info.update(charge=0, spin=1)
+    cation.info.update(charge=1, spin=0)
+    write(tmp_path / "ie.extxyz", [neutral, cation])
+    write(tmp_path / "cation.xyz", cation, format="extxyz")
     (tmp_path / "charged.yaml").write_text(CAMPAIGN)
     run = CampaignRun(load_campaign(tmp_path / "charged.yaml"), progress=False)
     assert run.run().n_labels == 8
+    md = run.store.atoms(run.store.source_ids("md"))   # MD snapshots keep their start's charge state
+    assert len(md) == 2 and all((a.info["charge"], a.info["spin"]) == (1, 0) for a in md)
     rows = run.store.rows(state=LABELLED)
     states = {(r.data["provenance"]["charge"], r.data["provenance"]["spin"]) for r in rows}
     assert states == {(0, 1), (1, 0)}
@@ -48,6 +59,13 @@ def test_two_charge_states_in_one_campaign(tmp_path):
     assert energies[charges == 1].mean() - energies[charges == 0].mean() > 5.0
     committee = run.load_committee(run.store.iterations()[-1]["iteration"])
     mean = committee.predict(run.features(ids))[0]
+    # the difference observable: E(cation) − E(neutral) of the same geometry, both frames kept
+    ie_ids = run.store.source_ids("ie")
+    assert len(ie_ids) == 2
+    members = committee.member_energies(run.features(ie_ids))
+    record = run.store.iterations()[-1]["observables"]["ie"]
+    assert record["mean"] == pytest.approx(float(np.mean(members[:, 1] - members[:, 0])), abs=1e-9)
+    assert record["path"] == "frozen"
     path = [p for p in run.export() if p.name == "committee_mean.model"][0]
     calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
     for a, e in zip(atoms, mean):

@@ -200,7 +200,7 @@ BAD = [
     pytest.param(_edit("name: h3-exchange", "name: h3 exchange"), "campaign.yaml: name: must use only letters",
                  id="bad-name"),
     pytest.param(_edit("    - {kind: barrier", "    - {kind: dipole"),
-                 "evaluation.observables.0.kind: expected one of: barrier; got 'dipole'", id="observable-kind"),
+                 "evaluation.observables.0.kind: expected one of: barrier, difference; got 'dipole'", id="observable-kind"),
     pytest.param(_edit("finetune:\n  noise_floor: 0.005", "finetune: 3"),
                  "finetune: expected a mapping", id="section-not-mapping"),
     pytest.param(_edit("{kind: neb, name: exchange,", "{name: exchange,"),

@@ -14,7 +14,7 @@ def test_observable_direction_is_the_barrier_gradient_at_the_committee_mean():
     feats = Features(rng.normal(size=(images, P)), rng.normal(size=images), np.full(images, 3))
     path = {"path": [10, 11, 12, 13, 14, 15]}
     run = SimpleNamespace(
-        campaign=SimpleNamespace(evaluation=SimpleNamespace(observables=[SimpleNamespace(name="b", path="path", relax=False)])),
+        campaign=SimpleNamespace(evaluation=SimpleNamespace(observables=[SimpleNamespace(name="b", kind="barrier", path="path", relax=False)])),
         store=SimpleNamespace(source_ids=lambda source: path[source]),
         features=lambda ids: feats if list(ids) == path["path"] else None)
     committee = make_committee(np.zeros(P), size=3).use_members(rng.normal(size=(3, P)))
