@@ -44,6 +44,13 @@ def to_graphs(frames: list[Atoms], z_table, r_max: float) -> list:
     return graphs
 
 
+def train_valid_split(frames: list[Atoms], seed: int) -> tuple[list[Atoms], list[Atoms]]:
+    """(training, validation): a tenth of the frames, drawn by a seeded permutation, validate."""
+    order = np.random.default_rng(seed).permutation(len(frames))
+    n_valid = len(frames) // 10
+    return [frames[i] for i in order[n_valid:]], [frames[i] for i in order[:n_valid]]
+
+
 def loader(frames: list[Atoms], z_table, r_max: float, batch_size: int, seed: int | None = None):
     """Shuffled when given a seed (training), in order otherwise (evaluation)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)

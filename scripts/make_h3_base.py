@@ -39,7 +39,7 @@ from mace import tools as mace_tools
 from mace.calculators import MACECalculator
 
 from aloop.labelers.pyscf import energy_and_forces, single_point
-from mace_fit import Schedule, build_model, loader, rmse, train
+from mace_fit import Schedule, build_model, loader, rmse, train, train_valid_split
 from h3_reference import BASIS, CAMPAIGN, barrier, collinear_h3, endpoints
 
 METHOD = "pbe"
@@ -175,10 +175,7 @@ def main() -> None:
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(args.seed)
-    order = np.random.default_rng(args.seed).permutation(len(frames))
-    n_valid = len(frames) // 10
-    valid_frames = [frames[i] for i in order[:n_valid]]
-    train_frames = [frames[i] for i in order[n_valid:]]
+    train_frames, valid_frames = train_valid_split(frames, args.seed)
     z_table = mace_tools.AtomicNumberTable([1])
     train_loader = loader(train_frames, z_table, MODEL["r_max"], args.batch_size, seed=args.seed)
     valid_loader = loader(valid_frames, z_table, MODEL["r_max"], 64)

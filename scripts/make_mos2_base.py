@@ -34,7 +34,7 @@ from mace import tools as mace_tools
 from aloop.backbone import Backbone
 from aloop.neb import BatchedCalculator
 
-from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train
+from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train, train_valid_split
 from testbeds.mos2.geometry import CAMPAIGN, neb
 
 ATOMIC_NUMBERS = [16, 42]  # S, Mo
@@ -83,10 +83,7 @@ def main() -> None:
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(args.seed)
-    order = np.random.default_rng(args.seed).permutation(len(frames))
-    n_valid = len(frames) // 10
-    valid_frames = [frames[i] for i in order[:n_valid]]
-    train_frames = [frames[i] for i in order[n_valid:]]
+    train_frames, valid_frames = train_valid_split(frames, args.seed)
     z_table = mace_tools.AtomicNumberTable(ATOMIC_NUMBERS)
     train_loader = loader(train_frames, z_table, MODEL["r_max"], args.batch_size, seed=args.seed)
     valid_loader = loader(valid_frames, z_table, MODEL["r_max"], 32)

@@ -46,7 +46,7 @@ from mace import tools as mace_tools
 from mace.calculators import MACECalculator
 
 from aloop.labelers.pyscf import energy_and_forces, single_point
-from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train
+from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train, train_valid_split
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "water-ion"
 BASIS = "aug-cc-pvdz"
@@ -180,10 +180,7 @@ def main() -> None:
 
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(args.seed)
-    order = np.random.default_rng(args.seed).permutation(len(frames))
-    n_valid = len(frames) // 10
-    valid = [frames[i] for i in order[:n_valid]]
-    train_frames = [frames[i] for i in order[n_valid:]]
+    train_frames, valid = train_valid_split(frames, args.seed)
     zs = [1, 8]
     z_table = mace_tools.AtomicNumberTable(zs)
     train_loader = loader(train_frames, z_table, MODEL["r_max"], 8, seed=args.seed)
