@@ -19,7 +19,8 @@ per-element energy shift cannot do.
 
     python scripts/make_water_ion_base.py [--seed 0] [--outdir campaigns/water-ion] [--workers 2]
 
-Reuses train.extxyz and test.extxyz when present (--regenerate recomputes them).
+Reuses train.extxyz and test.extxyz when present (--regenerate recomputes them); --reuse-model
+keeps base_pbe.model and remakes the references and the record around it.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from mace import tools as mace_tools
 from mace.calculators import MACECalculator
 
 from aloop.labelers.pyscf import energy_and_forces, single_point
+from aloop.labelers.replay import stored_energy
 from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train, train_valid_split
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "campaigns" / "water-ion"
@@ -165,7 +167,9 @@ def main() -> None:
     parser.add_argument("--outdir", type=Path, default=CAMPAIGN)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--regenerate", action="store_true")
+    parser.add_argument("--regenerate", action="store_true", help="recompute the training data and test set")
+    parser.add_argument("--reuse-model", action="store_true",
+                        help="keep base_pbe.model and its training record; remake the references only")
     args = parser.parse_args()
     start = time.time()
     args.outdir.mkdir(parents=True, exist_ok=True)
@@ -185,15 +189,19 @@ def main() -> None:
     z_table = mace_tools.AtomicNumberTable(zs)
     train_loader = loader(train_frames, z_table, MODEL["r_max"], 8, seed=args.seed)
     valid_loader = loader(valid, z_table, MODEL["r_max"], 64)
-    neutral = [a for a in train_frames if a.info["charge"] == 0]   # E0 from the neutral states alone
-    model = build_model(MODEL, zs, least_squares_e0(neutral, zs), train_frames,
-                        modules.compute_avg_num_neighbors(train_loader), embedding_specs=EMBEDDINGS)
-    schedule = Schedule(epochs=args.epochs, lr=1e-2)
-    model = train(model, train_loader, valid_loader, schedule)
-    model.eval()
-    train_done = time.time()
     model_path = args.outdir / "base_pbe.model"
-    torch.save(model, model_path)
+    schedule = Schedule(epochs=args.epochs, lr=1e-2)
+    if args.reuse_model:
+        model = torch.load(model_path, weights_only=False)
+        print(f"reusing {model_path} (its training is recorded in base_pbe.json)")
+    else:
+        neutral = [a for a in train_frames if a.info["charge"] == 0]   # E0 from the neutral states alone
+        model = build_model(MODEL, zs, least_squares_e0(neutral, zs), train_frames,
+                            modules.compute_avg_num_neighbors(train_loader), embedding_specs=EMBEDDINGS)
+        model = train(model, train_loader, valid_loader, schedule)
+        model.eval()
+        torch.save(model, model_path)
+    train_done = time.time()
 
     calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
 
@@ -213,7 +221,7 @@ def main() -> None:
         r = reference[f"ie_at_{state}"]
         print(f"vertical IE at the {state} minimum: CCSD(T) {r['ccsdt']:.4f} eV, PBE {r['pbe']:.4f} eV, "
               f"base model {r['base_model']:.4f} eV")
-    test_error = np.array([model_energy(a) - a.info["energy"] for a in test])
+    test_error = np.array([model_energy(a) - stored_energy(a, "energy") for a in test])
     errors = {"train": rmse(model, train_loader), "validation": rmse(model, valid_loader)}
     (args.outdir / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     metadata = {
@@ -227,6 +235,9 @@ def main() -> None:
         "wall_s": {"data": round(data_done - start, 1), "training": round(train_done - data_done, 1),
                    "total": round(time.time() - start, 1)},
     }
+    if args.reuse_model and (args.outdir / "base_pbe.json").exists():
+        before = json.loads((args.outdir / "base_pbe.json").read_text())
+        metadata |= {k: before[k] for k in ("training", "wall_s") if k in before}
     (args.outdir / "base_pbe.json").write_text(json.dumps(metadata, indent=1) + "\n")
     for split, e in errors.items():
         print(f"{split}: E {e['energy_meV']:.1f} meV, F {e['forces_meV_per_A']:.0f} meV/Å")
