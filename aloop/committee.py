@@ -308,6 +308,7 @@ class _Objective:
         H0 = (self.a * wr[:, None]).T @ self.a + np.eye(len(centre)) / s2
         theta = np.linalg.solve(H0, centre / s2 - self.a.T @ (wr * self.r0))
         value = self.value(theta, w, centre, s2)
+        previous = np.inf
         for step in range(max_steps + 1):
             g, H = self.gradient_hessian(theta, w, centre, s2)
             try:
@@ -316,9 +317,15 @@ class _Objective:
                 raise NotConverged("committee fit: the Hessian is not positive definite; the training set holds "
                                    "non-finite features, forces or labels") from None
             decrement = -float(g @ d)  # ≈ 2 × (J − min J) near the minimiser
-            if decrement <= 1e-12 * max(abs(value), 1.0):
-                # inside the quadratic region: the full step costs nothing and removes the last digits
+            scale = max(abs(value), 1.0)
+            # Inside the quadratic region the decrement squares each step, so one below 1e-8·J is
+            # followed by one below 1e-12·J. When it is not, the rest is round-off: energies of
+            # thousands of eV against error bars of meV leave J a few 1e-12 of noise (measured:
+            # H2O labels, decrements stuck at 1e-10 for 200 steps).
+            if decrement <= 1e-12 * scale or (decrement <= 1e-8 * scale and previous <= 1e-8 * scale):
+                # the full step costs nothing and removes the last digits
                 return theta + d, self.value(theta + d, w, centre, s2), step
+            previous = decrement
             # backtracking (Armijo) line search: J is convex, so a step of 1 is accepted near the end
             alpha = 1.0
             while True:

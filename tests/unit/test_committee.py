@@ -110,6 +110,33 @@ def test_each_member_is_the_minimiser_of_its_loss(problem):
             assert objective.value(theta + step, *args) > value
 
 
+def test_fit_converges_when_the_objective_carries_round_off(problem, monkeypatch):
+    """Energies of thousands of eV against meV error bars leave J with noise of about 1e-12 of its
+    value (seen on H2O labels): the Newton decrement then stops shrinking near 1e-10, and the fit must
+    still end, at the minimiser, instead of running out of steps."""
+    bb, feats, jac, y = problem
+    idx = np.arange(30)
+    exact = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.05)
+    clean_value, clean_gh = _Objective.value, _Objective.gradient_hessian
+    rng = np.random.default_rng(0)
+
+    def noisy_value(self, theta, w, centre, s2):
+        return clean_value(self, theta, w, centre, s2) * (1 + 3e-12 * rng.normal())
+
+    def noisy_gradient_hessian(self, theta, w, centre, s2):
+        # gradient noise whose Newton decrement is 1e-10 of J: the floor the H2O fits sat on
+        g, H = clean_gh(self, theta, w, centre, s2)
+        z = rng.normal(size=g.shape)
+        z *= np.sqrt(1e-10 * max(clean_value(self, theta, w, centre, s2), 1.0) / (z @ np.linalg.solve(H, z)))
+        return g + z, H
+
+    monkeypatch.setattr(_Objective, "value", noisy_value)
+    monkeypatch.setattr(_Objective, "gradient_hessian", noisy_gradient_hessian)
+    noisy = fit(bb, feats, jac, y, idx, force_weight=100.0, force_threshold=0.05)
+    assert np.all(noisy.newton_steps_ < 20)
+    np.testing.assert_allclose(noisy.thetas_, exact.thetas_, rtol=0, atol=1e-4 * np.abs(exact.thetas_).max())
+
+
 def test_fit_does_not_depend_on_row_order_or_on_other_labels(problem):
     """Same labels in another order give the same θ (1e-8 relative); a member's weight for a label
     is tied to the label's id, so adding labels leaves the earlier ones' weights as they were."""
