@@ -235,9 +235,9 @@ def main() -> None:
         "wall_s": {"data": round(data_done - start, 1), "training": round(train_done - data_done, 1),
                    "total": round(time.time() - start, 1)},
     }
-    if args.reuse_model and (args.outdir / "base_pbe.json").exists():
-        before = json.loads((args.outdir / "base_pbe.json").read_text())
-        metadata |= {k: before[k] for k in ("training", "wall_s") if k in before}
+    if args.reuse_model:   # the model's own training is not in this run's times
+        metadata["wall_s"]["training"] = None
+        metadata["model_reused"] = str(model_path)
     (args.outdir / "base_pbe.json").write_text(json.dumps(metadata, indent=1) + "\n")
     for split, e in errors.items():
         print(f"{split}: E {e['energy_meV']:.1f} meV, F {e['forces_meV_per_A']:.0f} meV/Å")
