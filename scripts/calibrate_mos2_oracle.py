@@ -34,6 +34,7 @@ from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
 from testbeds.mos2.geometry import CAMPAIGN, NEB_IMAGES, low_fidelity, neb, relax
 
 FMAX = 0.05
+MAX_GAP = 1.0      # Å between neighbouring images; CHGNet's and the r2SCAN weights' 11-image bands: 0.43 at most
 MD_INTERVAL = 20   # steps of MD_TIMESTEP between snapshots: 40 fs, past the S vibration's period
 SEED = 700         # not a seed of scripts/make_mos2_data.py: other trajectories than the test set's
 
@@ -42,15 +43,30 @@ def oracle(path: str, parameters: dict):
     return import_calculator(path)(**(parameters | {"noise": 0.0}))
 
 
+def largest_gap(images) -> float:
+    """The largest distance (Å, all coordinates, minimum image) between neighbouring images."""
+    gaps = []
+    for a, b in zip(images[:-1], images[1:]):
+        step = b.positions - a.positions
+        fractional = np.linalg.solve(a.cell.array.T, step.T).T
+        fractional -= np.round(fractional) * a.pbc
+        gaps.append(float(np.linalg.norm(fractional @ a.cell.array)))
+    return max(gaps)
+
+
 def band(path: str, parameters: dict | None, from_chgnet_path: bool = False, moving: int = NEB_IMAGES) -> dict:
     """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet), from the
-    straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band."""
+    straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band.
+    `measured`: converged and continuous (no two neighbouring images more than MAX_GAP apart): FIRE
+    can also settle a band that has torn apart, whose highest image is no saddle."""
     calc = low_fidelity() if parameters is None else oracle(path, parameters)
     initial = relax(read(CAMPAIGN / "mono_initial.xyz"), calc)
     final = relax(read(CAMPAIGN / "mono_final.xyz"), calc)
     start = read(CAMPAIGN / "mono_path_chgnet.extxyz", ":") if from_chgnet_path else None
     result = neb(initial, final, calc, fmax=FMAX, start=start, moving=moving)
+    gap = largest_gap(result["images"])
     return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"],
+            "largest_gap_A": gap, "measured": bool(result["converged"] and gap <= MAX_GAP),
             "images": result["images"]}
 
 
@@ -112,9 +128,10 @@ def main() -> None:
     shift = results["band_oracle"]["barrier"] - results["band_chgnet"]["barrier"] if bands else None
     report = {
         "oracle": args.oracle, "parameters": args.parameters,
-        "a_barrier_shift_eV": shift, "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
+        "a_barrier_shift_eV": shift,
+        "a_measured": bands and results["band_oracle"]["measured"] and results["band_chgnet"]["measured"], "bands": {k: results[f"band_{k}"] for k in ("oracle", "chgnet") if bands},
         "b_c_thermal": {str(t): results[f"md_{t}"] for t in TEMPERATURES if f"md_{t}" in results},
-        "settings": {"fmax": FMAX, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED,
+        "settings": {"fmax": FMAX, "max_gap_A": MAX_GAP, "md_timestep_fs": MD_TIMESTEP, "md_interval": MD_INTERVAL, "seed": SEED,
                      "bands_start": "chgnet path" if args.from_chgnet_path else "straight line",
                      "moving_images": args.images},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -122,9 +139,12 @@ def main() -> None:
         "wall_s": seconds | {"total": round(time.time() - start, 1)},
     }
     if bands:
-        print(f"(a) barrier: oracle {results['band_oracle']['barrier']:.3f} eV, CHGNet "
-              f"{results['band_chgnet']['barrier']:.3f} eV, shift {shift:+.3f} eV (converged: "
-              f"{results['band_oracle']['converged']}, {results['band_chgnet']['converged']})")
+        o, c = results["band_oracle"], results["band_chgnet"]
+        verdict = ("" if o["measured"] and c["measured"] else
+                   " — NOT A MEASUREMENT: a band did not converge or tore apart (largest image gap "
+                   f"{o['largest_gap_A']:.2f} and {c['largest_gap_A']:.2f} Å, limit {MAX_GAP})")
+        print(f"(a) barrier: oracle {o['barrier']:.3f} eV, CHGNet {c['barrier']:.3f} eV, shift {shift:+.3f} eV "
+              f"(converged: {o['converged']}, {c['converged']}){verdict}")
     for t in TEMPERATURES if not args.bands_only else ():
         r = results[f"md_{t}"]
         print(f"{t} K ({r['snapshots']} snapshots): (b) force MAE {r['force_mae_meV_per_A']:.0f} meV/Å, "
