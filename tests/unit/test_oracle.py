@@ -5,6 +5,7 @@ from ase import Atoms
 from ase.build import mx2
 
 from aloop.labelers.ase_calculator import ASECalculatorLabeler
+from testbeds.mos2.coordination import coordination_correction
 from testbeds.mos2.hollow import hollow_correction
 from testbeds.mos2.oracle import SyntheticHF, contact_correction
 
@@ -211,3 +212,57 @@ def test_oracle_variants_refuse_each_others_parameters():
         SyntheticHF(variant="holow")
     assert SyntheticHF(variant="hollow", amplitude=0.3).settings()["amplitude"] == 0.3
     assert SyntheticHF().settings()["chgnet"] == "0.3.0" and SyntheticHF(variant="hollow").settings()["chgnet"] == "r2scan"
+
+
+# --- oracle v2, variant coordination: CHGNet r2SCAN + A Σ_S (CN0 − CN_S)² ---------------------------
+
+COORDINATION = dict(amplitude=0.5, r_in=2.7, r_out=3.3, cn0=3.0)
+
+
+def test_coordination_term_is_zero_on_a_vibrating_lattice_and_rises_where_a_s_leaves_a_mo():
+    lattice = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
+    lattice.positions += np.random.default_rng(0).normal(scale=0.05, size=lattice.positions.shape)
+    energy, forces = coordination_correction(lattice, **COORDINATION)
+    assert energy == 0.0 and np.abs(forces).max() == 0.0
+    energy, forces = coordination_correction(off_hollow(), **COORDINATION)
+    assert energy > 0.01 and np.abs(forces).max() > 0.1
+
+
+def test_coordination_term_forces_are_minus_its_gradient_and_it_is_invariant():
+    atoms = off_hollow()
+    energy, forces = coordination_correction(atoms, **COORDINATION)
+    pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
+    assert 2 <= len(pushed) < len(atoms)
+    h, numeric = 1e-5, np.zeros_like(forces)
+    for i in np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]]):
+        for k in range(3):
+            shifted = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.positions[i, k] += sign * h
+                shifted.append(coordination_correction(moved, **COORDINATION)[0])
+            numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
+    np.testing.assert_allclose(forces, numeric, atol=1e-7)
+    rotated = atoms.copy()
+    rotated.rotate(33, "z", rotate_cell=True)
+    rotated.rotate(-71, "x", rotate_cell=True)
+    e_rot, f_rot = coordination_correction(rotated, **COORDINATION)
+    assert e_rot == pytest.approx(energy, abs=1e-12)
+    np.testing.assert_allclose(f_rot, forces @ np.linalg.solve(atoms.cell.array, rotated.cell.array), atol=1e-10)
+    order = np.random.default_rng(1).permutation(len(atoms))
+    e_perm, f_perm = coordination_correction(atoms[order], **COORDINATION)
+    assert e_perm == pytest.approx(energy, abs=1e-12)
+    np.testing.assert_allclose(f_perm, forces[order], atol=1e-12)
+
+
+def test_oracle_coordination_variant_is_r2scan_plus_the_term(chgnet):
+    atoms = off_hollow()
+    atoms.calc = SyntheticHF(variant="coordination", noise=0.0)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    base, base_forces = SyntheticHF.low_fidelity(atoms, "r2scan")
+    term, term_forces = coordination_correction(atoms, **{k: SyntheticHF(variant="coordination").settings()[k]
+                                                          for k in COORDINATION})
+    assert energy == pytest.approx(base + term, abs=1e-9)
+    np.testing.assert_allclose(forces, base_forces + term_forces, atol=1e-9)
+    with pytest.raises(ValueError, match="variant 'coordination' has no parameter rho_in"):
+        SyntheticHF(variant="coordination", rho_in=0.3)
