@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.io import write
 from ase.calculators.calculator import Calculator, all_changes
 from e3nn import o3
 from mace import modules
@@ -78,6 +79,19 @@ def write_pseudos(folder: Path, valence: dict) -> dict:
         (folder / f"{el}.xml").write_text(f'<pseudo version="0.5">\n  <header symbol="{el}" zval="{z}"/>\n</pseudo>\n')
         entries[el] = {"upf": f"{el}.upf", "xml": f"{el}.xml"}
     return entries
+
+
+def write_h3_inputs(folder: Path, model=None, test_energy: float = -1.5) -> None:
+    """The files of a tiny H3 campaign: tiny.model, a 10-frame pool, the exchange's end points, and a
+    3-frame test set whose labels (info 'ref_energy') are all `test_energy`."""
+    torch.save(tiny_mace() if model is None else model, folder / "tiny.model")
+    write(folder / "pool.extxyz", h3_set(10))
+    write(folder / "reactant.xyz", h3(0.74, 2.5))
+    write(folder / "product.xyz", h3(2.5, 0.74))
+    test = h3_set(3, seed=9)
+    for atoms in test:
+        atoms.info["ref_energy"] = test_energy
+    write(folder / "test.extxyz", test)
 
 
 @pytest.fixture

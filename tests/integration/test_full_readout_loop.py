@@ -1,9 +1,7 @@
 """A campaign with `finetune.readout: full`, and one with `finetune.kind: delta`, on a tiny model: it
 runs, and its exported members are ordinary MACE files with the members' energies."""
 import pytest
-import torch
-from ase.io import write
-from conftest import h3, h3_set, tiny_mace
+from conftest import write_h3_inputs
 from mace.calculators import MACECalculator
 
 from aloop.campaign import load_campaign
@@ -32,14 +30,7 @@ evaluation:
 
 @pytest.mark.parametrize("finetune", ["readout: full", "kind: delta, delta_width: 4"])
 def test_nonlinear_campaign_runs_and_exports_members(tmp_path, finetune):
-    torch.save(tiny_mace(), tmp_path / "tiny.model")
-    write(tmp_path / "pool.extxyz", h3_set(10))
-    write(tmp_path / "reactant.xyz", h3(0.74, 2.5))
-    write(tmp_path / "product.xyz", h3(2.5, 0.74))
-    test = h3_set(3, seed=9)
-    for atoms in test:
-        atoms.info["ref_energy"] = -1.5
-    write(tmp_path / "test.extxyz", test)
+    write_h3_inputs(tmp_path)
     (tmp_path / "full.yaml").write_text(CAMPAIGN.replace("FINETUNE", finetune))
     run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
     result = run.run()

@@ -2,10 +2,9 @@
 the model trained on both fidelities is made on schedule, scored, exported and reported."""
 import numpy as np
 import pytest
-import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
-from conftest import h3, h3_set, tiny_mace
+from conftest import h3_set, tiny_mace, write_h3_inputs
 from mace.calculators import MACECalculator
 
 from aloop.campaign import load_campaign
@@ -35,20 +34,13 @@ evaluation:
 
 def test_multifidelity_campaign_trains_scores_and_exports_the_model(tmp_path):
     model = tiny_mace()
-    torch.save(model, tmp_path / "tiny.model")
+    write_h3_inputs(tmp_path, model, test_energy=-42.0)
     calc = MACECalculator(models=[model], device="cpu", default_dtype="float64")
     training = h3_set(16, seed=4)
     for atoms in training:   # the base model's "low-fidelity" data: its own energies and forces
         atoms.calc = calc
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
     write(tmp_path / "train.extxyz", training)
-    write(tmp_path / "pool.extxyz", h3_set(10))
-    write(tmp_path / "reactant.xyz", h3(0.74, 2.5))
-    write(tmp_path / "product.xyz", h3(2.5, 0.74))
-    test = h3_set(3, seed=9)
-    for atoms in test:
-        atoms.info["ref_energy"] = -42.0
-    write(tmp_path / "test.extxyz", test)
     (tmp_path / "mf.yaml").write_text(CAMPAIGN)
     run = CampaignRun(load_campaign(tmp_path / "mf.yaml"), progress=False)
     assert run.run().n_labels == 6

@@ -142,20 +142,25 @@ def test_hollow_term_forces_are_minus_its_gradient():
     np.testing.assert_allclose(forces[checked], numeric[checked], atol=1e-7)
 
 
-def test_hollow_term_is_rotation_and_permutation_invariant():
-    atoms = off_hollow()
-    energy, forces = hollow_correction(atoms, **HOLLOW)
+def assert_rotation_and_permutation_invariant(term, atoms, **parameters):
+    """`term(atoms, **parameters)` → (energy, forces): the energy unchanged and the forces carried
+    along by a rotation of the whole cell and by a renumbering of the atoms."""
+    energy, forces = term(atoms, **parameters)
     rotated = atoms.copy()
     rotated.rotate(33, "z", rotate_cell=True)
     rotated.rotate(-71, "x", rotate_cell=True)
-    e_rot, f_rot = hollow_correction(rotated, **HOLLOW)
+    e_rot, f_rot = term(rotated, **parameters)
     assert e_rot == pytest.approx(energy, abs=1e-12)
     rotation = np.linalg.solve(atoms.cell.array, rotated.cell.array)   # rows: r_rot = r @ rotation
     np.testing.assert_allclose(f_rot, forces @ rotation, atol=1e-10)
     order = np.random.default_rng(1).permutation(len(atoms))
-    e_perm, f_perm = hollow_correction(atoms[order], **HOLLOW)
+    e_perm, f_perm = term(atoms[order], **parameters)
     assert e_perm == pytest.approx(energy, abs=1e-12)
     np.testing.assert_allclose(f_perm, forces[order], atol=1e-12)
+
+
+def test_hollow_term_is_rotation_and_permutation_invariant():
+    assert_rotation_and_permutation_invariant(hollow_correction, off_hollow(), **HOLLOW)
 
 
 def test_oracle_v2_forces_are_minus_the_gradient_of_its_energy(chgnet):
@@ -208,7 +213,7 @@ def test_oracle_v2_is_invariant_and_its_noise_repeats_per_configuration(chgnet):
 def test_oracle_variants_refuse_each_others_parameters():
     with pytest.raises(ValueError, match="variant 'hollow' has no parameter r_c"):
         SyntheticHF(variant="hollow", r_c=2.5)
-    with pytest.raises(ValueError, match="variant must be one of contact, hollow, got 'holow'"):
+    with pytest.raises(ValueError, match="variant must be one of contact, hollow, coordination, got 'holow'"):
         SyntheticHF(variant="holow")
     assert SyntheticHF(variant="hollow", amplitude=0.3).settings()["amplitude"] == 0.3
     assert SyntheticHF().settings()["chgnet"] == "0.3.0" and SyntheticHF(variant="hollow").settings()["chgnet"] == "r2scan"
@@ -243,16 +248,7 @@ def test_coordination_term_forces_are_minus_its_gradient_and_it_is_invariant():
                 shifted.append(coordination_correction(moved, **COORDINATION)[0])
             numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
     np.testing.assert_allclose(forces, numeric, atol=1e-7)
-    rotated = atoms.copy()
-    rotated.rotate(33, "z", rotate_cell=True)
-    rotated.rotate(-71, "x", rotate_cell=True)
-    e_rot, f_rot = coordination_correction(rotated, **COORDINATION)
-    assert e_rot == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(f_rot, forces @ np.linalg.solve(atoms.cell.array, rotated.cell.array), atol=1e-10)
-    order = np.random.default_rng(1).permutation(len(atoms))
-    e_perm, f_perm = coordination_correction(atoms[order], **COORDINATION)
-    assert e_perm == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(f_perm, forces[order], atol=1e-12)
+    assert_rotation_and_permutation_invariant(coordination_correction, atoms, **COORDINATION)
 
 
 def test_oracle_coordination_variant_is_r2scan_plus_the_term(chgnet):
