@@ -37,6 +37,7 @@ from mace.tools.utils import AtomicNumberTable  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from .arrays import Features, ForceJacobian  # noqa: E402
+from .charge import state_of  # noqa: E402
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,8 +70,7 @@ def graph_inputs(atoms) -> dict[str, float]:
     aloop keeps a candidate's net charge in atoms.info["charge"] and 2S in atoms.info["spin"] (the
     labelers' convention, PySCF's); MACE's total_spin is the multiplicity 2S + 1. Without a
     spin, the lowest one the electron count allows."""
-    charge = int(atoms.info.get("charge", 0))
-    spin = atoms.info.get("spin")
+    charge, spin = state_of(atoms)
     if spin is None:
         spin = (int(atoms.numbers.sum()) - charge) % 2
     return {"total_charge": float(charge), "total_spin": float(spin) + 1.0}

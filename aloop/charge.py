@@ -12,3 +12,11 @@ def charge_state(atoms: Atoms) -> dict[str, int]:
     """The configuration's own charge and 2S, where it has them: what a candidate keeps besides its
     geometry, and what the frames made from it (MD snapshots, NEB images) inherit."""
     return {k: int(atoms.info[k]) for k in KEYS if k in atoms.info}
+
+
+def state_of(atoms: Atoms, charge: int = 0, spin: int | None = None) -> tuple[int, int | None]:
+    """(net charge, 2S) of a configuration: its own where atoms.info has them, else `charge` and
+    `spin` (a labeler's settings; spin None: the lowest the electron count allows, for the caller
+    to work out)."""
+    own = charge_state(atoms)
+    return own.get("charge", int(charge)), own.get("spin", spin)

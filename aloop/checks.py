@@ -13,6 +13,7 @@ from ase.data import chemical_symbols
 
 from .backbone import Backbone
 from .campaign import Campaign, CampaignError
+from .charge import state_of
 from .delta import nonlinear_map
 from .pool import PoolError, read_frames
 
@@ -51,10 +52,9 @@ def impossible_spin(frames: list[Atoms], where: str, path: str, labeler) -> list
     own charge and spin (atoms.info) where it has them, else the labeler's."""
     problems = []
     for i, atoms in enumerate(frames):
-        charge = int(atoms.info.get("charge", labeler.charge))
+        charge, spin = state_of(atoms, labeler.charge, labeler.spin)
         electrons = int(atoms.numbers.sum()) - charge
-        spin = atoms.info.get("spin", labeler.spin)
-        spin = electrons % 2 if spin is None else int(spin)
+        spin = electrons % 2 if spin is None else spin
         if electrons <= 0 or spin > electrons or (electrons - spin) % 2:
             origin = "its spin" if "spin" in atoms.info else "labeler.spin"
             problems.append(f"{where}: {path} frame {i} ({atoms.get_chemical_formula()}): {electrons} electrons "
@@ -69,7 +69,7 @@ def charge_problems(groups: list[tuple[str, str, list[Atoms]]], backbone: Backbo
     problems, charges = [], set()
     for where, path, frames in groups:
         for i, atoms in enumerate(frames):
-            charges.add(int(atoms.info.get("charge", 0)))
+            charges.add(state_of(atoms)[0])
             why = backbone.refuses(atoms)
             if why:
                 problems.append(f"{where}: {path} frame {i} ({atoms.get_chemical_formula()}): {why}")

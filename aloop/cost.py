@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .charge import state_of
 from .labelers.scalar_dat import ScalarFileError, read_scalar
 
 SECONDS_PER_HOUR = 3600.0
@@ -51,7 +52,7 @@ def sizes(atoms_list, per: str, charge: int = 0) -> np.ndarray:
     if per == "atom":
         return np.array([len(a) for a in atoms_list], dtype=float)
     if per == "electron":
-        return np.array([a.numbers.sum() - a.info.get("charge", charge) for a in atoms_list], dtype=float)
+        return np.array([a.numbers.sum() - state_of(a, charge)[0] for a in atoms_list], dtype=float)
     raise ValueError(f"cost: size per {per!r}; expected one of: {', '.join(SIZES)}")
 
 

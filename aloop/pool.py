@@ -139,7 +139,7 @@ class Geometries:
 
     @staticmethod
     def _key(atoms: Atoms) -> bytes:
-        state = f"{atoms.info.get('charge')},{atoms.info.get('spin')}".encode()
+        state = repr(sorted(charge_state(atoms).items())).encode()
         return atoms.numbers.tobytes() + np.round(atoms.cell.array, 6).tobytes() + atoms.pbc.tobytes() + state
 
     def seen(self, atoms: Atoms) -> bool:

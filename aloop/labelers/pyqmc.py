@@ -35,6 +35,7 @@ from ase import Atoms
 from ase.units import Hartree
 from threadpoolctl import threadpool_limits
 
+from ..charge import state_of
 from ..files import atomic_open
 from .base import Label, LabelError, LocalLabeler
 from .pyscf import UNITS_NOTE, _check_charge_spin, build_molecule, check_basis, run_scf
@@ -177,8 +178,8 @@ class PyQMCLabeler(LocalLabeler):
         self.store = WavefunctionStore(self.workdir / "pyqmc")
 
     def compute(self, atoms: Atoms) -> Label:
-        charge = int(atoms.info.get("charge", self.charge))   # a candidate's own charge state first
-        mol = build_molecule(atoms, self.basis, charge, atoms.info.get("spin", self.spin))
+        charge, spin = state_of(atoms, self.charge, self.spin)   # a candidate's own charge state first
+        mol = build_molecule(atoms, self.basis, charge, spin)
         mf = run_scf(mol, "hf")
         name = fingerprint(atoms, charge, mol.spin)
         run_seed = int(np.random.SeedSequence([self.seed, int(name[-12:], 16)]).generate_state(1)[0])

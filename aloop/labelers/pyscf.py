@@ -19,6 +19,7 @@ from pyscf import cc, dft, gto, mp, scf
 from pyscf.gto import basis as pyscf_basis
 from pyscf.scf import stability
 
+from ..charge import state_of
 from .base import Label, LabelError, LocalLabeler
 
 WAVEFUNCTION_METHODS = ("hf", "mp2", "ccsd", "ccsd(t)")
@@ -260,12 +261,5 @@ class PySCFLabeler(LocalLabeler):
 
     def compute(self, atoms: Atoms) -> Label:
         # a candidate's own charge state (atoms.info, kept by the pool) before the campaign's
-        return single_point(
-            atoms,
-            self.method,
-            self.basis,
-            int(atoms.info.get("charge", self.charge)),
-            atoms.info.get("spin", self.spin),
-            self.conv_tol,
-            self.max_memory_mb,
-        )
+        return single_point(atoms, self.method, self.basis, *state_of(atoms, self.charge, self.spin),
+                            self.conv_tol, self.max_memory_mb)

@@ -23,6 +23,7 @@ from ase import Atoms
 from ase.io import write
 
 from .. import __version__
+from ..charge import state_of
 from ..cost import qmcpack_core_seconds
 from ..files import write_text_atomic
 from . import qmcpack_inputs as inputs
@@ -256,8 +257,7 @@ def write_job(folder: Path, key: str, atoms: Atoms, settings) -> dict:
                                "periodic: give the pool's structures a cell, with vacuum where there is no bulk")
     symbols = atoms.get_chemical_symbols()
     valence = inputs.check_pseudopotentials(settings.pseudopotentials, symbols)
-    charge = int(atoms.info.get("charge", settings.charge))
-    spin = int(atoms.info.get("spin", settings.spin))
+    charge, spin = state_of(atoms, settings.charge, settings.spin)
     electrons = inputs.electron_counts(symbols, valence, charge, spin)
 
     pseudo = {}
