@@ -120,14 +120,6 @@ def e0_shift(atoms: list[Atoms], residuals: np.ndarray, zs: list[int]) -> np.nda
     return np.linalg.solve(lhs, counts.T @ np.asarray(residuals, dtype=float))
 
 
-def base_e0(model: torch.nn.Module) -> np.ndarray:
-    """The base model's E0 per element (its first head's, for a multi-head model)."""
-    e0 = torch.atleast_2d(model.atomic_energies_fn.atomic_energies.detach().cpu().double())
-    if e0.shape[1] != len(model.atomic_numbers):   # stored as [elements, heads]
-        e0 = e0.T
-    return e0[0].numpy()
-
-
 def train(base_path: Path, replayed: list[Atoms], labelled: list[Atoms], e0: dict[int, float], settings,
           seed: int, folder: Path, device: str, out: Path, echo: bool = True) -> Path:
     """Train the multi-head model in `folder` (mace's work files and log) and write its high-fidelity
@@ -188,7 +180,8 @@ def run_training(run, iteration: int, subset: list[int] | None = None, folder: P
     base_energies, base_forces = run.backbone.energy_forces(atoms)
     zs = [int(z) for z in run.backbone.z_table.zs]
     shift = e0_shift(atoms, energies - base_energies, zs)
-    e0 = {z: float(b + s) for z, b, s in zip(zs, base_e0(run.backbone.template), shift)}
+    base_e0 = run.backbone.theta0[run.backbone.slices[-1]]   # the base model's E0, in z_table order
+    e0 = {z: float(b + s) for z, b, s in zip(zs, base_e0, shift)}
     rng = np.random.default_rng([c.seed, iteration])
     replayed = replay(run.training_frames(), str(c.model.training_data), settings.replay, rng)
     labelled = label_frames(atoms, energies, sigmas, base_forces, c.finetune.noise_floor, settings.force_weight)
@@ -217,7 +210,6 @@ def score(run, path: Path, iteration: int | None) -> dict:
             energies = model.energy_forces(run.store.atoms(run.store.source_ids(obs.path)))[0]
             out["observables"][obs.name] = float(metrics.frozen(obs.kind, energies))
             continue
-        start = reaction_path.load(run.layout.path(obs.name, iteration if obs.relax else None))
-        images = start.images if start is not None else run.store.atoms(run.store.source_ids(obs.path))
+        images = reaction_path.images(run, obs, iteration if obs.relax else None)
         out["observables"][obs.name] = relax_path(images, model).barrier
     return out

@@ -45,6 +45,13 @@ def load(path) -> RelaxedPath | None:
                        int(first["steps"]), float(first["seconds"]))
 
 
+def images(run, obs, iteration: int | None) -> list:
+    """The relaxed path of `iteration` (None: the base model's) where the run made one, else the pool
+    source's images: where another model's CI-NEB of this observable starts."""
+    made = load(run.layout.path(obs.name, iteration))
+    return made.images if made is not None else run.store.atoms(run.store.source_ids(obs.path))
+
+
 def _start(run, obs, iteration: int | None):
     """The images to start from: the latest relaxed path before `iteration`, else the pool source's."""
     earlier = [] if iteration is None else [*range(iteration - 1, -1, -1), None]

@@ -101,8 +101,7 @@ def barriers(kind: str, committee, readout, run: CampaignRun, folder: Path) -> d
     """Each observable's relaxed CI-NEB barrier on the exported model(s), from the base model's path."""
     out = {}
     for obs in run.campaign.evaluation.observables:
-        start = reaction_path.load(run.layout.path(obs.name, None))
-        images = start.images if start is not None else run.store.atoms(run.store.source_ids(obs.path))
+        images = reaction_path.images(run, obs, None)
         if readout is None:
             values = [relax_path(images, run.backbone, theta=committee.thetas_.mean(0)).barrier]
         else:
