@@ -18,20 +18,27 @@ def sulfur_cluster(seed=0):
     return Atoms("S4Mo2", positions=positions, cell=[9, 9, 9], pbc=True)
 
 
-def test_correction_forces_are_minus_its_gradient():
-    atoms = sulfur_cluster()
-    energy, forces = contact_correction(atoms, **SETTINGS)
-    assert energy > 0.01  # the random cluster has short S–S contacts, or the test says nothing
-    h, numeric = 1e-5, np.zeros_like(forces)
-    for i in range(len(atoms)):
+def numeric_forces(term, atoms, indices, h: float = 1e-5, **parameters) -> np.ndarray:
+    """−∂E/∂x of `term(atoms, **parameters)[0]` by central differences, for the atoms in `indices`
+    (the other rows zero)."""
+    numeric = np.zeros((len(atoms), 3))
+    for i in indices:
         for k in range(3):
             shifted = []
             for sign in (1, -1):
                 moved = atoms.copy()
                 moved.positions[i, k] += sign * h
-                shifted.append(contact_correction(moved, **SETTINGS)[0])
+                shifted.append(term(moved, **parameters)[0])
             numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
-    np.testing.assert_allclose(forces, numeric, atol=1e-6)
+    return numeric
+
+
+def test_correction_forces_are_minus_its_gradient():
+    atoms = sulfur_cluster()
+    energy, forces = contact_correction(atoms, **SETTINGS)
+    assert energy > 0.01  # the random cluster has short S–S contacts, or the test says nothing
+    np.testing.assert_allclose(forces, numeric_forces(contact_correction, atoms, range(len(atoms)), **SETTINGS),
+                               atol=1e-6)
 
 
 def test_correction_is_rotation_and_permutation_invariant_and_only_sees_s_s_contacts():
@@ -130,15 +137,7 @@ def test_hollow_term_forces_are_minus_its_gradient():
     pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
     checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
     assert 4 <= len(pushed) < len(atoms)
-    h, numeric = 1e-5, np.zeros_like(forces)
-    for i in checked:
-        for k in range(3):
-            shifted = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[i, k] += sign * h
-                shifted.append(hollow_correction(moved, **HOLLOW)[0])
-            numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
+    numeric = numeric_forces(hollow_correction, atoms, checked, **HOLLOW)
     np.testing.assert_allclose(forces[checked], numeric[checked], atol=1e-7)
 
 
@@ -238,16 +237,9 @@ def test_coordination_term_forces_are_minus_its_gradient_and_it_is_invariant():
     energy, forces = coordination_correction(atoms, **COORDINATION)
     pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
     assert 2 <= len(pushed) < len(atoms)
-    h, numeric = 1e-5, np.zeros_like(forces)
-    for i in np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]]):
-        for k in range(3):
-            shifted = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[i, k] += sign * h
-                shifted.append(coordination_correction(moved, **COORDINATION)[0])
-            numeric[i, k] = -(shifted[0] - shifted[1]) / (2 * h)
-    np.testing.assert_allclose(forces, numeric, atol=1e-7)
+    checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
+    np.testing.assert_allclose(forces, numeric_forces(coordination_correction, atoms, checked, **COORDINATION),
+                               atol=1e-7)
     assert_rotation_and_permutation_invariant(coordination_correction, atoms, **COORDINATION)
 
 
