@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from .campaign_errors import translate
 from .campaign_fields import AnyPath, FilePath, PosFloat, PosInt, Section, resolve_path
-from .campaign_labelers import LabelerSettings
+from .campaign_labelers import STOCHASTIC_LABELERS, LabelerSettings
 from .domain import parse_pair
 
 
@@ -207,6 +207,9 @@ class AcquisitionSettings(Section):
     # observables whose variance `targeted` reduces; null: all of evaluation.observables
     targets: Optional[Annotated[list[str], Field(min_length=1)]] = None
     cost_aware: bool = False
+    # `targeted` may choose a labelled configuration again, for another independent label of a
+    # stochastic labeler (DMC): where few configurations pin an observable, noise is beaten there
+    repeats: bool = False
     cost_model: CostModelSettings = Field(default_factory=CostModelSettings)
 
     @model_validator(mode="after")
@@ -390,6 +393,13 @@ class Campaign(Section):
         unknown = [t for t in acq.targets or [] if t not in names]
         if unknown and names:
             problems.append(f"acquisition.targets: no observable named {', '.join(map(repr, unknown))}; {known}")
+        if acq.repeats and acq.strategy != "targeted":
+            problems.append(f"acquisition.repeats: only strategy targeted values a second label of a configuration, "
+                            f"the strategy is {acq.strategy!r}; set acquisition.strategy: targeted or remove repeats")
+        if acq.repeats and self.labeler.kind not in STOCHASTIC_LABELERS:
+            problems.append(f"acquisition.repeats: labeler {self.labeler.kind!r} gives the same label every time it "
+                            f"labels a configuration, so a repeat would buy nothing; repeats need a stochastic "
+                            f"labeler ({', '.join(STOCHASTIC_LABELERS)}), or remove repeats")
         if acq.cost_aware and acq.strategy == "random":
             problems.append("acquisition.cost_aware: strategy random has no value to divide by a cost; "
                             "choose max_std, diverse or targeted, or remove cost_aware")

@@ -8,6 +8,11 @@ from pydantic import Field, ValidationInfo, field_validator
 from .campaign_fields import AnyPath, FilePath, Grid, NonNegInt, PosFloat, PosInt, Section
 
 
+# Labelers whose label of one configuration differs from run to run (QMC's statistical error): a
+# second label of it is new information (acquisition.repeats)
+STOCHASTIC_LABELERS = ("pyqmc", "qmcpack")
+
+
 class PySCFSettings(Section):
     kind: Literal["pyscf"]
     method: str = "ccsd(t)"

@@ -285,11 +285,13 @@ class CampaignRun:
 
     # --- the steps of one iteration ----------------------------------------------------------
     def select(self, iteration: int, committee: Committee | None) -> None:
-        available = self.store.ids(state=POOL)
-        n_labels = self.store.count(state=LABELLED)
         acquire = self.campaign.acquisition
+        labelled = self.store.ids(state=LABELLED)
+        # with repeats, every labelled configuration is also a candidate for another label
+        repeatable = labelled if acquire.repeats and committee is not None else []
+        available = self.store.ids(state=POOL) + repeatable
         size = acquire.initial_size if committee is None else acquire.batch_size_at(iteration)
-        size = min(size, self.campaign.stop.max_labels - n_labels, len(available))
+        size = min(size, self.campaign.stop.max_labels - len(labelled), len(available))
         if size <= 0:
             return
         descriptors = self.pool_rows(available)
@@ -307,6 +309,10 @@ class CampaignRun:
             idx, scores = strategy(std_all, descriptors, size, rng=rng, **extra)
             mean, std = mean_all[idx], std_all[idx]
         chosen = [available[i] for i in idx]
+        if repeatable:
+            again = set(repeatable)
+            chosen = [self.store.add_repeat(c, iteration) if c in again else c for c in chosen]
+            self.fill_features(chosen)
         self.store.mark_selected(chosen, iteration, mean, std, scores,
                                  core_hours=self.predicted_cost(chosen, model))
 

@@ -81,6 +81,23 @@ class RunStore:
                 ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data, **keys))
         return ids
 
+    def add_repeat(self, cid: int, iteration: int) -> int:
+        """A new pool candidate holding labelled candidate `cid`'s configuration again, for another
+        independent label of a stochastic labeler (acquisition.repeats), made in `iteration` (kept as
+        `added`, so a fork before it leaves the copy out). `info['repeat']` numbers the copies of one
+        configuration (1, 2, ...), so the labeler draws other random numbers for each; `repeat_of`
+        keeps the first candidate's id."""
+        row = self.db.get(id=int(cid))
+        if row.state != LABELLED:
+            raise RuntimeError(f"candidate {cid} is not labelled; only a labelled configuration is repeated")
+        first = int(row.get("repeat_of", row.id))
+        info = {**row.data.get("info", {}), "repeat": self.db.count(repeat_of=first) + 1}
+        data = {"info": info} | ({"lf_forces": row.data["lf_forces"]} if "lf_forces" in row.data else {})
+        clean = Atoms(row.numbers, row.positions, cell=row.cell, pbc=row.pbc)
+        with self.db:
+            return self.db.write(clean, source=row.source, index=row.index, state=POOL, repeat_of=first,
+                                 added=int(iteration), data=data)
+
     def count(self, **selection) -> int:
         return self.db.count(**selection)
 
@@ -113,7 +130,8 @@ class RunStore:
         return out
 
     def source_ids(self, source: str) -> list[int]:
-        rows = self.db.select(source=source, include_data=False)
+        """The source's frames in their order (an NEB path's images), without the repeats' copies."""
+        rows = [r for r in self.db.select(source=source, include_data=False) if r.get("repeat_of") is None]
         return [r.id for r in sorted(rows, key=lambda r: r.index)]
 
     def lf_forces(self, cid: int):

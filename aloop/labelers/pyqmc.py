@@ -181,8 +181,12 @@ class PyQMCLabeler(LocalLabeler):
         charge, spin = state_of(atoms, self.charge, self.spin)   # a candidate's own charge state first
         mol = build_molecule(atoms, self.basis, charge, spin)
         mf = run_scf(mol, "hf")
-        name = fingerprint(atoms, charge, mol.spin)
-        run_seed = int(np.random.SeedSequence([self.seed, int(name[-12:], 16)]).generate_state(1)[0])
+        geometry_print = fingerprint(atoms, charge, mol.spin)
+        # a repeat of a labelled configuration (acquisition.repeats) is another independent DMC run
+        repeat = int(atoms.info.get("repeat", 0))
+        name = geometry_print + (f"-repeat{repeat}" if repeat else "")
+        entropy = [self.seed, int(geometry_print[-12:], 16)] + ([repeat] if repeat else [])
+        run_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         wf, to_opt = pq.generate_wf(mol, mf)
         jastrow_keys = [k for k in wf.parameters if k.startswith("wf2")]
         start = self.store.nearest(atoms, charge, mol.spin, {k: wf.parameters[k].shape for k in jastrow_keys})
@@ -218,6 +222,7 @@ class PyQMCLabeler(LocalLabeler):
             "equilibration_blocks": self.equilibration,
             "seed": self.seed,
             "run_seed": run_seed,
+            **({"repeat": repeat} if repeat else {}),
             "jastrow": {**origin, "optimize_steps": steps, "saved_as": name, **vmc},
             "pyqmc_version": version("pyqmc"),
             "pyscf_version": pyscf.__version__,

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ase.io import write
@@ -129,3 +130,44 @@ def test_targeted_cost_aware_iteration(campaign_dir):
     assert len(chosen) == 4 and all(r.score > 0 for r in chosen)   # variance reductions, eV²
     assert all(r.pred_core_hours > 0 for r in chosen)   # fitted to the first batch's measured costs
     assert all(r.data["provenance"]["threads"] >= 1 for r in run.store.rows(state=LABELLED))
+
+
+def test_targeted_repeats_label_a_configuration_again_when_the_pool_is_spent(campaign_dir):
+    """With a stochastic labeler (DMC) and acquisition.repeats, targeted may buy a labelled
+    configuration another label: past the pool's end the run goes on with copies, each an
+    independent DMC run (its own random numbers), never a relabel of the candidate it copies."""
+    text = f"""
+name: repeats
+seed: 1
+model: {{path: tiny.model}}
+pool:
+  sources:
+    - {{kind: file, name: random, path: few.extxyz}}
+    - {{kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 3, steps: 2}}
+committee: {{size: 4}}
+acquisition: {{strategy: targeted, repeats: true, batch_size: 4, initial_size: 4}}
+labeler: {{kind: pyqmc, basis: sto-3g, walkers: 20, blocks: 20, equilibration: 5, optimize_steps: 2,
+          warm_optimize_steps: 0, timestep: 0.05}}
+stop: {{max_labels: 12}}
+evaluation:
+  observables: [{{kind: barrier, name: barrier, path: path}}]
+"""
+    write(campaign_dir / "few.extxyz", h3_set(3, seed=4))
+    path = campaign_dir / "repeats.yaml"
+    path.write_text(text)
+    run = CampaignRun(load_campaign(path), progress=False)
+    assert run.run().n_labels == 12
+    rows = run.store.rows(state=LABELLED)
+    copies = [r for r in rows if r.get("repeat_of") is not None]
+    pool = run.store.count() - len(copies)
+    assert pool <= 8 and len(copies) >= 12 - pool   # the budget is larger than the pool
+    first = {r.id: r for r in rows}
+    for copy in copies:
+        original = first[copy.repeat_of]
+        assert original.get("repeat_of") is None and np.allclose(copy.positions, original.positions)
+        assert copy.data["info"]["repeat"] >= 1 and copy.added == copy.iteration
+        mine, theirs = copy.data["provenance"], original.data["provenance"]
+        assert mine["repeat"] == copy.data["info"]["repeat"] and mine["run_seed"] != theirs["run_seed"]
+        assert copy.energy_hf != original.energy_hf   # another DMC run, not the same number
+    # a copy of a path image is no image of the path: the barrier is still read from 5 images
+    assert any(c.source == "path" for c in copies) and len(run.store.source_ids("path")) == 5
