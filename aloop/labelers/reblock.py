@@ -8,6 +8,12 @@ B³ ≥ 2 N (s_B / s_1)⁴ (Lee, Needs & Towler, Phys. Rev. E 83, 066706 (2011))
 standard error with blocks of B samples and N the number of samples; (s_B / s_1)² estimates the
 autocorrelation time, so the rule asks for blocks much longer than it while keeping enough of them.
 
+For positively correlated samples s_B only grows with B; an s_B that falls is the noise of a level
+with few blocks. Such a fall once let a short DMC run (150 blocks, 9 at the level chosen) pass the
+criterion with 15.6 meV where the level below gave 24.7: the label then weighed 2.5 times its worth
+in the fit and pulled a barrier 40 meV up (docs/h3-exchange-dmc.md). So s_B is replaced by its
+running maximum over the levels up to B, in the criterion and in the error returned.
+
 Why two estimators: this one (weighted samples) serves the pyqmc labeler, whose DMC blocks carry
 weights; QMCPACK's scalar.dat uses scalar_dat.block_statistics, qmca's own estimator, so a QMCPACK
 label's error bar is the one its users get from qmca on the same file.
@@ -55,9 +61,10 @@ def reblock(values, weights=None, min_blocks: int = 8) -> Reblocked:
         raise ValueError("samples must be finite and weights finite and > 0")
     mean = float(np.sum(w * x) / np.sum(w))
     s1, _ = _level(x, w, 1)
-    size = 1
+    size, error = 1, 0.0
     while True:
-        error, count = _level(x, w, size)
+        level, count = _level(x, w, size)
+        error = max(error, level)
         if s1 == 0.0 or size**3 >= 2 * len(x) * (error / s1) ** 4:
             return Reblocked(mean, error, size, count, True)
         if len(x) // (2 * size) < min_blocks:
