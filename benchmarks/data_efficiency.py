@@ -27,7 +27,7 @@ The verdict (issue "The paper's system, rebuilt"), means over seeds:
   T5 a stop rule fires before 500 labels, and T2 holds there.
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
-    python benchmarks/data_efficiency.py [--out runs/data_efficiency] [--seeds 0 1 2] [--strategies ...]
+    python benchmarks/data_efficiency.py [--oracle prism|contact] [--out DIR] [--seeds 0 1 2] [--strategies ...]
 
 Prints a table and the verdict, writes results.json and the plots into --out (and docs/img with
 --docs). A rerun of some strategies or seeds replaces their entries in results.json and keeps the
@@ -65,6 +65,9 @@ from testbeds.mos2.geometry import NEB_IMAGES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
+# each oracle variant's references and test set (scripts/mos2_hf_references.py): oracle v2's beside
+# the campaign, the first oracle's in contact/
+REFERENCES = {"prism": CAMPAIGN, "contact": CAMPAIGN / "contact"}
 CHECKPOINTS = (37, 75, 100, 150, 300, 500)
 # batch sizes after the first 37 labels: smaller batches where each label matters most
 BATCHES = [19, 19, 25, 25, 25] + [30] * 5 + [40] * 5
@@ -74,8 +77,14 @@ TOLERANCE = {"mono": 0.05, "di": 0.10}   # eV, T2
 T1_LABELS, T2_LABELS, COVERAGE = 150, 100, (0.85, 0.99)
 
 
-def campaign_for(out: Path, strategy: str, seed: int):
+def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism"):
+    """The campaign of one run: `strategy` and `seed`, labels from the oracle variant `oracle`, with
+    its own test set and barrier reference."""
     c = load_campaign(CAMPAIGN / "campaign.yaml")
+    c.labeler.parameters = {**c.labeler.parameters, "variant": oracle}
+    c.evaluation.test_set.path = REFERENCES[oracle] / "hf_test.extxyz"
+    reference = json.loads((REFERENCES[oracle] / "reference.json").read_text())["mono_barrier_hf"]
+    c.evaluation.observables = [o.model_copy(update={"reference": reference}) for o in c.evaluation.observables]
     c.run_dir = out / f"{strategy}-s{seed}"
     c.seed, c.committee.seed = seed, seed
     c.acquisition.strategy = strategy
@@ -86,9 +95,9 @@ def campaign_for(out: Path, strategy: str, seed: int):
     return c
 
 
-def shared_pool(out: Path) -> CampaignRun:
+def shared_pool(out: Path, oracle: str) -> CampaignRun:
     """The pool once, with its features; every run starts from a copy of this store."""
-    c = campaign_for(out, "pool", 0)
+    c = campaign_for(out, "pool", 0, oracle)
     c.run_dir = out / "pool"
     run = CampaignRun(c, progress=True)
     run.prepare_pool()
@@ -96,10 +105,10 @@ def shared_pool(out: Path) -> CampaignRun:
     return run
 
 
-def start_run(out: Path, strategy: str, seed: int) -> CampaignRun:
+def start_run(out: Path, strategy: str, seed: int, oracle: str) -> CampaignRun:
     """A fork of the shared pool's run (features, Jacobians and oracle labels shared), or the run
     as a previous invocation left it."""
-    c = campaign_for(out, strategy, seed)
+    c = campaign_for(out, strategy, seed, oracle)
     try:
         fork_run(out / "pool", c.run_dir, 0)
     except FileExistsError:
@@ -121,16 +130,16 @@ class Evaluation:
     """The campaign's test set (features and labels from the loop's own cache), and what only this
     benchmark needs, computed once: the test set's force Jacobians and both HF paths' features."""
 
-    def __init__(self, run: CampaignRun, out: Path):
-        self.reference = json.loads((CAMPAIGN / "reference.json").read_text())
+    def __init__(self, run: CampaignRun, out: Path, folder: Path):
+        self.reference = json.loads((folder / "reference.json").read_text())
         spec = run.campaign.evaluation.test_set
         test_features, self.y = measure.test_set_features(run, spec)
         test = read(spec.path, index=":")
-        paths = {k: read(CAMPAIGN / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
+        paths = {k: read(folder / f"{k}_path_hf.extxyz", index=":") for k in ("mono", "di")}
         cache = out / "evaluation.npz"
         backbone = run.backbone
-        digest = "".join(file_digest(CAMPAIGN / name) for name in
-                         ("hf_test.extxyz", "mono_path_hf.extxyz", "di_path_hf.extxyz", "base_chgnet.model"))
+        digest = "".join(file_digest(folder / name) for name in ("hf_test.extxyz", "mono_path_hf.extxyz", "di_path_hf.extxyz"))
+        digest += file_digest(CAMPAIGN / "base_chgnet.model")
         if cache.exists():
             with np.load(cache) as f:
                 if str(f["digest"]) != digest or "test_a" in f.files:
@@ -345,13 +354,17 @@ def verdict(table: dict, results: dict, base: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "data_efficiency")
+    parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism",
+                        help="the oracle variant that labels: prism (oracle v2) or contact (the first)")
+    parser.add_argument("--out", type=Path, help="default: runs/data_efficiency (prism), runs/data_efficiency_contact")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--no-neb", action="store_true", help="skip the di-vacancy CI-NEBs of the committee means")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plots from OUT/results.json")
     args = parser.parse_args()
+    # the runs share one label cache, so each oracle needs its own folder
+    args.out = args.out or ROOT / "runs" / ("data_efficiency" + ("" if args.oracle == "prism" else f"_{args.oracle}"))
     if args.plot_only:
         print(f"wrote {', '.join(str(p) for p in draw(args.out, args.docs))}")
         return
@@ -359,8 +372,8 @@ def main() -> None:
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     print("pool (generated once, shared by every run):", flush=True)
-    pool = shared_pool(args.out)
-    evaluation = Evaluation(pool, args.out)
+    pool = shared_pool(args.out, args.oracle)
+    evaluation = Evaluation(pool, args.out, REFERENCES[args.oracle])
     observable = load_campaign(CAMPAIGN / "campaign.yaml").stop.observable.name
     base = evaluation.scores(pool.backbone.theta0) | evaluation.tracked(measure.base_observables(pool)[observable]["mean"])
     if not args.no_neb:
@@ -371,7 +384,7 @@ def main() -> None:
         for seed in args.seeds:
             t = time.time()
             print(f"{strategy}, seed {seed}:", flush=True)
-            run = start_run(args.out, strategy, seed)
+            run = start_run(args.out, strategy, seed, args.oracle)
             run_to_the_end(run)
             entry = {"seed": seed, **measure_run(run, evaluation, observable, not args.no_neb),
                      "seconds": round(time.time() - t, 1)}

@@ -13,7 +13,7 @@ Only the amplitude of oracle v2 is tuned, to meet (a); (b) and (c) are then what
 jobs (two bands, three temperatures) run in `--workers` processes of one thread each.
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
-    python scripts/calibrate_mos2_oracle.py [--parameters '{"variant": "hollow", "amplitude": 0.4}']
+    python scripts/calibrate_mos2_oracle.py [--parameters '{"variant": "prism", "amplitude": 0.25}']
         [--oracle testbeds.mos2.oracle:SyntheticHF] [--snapshots 20] [--out FILE.json]
         [--no-bands | --bands-only] [--from-chgnet-path] [--images N]
 """
@@ -31,27 +31,15 @@ from ase.io import read, write
 
 from aloop.labelers.ase_calculator import import_calculator
 from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
-from testbeds.mos2.geometry import CAMPAIGN, NEB_IMAGES, low_fidelity, neb, relax
+from testbeds.mos2.geometry import CAMPAIGN, MAX_GAP, NEB_IMAGES, largest_gap, low_fidelity, neb, relax
 
 FMAX = 0.05
-MAX_GAP = 1.0      # Å between neighbouring images; CHGNet's and the r2SCAN weights' 11-image bands: 0.43 at most
 MD_INTERVAL = 20   # steps of MD_TIMESTEP between snapshots: 40 fs, past the S vibration's period
 SEED = 700         # not a seed of scripts/make_mos2_data.py: other trajectories than the test set's
 
 
 def oracle(path: str, parameters: dict):
     return import_calculator(path)(**(parameters | {"noise": 0.0}))
-
-
-def largest_gap(images) -> float:
-    """The largest distance (Å, all coordinates, minimum image) between neighbouring images."""
-    gaps = []
-    for a, b in zip(images[:-1], images[1:]):
-        step = b.positions - a.positions
-        fractional = np.linalg.solve(a.cell.array.T, step.T).T
-        fractional -= np.round(fractional) * a.pbc
-        gaps.append(float(np.linalg.norm(fractional @ a.cell.array)))
-    return max(gaps)
 
 
 def band(path: str, parameters: dict | None, from_chgnet_path: bool = False, moving: int = NEB_IMAGES) -> dict:
@@ -98,7 +86,7 @@ def run_task(task):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle", default="testbeds.mos2.oracle:SyntheticHF", help="module:Class of an ASE calculator")
-    parser.add_argument("--parameters", type=json.loads, default={"variant": "hollow"},
+    parser.add_argument("--parameters", type=json.loads, default={"variant": "prism"},
                         help="the calculator's parameters, JSON (noise is set to 0)")
     parser.add_argument("--snapshots", type=int, default=20, help="MD snapshots per temperature")
     parts = parser.add_mutually_exclusive_group()

@@ -26,6 +26,11 @@ CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "mos2-svac"
 SIZE = (4, 4, 1)
 VACUUM = 7.5  # Å each side: 18 Å between layers, beyond both models' cutoffs
 NEB_IMAGES = 7  # moving images
+# An oracle's reference bands: 11 moving images started from CHGNet's relaxed band, which resolve the
+# prism oracle's narrow peak; a band whose neighbouring images end farther apart than MAX_GAP (Å, all
+# coordinates) has torn apart, and its highest image is no saddle (docs/mos2-svac.md)
+REFERENCE_IMAGES = 11
+MAX_GAP = 1.0
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
 
@@ -113,6 +118,17 @@ def relax(atoms: Atoms, calc, fmax: float = 0.01) -> Atoms:
     FIRE(atoms, logfile=None).run(fmax=fmax, steps=2000)
     atoms.calc = None
     return atoms
+
+
+def largest_gap(images: list[Atoms]) -> float:
+    """The largest distance (Å, all coordinates, minimum image) between neighbouring images."""
+    gaps = []
+    for a, b in zip(images[:-1], images[1:]):
+        step = b.positions - a.positions
+        fractional = np.linalg.solve(a.cell.array.T, step.T).T
+        fractional -= np.round(fractional) * a.pbc
+        gaps.append(float(np.linalg.norm(fractional @ a.cell.array)))
+    return max(gaps)
 
 
 def resample(path: list[Atoms], moving: int) -> list[Atoms]:

@@ -5,8 +5,7 @@ from ase import Atoms
 from ase.build import mx2
 
 from aloop.labelers.ase_calculator import ASECalculatorLabeler
-from testbeds.mos2.coordination import coordination_correction
-from testbeds.mos2.hollow import hollow_correction
+from testbeds.mos2.prism import prism_correction
 from testbeds.mos2.oracle import SyntheticHF, contact_correction
 
 SETTINGS = dict(amplitude=4.0, r_c=2.5, width=0.25)
@@ -100,45 +99,25 @@ def test_oracle_through_the_ase_labeler(tmp_path, monolayer):
         ASECalculatorLabeler(tmp_path, "testbeds.mos2.oracle:SyntheticHF", {"amplitud": 1.0})
 
 
-# --- oracle v2: CHGNet r2SCAN + the hollow-site term ----------------------------------------------
+# --- oracle v2 (variant prism): CHGNet r2SCAN + A per S outside every occupied trigonal prism ---------
 
 @pytest.fixture(scope="module")
 def chgnet():
     pytest.importorskip("chgnet", reason="the MoS2 testbed's extra: pip install -e \".[mos2]\"")
 
 
-HOLLOW = dict(amplitude=0.4, rho_in=0.4, rho_out=0.8, mo_mo=(3.7, 4.3), reach=(2.6, 3.0))
+PRISM = dict(amplitude=0.3, rho_in=0.5, rho_out=1.4, mo_mo=(3.7, 4.3), reach=(2.6, 3.0), partner=(1.9, 2.2))
 
 
-def off_hollow(seed=0):
-    """A 3x3 MoS2 cell with a S vacancy, one S pushed 0.6 Å off its hollow (on the term's slope), rattled."""
+def off_prism(seed=0):
+    """A 3x3 MoS2 cell with a S vacancy and a S that keeps its partner pushed 0.75 Å off its prism
+    (on the term's slope), rattled."""
     atoms = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
     del atoms[2]
     sulfur = [i for i, z in enumerate(atoms.numbers) if z == 16]
-    atoms.positions[sulfur[0]] += [0.5, 0.33, 0.05]
+    atoms.positions[sulfur[2]] += [0.6, 0.45, 0.05]
     atoms.positions += np.random.default_rng(seed).normal(scale=0.03, size=atoms.positions.shape)
     return atoms
-
-
-def test_hollow_term_is_zero_on_the_lattice_and_its_amplitude_off_every_hollow():
-    lattice = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
-    energy, forces = hollow_correction(lattice, **HOLLOW)
-    assert energy == 0.0 and np.abs(forces).max() == 0.0
-    midway = lattice.copy()
-    midway.positions[1] += 0.5 * (lattice.positions[4] - lattice.positions[1]) * [1, 1, 0]   # halfway to the next S site
-    assert hollow_correction(midway, **HOLLOW)[0] == pytest.approx(HOLLOW["amplitude"])
-
-
-def test_hollow_term_forces_are_minus_its_gradient():
-    atoms = off_hollow()
-    energy, forces = hollow_correction(atoms, **HOLLOW)
-    assert 0.01 < energy < HOLLOW["amplitude"] and np.abs(forces).max() > 0.1   # on the slope, or it says nothing
-    # every atom the term pushes, and a few it leaves alone (each call rebuilds the triangles: seconds)
-    pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
-    checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
-    assert 4 <= len(pushed) < len(atoms)
-    numeric = numeric_forces(hollow_correction, atoms, checked, **HOLLOW)
-    np.testing.assert_allclose(forces[checked], numeric[checked], atol=1e-7)
 
 
 def assert_rotation_and_permutation_invariant(term, atoms, **parameters):
@@ -158,13 +137,38 @@ def assert_rotation_and_permutation_invariant(term, atoms, **parameters):
     np.testing.assert_allclose(f_perm, forces[order], atol=1e-12)
 
 
-def test_hollow_term_is_rotation_and_permutation_invariant():
-    assert_rotation_and_permutation_invariant(hollow_correction, off_hollow(), **HOLLOW)
+def test_prism_term_counts_each_s_outside_an_occupied_prism():
+    lattice = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
+    energy, forces = prism_correction(lattice, **PRISM)
+    assert energy == 0.0 and np.abs(forces).max() == 0.0
+    top = [i for i in range(len(lattice)) if lattice.numbers[i] == 16 and lattice.positions[i, 2] > lattice.positions[0, 2]]
+    hopper, vacancy = top[0], min(top[1:], key=lambda i: lattice.get_distance(top[0], i, mic=True))
+    vacant = lattice.copy()
+    del vacant[vacancy]
+    # the S across the vacancy has lost its partner: the term's constant in every vacancy state
+    assert prism_correction(vacant, **PRISM)[0] == pytest.approx(PRISM["amplitude"], abs=1e-12)
+    midway = lattice.copy()
+    step = lattice.get_distance(hopper, vacancy, mic=True, vector=True)
+    midway.positions[hopper] += 0.5 * step
+    del midway[vacancy]
+    # halfway through the hop: the hopping S and both S below its two sites are out of a prism
+    assert prism_correction(midway, **PRISM)[0] == pytest.approx(3 * PRISM["amplitude"], abs=1e-12)
+
+
+def test_prism_term_forces_are_minus_its_gradient_and_it_is_invariant():
+    atoms = off_prism()
+    energy, forces = prism_correction(atoms, **PRISM)
+    pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
+    assert PRISM["amplitude"] < energy < 2 * PRISM["amplitude"] and 4 <= len(pushed) < len(atoms)
+    checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
+    np.testing.assert_allclose(forces[checked], numeric_forces(prism_correction, atoms, checked, **PRISM)[checked],
+                               atol=1e-7)
+    assert_rotation_and_permutation_invariant(prism_correction, atoms, **PRISM)
 
 
 def test_oracle_v2_forces_are_minus_the_gradient_of_its_energy(chgnet):
-    atoms = off_hollow()
-    atoms.calc = SyntheticHF(variant="hollow", noise=0.0)
+    atoms = off_prism()
+    atoms.calc = SyntheticHF(variant="prism", noise=0.0)
     forces = atoms.get_forces()
     direction = np.random.default_rng(2).normal(size=forces.shape)
     direction /= np.linalg.norm(direction)
@@ -172,85 +176,49 @@ def test_oracle_v2_forces_are_minus_the_gradient_of_its_energy(chgnet):
     for sign in (1, -1):
         moved = atoms.copy()
         moved.positions += sign * h * direction
-        moved.calc = SyntheticHF(variant="hollow", noise=0.0)
+        moved.calc = SyntheticHF(variant="prism", noise=0.0)
         energies.append(moved.get_potential_energy())
     # CHGNet computes in float32: its energies are good to about 1e-4 eV, so the check is directional
     assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(np.sum(forces * direction), rel=0.02, abs=0.02)
-    settings = SyntheticHF(variant="hollow").settings()
-    term = hollow_correction(atoms, **{k: settings[k] for k in HOLLOW})[1]
+    settings = SyntheticHF(variant="prism").settings()
+    term = prism_correction(atoms, **{k: settings[k] for k in PRISM})[1]
     base = SyntheticHF.low_fidelity(atoms, "r2scan")[1]
     np.testing.assert_allclose(forces, base + term, atol=1e-10)
 
 
 def test_oracle_v2_is_invariant_and_its_noise_repeats_per_configuration(chgnet):
-    atoms = off_hollow()
-    atoms.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    atoms = off_prism()
+    atoms.calc = SyntheticHF(variant="prism", noise=0.02, seed=3)
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     again = atoms.copy()
-    again.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    again.calc = SyntheticHF(variant="prism", noise=0.02, seed=3)
     assert again.get_potential_energy() == energy
     exact = atoms.copy()
-    exact.calc = SyntheticHF(variant="hollow", noise=0.0)
+    exact.calc = SyntheticHF(variant="prism", noise=0.0)
     moved = atoms.copy()
     moved.positions[0, 0] += 1e-3
-    moved.calc = SyntheticHF(variant="hollow", noise=0.02, seed=3)
+    moved.calc = SyntheticHF(variant="prism", noise=0.02, seed=3)
     noise = energy - exact.get_potential_energy()
     assert 0 < abs(noise) < 0.1 and moved.get_potential_energy() - energy != pytest.approx(noise, abs=1e-3)
     rotated = atoms.copy()
     rotated.rotate(40, "z", rotate_cell=True)
-    rotated.calc = SyntheticHF(variant="hollow", noise=0.0)
+    rotated.calc = SyntheticHF(variant="prism", noise=0.0)
     assert rotated.get_potential_energy() == pytest.approx(exact.get_potential_energy(), abs=2e-3)
     rotation = np.linalg.solve(atoms.cell.array, rotated.cell.array)
     np.testing.assert_allclose(rotated.get_forces(), forces @ rotation, atol=2e-3)
     order = np.random.default_rng(0).permutation(len(atoms))
     permuted = atoms[order]
-    permuted.calc = SyntheticHF(variant="hollow", noise=0.0)
+    permuted.calc = SyntheticHF(variant="prism", noise=0.0)
     assert permuted.get_potential_energy() == pytest.approx(exact.get_potential_energy(), abs=2e-3)
     np.testing.assert_allclose(permuted.get_forces(), forces[order], atol=2e-3)
 
 
 def test_oracle_variants_refuse_each_others_parameters():
-    with pytest.raises(ValueError, match="variant 'hollow' has no parameter r_c"):
-        SyntheticHF(variant="hollow", r_c=2.5)
-    with pytest.raises(ValueError, match="variant must be one of contact, hollow, coordination, got 'holow'"):
-        SyntheticHF(variant="holow")
-    assert SyntheticHF(variant="hollow", amplitude=0.3).settings()["amplitude"] == 0.3
-    assert SyntheticHF().settings()["chgnet"] == "0.3.0" and SyntheticHF(variant="hollow").settings()["chgnet"] == "r2scan"
-
-
-# --- oracle v2, variant coordination: CHGNet r2SCAN + A Σ_S (CN0 − CN_S)² ---------------------------
-
-COORDINATION = dict(amplitude=0.5, r_in=2.7, r_out=3.3, cn0=3.0)
-
-
-def test_coordination_term_is_zero_on_a_vibrating_lattice_and_rises_where_a_s_leaves_a_mo():
-    lattice = mx2("MoS2", kind="2H", a=3.19, thickness=3.13, size=(3, 3, 1), vacuum=6.0)
-    lattice.positions += np.random.default_rng(0).normal(scale=0.05, size=lattice.positions.shape)
-    energy, forces = coordination_correction(lattice, **COORDINATION)
-    assert energy == 0.0 and np.abs(forces).max() == 0.0
-    energy, forces = coordination_correction(off_hollow(), **COORDINATION)
-    assert energy > 0.01 and np.abs(forces).max() > 0.1
-
-
-def test_coordination_term_forces_are_minus_its_gradient_and_it_is_invariant():
-    atoms = off_hollow()
-    energy, forces = coordination_correction(atoms, **COORDINATION)
-    pushed = np.flatnonzero(np.abs(forces).max(1) > 0)
-    assert 2 <= len(pushed) < len(atoms)
-    checked = np.concatenate([pushed, np.setdiff1d(np.arange(len(atoms)), pushed)[:3]])
-    np.testing.assert_allclose(forces, numeric_forces(coordination_correction, atoms, checked, **COORDINATION),
-                               atol=1e-7)
-    assert_rotation_and_permutation_invariant(coordination_correction, atoms, **COORDINATION)
-
-
-def test_oracle_coordination_variant_is_r2scan_plus_the_term(chgnet):
-    atoms = off_hollow()
-    atoms.calc = SyntheticHF(variant="coordination", noise=0.0)
-    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-    base, base_forces = SyntheticHF.low_fidelity(atoms, "r2scan")
-    term, term_forces = coordination_correction(atoms, **{k: SyntheticHF(variant="coordination").settings()[k]
-                                                          for k in COORDINATION})
-    assert energy == pytest.approx(base + term, abs=1e-9)
-    np.testing.assert_allclose(forces, base_forces + term_forces, atol=1e-9)
-    with pytest.raises(ValueError, match="variant 'coordination' has no parameter rho_in"):
-        SyntheticHF(variant="coordination", rho_in=0.3)
+    with pytest.raises(ValueError, match="variant 'prism' has no parameter r_c"):
+        SyntheticHF(variant="prism", r_c=2.5)
+    with pytest.raises(ValueError, match="variant 'contact' has no parameter partner"):
+        SyntheticHF(variant="contact", partner=(1.9, 2.2))
+    with pytest.raises(ValueError, match="variant must be one of contact, prism, got 'prisn'"):
+        SyntheticHF(variant="prisn")
+    assert SyntheticHF(variant="prism", amplitude=0.3).settings()["amplitude"] == 0.3
+    assert SyntheticHF().settings()["chgnet"] == "0.3.0" and SyntheticHF(variant="prism").settings()["chgnet"] == "r2scan"

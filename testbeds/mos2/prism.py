@@ -1,21 +1,26 @@
-"""The hollow-site term of oracle v2: a penalty on a S atom that has left every Mo3 hollow.
+"""The prism term of oracle v2: a penalty on every S atom outside an occupied trigonal prism.
 
-In 2H-MoS2 every S sits above (or below) the centre of a triangle of Mo atoms. A vacancy hop moves a
-S from one such hollow to the next, and on the way it must cross the line where it is about 0.92 Å
-(in plane) from the nearest hollow of either kind, whichever path it takes. Thermal motion moves it
-by about 0.1 Å. So a term that is exactly zero within `rho_in` of a hollow and exactly `amplitude`
-beyond `rho_out` (rho_out below 0.92 Å) raises every path's barrier while leaving lattice vibrations
-almost untouched:
+In 2H-MoS2 every S sits above (or below) the centre of a triangle of Mo atoms, with a second S
+straight across the Mo plane: the two S and their Mo triangle make a trigonal prism. The triangles
+beside these (the empty hollows) have no S across them. A vacancy hop carries a S from its prism to
+the vacant one next to it, 3.2 Å away, so on any path it passes at least 1.58 Å (in plane) from the
+centre of both; thermal motion at 900 K moves a S 0.1–0.2 Å. And while it is away, the S across
+each of the two prisms has no partner. So the term
 
-    E = amplitude · Σ_S Π_T (1 − w_T · v_ST · b(ρ_ST))
+    E = amplitude · Σ_S Π_T (1 − w_T · v_ST · b(ρ_ST) · o_T,S)
+
+adds `amplitude` for each S outside every occupied prism: zero on a vibrating lattice, a constant
+`amplitude` for the S across a vacancy (the same in every state of the vacancy), and 2 × amplitude
+more while a S is halfway through its hop, with no path around it.
 
 T runs over Mo triangles (three Mo pairwise closer than the `mo_mo` cutoff, w_T the product of the
 three edges' smooth cut-offs), ρ_ST is the S's distance from the triangle's centroid within the
-triangle's plane, b its flat-bottomed step (1 inside rho_in, 0 beyond rho_out) and v_ST a smooth
-cut-off on the S–centroid distance (so a S of another layer above the same point does not count).
-Every switch is a quintic smoothstep in squared distances: E is C² in the positions, and its forces
-come from autograd, so they are exactly −∇E. Distances only: invariant under rotation, translation
-and permutation of atoms.
+triangle's plane, b its flat-bottomed step (1 inside rho_in, 0 beyond rho_out), v_ST a smooth
+cut-off on the S–centroid distance (so a S of another layer above the same point does not count),
+and o_T,S = 1 − Π (1 − c) over the other S near the centroid, c a cut-off on their distance from it
+(`partner`): 1 when another S sits across the triangle. Every switch is a quintic smoothstep in
+squared distances: E is C² in the positions, and its forces come from autograd, so they are exactly
+−∇E. Distances only: invariant under rotation, translation and permutation of atoms.
 """
 from __future__ import annotations
 
@@ -72,10 +77,27 @@ def _sulfur_near(atoms: Atoms, points: np.ndarray, cutoff: float) -> list[tuple[
     return [(int(a), int(sulfur[b]), shifts[c]) for a, b, c in zip(t, s, k)]
 
 
-def hollow_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: float,
-                      mo_mo: tuple[float, float], reach: tuple[float, float]) -> tuple[float, np.ndarray]:
+def _occupied(atoms, pos, cell, centroid, t, s, image, partner):
+    """Per (triangle t, S s) pair: 1 − Π (1 − c) over the S other than s near the triangle's centroid,
+    c the partner switch of their distance; 1 where another S sits across the triangle from s."""
+    import torch
+
+    near = _sulfur_near(atoms, centroid.detach().numpy(), partner[1])
+    if not near:
+        return torch.zeros(len(t), dtype=torch.float64)
+    nt = torch.tensor([p[0] for p in near])
+    ns = torch.tensor([p[1] for p in near])
+    nimage = torch.tensor(np.array([p[2] for p in near]), dtype=torch.float64)
+    c = _switch_off(((pos[ns] + nimage @ cell - centroid[nt]) ** 2).sum(-1), *partner)     # [N]
+    other = (nt[None] == t[:, None]) & ~((ns[None] == s[:, None]) & (nimage[None] == image[:, None]).all(-1))
+    return 1.0 - torch.where(other, 1.0 - c[None], torch.ones_like(c)[None]).prod(-1)
+
+
+def prism_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: float, mo_mo: tuple[float, float],
+                     reach: tuple[float, float], partner: tuple[float, float]) -> tuple[float, np.ndarray]:
     """ΔE (eV) and its forces −∇ΔE (eV/Å). `mo_mo`: (inner, outer) cut-off of a triangle's edges;
-    `reach`: (inner, outer) cut-off of the S–centroid distance; rho_in < rho_out in Å."""
+    `reach`: (inner, outer) cut-off of the S–centroid distance; rho_in < rho_out in Å; `partner`:
+    (inner, outer) cut-off of the distance from the centroid of the S across a prism."""
     import torch
 
     sulfur = np.flatnonzero(atoms.numbers == S)
@@ -102,7 +124,8 @@ def hollow_correction(atoms: Atoms, amplitude: float, rho_in: float, rho_out: fl
             r = pos[s] + image @ cell - centroid[t]
             d2 = (r**2).sum(-1)
             rho2 = d2 - (r * normal[t]).sum(-1) ** 2 / (normal[t] ** 2).sum(-1)
-            inside = weight[t] * _switch_off(d2, *reach) * _switch_off(rho2, rho_in, rho_out)
+            inside = (weight[t] * _switch_off(d2, *reach) * _switch_off(rho2, rho_in, rho_out)
+                      * _occupied(atoms, pos, cell, centroid, t, s, image, partner))
             with warnings.catch_warnings():   # "index_reduce() is in beta": its product and gradient are exact
                 warnings.simplefilter("ignore", UserWarning)
                 away = away.index_reduce(0, s, 1.0 - inside, "prod")
