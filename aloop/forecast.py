@@ -60,7 +60,8 @@ class PowerLaw:
         log_n = (self.log_c - log_t) / self.b
         grad = np.array([1 / self.b, -log_n / self.b])
         sd = float(np.sqrt(grad @ self.cov @ grad))
-        return float(np.exp(log_n)), float(np.exp(log_n - sd)), float(np.exp(log_n + sd))
+        with np.errstate(over="ignore", under="ignore"):   # a hopeless range is judged by `forecast`
+            return float(np.exp(log_n)), float(np.exp(log_n - sd)), float(np.exp(log_n + sd))
 
 
 def fit_power_law(n, y, err=None, floor: float = 0.0) -> PowerLaw:
@@ -146,7 +147,7 @@ def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 
         return Forecast(**base, refusal=f"a power law does not fit (reduced χ² {fit.chi2_red:.1f} over {fit.dof} "
                                         f"degrees of freedom)")
     total, lo, hi = fit.labels_to_reach(target)
-    if hi / lo > MAX_RANGE:
+    if not lo > 0 or hi / lo > MAX_RANGE:   # a range so wide that exp() underflows is no number either
         return Forecast(**base, refusal=f"too uncertain: {lo:.0f}–{hi:.0f} labels in total (68% range, more than "
                                         f"a factor {MAX_RANGE:g} wide)")
     return Forecast(**base, n_total=total, n_range=(lo, hi))

@@ -70,6 +70,11 @@ def test_no_number_from_a_misfit_or_a_range_too_wide():
     assert out.n_total is None and out.refusal.startswith("a power law does not fit (reduced χ²")
     wide = fc.forecast("rmse", n, zigzag, 2 * zigzag, 0.001, "1 meV")   # the same points with huge error bars
     assert wide.n_total is None and wide.refusal.startswith("too uncertain")
+    # a barely falling spread (a DMC campaign's barrier after random labels): the range underflows
+    # to 0 labels at one end, which is a refusal, not a division by zero in `aloop status`
+    flat = np.array([0.0880, 0.0878, 0.0879, 0.0877])
+    hopeless = fc.forecast("barrier", np.array([8, 12, 16, 20.]), flat, flat / np.sqrt(14), 0.03, "±0.03 eV")
+    assert hopeless.n_total is None and hopeless.refusal.startswith("too uncertain: 0–")
 
 
 def test_forecasts_from_records_with_and_without_core_hours():
