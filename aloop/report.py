@@ -61,7 +61,7 @@ def _pool_lines(store: RunStore, campaign: dict) -> list[str]:
                      + (f"; dropped: {text}" if text else ""))
     for obs in campaign.get("evaluation", {}).get("observables", []):
         source = f"path:{obs['name']}"
-        points = store.count(source=source)
+        points = len(store.source_ids(source))   # repeats of a point are labels, not points
         if points:
             lines.append(f"{source} (end points and saddle of the relaxed paths): {points}, "
                          f"{store.count(source=source, state=LABELLED)} labelled")
@@ -266,7 +266,9 @@ def status_text(run_dir) -> str:
     store = RunStore.existing(run_dir)
     campaign = store.get_meta("campaign") or {}
     records = store.iterations()
-    counts = ", ".join(f"{store.count(state=s)} {s}" for s in (POOL, SELECTED, LABELLED, FAILED))
+    repeats = store.count("repeat_of>0", state=LABELLED)   # acquisition.repeats: labels of a configuration again
+    counts = ", ".join(f"{store.count(state=s)} {s}" + (f" ({repeats} of them repeats)" if s == LABELLED and repeats else "")
+                       for s in (POOL, SELECTED, LABELLED, FAILED))
     lines = [f"campaign {campaign.get('name', '?')} ({store.run_dir})", f"candidates: {counts}"]
     failed = store.rows(state=FAILED)
     for row in failed[:10]:

@@ -98,8 +98,9 @@ class RunStore:
             return self.db.write(clean, source=row.source, index=row.index, state=POOL, repeat_of=first,
                                  added=int(iteration), data=data)
 
-    def count(self, **selection) -> int:
-        return self.db.count(**selection)
+    def count(self, *query: str, **selection) -> int:
+        """Rows matching ase.db query strings (e.g. "repeat_of>0") and key = value selections."""
+        return self.db.count(*query, **selection)
 
     def rows(self, **selection):
         return list(self.db.select(sort="id", **selection))

@@ -15,6 +15,7 @@ from mace.calculators import MACECalculator
 
 from aloop.campaign import load_campaign
 from aloop.loop import CampaignRun
+from aloop.report import status_text
 from aloop.store import LABELLED, RunStore
 
 CAMPAIGN = """
@@ -136,21 +137,21 @@ def test_targeted_repeats_label_a_configuration_again_when_the_pool_is_spent(cam
     """With a stochastic labeler (DMC) and acquisition.repeats, targeted may buy a labelled
     configuration another label: past the pool's end the run goes on with copies, each an
     independent DMC run (its own random numbers), never a relabel of the candidate it copies."""
-    text = f"""
+    text = """
 name: repeats
 seed: 1
-model: {{path: tiny.model}}
+model: {path: tiny.model}
 pool:
   sources:
-    - {{kind: file, name: random, path: few.extxyz}}
-    - {{kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 3, steps: 2}}
-committee: {{size: 4}}
-acquisition: {{strategy: targeted, repeats: true, batch_size: 4, initial_size: 4}}
-labeler: {{kind: pyqmc, basis: sto-3g, walkers: 20, blocks: 20, equilibration: 5, optimize_steps: 2,
-          warm_optimize_steps: 0, timestep: 0.05}}
-stop: {{max_labels: 12}}
+    - {kind: file, name: random, path: few.extxyz}
+    - {kind: neb, name: path, initial: reactant.xyz, final: product.xyz, images: 3, steps: 2}
+committee: {size: 4}
+acquisition: {strategy: targeted, repeats: true, batch_size: 4, initial_size: 4}
+labeler: {kind: pyqmc, basis: sto-3g, walkers: 20, blocks: 20, equilibration: 5, optimize_steps: 2,
+          warm_optimize_steps: 0, timestep: 0.05}
+stop: {max_labels: 12}
 evaluation:
-  observables: [{{kind: barrier, name: barrier, path: path}}]
+  observables: [{kind: barrier, name: barrier, path: path}]
 """
     write(campaign_dir / "few.extxyz", h3_set(3, seed=4))
     path = campaign_dir / "repeats.yaml"
@@ -171,3 +172,4 @@ evaluation:
         assert copy.energy_hf != original.energy_hf   # another DMC run, not the same number
     # a copy of a path image is no image of the path: the barrier is still read from 5 images
     assert any(c.source == "path" for c in copies) and len(run.store.source_ids("path")) == 5
+    assert f"12 labelled ({len(copies)} of them repeats)" in status_text(run.run_dir)
