@@ -31,7 +31,7 @@ from ase.io import read, write
 
 from aloop.labelers.ase_calculator import import_calculator
 from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
-from testbeds.mos2.geometry import CAMPAIGN, MAX_GAP, NEB_IMAGES, largest_gap, low_fidelity, neb, relax
+from testbeds.mos2.geometry import CAMPAIGN, MAX_GAP, NEB_IMAGES, hop_band, low_fidelity
 
 FMAX = 0.05
 MD_INTERVAL = 20   # steps of MD_TIMESTEP between snapshots: 40 fs, past the S vibration's period
@@ -45,17 +45,11 @@ def oracle(path: str, parameters: dict):
 def band(path: str, parameters: dict | None, from_chgnet_path: bool = False, moving: int = NEB_IMAGES) -> dict:
     """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet), from the
     straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band.
-    `measured`: converged and continuous (no two neighbouring images more than MAX_GAP apart): FIRE
-    can also settle a band that has torn apart, whose highest image is no saddle."""
+    `measured`: converged and continuous (geometry.hop_band)."""
     calc = low_fidelity() if parameters is None else oracle(path, parameters)
-    initial = relax(read(CAMPAIGN / "mono_initial.xyz"), calc)
-    final = relax(read(CAMPAIGN / "mono_final.xyz"), calc)
-    start = read(CAMPAIGN / "mono_path_chgnet.extxyz", ":") if from_chgnet_path else None
-    result = neb(initial, final, calc, fmax=FMAX, start=start, moving=moving)
-    gap = largest_gap(result["images"])
+    result = hop_band("mono", calc, FMAX, moving, from_chgnet_path)
     return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"],
-            "largest_gap_A": gap, "measured": bool(result["converged"] and gap <= MAX_GAP),
-            "images": result["images"]}
+            "largest_gap_A": result["largest_gap_A"], "measured": result["continuous"], "images": result["images"]}
 
 
 def thermal(path: str, parameters: dict, temperature: float, snapshots: int) -> dict:

@@ -17,6 +17,7 @@ from ase import Atoms
 from ase.build import mx2
 from ase.calculators.calculator import Calculator
 from ase.filters import FrechetCellFilter
+from ase.io import read
 from ase.mep import NEB
 from ase.optimize import FIRE
 
@@ -129,6 +130,20 @@ def largest_gap(images: list[Atoms]) -> float:
         fractional -= np.round(fractional) * a.pbc
         gaps.append(float(np.linalg.norm(fractional @ a.cell.array)))
     return max(gaps)
+
+
+def hop_band(kind: str, calc, fmax: float, moving: int = REFERENCE_IMAGES, from_chgnet_path: bool = True) -> dict:
+    """CI-NEB of hop `kind` ('mono' or 'di') on `calc`: its end points relaxed on `calc` first, the
+    band started from CHGNet's relaxed band (resampled to `moving` images) or from the straight line.
+    Besides `neb`'s results, `largest_gap_A` and `continuous`: converged with no two neighbouring
+    images more than MAX_GAP apart (FIRE can also settle a band that has torn apart, whose highest
+    image is no saddle)."""
+    initial = relax(read(CAMPAIGN / f"{kind}_initial.xyz"), calc)
+    final = relax(read(CAMPAIGN / f"{kind}_final.xyz"), calc)
+    start = read(CAMPAIGN / f"{kind}_path_chgnet.extxyz", ":") if from_chgnet_path else None
+    band = neb(initial, final, calc, fmax=fmax, start=start, moving=moving)
+    gap = largest_gap(band["images"])
+    return band | {"largest_gap_A": gap, "continuous": bool(band["converged"] and gap <= MAX_GAP)}
 
 
 def resample(path: list[Atoms], moving: int) -> list[Atoms]:
