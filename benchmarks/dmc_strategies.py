@@ -35,6 +35,7 @@ import yaml
 from aloop import forecast
 from aloop.campaign import load_campaign
 from aloop.store import RunStore
+from h3_acceptance import seed_list  # (this folder: the script's own)
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "h3-exchange-dmc.yaml"
@@ -105,18 +106,16 @@ def summarise(run_dir: Path, reference: float) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0-2", help="a range like 0-2 or a list like 0,2")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="a range like 0-2 or a list like 0,2")
     parser.add_argument("--strategies", nargs="+", default=["targeted", "diverse", "random"],
                         choices=["targeted", "diverse", "random"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "dmc-strategies")
     parser.add_argument("--report-only", action="store_true", help="summarise the runs in OUT without running any")
     args = parser.parse_args()
-    seeds = (list(range(int(args.seeds.split("-")[0]), int(args.seeds.split("-")[1]) + 1)) if "-" in args.seeds
-             else [int(s) for s in args.seeds.split(",")])
     reference = json.loads(REFERENCE.read_text())["barrier"]
     results: dict = {}
     for strategy in args.strategies:
-        for seed in seeds:
+        for seed in args.seeds:
             run_dir = args.out / f"{strategy}-{seed}"
             if not args.report_only:
                 run(strategy, seed, args.out)
