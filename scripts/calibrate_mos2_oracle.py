@@ -29,24 +29,19 @@ import numpy as np
 import torch
 from ase.io import read, write
 
-from aloop.labelers.ase_calculator import import_calculator
 from make_mos2_data import MD_TIMESTEP, TEMPERATURES, molecular_dynamics
-from testbeds.mos2.geometry import CAMPAIGN, MAX_GAP, NEB_IMAGES, hop_band, low_fidelity
+from testbeds.mos2.geometry import CAMPAIGN, MAX_GAP, NEB_IMAGES, high_fidelity, hop_band, low_fidelity
 
 FMAX = 0.05
 MD_INTERVAL = 20   # steps of MD_TIMESTEP between snapshots: 40 fs, past the S vibration's period
 SEED = 700         # not a seed of scripts/make_mos2_data.py: other trajectories than the test set's
 
 
-def oracle(path: str, parameters: dict):
-    return import_calculator(path)(**(parameters | {"noise": 0.0}))
-
-
 def band(path: str, parameters: dict | None, from_chgnet_path: bool = False, moving: int = NEB_IMAGES) -> dict:
     """Relaxed CI-NEB of the mono-vacancy hop on the oracle (parameters None: on CHGNet), from the
     straight line between its relaxed end points or (`from_chgnet_path`) from CHGNet's relaxed band.
     `measured`: converged and continuous (geometry.hop_band)."""
-    calc = low_fidelity() if parameters is None else oracle(path, parameters)
+    calc = low_fidelity() if parameters is None else high_fidelity(path, parameters)
     result = hop_band("mono", calc, FMAX, moving, from_chgnet_path)
     return {"barrier": result["barrier"], "converged": result["converged"], "energies": result["energies"],
             "largest_gap_A": result["largest_gap_A"], "measured": result["continuous"], "images": result["images"]}
@@ -57,7 +52,7 @@ def thermal(path: str, parameters: dict, temperature: float, snapshots: int) -> 
     start = read(CAMPAIGN / "mono_initial.xyz")
     frames = molecular_dynamics(start, temperature, SEED + int(temperature), snapshots * MD_INTERVAL,
                                 MD_INTERVAL, "calibration")
-    calc = oracle(path, parameters)
+    calc = high_fidelity(path, parameters)
     de, df = [], []
     for atoms in frames:
         e_lf, f_lf = atoms.get_potential_energy(), atoms.get_forces()   # CHGNet's, from the MD
@@ -81,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle", default="testbeds.mos2.oracle:SyntheticHF", help="module:Class of an ASE calculator")
     parser.add_argument("--parameters", type=json.loads, default={"variant": "prism"},
-                        help="the calculator's parameters, JSON (noise is set to 0)")
+                        help="the calculator's parameters, JSON (a noise parameter is set to 0)")
     parser.add_argument("--snapshots", type=int, default=20, help="MD snapshots per temperature")
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--no-bands", action="store_true", help="measure (b) and (c) only")
@@ -94,7 +89,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the measurements to this JSON file too")
     args = parser.parse_args()
     start = time.time()
-    oracle(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
+    high_fidelity(args.oracle, args.parameters)   # a wrong path or parameter fails now, not in a worker
     tasks = [] if args.no_bands else [("band_oracle", band, (args.oracle, args.parameters, args.from_chgnet_path, args.images)),
                                       ("band_chgnet", band, (args.oracle, None, args.from_chgnet_path, args.images))]
     if not args.bands_only:
