@@ -31,7 +31,12 @@ The verdict (issue "The paper's system, rebuilt"), means over seeds:
 
 Prints a table and the verdict, writes results.json and the plots into --out (and docs/img with
 --docs). A rerun of some strategies or seeds replaces their entries in results.json and keeps the
-others.
+others. On two cores, run halves side by side, each in its own folder (the shared caches are not
+written safely by two processes), then combine them:
+
+    python benchmarks/data_efficiency.py --out A --strategies random max_std &
+    python benchmarks/data_efficiency.py --out B --strategies diverse targeted
+    python benchmarks/data_efficiency.py --out A --report-only --merge B
 """
 from __future__ import annotations
 
@@ -309,16 +314,6 @@ def plot(table: dict, base: dict, reference: dict, out: Path) -> list[Path]:
     return [path]
 
 
-def draw(out: Path, docs: bool) -> list[Path]:
-    """The plots of OUT/results.json (and their copies in docs/img with `docs`)."""
-    summary = json.loads((out / "results.json").read_text())
-    plots = plot(summarise(summary["results"]), summary["base"], summary["reference"], out)
-    if docs:
-        for path in plots:
-            shutil.copy(path, ROOT / "docs" / "img" / path.name)
-    return plots
-
-
 def verdict(table: dict, results: dict, base: dict) -> dict:
     """T1–T5 of the issue, from the means over seeds (T5 per seed)."""
     out = {}
@@ -352,6 +347,69 @@ def verdict(table: dict, results: dict, base: dict) -> dict:
     return out
 
 
+def merged(out: Path, results: dict, others: list[Path]) -> dict:
+    """`results` over the entries of OUT/results.json and of each other folder's results.json: an
+    entry of a later source replaces the same (strategy, seed) of an earlier one."""
+    combined: dict[str, dict[int, dict]] = {}
+    sources = [out / "results.json", *(d / "results.json" for d in others)]
+    for path in sources:
+        if path.exists():
+            for strategy, entries in json.loads(path.read_text())["results"].items():
+                combined.setdefault(strategy, {}).update({e["seed"]: e for e in entries})
+        elif path != sources[0]:
+            raise SystemExit(f"--merge: {path} does not exist; give folders the benchmark has written")
+    for strategy, entries in results.items():
+        combined.setdefault(strategy, {}).update({e["seed"]: e for e in entries})
+    return {s: [entries[k] for k in sorted(entries)] for s, entries in combined.items()}
+
+
+def same_oracle(out: Path, others: list[Path]) -> None:
+    """Refuse to merge runs measured against different references (another oracle or references
+    remade between the runs)."""
+    summaries = [(d, json.loads((d / "results.json").read_text())) for d in [out, *others] if (d / "results.json").exists()]
+    for d, summary in summaries[1:]:
+        if summary["reference"] != summaries[0][1]["reference"]:
+            raise SystemExit(f"--merge: {d} was measured against {summary['reference']}, {summaries[0][0]} against "
+                             f"{summaries[0][1]['reference']}; merge only runs of one oracle and one set of references")
+
+
+def report(summary: dict, out: Path, docs: bool) -> None:
+    """Print the table, the stop points and the verdict of a summary; write it and its plots."""
+    results, base = summary["results"], summary["base"]
+    table = summarise(results)
+    print(f"\nbase model: test RMSE {base['test_rmse_meV']:.0f} meV ({base['test_rmse_meV_per_atom']:.2f} meV/atom), "
+          f"relaxed mono barrier error {base['mono_barrier_error']:+.3f} eV, di "
+          f"{base.get('di_relaxed', {}).get('error', np.nan):+.3f} eV, force MAE {base['force_mae_meV_per_A']:.0f} meV/Å")
+    header = (f"{'strategy':9} {'labels':>6} {'seeds':>5} {'RMSE meV':>9} {'meV/atom':>9} {'mono ΔEb':>9} "
+              f"{'di (imgs)':>9} {'F MAE':>7} {'1σ':>5} {'2σ':>5} {'2σ cal':>6}")
+    print(header)
+    for strategy, rows in table.items():
+        for n, r in rows.items():
+            seeds = sum(str(n) in e["checkpoints"] for e in results[strategy])
+            cal = r.get("calibrated_within_2sigma", (np.nan,))[0]
+            print(f"{strategy:9} {n:6d} {seeds:5d} {r['test_rmse_meV'][0]:9.1f} {r['test_rmse_meV_per_atom'][0]:9.3f} "
+                  f"{r['mono_barrier_error'][0]:+9.3f} {r['di_hf_path_barrier_error'][0]:+9.3f} "
+                  f"{r['force_mae_meV_per_A'][0]:7.1f} {r.get('within_1sigma', (np.nan,))[0]:5.2f} "
+                  f"{r.get('within_2sigma', (np.nan,))[0]:5.2f} {cal:6.2f}")
+    for strategy, runs in results.items():
+        for entry in runs:
+            print(f"{strategy} seed {entry['seed']}: stop rules would fire at {entry['stop_rules_fire_at']}; "
+                  f"there: {entry.get('at_stop')}; relaxed di-vacancy at {T2_LABELS}: {entry.get('di_relaxed')}")
+    targets = verdict(table, results, base)
+    for strategy, v in targets.items():
+        print(f"{strategy}: " + ", ".join(f"{k} {v[k]}" for k in ("T1", "T2", "T3", "T4", "T5")) +
+              f"; T1 labels {v['T1_labels_to_random_final_rmse']}, T2 |mono| {v['T2_mono_abs_error']}, "
+              f"|di| {v['T2_di_abs_error']}")
+    summary = summary | {"table": {s: {str(n): v for n, v in rows.items()} for s, rows in table.items()},
+                         "targets": targets}
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plots = plot(table, base, summary["reference"], out)
+    if docs:
+        for path in plots:
+            shutil.copy(path, ROOT / "docs" / "img" / path.name)
+    print(f"wrote {out / 'results.json'} and {', '.join(str(p) for p in plots)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism",
@@ -361,12 +419,24 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--no-neb", action="store_true", help="skip the di-vacancy CI-NEBs of the committee means")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
-    parser.add_argument("--plot-only", action="store_true", help="redraw the plots from OUT/results.json")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the table, verdict and plots of OUT/results.json (and --merge's)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="with --report-only: add the runs of other folders of this benchmark (e.g. halves "
+                             "run side by side on two cores) to OUT's results.json")
     args = parser.parse_args()
     # the runs share one label cache, so each oracle needs its own folder
     args.out = args.out or ROOT / "runs" / ("data_efficiency" + ("" if args.oracle == "prism" else f"_{args.oracle}"))
-    if args.plot_only:
-        print(f"wrote {', '.join(str(p) for p in draw(args.out, args.docs))}")
+    if args.merge and not args.report_only:
+        parser.error("--merge combines finished runs; give it with --report-only")
+    if args.report_only:
+        if not (args.out / "results.json").exists() and not args.merge:
+            parser.error(f"{args.out / 'results.json'} does not exist: run the benchmark into --out first")
+        same_oracle(args.out, args.merge)
+        first = args.out if (args.out / "results.json").exists() else args.merge[0]
+        summary = json.loads((first / "results.json").read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        report(summary | {"results": merged(args.out, {}, args.merge)}, args.out, args.docs)
         return
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     start = time.time()
@@ -389,49 +459,19 @@ def main() -> None:
             entry = {"seed": seed, **measure_run(run, evaluation, observable, not args.no_neb),
                      "seconds": round(time.time() - t, 1)}
             results[strategy].append(entry)
-    previous = args.out / "results.json"
-    if previous.exists():   # a rerun of some strategies or seeds keeps the others' entries
-        for strategy, entries in json.loads(previous.read_text())["results"].items():
-            done = {e["seed"]: e for e in results.get(strategy, [])}
-            kept = [e for e in entries if e["seed"] not in done]
-            results[strategy] = sorted(results.get(strategy, []) + kept, key=lambda e: e["seed"])
-    table = summarise(results)
     reference = evaluation.reference
-
-    print(f"\nbase model: test RMSE {base['test_rmse_meV']:.0f} meV ({base['test_rmse_meV_per_atom']:.2f} meV/atom), "
-          f"relaxed mono barrier error {base['mono_barrier_error']:+.3f} eV, di "
-          f"{base.get('di_relaxed', {}).get('error', np.nan):+.3f} eV, force MAE {base['force_mae_meV_per_A']:.0f} meV/Å")
-    header = (f"{'strategy':9} {'labels':>6} {'RMSE meV':>9} {'meV/atom':>9} {'mono ΔEb':>9} {'di (imgs)':>9} "
-              f"{'F MAE':>7} {'1σ':>5} {'2σ':>5} {'2σ cal':>6}")
-    print(header)
-    for strategy, rows in table.items():
-        for n, r in rows.items():
-            cal = r.get("calibrated_within_2sigma", (np.nan,))[0]
-            print(f"{strategy:9} {n:6d} {r['test_rmse_meV'][0]:9.1f} {r['test_rmse_meV_per_atom'][0]:9.3f} "
-                  f"{r['mono_barrier_error'][0]:+9.3f} {r['di_hf_path_barrier_error'][0]:+9.3f} "
-                  f"{r['force_mae_meV_per_A'][0]:7.1f} {r.get('within_1sigma', (np.nan,))[0]:5.2f} "
-                  f"{r.get('within_2sigma', (np.nan,))[0]:5.2f} {cal:6.2f}")
-    for strategy, runs in results.items():
-        for entry in runs:
-            print(f"{strategy} seed {entry['seed']}: stop rules would fire at {entry['stop_rules_fire_at']}; "
-                  f"there: {entry.get('at_stop')}; relaxed di-vacancy at {T2_LABELS}: {entry.get('di_relaxed')}")
-    targets = verdict(table, results, base)
-    for strategy, v in targets.items():
-        print(f"{strategy}: " + ", ".join(f"{k} {v[k]}" for k in ("T1", "T2", "T3", "T4", "T5")) +
-              f"; T1 labels {v['T1_labels_to_random_final_rmse']}, T2 |mono| {v['T2_mono_abs_error']}, "
-              f"|di| {v['T2_di_abs_error']}")
     summary = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "platform": platform.platform()},
         "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
         | {"oracle": reference.get("oracle")},
-        "base": base, "results": results,
-        "table": {s: {str(n): v for n, v in rows.items()} for s, rows in table.items()},
-        "targets": targets, "wall_s": round(time.time() - start, 1),
+        "base": base,
+        # a rerun of some strategies or seeds keeps the others' entries
+        "results": merged(args.out, results, []),
+        "wall_s": round(time.time() - start, 1),
     }
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plots = draw(args.out, args.docs)
-    print(f"wrote {args.out / 'results.json'} and {', '.join(str(p) for p in plots)}; {time.time() - start:.0f} s")
+    report(summary, args.out, args.docs)
+    print(f"{time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
