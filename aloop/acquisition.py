@@ -99,14 +99,8 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
     n = _check(std, n)
     count = len(rows)
     S = np.array(sigma, dtype=float)
-    D = np.atleast_2d(np.asarray(directions, dtype=float))
     noise = np.broadcast_to(np.asarray(noise, dtype=float), (count,))
-    c, v = np.empty((len(D), count)), np.empty(count)   # a_oᵀΣa_x and a_xᵀΣa_x of every candidate
-    U = D @ S
-    for s in blocks(count):
-        A = np.asarray(rows[s], dtype=float)
-        c[:, s] = U @ A.T
-        v[s] = np.einsum("ip,ip->i", A @ S, A)
+    c, v = _posterior_products(S, directions, rows)
     picked, scores = [], []
     for _ in range(n):
         gain = (c**2).sum(0) / (noise + v)
@@ -127,6 +121,29 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
         v -= k**2 / d
         S -= np.outer(g, g) / d
     return np.array(picked), np.array(scores)
+
+
+def _posterior_products(S: np.ndarray, directions, rows) -> tuple[np.ndarray, np.ndarray]:
+    """a_oᵀΣa_x [T, n_candidates] and a_xᵀΣa_x [n_candidates], one block of rows at a time."""
+    count = len(rows)
+    D = np.atleast_2d(np.asarray(directions, dtype=float))
+    c, v = np.empty((len(D), count)), np.empty(count)
+    U = D @ S
+    for s in blocks(count):
+        A = np.asarray(rows[s], dtype=float)
+        c[:, s] = U @ A.T
+        v[s] = np.einsum("ip,ip->i", A @ S, A)
+    return c, v
+
+
+def own_scores(strategy: str, std, *, sigma=None, directions=None, noise=None, rows=None) -> np.ndarray:
+    """Each candidate's score on its own, in the units of the strategy's `scores`: σ, or for
+    `targeted` the variance reduction its label alone would bring (no other pick conditioned on).
+    Re-ranking a queue compares waiting jobs with a fresh batch by it."""
+    if strategy != "targeted":
+        return np.asarray(std, dtype=float)
+    c, v = _posterior_products(np.asarray(sigma, dtype=float), directions, rows)
+    return (c**2).sum(0) / (np.asarray(noise, dtype=float) + v)
 
 
 def representative(descriptors, n, *, rng: np.random.Generator):

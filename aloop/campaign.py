@@ -112,8 +112,19 @@ class PoolSettings(Section):
 class CommitteeSettings(Section):
     size: Annotated[int, Field(ge=2)] = 5
     bootstrap: bool = True
-    prior_sigma: PosFloat = 0.05
+    # eV/atom: how far a draw of the prior moves per-atom energies; auto: chosen at every fit by the
+    # evidence of the labels (empirical Bayes, docs/method.md)
+    prior_sigma: Union[float, Literal["auto"]] = 0.05
     seed: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("prior_sigma", mode="before")
+    @classmethod
+    def _prior_sigma(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"expected a number > 0 (eV/atom) or auto, got {value!r}")
+        return float(value)
 
 
 # Settings of the Adam fit with early stopping that the exact (Newton) fit replaced.
@@ -412,6 +423,9 @@ class Campaign(Section):
         if why is None:
             return []
         problems = []
+        if self.committee.prior_sigma == "auto":
+            problems.append(f"committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
+                            f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.05)")
         if self.acquisition.strategy == "targeted":
             problems.append("acquisition.strategy: targeted needs the energy linear in the trained parameters "
                             f"(its posterior covariance and the observables' directions), and {why}; choose "

@@ -21,9 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from .arrays import Features, ForceJacobian, feature_moment
+
+PRIOR_AUTO = "auto"            # committee.prior_sigma chosen by the labels' evidence (Committee.evidence_tau)
+TAU_RANGE = (1e-4, 10.0)       # eV/atom: where the evidence looks for τ
+MODEL_ERROR_RANGE = (1e-3, 3.0)   # eV per configuration: where it looks for the model error m (and at 0)
 
 # Entropy tags for the member's random streams: one per purpose, so that adding a purpose never
 # shifts the draws of another.
@@ -86,7 +91,7 @@ class Committee:
         *,
         size: int,
         bootstrap: bool,
-        prior_sigma: float,
+        prior_sigma: float | str,
         force_threshold: float,
         force_weight: float,
         noise_floor: float,
@@ -101,7 +106,14 @@ class Committee:
         self.theta0 = np.asarray(theta0, dtype=np.float64)
         self.size = size
         self.bootstrap = bootstrap
+        if not (prior_sigma == PRIOR_AUTO or (isinstance(prior_sigma, (int, float)) and prior_sigma > 0)):
+            raise ValueError(f"committee: prior_sigma must be a positive number (eV/atom) or {PRIOR_AUTO!r}, got {prior_sigma!r}")
         self.prior_sigma = prior_sigma
+        # τ in use: the given number, or with "auto" the one the last fit chose from its labels
+        self.tau_ = None if prior_sigma == PRIOR_AUTO else float(prior_sigma)
+        # eV per configuration: the model error the evidence found (auto only; 0 with a given τ),
+        # added in quadrature to every label's error bar and the noise floor
+        self.model_error_ = 0.0
         self.force_threshold = force_threshold
         self.threshold_per_atom = threshold_per_atom
         self.force_weight = force_weight
@@ -142,7 +154,51 @@ class Committee:
     # --- fitting -----------------------------------------------------------------------------
     def prior_variance(self, moment: np.ndarray) -> float:
         """s² = τ²/tr(G): averaged over the pool, a draw of the prior moves per-atom energies by τ RMS."""
-        return self.prior_sigma**2 / np.trace(moment)
+        if self.tau_ is None:
+            raise RuntimeError("committee: prior_sigma is auto and no fit has chosen it yet")
+        return self.tau_**2 / np.trace(moment)
+
+    @property
+    def effective_floor(self) -> float:
+        """σ_floor with the model error found by the evidence (auto) in quadrature."""
+        return float(np.hypot(self.noise_floor, self.model_error_))
+
+    def evidence_prior(self, data: TrainingSet, n_elements: int, trace: float) -> tuple[float, float]:
+        """(τ eV/atom, m eV) that maximise the evidence of the labels, p(E_HF | τ, m), under the energy
+        term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²),
+        θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with every label's E0 refit (the prior
+        centre without a member's draw). m is the model error: what no θ of this readout fits, which
+        a fit that took the labels' error bars at their word would chase with ever larger τ. The force
+        penalty is left out of the evidence (it is no likelihood: it binds only outside its threshold).
+        Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
+        method moves relative energies, where a fixed τ has to be guessed before any label exists."""
+        centre = self.theta0.copy()
+        shift = np.linalg.lstsq(data.features.a[:, -n_elements:], data.energy - data.features.energies(self.theta0),
+                                rcond=None)[0]
+        centre[-n_elements:] += shift
+        residual = data.energy - data.features.energies(centre)
+        log_taus = np.log(np.logspace(np.log10(TAU_RANGE[0]), np.log10(TAU_RANGE[1]), 61))
+
+        def profile(m: float) -> tuple[float, float]:
+            """(−log evidence, τ) at model error m, maximised over τ."""
+            var = data.sigma**2 + self.noise_floor**2 + m**2
+            u, singular, _ = np.linalg.svd(data.features.a / np.sqrt(var)[:, None], full_matrices=False)
+            r = residual / np.sqrt(var)
+            lam, proj = singular**2, u.T @ r
+            rest, log_var = float(r @ r - proj @ proj), float(np.sum(np.log(var)))
+
+            def minus_log_evidence(log_tau: float) -> float:
+                s2 = np.exp(2 * log_tau) / trace
+                return 0.5 * (rest + np.sum(proj**2 / (1 + s2 * lam)) + np.sum(np.log1p(s2 * lam)) + log_var)
+
+            return _grid_then_refine(minus_log_evidence, log_taus)
+
+        log_ms = np.log(np.logspace(np.log10(MODEL_ERROR_RANGE[0]), np.log10(MODEL_ERROR_RANGE[1]), 31))
+        value, log_m = _grid_then_refine(lambda x: profile(float(np.exp(x)))[0], log_ms)
+        at_zero = profile(0.0)
+        if at_zero[0] <= value:   # the labels' own error bars explain the scatter: no model error
+            return float(np.exp(at_zero[1])), 0.0
+        return float(np.exp(profile(float(np.exp(log_m)))[1])), float(np.exp(log_m))
 
     def prior_centres(self, data: TrainingSet, weights: np.ndarray, n_elements: int, s2: float) -> np.ndarray:
         """[K, P]: θ0 with each member's least-squares E0 shift, plus its draw of the prior."""
@@ -151,12 +207,12 @@ class Committee:
         return centres
 
     def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int) -> np.ndarray:
-        """Weighted least-squares shift of E0 per element, member by member: [K, n_elem]."""
+        """Weighted least-squares shift of E0 per element, one per row of `weights`: [K, n_elem]."""
         counts = data.features.a[:, -n_elem:]
         residual = data.energy - data.features.energies(self.theta0)
-        inv_var = 1.0 / (data.sigma**2 + self.noise_floor**2)
-        shifts = np.zeros((self.size, n_elem))
-        for k in range(self.size):
+        inv_var = 1.0 / (data.sigma**2 + self.effective_floor**2)
+        shifts = np.zeros((len(weights), n_elem))
+        for k in range(len(weights)):
             w = np.sqrt(weights[k] * inv_var)
             shifts[k] = np.linalg.lstsq(counts * w[:, None], residual * w, rcond=None)[0]
         return shifts
@@ -171,10 +227,13 @@ class Committee:
         """
         if len(data) == 0:
             raise ValueError("committee: no labelled configurations to fit")
-        s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
+        moment = moment if moment is not None else feature_moment(data.features)
+        if self.prior_sigma == PRIOR_AUTO:
+            self.tau_, self.model_error_ = self.evidence_prior(data, n_elements, float(np.trace(moment)))
+        s2 = self.prior_variance(moment)
         weights = self.weights(data.ids)
         centres = self.prior_centres(data, weights, n_elements, s2)
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
+        problem = _Objective(data, self.effective_floor, self.force_threshold, self.force_weight, self.theta0,
                              self.threshold_per_atom)
         thetas, objective, steps = [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members", unit="member", disable=not progress):
@@ -199,7 +258,7 @@ class Committee:
         """
         self._check_fitted()
         s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
+        problem = _Objective(data, self.effective_floor, self.force_threshold, self.force_weight, self.theta0,
                              self.threshold_per_atom)
         mean = self.thetas_.mean(0)
         _, H = problem.gradient_hessian(mean, np.ones(len(data)), mean, s2)
@@ -230,7 +289,8 @@ class Committee:
     def save(self, path) -> None:
         self._check_fitted()
         np.savez(path, thetas=self.thetas_, theta0=self.theta0, objective=self.objective_,
-                 newton_steps=self.newton_steps_)
+                 newton_steps=self.newton_steps_, tau=np.nan if self.tau_ is None else self.tau_,
+                 model_error=self.model_error_)
 
     def use_members(self, thetas: np.ndarray) -> "Committee":
         """Take K members θ_k [K, P] made elsewhere (a benchmark, a what-if), as `load` takes them from
@@ -255,7 +315,21 @@ class Committee:
             self.thetas_ = f["thetas"]
             self.objective_ = f["objective"]
             self.newton_steps_ = f["newton_steps"]
+            if "tau" in f.files and np.isfinite(f["tau"]):
+                self.tau_, self.model_error_ = float(f["tau"]), float(f["model_error"])
+            elif self.tau_ is None:   # a checkpoint from before prior_sigma: auto existed
+                raise ValueError(f"{path}: a committee checkpoint that does not say its prior_sigma, and the campaign "
+                                 "says auto; delete the committee/ folder of this run and run it again to refit")
         return self
+
+
+def _grid_then_refine(f, grid: np.ndarray) -> tuple[float, float]:
+    """(min f, argmin) of a function of one variable: the best point of `grid`, then a bounded
+    search between its neighbours."""
+    i = int(np.argmin([f(x) for x in grid]))
+    found = minimize_scalar(f, bounds=(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]), method="bounded",
+                            options={"xatol": 1e-6})
+    return float(found.fun), float(found.x)
 
 
 class _Objective:

@@ -302,9 +302,7 @@ class CampaignRun:
             mean, std = np.full(len(idx), np.nan), np.full(len(idx), np.nan)
         else:
             mean_all, std_all = stream_predict(committee, descriptors)
-            extra = self.targeted_inputs(committee, iteration, available) if acquire.strategy == "targeted" else {}
-            if acquire.cost_aware:   # no cost known yet: None, every candidate costs the same
-                extra["cost"] = self.predicted_cost(available, model, descriptors)
+            extra = self.strategy_inputs(committee, iteration, available, descriptors, model)
             strategy = acquisition.STRATEGIES[acquire.strategy]
             idx, scores = strategy(std_all, descriptors, size, rng=rng, **extra)
             mean, std = mean_all[idx], std_all[idx]
@@ -315,6 +313,16 @@ class CampaignRun:
             self.fill_features(chosen)
         self.store.mark_selected(chosen, iteration, mean, std, scores,
                                  core_hours=self.predicted_cost(chosen, model))
+
+    def strategy_inputs(self, committee: Committee, iteration: int, available: list[int], descriptors: PoolRows,
+                        model: CostModel) -> dict:
+        """The keyword inputs of the campaign's strategy besides σ: `targeted`'s posterior, and the
+        predicted costs when cost-aware (None while no cost is known: every candidate costs the same)."""
+        acquire = self.campaign.acquisition
+        extra = self.targeted_inputs(committee, iteration, available) if acquire.strategy == "targeted" else {}
+        if acquire.cost_aware:
+            extra["cost"] = self.predicted_cost(available, model, descriptors)
+        return extra
 
     def targeted_inputs(self, committee: Committee, iteration: int, available: list[int]) -> dict:
         """What `acquisition.targeted` needs besides σ (`committee`: the one of iteration − 1, which
@@ -328,7 +336,7 @@ class CampaignRun:
         label_sigma = self.store.labels()[2]
         return {"sigma": committee.posterior_covariance(data, moment),
                 "directions": np.array([directions[name] for name in targets]),
-                "noise": self.campaign.finetune.noise_floor**2 + float(np.median(label_sigma**2)),
+                "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)),
                 "rows": PoolRows(self.feature_cache, available, per_atom=False)}
 
     def cost_model(self) -> CostModel:
@@ -390,45 +398,57 @@ class CampaignRun:
     def rerank_queue(self, iteration: int, waiting: list[str]) -> str:
         """Score the waiting QMCPACK jobs again with the newest committee (aloop.rerank): list in
         queue/cancel.txt those an older committee chose and a fresh batch would not, and queue the
-        fresh batch's best pool candidates in their place as far as the label budget allows (added
-        to `waiting`). Returns a note for the waiting message."""
+        fresh batch's best candidates in their place as far as the label budget allows (added to
+        `waiting`; a labelled configuration, with `acquisition.repeats`, as another label of it).
+        Returns a note for the waiting message."""
         ids = [candidate_id(key) for key in waiting]
         old = {cid: self.store.db.get(id=cid) for cid in ids}
         # the jobs of this iteration were chosen by the newest committee a moment ago
         stale = [old[cid].get("iteration", iteration) < iteration for cid in ids]
-        strategy = self.campaign.acquisition.strategy
+        acquire = self.campaign.acquisition
         committee = self.load_committee(iteration - 1) if iteration else None
-        if committee is None or strategy == "random" or not any(stale):   # random: no candidate ranks above another
+        if committee is None or acquire.strategy == "random" or not any(stale):   # random: no candidate ranks above another
             rerank.write_cancel(self.labeler.workdir, [], "")
             return ""
-        pool = self.store.ids(state=POOL)
-        rows = self.pool_rows(pool + ids)
+        # what select() could choose now, with the waiting jobs last
+        others = self.store.ids(state=POOL) + (self.store.ids(state=LABELLED) if acquire.repeats else [])
+        available = others + ids
+        rows = self.pool_rows(available)
         mean, std = stream_predict(committee, rows)
+        model = self.cost_model()
+        extra = self.strategy_inputs(committee, iteration, available, rows, model)
+        batch, _ = acquisition.STRATEGIES[acquire.strategy](
+            std, rows, len(ids), rng=np.random.default_rng([self.campaign.seed, iteration, 2]), **extra)
+        own = acquisition.own_scores(acquire.strategy, std, **{k: v for k, v in extra.items() if k != "cost"})
         budget = self.campaign.stop.max_labels - self.store.count(state=LABELLED) - len(waiting)
-        result = rerank.rerank(acquisition.STRATEGIES[strategy], std, rows, np.arange(len(pool), len(pool) + len(ids)),
-                               stale, budget, rng=np.random.default_rng([self.campaign.seed, iteration, 2]))
+        result = rerank.rerank(own, acquisition.per_cost(own, extra.get("cost")), batch,
+                               np.arange(len(others), len(available)), stale, budget)
         index = {key: i for i, key in enumerate(self.labeler.keys())}
         lines = [rerank.CancelLine(waiting[j], self.labeler.workdir / waiting[j], float(old[ids[j]].get("score", 0.0)),
                                    float(result.new_scores[j]), self.labeler.job_id(waiting[j]) or rerank.NO_JOB_ID,
                                    index[waiting[j]]) for j in result.cancellable]
+        unit = "eV²" if acquire.strategy == "targeted" else "eV"
         rerank.write_cancel(self.labeler.workdir, lines, (
             f"written by `aloop run` at iteration {iteration}: waiting jobs chosen by an older committee that the "
-            f"committee of iteration {iteration - 1} ({strategy}) would not choose now\n"
-            f"cut-off {result.cutoff:.6f} eV: the lowest score in a fresh batch of {len(ids)} from the "
-            f"{len(pool) + len(ids)} unlabelled candidates\n"
+            f"committee of iteration {iteration - 1} ({acquire.strategy}) would not choose now\n"
+            f"cut-off {result.cutoff:.6g} {unit}{' per core-hour' if extra.get('cost') is not None else ''}: the lowest "
+            f"value in a fresh batch of {len(ids)} from the {len(available)} candidates it could choose\n"
             "cancel with `scancel <slurm_job_id>`, or `scancel <array job id>_<array_index>` for a job not started; "
             "a result that arrives anyway is still ingested"))
-        new = [pool[r] for r in result.replacements]
+        labelled = set(self.store.ids(state=LABELLED))
+        new = [self.store.add_repeat(others[r], iteration) if others[r] in labelled else others[r]
+               for r in result.replacements]
         if new:
+            self.fill_features(new)
             self.store.mark_selected(new, iteration, mean[result.replacements], std[result.replacements],
-                                     std[result.replacements])
+                                     own[result.replacements], core_hours=self.predicted_cost(new, model))
             for cid, atoms in zip(new, self.store.atoms(new)):
                 self.labeler.submit(label_key(cid), atoms)
                 waiting.append(label_key(cid))
         if not lines:
             return ""
         return (f"; {len(lines)} of them cancellable, listed in {self.labeler.workdir / rerank.CANCEL_FILE}"
-                + (f" ({len(new)} pool candidates queued in their place)" if new else ""))
+                + (f" ({len(new)} candidates queued in their place)" if new else ""))
 
     def compute_labels(self, ids: list[int]) -> None:
         """Run the jobs of a labeler that computes (pyscf, ase, ...) through the dispatcher. Each job's

@@ -126,4 +126,5 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
+        prior_sigma=getattr(committee, "tau_", None),
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

@@ -145,12 +145,13 @@ def observable(values: np.ndarray, centre: float | None = None) -> dict:
 def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigma: np.ndarray, noise_floor: float,
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
-                     core_hours: float | None = None, lbfgs_steps=None) -> dict:
+                     core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None) -> dict:
     """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
     labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
     `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
     cost (None when one's cost is unknown). A committee of `finetune.readout: full` has `lbfgs_steps`
-    and None for `newton_steps`."""
+    and None for `newton_steps`. `prior_sigma`: the τ the fit used (eV/atom; chosen by the labels'
+    evidence with `committee.prior_sigma: auto`)."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
@@ -169,6 +170,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "objective": list(objective),
         **({"newton_steps": list(newton_steps)} if newton_steps is not None else {}),
         **({"lbfgs_steps": list(lbfgs_steps)} if lbfgs_steps is not None else {}),
+        **({"prior_sigma": float(prior_sigma)} if prior_sigma is not None else {}),
         "seeds": seeds,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }

@@ -1,15 +1,17 @@
 """Re-ranking queued QMCPACK jobs with a newer committee: which ones a fresh batch would not choose.
 
 A job queued by an older committee may have lost its reason: the labels that came in since can
-have taught the committee what that configuration would have taught it. Each waiting job is scored
-again with the newest committee (the strategy's own score: the committee σ for max_std and
-diverse), and compared with the cut-off, the lowest score in a fresh batch of as many jobs drawn by
-the strategy from every unlabelled candidate (the pool and the waiting jobs together). A job chosen
-by an older committee that scores below the cut-off is cancellable: RUN/queue/cancel.txt lists it,
-and `aloop status` shows it. aloop cancels nothing itself; a job's folder stays, and a result that
-arrives anyway is ingested like any other.
+have taught the committee what that configuration would have taught it. The strategy draws a fresh
+batch of as many jobs as are waiting, with the newest committee, from every candidate it could
+choose now (the pool, the waiting jobs, and with `acquisition.repeats` the labelled
+configurations). The cut-off is the lowest value in that batch, where a candidate's value is its
+own score (σ for max_std and diverse; for targeted the variance reduction its label alone would
+bring), per predicted core-hour when the campaign is cost-aware. A job chosen by an older
+committee that the fresh batch leaves out and whose value is below the cut-off is cancellable:
+RUN/queue/cancel.txt lists it, and `aloop status` shows it. aloop cancels nothing itself; a job's
+folder stays, and a result that arrives anyway is ingested like any other.
 
-The fresh batch's best candidates still in the pool may replace cancellable jobs, as many as the
+The fresh batch's best candidates that are not waiting may replace cancellable jobs, as many as the
 label budget leaves after counting every waiting job (cancellable ones included: aloop cannot know
 whether they will be cancelled).
 """
@@ -29,7 +31,8 @@ NO_JOB_ID = "-"
 @dataclass(frozen=True)
 class Rerank:
     """`new_scores`: of the waiting jobs, in their order; `cancellable`: positions among the waiting
-    jobs; `replacements`: rows of pool candidates to queue in their place, best first."""
+    jobs; `replacements`: rows of candidates that are not waiting, to queue in their place, best
+    first."""
 
     cutoff: float
     new_scores: np.ndarray
@@ -37,22 +40,23 @@ class Rerank:
     replacements: list[int]
 
 
-def rerank(strategy, std, descriptors, waiting, stale, budget: int, *, rng: np.random.Generator) -> Rerank:
-    """Re-score the waiting jobs.
+def rerank(scores, value, batch, waiting, stale, budget: int) -> Rerank:
+    """Compare the waiting jobs with a fresh batch.
 
-    `std`, `descriptors`: the newest committee's σ and the features of every unlabelled candidate
-    (rows: the pool and the waiting jobs); `waiting`: the waiting jobs' rows; `stale`: for each, whether
-    an older committee chose it (only those can be cancelled: the newest one chose the others just
-    now); `budget`: how many more labels the campaign allows beyond every waiting job.
+    Rows index every candidate the strategy could choose now (the waiting jobs among them):
+    `scores` are each one's own score under the newest committee (acquisition.own_scores), `value`
+    what is ranked (the scores, or the scores per core-hour), `batch` the rows of the fresh batch the
+    strategy drew, as many as jobs wait; `waiting`: the waiting jobs' rows; `stale`: for each,
+    whether an older committee chose it (only those can be cancelled: the newest one chose the
+    others just now); `budget`: how many more labels the campaign allows beyond every waiting job.
     """
-    std, waiting = np.asarray(std, dtype=float), np.asarray(waiting, dtype=int)
-    rows, scores = strategy(std, descriptors, len(waiting), rng=rng)
-    cutoff = float(np.min(scores))
-    new = std[waiting]
-    cancellable = [j for j in range(len(waiting)) if stale[j] and new[j] < cutoff]
-    queued = set(waiting.tolist())
-    fresh = [int(r) for r in np.asarray(rows)[np.argsort(-np.asarray(scores), kind="stable")] if int(r) not in queued]
-    return Rerank(cutoff, new, cancellable, fresh[:max(0, min(len(cancellable), budget))])
+    scores, value = np.asarray(scores, dtype=float), np.asarray(value, dtype=float)
+    batch, waiting = np.asarray(batch, dtype=int), np.asarray(waiting, dtype=int)
+    cutoff = float(np.min(value[batch]))
+    chosen, queued = set(batch.tolist()), set(waiting.tolist())
+    cancellable = [j for j, r in enumerate(waiting.tolist()) if stale[j] and r not in chosen and value[r] < cutoff]
+    fresh = [int(r) for r in batch[np.argsort(-value[batch], kind="stable")] if int(r) not in queued]
+    return Rerank(cutoff, scores[waiting], cancellable, fresh[:max(0, min(len(cancellable), budget))])
 
 
 @dataclass(frozen=True)

@@ -445,9 +445,22 @@ def main() -> None:
     pool = shared_pool(args.out, args.oracle)
     evaluation = Evaluation(pool, args.out, REFERENCES[args.oracle])
     observable = load_campaign(CAMPAIGN / "campaign.yaml").stop.observable.name
+    reference = evaluation.reference
+    summary = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "platform": platform.platform()},
+        "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
+        | {"oracle": reference.get("oracle")},
+    }
+    previous = args.out / "results.json"
+    earlier = json.loads(previous.read_text()) if previous.exists() else {}
+    if earlier and earlier["reference"] != summary["reference"]:
+        raise SystemExit(f"{previous} holds runs measured against {earlier['reference']}, not {summary['reference']}: "
+                         "the references were remade; give another --out")
     base = evaluation.scores(pool.backbone.theta0) | evaluation.tracked(measure.base_observables(pool)[observable]["mean"])
-    if not args.no_neb:
-        base["di_relaxed"] = di_barrier(pool, pool.backbone.theta0, evaluation.reference)
+    if not args.no_neb:   # the base model's di-vacancy CI-NEB, once per folder
+        base["di_relaxed"] = earlier.get("base", {}).get("di_relaxed") or di_barrier(pool, pool.backbone.theta0, reference)
+    summary["base"] = base
     results = {}
     for strategy in args.strategies:
         results[strategy] = []
@@ -459,17 +472,10 @@ def main() -> None:
             entry = {"seed": seed, **measure_run(run, evaluation, observable, not args.no_neb),
                      "seconds": round(time.time() - t, 1)}
             results[strategy].append(entry)
-    reference = evaluation.reference
-    summary = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "platform": platform.platform()},
-        "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
-        | {"oracle": reference.get("oracle")},
-        "base": base,
-        # a rerun of some strategies or seeds keeps the others' entries
-        "results": merged(args.out, results, []),
-        "wall_s": round(time.time() - start, 1),
-    }
+            # after every run, so that a stopped benchmark keeps what it measured (a rerun of some
+            # strategies or seeds keeps the others' entries)
+            summary |= {"results": merged(args.out, results, []), "wall_s": round(time.time() - start, 1)}
+            previous.write_text(json.dumps(summary, indent=1) + "\n")
     report(summary, args.out, args.docs)
     print(f"{time.time() - start:.0f} s")
 

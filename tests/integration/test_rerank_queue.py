@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from ase.io import write
-from conftest import tiny_mace, write_pseudos
+from conftest import h3, tiny_mace, write_pseudos
 from test_bad_input import CAMPAIGN, FIXTURES, QMCPACK, finish, frames_with_energy, merge
 
 from aloop.cli import main
@@ -29,13 +29,16 @@ def committee_sigma(run, ids, iteration):
     return FeatureCache(run / "cache" / "features", thetas.shape[1]).read(ids).energies(thetas).std(0, ddof=1)
 
 
+def boxed(atoms):
+    """`atoms` centred in a periodic 10 Å box, as a QMCPACK job needs a cell."""
+    atoms.cell, atoms.pbc = [10.0, 10.0, 10.0], True
+    atoms.center()
+    return atoms
+
+
 def test_stale_jobs_are_listed_as_cancellable_and_their_results_still_count(tmp_path, capsys):
     torch.save(tiny_mace(), tmp_path / "tiny.model")
-    frames = frames_with_energy(14, 3)
-    for atoms in frames:
-        atoms.cell, atoms.pbc = [10.0, 10.0, 10.0], True
-        atoms.center()
-    write(tmp_path / "pool.extxyz", frames)
+    write(tmp_path / "pool.extxyz", [boxed(a) for a in frames_with_energy(14, 3)])
     write_pseudos(tmp_path, {"H": 1})
     campaign = tmp_path / "c.yaml"
     campaign.write_text(yaml.safe_dump(merge(CAMPAIGN, {
@@ -91,3 +94,58 @@ def test_stale_jobs_are_listed_as_cancellable_and_their_results_still_count(tmp_
     assert main(["run", str(campaign), "--quiet"]) == 3
     assert not (queue / "cancel.txt").exists()                     # `high` is still among the best: nothing to cancel
     assert sorted(store.ids(state=LABELLED)) == sorted([first, low]) and len(labeler.keys()) == 7
+
+
+def test_targeted_rerank_with_repeats_queues_another_label_of_a_labelled_configuration(tmp_path, capsys):
+    """With `targeted` and repeats, the waiting jobs are re-scored by the variance reduction of the
+    barrier, and with the pool spent, what replaces a cancellable job is another label of a labelled
+    configuration (a repeat: a new candidate and a new job), never a relabel of the one it copies."""
+    torch.save(tiny_mace(), tmp_path / "tiny.model")
+    write(tmp_path / "pool.extxyz", [boxed(a) for a in frames_with_energy(6, 3)])
+    write(tmp_path / "reactant.xyz", boxed(h3(0.74, 2.5)))
+    write(tmp_path / "product.xyz", boxed(h3(2.5, 0.74)))
+    write_pseudos(tmp_path, {"H": 1})
+    campaign = tmp_path / "c.yaml"
+    campaign.write_text(yaml.safe_dump(merge(CAMPAIGN, {
+        "pool": {"sources": [{"kind": "file", "name": "p", "path": "pool.extxyz"},
+                             {"kind": "neb", "name": "path", "initial": "reactant.xyz", "final": "product.xyz",
+                              "images": 3, "steps": 2}]},
+        "labeler": QMCPACK,
+        "evaluation": {"test_set": None, "observables": [{"kind": "barrier", "name": "barrier", "path": "path"}]},
+        "stop": {"max_labels": 30},
+        "acquisition": {"strategy": "targeted", "repeats": True, "batch_size": 2, "initial_size": 3}})))
+    run = tmp_path / "runs" / "bad"
+    queue = run / "queue"
+
+    assert main(["run", str(campaign), "--quiet"]) == 3          # iteration 0: three jobs queued
+    store, labeler = open_queue(run)
+    for k, cid in enumerate(store.ids(state=SELECTED)):
+        finish(queue / label_key(cid), 1e-3 * k)
+    ingest(run)
+    labelled = store.ids(state=LABELLED)
+    label_before = store.labels()
+    assert main(["run", str(campaign), "--quiet"]) == 3          # trained; iteration 1 queued by targeted
+    # the rest of the pool queued as an older committee would have left it: the pool is spent
+    rest = store.ids(state=POOL)
+    store.mark_selected(rest, 0, [np.nan] * len(rest), [np.nan] * len(rest), [0.0] * len(rest))
+    for cid, atoms in zip(rest, store.atoms(rest)):
+        labeler.submit(label_key(cid), atoms)
+    copies_before = store.count("repeat_of>0")   # targeted may already have chosen repeats in iteration 1
+    capsys.readouterr()
+
+    assert main(["run", str(campaign), "--quiet"]) == 3          # still waiting on iteration 1: re-ranked
+    assert "cancellable" in capsys.readouterr().err
+    lines = read_cancel(queue)
+    assert lines and {line.key for line in lines} <= {label_key(cid) for cid in rest}
+    header = (queue / "cancel.txt").read_text()
+    assert "(targeted)" in header and "eV²" in header
+    # their places went to repeats of labelled configurations: new candidates, new jobs, the same geometry
+    copies = [r for r in store.rows() if r.get("repeat_of") is not None][copies_before:]
+    assert 0 < len(copies) <= len(lines)
+    for copy in copies:
+        assert copy.state == SELECTED and copy.repeat_of in labelled and copy.iteration == 1
+        assert np.allclose(copy.positions, store.db.get(id=copy.repeat_of).positions)
+        assert (queue / label_key(copy.id) / "manifest.json").exists()
+    keys = labeler.keys()
+    assert len(keys) == len(set(keys))
+    assert store.ids(state=LABELLED) == labelled and store.labels()[0] == label_before[0]

@@ -136,6 +136,12 @@ BAD = [
                  .replace("strategy: max_std", "strategy: targeted"),
                  "campaign.yaml: acquisition.strategy: targeted needs the energy linear in the trained parameters",
                  id="full-readout-targeted"),
+    pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("reference: 0.42}", "reference: 0.42, relax: false}")
+                 + "committee: {prior_sigma: auto}\n",
+                 "campaign.yaml: committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
+                 "trained parameters, and finetune.readout is full; give prior_sigma in eV/atom", id="full-readout-auto-prior"),
+    pytest.param(VALID + "committee: {prior_sigma: large}\n",
+                 "campaign.yaml: committee.prior_sigma: expected a number > 0 (eV/atom) or auto, got 'large'", id="bad-prior-sigma"),
     pytest.param(_edit("noise_floor: 0.005", "readout: full"),
                  "campaign.yaml: evaluation.observables.0.relax: true relaxes the path of the committee-mean model, "
                  "and with finetune.readout is full", id="full-readout-relaxed-observable"),

@@ -4,7 +4,7 @@ import pytest
 from conftest import h3_set, make_committee, tiny_mace
 from mace.calculators import MACECalculator
 
-from aloop.arrays import Features, feature_moment
+from aloop.arrays import Features, ForceJacobian, feature_moment
 from aloop.backbone import Backbone
 from aloop.campaign import CommitteeSettings, FinetuneSettings
 from aloop.committee import Committee, TrainingSet, _Objective, force_penalty
@@ -202,3 +202,48 @@ def test_force_threshold_per_atom_is_the_value_times_root_n(problem):
                         np.zeros((2, 36)), np.zeros((2, 36, P)), np.zeros((2, 36)))
     np.testing.assert_allclose(_Objective(mixed, 0.005, 0.1, 1.0, np.zeros(P), per_atom=True).t2, [0.03, 0.12])
     assert _Objective(mixed, 0.005, 0.1, 1.0, np.zeros(P)).t2 == pytest.approx(0.01)
+
+
+def synthetic_labels(n: int, tau: float, model_error: float, seed: int = 0):
+    """A linear problem drawn from the evidence's own model: θ ~ N(θ0, s² I) with s² = τ²/tr(G),
+    labels with a 10 meV error bar, plus a model error of that size per configuration."""
+    rng = np.random.default_rng(seed)
+    P, n_atoms = 40, np.full(n, 4)
+    a = np.hstack([rng.normal(size=(n, P - 1)), n_atoms[:, None]])   # the last column: E0's atom count
+    feats = Features(a, np.zeros(n), n_atoms)
+    theta0 = np.zeros(P)
+    trace = float(np.trace(feature_moment(feats)))
+    truth = theta0 + tau / np.sqrt(trace) * rng.normal(size=P)
+    sigma = np.full(n, 0.01)
+    y = feats.energies(truth) + sigma * rng.normal(size=n) + model_error * rng.normal(size=n)
+    jac = [ForceJacobian(np.zeros((1, 3)), np.zeros((1, 3, P))) for _ in range(n)]
+    return theta0, TrainingSet.build(feats, y, sigma, jac, [j.f0 for j in jac], ids=np.arange(n)), trace
+
+
+@pytest.mark.parametrize("model_error", [0.0, 0.2])
+def test_evidence_recovers_the_prior_width_and_the_model_error(model_error):
+    """On labels drawn from the evidence's own model, `prior_sigma: auto` finds the τ and the model
+    error they were drawn with; with no model error it finds none worth the name."""
+    theta0, data, trace = synthetic_labels(4000, tau=0.8, model_error=model_error)
+    committee = make_committee(theta0, prior_sigma="auto", noise_floor=1e-4).fit(data, 1)
+    # one draw of θ holds 40 numbers, so τ is known to about 1/√(2·40) of itself
+    assert 0.8 / 1.3 < committee.tau_ < 0.8 * 1.3
+    if model_error:
+        assert committee.model_error_ == pytest.approx(model_error, rel=0.1)
+    else:
+        assert committee.model_error_ < 0.003
+    assert committee.effective_floor == pytest.approx(np.hypot(1e-4, committee.model_error_))
+
+
+def test_a_given_prior_sigma_is_used_as_given_and_auto_round_trips(tmp_path):
+    theta0, data, _ = synthetic_labels(200, tau=0.8, model_error=0.2)
+    fixed = make_committee(theta0, prior_sigma=0.05, noise_floor=1e-4).fit(data, 1)
+    assert fixed.tau_ == 0.05 and fixed.model_error_ == 0.0
+    auto = make_committee(theta0, prior_sigma="auto", noise_floor=1e-4).fit(data, 1)
+    auto.save(tmp_path / "c.npz")
+    again = make_committee(theta0, prior_sigma="auto", noise_floor=1e-4).load(tmp_path / "c.npz")
+    assert (again.tau_, again.model_error_) == (auto.tau_, auto.model_error_)
+    np.testing.assert_allclose(again.posterior_covariance(data), auto.posterior_covariance(data))
+    with pytest.raises(ValueError, match="prior_sigma must be a positive number"):
+        Committee(theta0, size=2, bootstrap=False, prior_sigma="evidence", force_threshold=1.0, force_weight=0.0,
+                  noise_floor=0.0, seed=0)

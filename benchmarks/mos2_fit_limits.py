@@ -1,0 +1,130 @@
+"""What holds the MoS2 committee's barrier back: the same labels, fitted again three ways.
+
+For every run of a data-efficiency folder (benchmarks/data_efficiency.py --out OUT) and every
+checkpoint, the labels the run had there are fitted
+- as the run fitted them (its own committee, the campaign's fixed τ = committee.prior_sigma),
+- with `committee.prior_sigma: auto` (τ and a model error m chosen by the labels' evidence,
+  docs/method.md), the rest of the committee as the campaign builds it,
+- by plain least squares (ridge 1e-8), the most the readout can fit: its residual is the model
+  error no prior removes.
+Each fit's committee mean is scored by its RMSE on those labels and by the mono-vacancy barrier
+along the oracle's own relaxed CI-NEB images (the frozen images: no relaxation, so the numbers
+say what the fit learnt at the oracle's saddle, not where the model's own path goes). With
+--relax, the `auto` committee mean's own relaxed CI-NEB barrier too, at --relax-at labels (a few
+minutes per run).
+
+    python benchmarks/mos2_fit_limits.py --out OUT [--oracle prism|contact] [--relax] [--json FILE]
+
+Reads the run folders and their caches (no label or force Jacobian is computed); one line per
+(run, checkpoint), then the means over seeds per strategy.
+"""
+from __future__ import annotations
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import argparse
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.io import read
+
+from aloop import metrics
+from aloop.arrays import Features, feature_moment
+from aloop.committee import PRIOR_AUTO, Committee
+from aloop.loop import CampaignRun
+from aloop.neb import interpolate, relax_path
+from aloop.store import LABELLED
+from data_efficiency import CAMPAIGN, CHECKPOINTS, REFERENCES, campaign_for
+from testbeds.mos2.geometry import NEB_IMAGES
+
+RUN_NAME = re.compile(r"^(?P<strategy>[a-z_]+)-s(?P<seed>\d+)$")
+FITS = ("run", "auto", "lstsq")
+
+
+def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
+    """θ minimising Σ (E − E_HF)²/σ² + ridge ‖θ − θ0‖² (σ with the campaign's floor is constant here)."""
+    a, r = data.features.a, data.energy - data.features.energies(theta0)
+    return theta0 + np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ r)
+
+
+def measure(out: Path, name: str, oracle: str, relax_at: int | None, hf_path: np.ndarray, path_features) -> list[dict]:
+    strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
+    run = CampaignRun(campaign_for(out, strategy, seed, oracle), progress=False)
+    moment = feature_moment(run.pool_rows(run.store.ids()))
+    labelled = run.store.rows(state=LABELLED)
+    hf_barrier = float(metrics.barrier(hf_path))
+    rows = []
+    for record in run.store.iterations():
+        if record["n_labels"] not in CHECKPOINTS:
+            continue
+        keep = [r.id for r in labelled if r.iteration <= record["iteration"]]
+        _, data = run.training_set(subset=keep)
+        auto = Committee.from_settings(run.backbone.theta0, run.campaign.committee.model_copy(update={"prior_sigma": PRIOR_AUTO}),
+                                       run.campaign.finetune).fit(data, len(run.backbone.z_table), moment=moment)
+        thetas = {"run": run.load_committee(record["iteration"]).thetas_.mean(0), "auto": auto.thetas_.mean(0),
+                  "lstsq": least_squares(data, run.backbone.theta0)}
+        row = {"strategy": strategy, "seed": seed, "n_labels": record["n_labels"], "tau": auto.tau_,
+               "model_error": auto.model_error_, "campaign_tau": run.campaign.committee.prior_sigma}
+        for fit, theta in thetas.items():
+            row[f"{fit}_label_rmse_meV"] = 1000 * float(np.sqrt(np.mean((data.features.energies(theta) - data.energy) ** 2)))
+            row[f"{fit}_hf_images_error"] = float(metrics.barrier(path_features.energies(theta))) - hf_barrier
+        if relax_at is not None and record["n_labels"] == relax_at:
+            start = interpolate(read(CAMPAIGN / "mono_initial.xyz"), read(CAMPAIGN / "mono_final.xyz"), NEB_IMAGES)
+            path = relax_path(start, run.backbone, theta=thetas["auto"], fmax=0.03, steps=1500)
+            row["auto_relaxed_barrier"], row["auto_relaxed_converged"] = path.barrier, path.converged
+        rows.append(row)
+        print(f"{name:12} {row['n_labels']:4d} labels | label RMSE meV: run {row['run_label_rmse_meV']:5.0f}, "
+              f"auto {row['auto_label_rmse_meV']:5.0f}, lstsq {row['lstsq_label_rmse_meV']:5.0f} | barrier on the "
+              f"oracle's images − oracle's: run {row['run_hf_images_error']:+.3f}, auto {row['auto_hf_images_error']:+.3f}, "
+              f"lstsq {row['lstsq_hf_images_error']:+.3f} eV | auto τ {row['tau']:.3g} eV/atom, m {row['model_error']:.3f} eV"
+              + (f" | auto relaxed {row['auto_relaxed_barrier']:.3f} eV" if "auto_relaxed_barrier" in row else ""),
+              flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, nargs="+",
+                        help="data-efficiency folders (benchmarks/data_efficiency.py --out); each holds runs STRATEGY-sSEED")
+    parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism")
+    parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
+    parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
+    folder = REFERENCES[args.oracle]
+    hf_path = np.array([a.get_potential_energy() for a in read(folder / "mono_path_hf.extxyz", index=":")])
+    rows = []
+    for out in args.out:
+        names = sorted(p.name for p in out.iterdir() if p.is_dir() and RUN_NAME.match(p.name))
+        if not names:
+            raise SystemExit(f"{out}: no run folders STRATEGY-sSEED; give a folder benchmarks/data_efficiency.py wrote")
+        with np.load(out / "evaluation.npz") as f:
+            path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
+        for name in names:
+            rows += measure(out, name, args.oracle, args.relax_at if args.relax else None, hf_path, path_features)
+    print("\nmeans over seeds (± std, worst |error|):")
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["strategy"], row["n_labels"])].append(row)
+    for (strategy, n), group in sorted(groups.items()):
+        parts = []
+        for fit in FITS:
+            err = np.array([r[f"{fit}_hf_images_error"] for r in group])
+            parts.append(f"{fit} {err.mean():+.3f} ± {err.std():.3f} (worst {np.abs(err).max():.3f})")
+        tau = np.array([r["tau"] for r in group])
+        m = np.array([r["model_error"] for r in group])
+        print(f"{strategy:9} {n:4d} labels, {len(group)} seeds | barrier on the oracle's images − oracle's: "
+              + "; ".join(parts) + f" | auto τ {tau.min():.2g}–{tau.max():.2g} eV/atom, m {m.min():.3f}–{m.max():.3f} eV")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
