@@ -6,6 +6,10 @@ of the committees of the iterations it keeps. The folders that depend only on th
 the run (cache/: backbone features and force Jacobians; labels/: finished label records of a
 labeler that computes), are shared by symbolic link, so every fork computes a candidate's features
 once and labels a candidate once: forks of one run see the same label for the same candidate.
+Those folders are keyed by candidate id, and a fork adds candidates of its own (the points of its
+relaxed paths, repeats): each fork numbers them in a range no other fork of the source uses
+(FORK_ID_STRIDE ids, the fork's number taken atomically in SOURCE/forks/), or a fork would read
+another's features, force Jacobians and labels for a different configuration.
 """
 from __future__ import annotations
 
@@ -17,6 +21,21 @@ from .rundir import RunDir
 from .store import RunStore
 
 SHARED = ("cache", "labels")
+FORK_ID_STRIDE = 10_000   # candidates a fork may add (path points, repeats) before its range ends
+
+
+def fork_number(source: Path) -> int:
+    """1, 2, ...: the first number no fork of `source` has taken, taken (O_EXCL: two processes
+    forking at once get two numbers)."""
+    folder = source / "forks"
+    folder.mkdir(exist_ok=True)
+    k = 1
+    while True:
+        try:
+            os.close(os.open(folder / str(k), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return k
+        except FileExistsError:
+            k += 1
 
 
 def fork_run(source: str | Path, dest: str | Path, iteration: int, share: tuple[str, ...] = SHARED) -> RunStore:
@@ -42,4 +61,5 @@ def fork_run(source: str | Path, dest: str | Path, iteration: int, share: tuple[
             # relative, so the folder holding both runs can move
             link.symlink_to(os.path.relpath(shared, dest.root), target_is_directory=True)
     # the store last: a folder holds a fork once its store is there, whole
-    return RunStore(source.root).fork(dest.root, iteration)
+    origin = RunStore(source.root)
+    return origin.fork(dest.root, iteration, origin.max_id() + 1 + fork_number(source.root) * FORK_ID_STRIDE)

@@ -256,7 +256,8 @@ def _cancellable(store: RunStore) -> list[str]:
         return []
     lines = [f"cancellable: {len(jobs)} queued jobs a fresh batch would no longer choose "
              f"({store.layout.queue / 'cancel.txt'})"]
-    lines += [f"  {c.key}: score {_meV(c.old_score)} → {_meV(c.new_score)} meV, slurm job {c.job_id}, "
+    # σ in eV for max_std and diverse, a variance reduction in eV² for targeted: cancel.txt says which
+    lines += [f"  {c.key}: score {c.old_score:.3g} → {c.new_score:.3g}, slurm job {c.job_id}, "
               f"array index {c.array_index}" for c in jobs[:10]]
     return lines + ([f"  … and {len(jobs) - 10} more"] if len(jobs) > 10 else [])
 

@@ -77,8 +77,8 @@ def write_cancel(queue: Path, lines: list[CancelLine], header: str) -> Path | No
         path.unlink(missing_ok=True)
         return None
     text = "".join(f"# {h}\n" for h in header.splitlines())
-    text += "# key folder old_score_eV new_score_eV slurm_job_id array_index\n"
-    text += "".join(f"{c.key} {c.folder} {c.old_score:.6f} {c.new_score:.6f} {c.job_id} {c.array_index}\n"
+    text += "# key folder old_score new_score slurm_job_id array_index\n"
+    text += "".join(f"{c.key} {c.folder} {c.old_score:.6g} {c.new_score:.6g} {c.job_id} {c.array_index}\n"
                     for c in lines)
     write_text_atomic(path, text)
     return path

@@ -199,10 +199,16 @@ class RunStore:
         return [json.loads(r[0]) for r in rows]
 
     # --- forks -------------------------------------------------------------------------------
-    def fork(self, run_dir: str | Path, iteration: int) -> "RunStore":
+    def max_id(self) -> int:
+        """The largest candidate id in use (0 in an empty store)."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as con:
+            return int(con.execute("SELECT COALESCE(MAX(id), 0) FROM systems").fetchone()[0])
+
+    def fork(self, run_dir: str | Path, iteration: int, first_new_id: int | None = None) -> "RunStore":
         """A copy of this store in `run_dir` as it stood before `iteration`: the same candidates under
         the same ids, the labels and records of iterations 0..iteration-1, and every candidate selected
-        later back in the pool, its label dropped. The copy appears whole or not at all."""
+        later back in the pool, its label dropped. The copy appears whole or not at all. Candidates it
+        adds later are numbered from `first_new_id` (beyond every id of this store) when given."""
         done = len(self.iterations())
         if not 0 <= iteration <= done:
             raise ValueError(f"{self.run_dir}: cannot fork at iteration {iteration}; expected 0..{done} "
@@ -225,5 +231,10 @@ class RunStore:
         with closing(sqlite3.connect(tmp)) as con, con:   # closed after one transaction
             con.execute("DELETE FROM aloop_iterations WHERE iteration >= ?", (iteration,))
             con.execute("DELETE FROM aloop_meta WHERE key = 'stop_reason'")
+            if first_new_id is not None:
+                if first_new_id <= self.max_id():
+                    raise ValueError(f"{self.path}: ids up to {self.max_id()} are in use; a fork cannot add from {first_new_id}")
+                if not con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'systems'", (first_new_id - 1,)).rowcount:
+                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('systems', ?)", (first_new_id - 1,))
         os.replace(tmp, target)
         return RunStore(run_dir)

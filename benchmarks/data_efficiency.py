@@ -82,10 +82,13 @@ TOLERANCE = {"mono": 0.05, "di": 0.10}   # eV, T2
 T1_LABELS, T2_LABELS, COVERAGE = 150, 100, (0.85, 0.99)
 
 
-def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism"):
+def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism", prior_sigma=None,
+                 max_labels: int = CHECKPOINTS[-1]):
     """The campaign of one run: `strategy` and `seed`, labels from the oracle variant `oracle`, with
-    its own test set and barrier reference."""
+    its own test set and barrier reference; `prior_sigma` replaces the campaign's committee.prior_sigma."""
     c = load_campaign(CAMPAIGN / "campaign.yaml")
+    if prior_sigma is not None:
+        c.committee.prior_sigma = prior_sigma
     c.labeler.parameters = {**c.labeler.parameters, "variant": oracle}
     c.evaluation.test_set.path = REFERENCES[oracle] / "hf_test.extxyz"
     reference = json.loads((REFERENCES[oracle] / "reference.json").read_text())["mono_barrier_hf"]
@@ -95,7 +98,7 @@ def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism"):
     c.acquisition.strategy = strategy
     c.acquisition.initial_size = CHECKPOINTS[0]
     c.acquisition.batch_schedule = BATCHES
-    c.stop.max_labels = CHECKPOINTS[-1]
+    c.stop.max_labels = max_labels
     c.stop.uncertainty_ratio, c.stop.observable = None, None  # judged afterwards, see stop_points
     return c
 
@@ -110,10 +113,11 @@ def shared_pool(out: Path, oracle: str) -> CampaignRun:
     return run
 
 
-def start_run(out: Path, strategy: str, seed: int, oracle: str) -> CampaignRun:
+def start_run(out: Path, strategy: str, seed: int, oracle: str, prior_sigma=None,
+              max_labels: int = CHECKPOINTS[-1]) -> CampaignRun:
     """A fork of the shared pool's run (features, Jacobians and oracle labels shared), or the run
     as a previous invocation left it."""
-    c = campaign_for(out, strategy, seed, oracle)
+    c = campaign_for(out, strategy, seed, oracle, prior_sigma, max_labels)
     try:
         fork_run(out / "pool", c.run_dir, 0)
     except FileExistsError:
@@ -365,12 +369,13 @@ def merged(out: Path, results: dict, others: list[Path]) -> dict:
 
 def same_oracle(out: Path, others: list[Path]) -> None:
     """Refuse to merge runs measured against different references (another oracle or references
-    remade between the runs)."""
+    remade between the runs) or with another prior."""
     summaries = [(d, json.loads((d / "results.json").read_text())) for d in [out, *others] if (d / "results.json").exists()]
     for d, summary in summaries[1:]:
-        if summary["reference"] != summaries[0][1]["reference"]:
-            raise SystemExit(f"--merge: {d} was measured against {summary['reference']}, {summaries[0][0]} against "
-                             f"{summaries[0][1]['reference']}; merge only runs of one oracle and one set of references")
+        for key, what in (("reference", "one oracle and one set of references"), ("prior_sigma", "one committee.prior_sigma")):
+            if summary.get(key) != summaries[0][1].get(key):
+                raise SystemExit(f"--merge: {d} was measured with {key} {summary.get(key)}, {summaries[0][0]} with "
+                                 f"{summaries[0][1].get(key)}; merge only runs of {what}")
 
 
 def report(summary: dict, out: Path, docs: bool) -> None:
@@ -418,6 +423,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--no-neb", action="store_true", help="skip the di-vacancy CI-NEBs of the committee means")
+    parser.add_argument("--max-labels", type=int, default=CHECKPOINTS[-1],
+                        help=f"stop every run here (default {CHECKPOINTS[-1]}; the checkpoints past it are left out)")
+    parser.add_argument("--prior-sigma", type=lambda v: v if v == "auto" else float(v), metavar="TAU|auto",
+                        help="committee.prior_sigma of every run instead of the campaign's (another --out: the runs differ)")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: the table, verdict and plots of OUT/results.json (and --merge's)")
@@ -451,12 +460,17 @@ def main() -> None:
                     "threads": torch.get_num_threads(), "platform": platform.platform()},
         "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
         | {"oracle": reference.get("oracle")},
+        "prior_sigma": args.prior_sigma or load_campaign(CAMPAIGN / "campaign.yaml").committee.prior_sigma,
+        "max_labels": args.max_labels,
     }
     previous = args.out / "results.json"
     earlier = json.loads(previous.read_text()) if previous.exists() else {}
     if earlier and earlier["reference"] != summary["reference"]:
         raise SystemExit(f"{previous} holds runs measured against {earlier['reference']}, not {summary['reference']}: "
                          "the references were remade; give another --out")
+    if earlier and earlier.get("prior_sigma", summary["prior_sigma"]) != summary["prior_sigma"]:
+        raise SystemExit(f"{previous} holds runs with committee.prior_sigma {earlier['prior_sigma']}, not "
+                         f"{summary['prior_sigma']}; give another --out")
     base = evaluation.scores(pool.backbone.theta0) | evaluation.tracked(measure.base_observables(pool)[observable]["mean"])
     if not args.no_neb:   # the base model's di-vacancy CI-NEB, once per folder
         base["di_relaxed"] = earlier.get("base", {}).get("di_relaxed") or di_barrier(pool, pool.backbone.theta0, reference)
@@ -467,7 +481,7 @@ def main() -> None:
         for seed in args.seeds:
             t = time.time()
             print(f"{strategy}, seed {seed}:", flush=True)
-            run = start_run(args.out, strategy, seed, args.oracle)
+            run = start_run(args.out, strategy, seed, args.oracle, args.prior_sigma, args.max_labels)
             run_to_the_end(run)
             entry = {"seed": seed, **measure_run(run, evaluation, observable, not args.no_neb),
                      "seconds": round(time.time() - t, 1)}

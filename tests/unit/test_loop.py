@@ -115,3 +115,23 @@ def test_force_threshold_per_atom_reaches_the_committee(folder):
     assert (committee.force_threshold, committee.threshold_per_atom) == (0.1, True)
     default = CampaignRun(campaign(folder, "default_threshold", budget=4), progress=False).new_committee()
     assert (default.force_threshold, default.threshold_per_atom) == (0.5, False)
+
+
+def test_forks_number_their_own_candidates_apart_so_the_shared_caches_never_mix_them(folder, finished):
+    """Two forks of one run share its feature cache, keyed by candidate id; the candidates each adds
+    later (its relaxed paths' points, repeats) get ids no other fork uses, so each reads back the
+    features of its own configuration, not the other's."""
+    run, _ = finished
+    forks = [fork_run(run.run_dir, folder / "runs" / f"sibling{k}", 1) for k in range(2)]
+    added = []
+    for k, store in enumerate(forks):
+        atoms = h3_set(1, seed=40 + k)[0]
+        (cid,) = store.add_candidates([atoms], "path:barrier")
+        added.append((cid, atoms))
+    (first, a0), (second, a1) = added
+    assert first != second and min(first, second) > run.store.max_id()
+    c = campaign(folder, "source")
+    for store, (cid, atoms) in zip(forks, added):
+        c.run_dir = store.run_dir
+        sibling = CampaignRun(c, progress=False)
+        np.testing.assert_allclose(sibling.features([cid]).a[0], sibling.backbone.features([atoms]).a[0])

@@ -90,7 +90,7 @@ def test_cancel_file_round_trip_and_removal(tmp_path):
     path = write_cancel(folder, lines, "first line\nsecond line")
     text = path.read_text()
     assert path == folder / CANCEL_FILE and text.startswith("# first line\n# second line\n# key folder")
-    assert f"cand0000004 {folder / 'cand0000004'} 0.000000 0.012300 4242_7 3\n" in text
+    assert f"cand0000004 {folder / 'cand0000004'} 0 0.0123 4242_7 3\n" in text
     assert read_cancel(folder) == lines
     assert write_cancel(folder, [], "") is None and not path.exists() and read_cancel(folder) == []
 
