@@ -5,7 +5,7 @@ noise as its floor, and the `stop.observable` committee spread), the power law i
 first k points (k = 4 … all but one) and its value at every later label count is compared with
 the value the run measured there:
 
-    python benchmarks/forecast_hindcast.py RUN_DIR [RUN_DIR ...]
+    python benchmarks/forecast_hindcast.py RUN_DIR [RUN_DIR ...] [--fit-at 75 100 150] [--at 300 500]
 
 One line per (run, quantity, k, later point): the value forecast with its 68% band, the value
 measured, their ratio, whether the measurement agrees with it (inside the curve's 68% band widened
@@ -62,6 +62,10 @@ def agrees(r: dict) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders")
+    parser.add_argument("--fit-at", type=int, nargs="+", metavar="N",
+                        help="only forecasts fitted to the points up to these label counts (e.g. 75 100 150)")
+    parser.add_argument("--at", type=int, nargs="+", metavar="N",
+                        help="only forecasts of the values measured at these label counts (e.g. 300 500)")
     args = parser.parse_args(argv)
     rows = []
     for run in args.runs:
@@ -69,6 +73,7 @@ def main(argv=None) -> int:
             rows += hindcast_run(run)
         except ValueError as err:
             print(f"{run}: skipped: {err}", file=sys.stderr)
+    rows = [r for r in rows if (args.fit_at is None or r["n_fit"] in args.fit_at) and (args.at is None or r["n"] in args.at)]
     print(f"{'run':40} {'quantity':18} {'k':>2} {'fit≤n':>5} {'at n':>5} {'forecast (meV)':>22} "
           f"{'measured':>9} {'ratio':>6} {'agrees':>7}  status from k points")
     for r in rows:
