@@ -210,13 +210,16 @@ def _observable_settled(rules, records: list[dict]) -> str | None:
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]
     means = [w["mean"] for w in window]
+    # the spread as calibrated on the prospective errors so far, as for the pool rule: a committee
+    # whose energies are ×4 overconfident agrees on a barrier ×4 too closely
+    scale = max(records[-1].get("sigma_scale") or 1.0, 1.0)
     # every iteration of the window, not only the last, must be within tolerance: one lucky
     # narrow committee after wide ones is no evidence of convergence
-    change, spread = max(means) - min(means), max(w["std"] for w in window)
+    change, spread = max(means) - min(means), scale * max(w["std"] for w in window)
     if change < tol and spread < tol:
         return (f"observable '{name}' converged: changed {change * 1000:.1f} meV over the last "
                 f"{rules.observable.window} iterations, committee spread at most {spread * 1000:.1f} meV "
-                f"(< {tol * 1000:.1f} meV)")
+                f"(calibration ×{scale:.2f}; < {tol * 1000:.1f} meV)")
     return None
 
 

@@ -15,7 +15,7 @@ P = 6          # readout parameters
 K = 4          # committee members
 BARRIER_REF = 0.418
 BASE_BARRIER = 0.512
-STOP = "observable 'barrier' converged: changed 1.2 meV over the last 3 iterations, committee spread at most 3.0 meV (< 5.0 meV)"
+STOP = "observable 'barrier' converged: changed 1.2 meV over the last 3 iterations, committee spread at most 3.0 meV (calibration ×1.00; < 5.0 meV)"
 
 
 def _h3(i: int) -> Atoms:
