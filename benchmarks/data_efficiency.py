@@ -64,6 +64,7 @@ from aloop.campaign import load_campaign  # noqa: E402
 from aloop.files import file_digest  # noqa: E402
 from aloop.fork import fork_run  # noqa: E402
 from aloop.loop import CampaignRun  # noqa: E402
+from aloop.store import RunStore  # noqa: E402
 from aloop.neb import interpolate, relax_path  # noqa: E402
 from aloop.report_text import one_line  # noqa: E402
 from testbeds.mos2.geometry import NEB_IMAGES  # noqa: E402
@@ -368,6 +369,30 @@ def merged(out: Path, results: dict, others: list[Path]) -> dict:
     return {s: [entries[k] for k in sorted(entries)] for s, entries in combined.items()}
 
 
+def refresh_stop_points(results: dict, folders: list[Path], reference: dict) -> None:
+    """Where the stop rules fire, again from the run folders' records with the rules as they are now
+    (a rule changed since the runs were measured). Where the first stop moved, `at_stop` is that
+    iteration's tracked barrier, without the di-vacancy CI-NEB (not run here: T5 reads it as not met)."""
+    rules = load_campaign(CAMPAIGN / "campaign.yaml").stop
+    for strategy, entries in results.items():
+        for entry in entries:
+            folder = next((d / f"{strategy}-s{entry['seed']}" for d in folders
+                           if (d / f"{strategy}-s{entry['seed']}" / "aloop.db").exists()), None)
+            if folder is None:
+                continue
+            records = RunStore(folder).iterations()
+            fire = metrics.when_rules_fire(rules, records, ("uncertainty_ratio", "observable"))
+            first = min((n for n in fire.values() if n is not None), default=None)
+            entry["stop_rules_fire_at"] = fire
+            if first is None:
+                entry.pop("at_stop", None)
+            elif (entry.get("at_stop") or {}).get("n_labels") != first:
+                record = next(r for r in records if r["n_labels"] >= first)
+                value = record["observables"][rules.observable.name]["mean"]
+                entry["at_stop"] = {"n_labels": record["n_labels"], "mono_barrier": value,
+                                    "mono_barrier_error": value - reference["mono_barrier_hf"]}
+
+
 def same_oracle(out: Path, others: list[Path]) -> None:
     """Refuse to merge runs measured against different references (another oracle or references
     remade between the runs) or with another prior."""
@@ -446,7 +471,9 @@ def main() -> None:
         first = args.out if (args.out / "results.json").exists() else args.merge[0]
         summary = json.loads((first / "results.json").read_text())
         args.out.mkdir(parents=True, exist_ok=True)
-        report(summary | {"results": merged(args.out, {}, args.merge)}, args.out, args.docs)
+        results = merged(args.out, {}, args.merge)
+        refresh_stop_points(results, [args.out, *args.merge], summary["reference"])
+        report(summary | {"results": results}, args.out, args.docs)
         return
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     start = time.time()
