@@ -13,7 +13,8 @@ say what the fit learnt at the oracle's saddle, not where the model's own path g
 --relax, the `auto` committee mean's own relaxed CI-NEB barrier too, at --relax-at labels (a few
 minutes per run).
 
-    python benchmarks/mos2_fit_limits.py --out OUT [--oracle prism|contact] [--relax] [--json FILE]
+    python benchmarks/mos2_fit_limits.py --out OUT [OUT ...] [--oracle prism|contact] [--relax] [--json FILE]
+        [--runs random-s0 ...] [--checkpoints 100 150 300 500]
 
 Reads the run folders and their caches (no label or force Jacobian is computed); one line per
 (run, checkpoint), then the means over seeds per strategy.
@@ -52,15 +53,18 @@ def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
     return theta0 + np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ r)
 
 
-def measure(out: Path, name: str, oracle: str, relax_at: int | None, hf_path: np.ndarray, path_features) -> list[dict]:
+def measure(out: Path, name: str, oracle: str, relax_at: int | None, hf_path: np.ndarray, path_features,
+            checkpoints=CHECKPOINTS) -> list[dict]:
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
+    if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
+        raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
     run = CampaignRun(campaign_for(out, strategy, seed, oracle), progress=False)
     moment = feature_moment(run.pool_rows(run.store.ids()))
     labelled = run.store.rows(state=LABELLED)
     hf_barrier = float(metrics.barrier(hf_path))
     rows = []
     for record in run.store.iterations():
-        if record["n_labels"] not in CHECKPOINTS:
+        if record["n_labels"] not in checkpoints:
             continue
         keep = [r.id for r in labelled if r.iteration <= record["iteration"]]
         _, data = run.training_set(subset=keep)
@@ -95,19 +99,24 @@ def main() -> None:
     parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
     parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--runs", nargs="+", metavar="STRATEGY-sSEED", help="only these runs of each folder")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS),
+                        help=f"label counts to refit at (default {' '.join(map(str, CHECKPOINTS))})")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     folder = REFERENCES[args.oracle]
     hf_path = np.array([a.get_potential_energy() for a in read(folder / "mono_path_hf.extxyz", index=":")])
     rows = []
     for out in args.out:
-        names = sorted(p.name for p in out.iterdir() if p.is_dir() and RUN_NAME.match(p.name))
+        names = sorted(p.name for p in out.iterdir() if p.is_dir() and RUN_NAME.match(p.name)
+                       and (args.runs is None or p.name in args.runs))
         if not names:
             raise SystemExit(f"{out}: no run folders STRATEGY-sSEED; give a folder benchmarks/data_efficiency.py wrote")
         with np.load(out / "evaluation.npz") as f:
             path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
         for name in names:
-            rows += measure(out, name, args.oracle, args.relax_at if args.relax else None, hf_path, path_features)
+            rows += measure(out, name, args.oracle, args.relax_at if args.relax else None, hf_path, path_features,
+                            args.checkpoints)
     print("\nmeans over seeds (± std, worst |error|):")
     groups = defaultdict(list)
     for row in rows:
