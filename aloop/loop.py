@@ -411,7 +411,8 @@ class CampaignRun:
             rerank.write_cancel(self.labeler.workdir, [], "")
             return ""
         # what select() could choose now, with the waiting jobs last
-        others = self.store.ids(state=POOL) + (self.store.ids(state=LABELLED) if acquire.repeats else [])
+        repeatable = self.store.ids(state=LABELLED) if acquire.repeats else []
+        others = self.store.ids(state=POOL) + repeatable
         available = others + ids
         rows = self.pool_rows(available)
         mean, std = stream_predict(committee, rows)
@@ -435,8 +436,8 @@ class CampaignRun:
             f"value in a fresh batch of {len(ids)} from the {len(available)} candidates it could choose\n"
             "cancel with `scancel <slurm_job_id>`, or `scancel <array job id>_<array_index>` for a job not started; "
             "a result that arrives anyway is still ingested"))
-        labelled = set(self.store.ids(state=LABELLED))
-        new = [self.store.add_repeat(others[r], iteration) if others[r] in labelled else others[r]
+        again = set(repeatable)
+        new = [self.store.add_repeat(others[r], iteration) if others[r] in again else others[r]
                for r in result.replacements]
         if new:
             self.fill_features(new)
