@@ -81,7 +81,7 @@ def diverse(std, descriptors, n, *, rng: np.random.Generator, oversample: int = 
 
 
 def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray, directions: np.ndarray,
-             noise, rows, cost: np.ndarray | None = None):
+             noise, rows, cost: np.ndarray | None = None, products: tuple | None = None):
     """Greedily, the candidates whose labels most reduce the posterior variance of the target
     observables (docs/method.md, "Targeted acquisition").
 
@@ -93,14 +93,16 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
     `feature_cache.PoolRows(..., per_atom=False)`). After each pick Σ is conditioned on it, so the
     next pick is scored given the ones before: a second copy of a picked configuration is worth
     little, which keeps the batch diverse. The pool is read a block of rows at a time, once to
-    score it and once more for each pick after the first; only [n_candidates] vectors stay in memory. `scores` are the reductions (eV², summed over the
-    targets) when each was picked; `std`, `descriptors` and `rng` are unused (one signature for all).
+    score it and once more for each pick after the first; only [n_candidates] vectors stay in
+    memory. `products`, when given, are `posterior_products(sigma, directions, rows)` already
+    computed (left unmodified). `scores` are the reductions (eV², summed over the targets) when each
+    was picked; `std`, `descriptors` and `rng` are unused (one signature for all).
     """
     n = _check(std, n)
     count = len(rows)
     S = np.array(sigma, dtype=float)
     noise = np.broadcast_to(np.asarray(noise, dtype=float), (count,))
-    c, v = _posterior_products(S, directions, rows)
+    c, v = (np.array(p, dtype=float) for p in products) if products is not None else posterior_products(S, directions, rows)
     picked, scores = [], []
     for _ in range(n):
         gain = (c**2).sum(0) / (noise + v)
@@ -123,7 +125,7 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
     return np.array(picked), np.array(scores)
 
 
-def _posterior_products(S: np.ndarray, directions, rows) -> tuple[np.ndarray, np.ndarray]:
+def posterior_products(S: np.ndarray, directions, rows) -> tuple[np.ndarray, np.ndarray]:
     """a_oᵀΣa_x [T, n_candidates] and a_xᵀΣa_x [n_candidates], one block of rows at a time."""
     count = len(rows)
     D = np.atleast_2d(np.asarray(directions, dtype=float))
@@ -136,13 +138,14 @@ def _posterior_products(S: np.ndarray, directions, rows) -> tuple[np.ndarray, np
     return c, v
 
 
-def own_scores(strategy: str, std, *, sigma=None, directions=None, noise=None, rows=None) -> np.ndarray:
+def own_scores(strategy: str, std, *, sigma=None, directions=None, noise=None, rows=None,
+               products: tuple | None = None) -> np.ndarray:
     """Each candidate's score on its own, in the units of the strategy's `scores`: σ, or for
-    `targeted` the variance reduction its label alone would bring (no other pick conditioned on).
-    Re-ranking a queue compares waiting jobs with a fresh batch by it."""
+    `targeted` the variance reduction its label alone would bring (no other pick conditioned on;
+    `products` as for `targeted`). Re-ranking a queue compares waiting jobs with a fresh batch by it."""
     if strategy != "targeted":
         return np.asarray(std, dtype=float)
-    c, v = _posterior_products(np.asarray(sigma, dtype=float), directions, rows)
+    c, v = products if products is not None else posterior_products(np.asarray(sigma, dtype=float), directions, rows)
     return (c**2).sum(0) / (np.asarray(noise, dtype=float) + v)
 
 

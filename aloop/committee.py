@@ -166,16 +166,14 @@ class Committee:
     def evidence_prior(self, data: TrainingSet, n_elements: int, trace: float) -> tuple[float, float]:
         """(τ eV/atom, m eV) that maximise the evidence of the labels, p(E_HF | τ, m), under the energy
         term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²),
-        θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with every label's E0 refit (the prior
-        centre without a member's draw). m is the model error: what no θ of this readout fits, which
+        θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with E0 refit to the labels, weighted by their error bars (the
+        prior centre without a member's draw). m is the model error: what no θ of this readout fits, which
         a fit that took the labels' error bars at their word would chase with ever larger τ. The force
         penalty is left out of the evidence (it is no likelihood: it binds only outside its threshold).
         Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
         method moves relative energies, where a fixed τ has to be guessed before any label exists."""
         centre = self.theta0.copy()
-        shift = np.linalg.lstsq(data.features.a[:, -n_elements:], data.energy - data.features.energies(self.theta0),
-                                rcond=None)[0]
-        centre[-n_elements:] += shift
+        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data.energy))), n_elements)[0]
         residual = data.energy - data.features.energies(centre)
         log_taus = np.log(np.logspace(np.log10(TAU_RANGE[0]), np.log10(TAU_RANGE[1]), 61))
 
@@ -229,6 +227,7 @@ class Committee:
             raise ValueError("committee: no labelled configurations to fit")
         moment = moment if moment is not None else feature_moment(data.features)
         if self.prior_sigma == PRIOR_AUTO:
+            self.model_error_ = 0.0   # the evidence's E0 centre weighs labels by their error bars alone; a refit repeats
             self.tau_, self.model_error_ = self.evidence_prior(data, n_elements, float(np.trace(moment)))
         s2 = self.prior_variance(moment)
         weights = self.weights(data.ids)

@@ -418,6 +418,8 @@ class CampaignRun:
         mean, std = stream_predict(committee, rows)
         model = self.cost_model()
         extra = self.strategy_inputs(committee, iteration, available, rows, model)
+        if acquire.strategy == "targeted":   # one pass over the pool serves the batch and the own scores
+            extra["products"] = acquisition.posterior_products(extra["sigma"], extra["directions"], extra["rows"])
         batch, _ = acquisition.STRATEGIES[acquire.strategy](
             std, rows, len(ids), rng=np.random.default_rng([self.campaign.seed, iteration, 2]), **extra)
         own = acquisition.own_scores(acquire.strategy, std, **{k: v for k, v in extra.items() if k != "cost"})

@@ -146,6 +146,25 @@ def test_targeted_streams_the_pool_in_blocks(monkeypatch):
     np.testing.assert_allclose(whole[1], streamed[1], rtol=1e-12)
 
 
+def test_targeted_reuses_products_computed_once_and_leaves_them_as_they_were():
+    # re-ranking a queue needs the batch and every candidate's own score from one pass over the pool
+    rng = np.random.default_rng(2)
+    pool = rng.normal(size=(40, 3))
+    kwargs = dict(rng=np.random.default_rng(0), sigma=np.diag([1.0, 2.0, 0.5]), directions=rng.normal(size=(2, 3)),
+                  noise=0.05, rows=pool)
+    products = acquisition.posterior_products(kwargs["sigma"], kwargs["directions"], pool)
+    kept = tuple(p.copy() for p in products)
+    fresh = acquisition.targeted(np.ones(40), pool, 4, **kwargs)
+    reused = acquisition.targeted(np.ones(40), pool, 4, **kwargs, products=products)
+    assert list(fresh[0]) == list(reused[0])
+    np.testing.assert_allclose(fresh[1], reused[1], rtol=1e-12)
+    for before, after in zip(kept, products):
+        np.testing.assert_array_equal(before, after)
+    own = acquisition.own_scores("targeted", np.ones(40), **{k: v for k, v in kwargs.items() if k != "rng"})
+    np.testing.assert_allclose(acquisition.own_scores("targeted", np.ones(40), noise=0.05, products=products), own)
+    assert own[fresh[0][0]] == pytest.approx(fresh[1][0])   # the first pick is the best on its own
+
+
 def test_a_common_scale_of_posterior_and_noise_picks_the_same_batch():
     # docs/method.md: Σ is not rescaled alone, because only its ratio to the label noise ranks
     rng = np.random.default_rng(3)
