@@ -23,9 +23,11 @@ def _quiet_imports() -> None:
 
 def cmd_validate(args) -> int:
     from .campaign import load_campaign
-    from .checks import check_campaign, load_backbone
 
     campaign = load_campaign(args.campaign, run_dir=args.run_dir)
+    _threads()
+    from .checks import check_campaign, load_backbone
+
     check_campaign(campaign, load_backbone(campaign))
     print(f"{args.campaign}: valid. run directory: {campaign.run_dir}")
     return 0
@@ -33,10 +35,12 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .campaign import load_campaign
+
+    campaign = load_campaign(args.campaign, run_dir=args.run_dir)
+    _threads()
     from .loop import CampaignRun, members_only
     from .report import write_report
 
-    campaign = load_campaign(args.campaign, run_dir=args.run_dir)
     run = CampaignRun(campaign, progress=not args.quiet, accept=tuple(args.accept_changes))
     result = run.run(max_iterations=args.iterations)
     print(f"{result.iterations} iterations, {result.n_labels} labels. "
@@ -52,27 +56,31 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    folder = Path(_folder(args))
     from .report import status_text
 
-    print(status_text(Path(_folder(args))))
+    print(status_text(folder))
     return 0
 
 
 def cmd_report(args) -> int:
+    folder = Path(_folder(args))
     from .report import write_report
 
-    print(f"report: {write_report(Path(_folder(args)))}")
+    print(f"report: {write_report(folder)}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .loop import CampaignRun, members_only
     from .store import RunStore
 
     folder = _folder(args)
     if not RunStore.existing(folder).iterations():
         raise ValueError(f"{folder}: nothing to export yet: no iteration has finished (`aloop status {folder}` "
                          "says why); run the campaign first")
+    _threads()
+    from .loop import CampaignRun, members_only
+
     run = CampaignRun.reopen(folder)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
@@ -113,7 +121,12 @@ def _run_folder(p: argparse.ArgumentParser) -> None:
 
 
 def _folder(args) -> str:
-    return args.run or args.run_dir
+    """The run folder given, refused (ValueError) before anything heavy is imported when it is no run."""
+    from .rundir import RunDir
+
+    folder = args.run or args.run_dir
+    RunDir.existing(folder)
+    return folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _threads() -> None:
     # Small graphs gain nothing from intra-op threads, and on a busy 2-core machine they make each
-    # MACE call up to 15x slower (measured); ALOOP_TORCH_THREADS raises it for large cells.
+    # MACE call up to 15x slower (measured); ALOOP_TORCH_THREADS raises it for large cells. Called by
+    # the commands that compute, once the input has been checked: importing torch takes seconds, and
+    # a typo in a file name should not wait for it.
     import torch
 
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
@@ -164,9 +179,8 @@ def _threads() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_imports()
-    _threads()
     from .campaign import CampaignError
-    from .loop import WaitingForLabels
+    from .labelers import WaitingForLabels
     from .pool import PoolError
 
     try:

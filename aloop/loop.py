@@ -33,7 +33,7 @@ from .full_committee import FullCommittee
 from .full_readout import LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
-from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
+from .labelers import PENDING, LabelError, LocalLabeler, WaitingForLabels, make_labeler
 from .labelers.qmcpack import QMCPACKLabeler
 from .pool import Geometries, PoolError, generate, read_frames, screen, trajectories
 from .rundir import RunDir, candidate_id, label_key
@@ -49,10 +49,6 @@ def members_only(finetune) -> str:
     return (f"{finetune.nonlinear}: the files are the members; the committee's prediction is the average of their "
             "energies, which no single model gives (the energy is not linear in the trained parameters), so there "
             "is no committee_mean.model")
-
-
-class WaitingForLabels(RuntimeError):
-    """External jobs must finish before the loop can go on."""
 
 
 @dataclass

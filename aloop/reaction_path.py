@@ -26,6 +26,13 @@ def _source(campaign, obs):
     return next(s for s in campaign.pool.sources if s.name == obs.path)
 
 
+def band_settings(campaign, obs) -> dict:
+    """The CI-NEB settings of the observable's path source (climb, fmax, steps): every model's band of
+    this observable is relaxed alike, so their barriers compare."""
+    spec = _source(campaign, obs)
+    return {"climb": spec.climb, "fmax": spec.fmax, "steps": spec.steps}
+
+
 def save(path, relaxed: RelaxedPath) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [im.copy() for im in relaxed.images]
@@ -69,13 +76,13 @@ def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
     done = load(path)
     if done is not None:
         return done
-    spec = _source(run.campaign, obs)
+    settings = band_settings(run.campaign, obs)
     who = "base model" if iteration is None else f"iteration {iteration}"
-    result = relax_path(_start(run, obs, iteration), run.backbone, theta=theta, climb=spec.climb, fmax=spec.fmax,
-                        steps=spec.steps, progress=run.progress, desc=f"CI-NEB {obs.name} ({who})")
+    result = relax_path(_start(run, obs, iteration), run.backbone, theta=theta, progress=run.progress,
+                        desc=f"CI-NEB {obs.name} ({who})", **settings)
     if not result.converged:
-        print(f"warning: the relaxed path of '{obs.name}' ({who}) did not reach fmax {spec.fmax} eV/Å in "
-              f"{spec.steps} steps; its barrier is read from the images as they are")
+        print(f"warning: the relaxed path of '{obs.name}' ({who}) did not reach fmax {settings['fmax']} eV/Å in "
+              f"{settings['steps']} steps; its barrier is read from the images as they are")
     save(path, result)
     return result
 

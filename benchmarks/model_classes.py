@@ -102,13 +102,14 @@ def barriers(kind: str, committee, readout, run: CampaignRun, folder: Path) -> d
     out = {}
     for obs in run.campaign.evaluation.observables:
         images = reaction_path.images(run, obs, None)
+        settings = reaction_path.band_settings(run.campaign, obs)   # as the run relaxes its own paths
         if readout is None:
-            values = [relax_path(images, run.backbone, theta=committee.thetas_.mean(0)).barrier]
+            values = [relax_path(images, run.backbone, theta=committee.thetas_.mean(0), **settings).barrier]
         else:
             values = []
             for k, phi in enumerate(committee.phis_):
                 member = Backbone.from_file(readout.export(phi, folder / f"{kind}_{k}.model"), device="cpu")
-                values.append(relax_path(images, member).barrier)
+                values.append(relax_path(images, member, **settings).barrier)
         values = np.array(values)
         out[obs.name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                          "error": float(values.mean() - obs.reference) if obs.reference is not None else None}

@@ -28,6 +28,10 @@ class LabelError(RuntimeError):
     """A job ran but gave no usable label; the message says why."""
 
 
+class WaitingForLabels(RuntimeError):
+    """External jobs must finish before the loop can go on."""
+
+
 @dataclass
 class Label:
     """One high-fidelity energy of one configuration.
