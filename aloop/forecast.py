@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
+from . import metrics
+
 MIN_POINTS = 4
 MISFIT_P = 1e-3
 MAX_RANGE = 4.0
@@ -165,10 +167,10 @@ def rmse_series(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
 
 
-def spread_series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, committee spread of observable `name`, its standard error): the standard deviation
-    of K members has a standard error of about std/√(2(K − 1))."""
-    rows = [(r["n_labels"], o["std"], o["std"] / np.sqrt(2 * (len(o["members"]) - 1)))
+def spread_series(records: list[dict], name: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, committee spread of observable `name` × `scale`, its standard error): the standard
+    deviation of K members has a standard error of about std/√(2(K − 1))."""
+    rows = [(r["n_labels"], scale * o["std"], scale * o["std"] / np.sqrt(2 * (len(o["members"]) - 1)))
             for r in records if (o := r["observables"].get(name)) and o["std"] > 0 and len(o["members"]) > 1]
     return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
 
@@ -193,9 +195,11 @@ def from_records(records: list[dict], stop: dict) -> list[Forecast]:
                             floor=noise, core_hours_per_label=per_label))
     rule = stop.get("observable")
     if rule:
-        name, tol = rule["name"], rule["tolerance"]
-        n, y, err = spread_series(records, name)
-        out.append(forecast(f"{name} committee spread", n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
+        # the spread the stop rule compares with its tolerance: calibrated by the newest σ scale
+        name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
+        n, y, err = spread_series(records, name, scale)
+        quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
+        out.append(forecast(quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
                             core_hours_per_label=per_label))
     return out
 

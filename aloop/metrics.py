@@ -189,14 +189,20 @@ def _iteration_limit(rules, records: list[dict]) -> str | None:
     return None
 
 
+def calibration(records: list[dict]) -> float:
+    """The factor the stop rules (and the forecast of them) put on the committee's σ: the newest
+    σ scale fitted on the prospective errors, never below 1, so an overconfident committee cannot
+    stop early and an underconfident one is taken at its word."""
+    return max(records[-1].get("sigma_scale") or 1.0, 1.0) if records else 1.0
+
+
 def _pool_uncertainty(rules, records: list[dict]) -> str | None:
     last = records[-1]
     if misfit_raised(records):   # σ describes the spread of the fits, not their common misfit
         return None
     if rules.uncertainty_ratio is None or not last["pool_sigma"] or not last["label_noise_median"]:
         return None
-    # σ as calibrated on the prospective errors so far, so an overconfident committee cannot stop early
-    scale = max(last.get("sigma_scale") or 1.0, 1.0)
+    scale = calibration(records)
     p95, noise = scale * last["pool_sigma"]["p95"], last["label_noise_median"]
     if p95 < rules.uncertainty_ratio * noise:
         return (f"pool uncertainty converged: 95th-percentile σ {p95 * 1000:.1f} meV "
@@ -210,9 +216,8 @@ def _observable_settled(rules, records: list[dict]) -> str | None:
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]
     means = [w["mean"] for w in window]
-    # the spread as calibrated on the prospective errors so far, as for the pool rule: a committee
-    # whose energies are ×4 overconfident agrees on a barrier ×4 too closely
-    scale = max(records[-1].get("sigma_scale") or 1.0, 1.0)
+    # a committee whose energies are ×4 overconfident agrees on a barrier ×4 too closely
+    scale = calibration(records)
     # every iteration of the window, not only the last, must be within tolerance: one lucky
     # narrow committee after wide ones is no evidence of convergence
     change, spread = max(means) - min(means), scale * max(w["std"] for w in window)

@@ -93,3 +93,18 @@ def test_forecasts_from_records_with_and_without_core_hours():
     more = round(barrier.n_total - N[7])
     assert f"≈ {2 * more:.3g} core-hours" in barrier.text()
     assert fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.5, "window": 3}})[1].reached
+
+
+def test_the_spread_forecast_is_of_the_calibrated_spread_the_stop_rule_compares():
+    # a committee ×2 overconfident (σ scale 2) needs its spread to fall to half the tolerance
+    spread = 0.2 * N**-0.6
+    records = [{"n_labels": int(n), "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
+               for n, s in zip(N[:8], spread[:8])]
+    rule = {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}}
+    raw = fc.from_records(records, rule)[-1]
+    records[-1]["sigma_scale"] = 2.0
+    calibrated = fc.from_records(records, rule)[-1]
+    assert calibrated.n_total == pytest.approx(raw.n_total * 2 ** (1 / 0.6), rel=0.05)
+    assert "calibration ×2.00" in calibrated.text()
+    records[-1]["sigma_scale"] = 0.5   # underconfident: taken at its word, as the stop rule does
+    assert fc.from_records(records, rule)[-1].n_total == pytest.approx(raw.n_total)
