@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_imports()
     from .campaign import CampaignError
-    from .labelers import WaitingForLabels
+    from .labelers.base import WaitingForLabels
     from .pool import PoolError
 
     try:

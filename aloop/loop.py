@@ -33,7 +33,8 @@ from .full_committee import FullCommittee
 from .full_readout import LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
-from .labelers import PENDING, LabelError, LocalLabeler, WaitingForLabels, make_labeler
+from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
+from .labelers.base import WaitingForLabels
 from .labelers.qmcpack import QMCPACKLabeler
 from .pool import Geometries, PoolError, generate, read_frames, screen, trajectories
 from .rundir import RunDir, candidate_id, label_key

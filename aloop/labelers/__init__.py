@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..rundir import RunDir
-from .base import DONE, FAILED, PENDING, Label, Labeler, LabelError, LocalLabeler, WaitingForLabels
+from .base import DONE, FAILED, PENDING, Label, Labeler, LabelError, LocalLabeler
 
 
 def make_labeler(spec, run_dir: str | Path, campaign: str) -> Labeler:
