@@ -102,7 +102,9 @@ def targeted(std, descriptors, n, *, rng: np.random.Generator, sigma: np.ndarray
     count = len(rows)
     S = np.array(sigma, dtype=float)
     noise = np.broadcast_to(np.asarray(noise, dtype=float), (count,))
-    c, v = (np.array(p, dtype=float) for p in products) if products is not None else posterior_products(S, directions, rows)
+    if products is None:
+        products = posterior_products(S, directions, rows)
+    c, v = (np.array(p, dtype=float) for p in products)   # copies: the greedy updates change them
     picked, scores = [], []
     for _ in range(n):
         gain = (c**2).sum(0) / (noise + v)
