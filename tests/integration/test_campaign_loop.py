@@ -87,10 +87,10 @@ def test_resume_after_kill_mid_iteration(campaign_dir):
     """Kill `aloop run` while it labels the second batch; the rerun ends with exactly the labels of an
     uninterrupted run, each computed once."""
     budget = 12
-    reference = load_campaign(write_campaign(campaign_dir, "reference", "ccsd(t)", "cc-pvdz", budget))
+    reference = load_campaign(write_campaign(campaign_dir, "reference", "ccsd(t)", "sto-3g", budget))
     CampaignRun(reference, progress=False).run()
 
-    killed = write_campaign(campaign_dir, "killed", "ccsd(t)", "cc-pvdz", budget)
+    killed = write_campaign(campaign_dir, "killed", "ccsd(t)", "sto-3g", budget)
     run_dir = load_campaign(killed).run_dir
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-m", "aloop.cli", "run", str(killed), "--quiet"]
