@@ -41,3 +41,14 @@ def test_status_report_export_on_a_folder_that_is_no_run(tmp_path):
         assert result.returncode == 1
         assert "not" in result.stderr and "run" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "nothing").exists()  # a typo never creates an empty run
+
+
+def test_a_mistake_in_the_input_is_refused_before_torch_is_loaded(tmp_path):
+    # importing torch and MACE takes seconds to tens of seconds on a busy machine: a typo should not wait for it
+    (tmp_path / "bad.yaml").write_text("name: x\n  bad indent: [\n")
+    code = ("import sys; from aloop.cli import main; "
+            "codes = [main(['validate', 'bad.yaml']), main(['run', 'bad.yaml']), main(['status', 'nothing']), "
+            "main(['report', 'nothing']), main(['export', 'nothing'])]; "
+            "print(codes, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.stdout.split("\n")[-2] == "[1, 1, 1, 1, 1] False", result.stdout + result.stderr
