@@ -75,7 +75,7 @@ def cmd_export(args) -> int:
     from .store import RunStore
 
     folder = _folder(args)
-    if not RunStore.existing(folder).iterations():
+    if not RunStore(folder).iterations():
         raise ValueError(f"{folder}: nothing to export yet: no iteration has finished (`aloop status {folder}` "
                          "says why); run the campaign first")
     _threads()

@@ -169,12 +169,12 @@ class Committee:
         θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with E0 refit to the labels weighted by
         their error bars (the prior centre without a member's draw). m is the model error: what no θ
         of this readout fits, which a fit that took the labels' error bars at their word would chase
-        with ever larger τ. The force
-        penalty is left out of the evidence (it is no likelihood: it binds only outside its threshold).
+        with ever larger τ. The force penalty is left out of the evidence (it is no likelihood: it
+        binds only outside its threshold).
         Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
         method moves relative energies, where a fixed τ has to be guessed before any label exists."""
         centre = self.theta0.copy()
-        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data.energy))), n_elements)[0]
+        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data.energy))), n_elements, self.noise_floor)[0]
         residual = data.energy - data.features.energies(centre)
         log_taus = np.log(np.logspace(np.log10(TAU_RANGE[0]), np.log10(TAU_RANGE[1]), 61))
 
@@ -205,11 +205,13 @@ class Committee:
         centres[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
         return centres
 
-    def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int) -> np.ndarray:
-        """Weighted least-squares shift of E0 per element, one per row of `weights`: [K, n_elem]."""
+    def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int, floor: float | None = None) -> np.ndarray:
+        """Weighted least-squares shift of E0 per element, one per row of `weights`: [K, n_elem].
+        Each label weighs 1/(σ² + floor²); `floor` defaults to the effective floor (model error included)."""
         counts = data.features.a[:, -n_elem:]
         residual = data.energy - data.features.energies(self.theta0)
-        inv_var = 1.0 / (data.sigma**2 + self.effective_floor**2)
+        floor = self.effective_floor if floor is None else floor
+        inv_var = 1.0 / (data.sigma**2 + floor**2)
         shifts = np.zeros((len(weights), n_elem))
         for k in range(len(weights)):
             w = np.sqrt(weights[k] * inv_var)
@@ -228,8 +230,6 @@ class Committee:
             raise ValueError("committee: no labelled configurations to fit")
         moment = moment if moment is not None else feature_moment(data.features)
         if self.prior_sigma == PRIOR_AUTO:
-            # the evidence's E0 centre weighs the labels by their error bars alone, so a refit repeats
-            self.model_error_ = 0.0
             self.tau_, self.model_error_ = self.evidence_prior(data, n_elements, float(np.trace(moment)))
         s2 = self.prior_variance(moment)
         weights = self.weights(data.ids)

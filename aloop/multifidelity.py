@@ -211,5 +211,6 @@ def score(run, path: Path, iteration: int | None) -> dict:
             out["observables"][obs.name] = float(metrics.frozen(obs.kind, energies))
             continue
         images = reaction_path.images(run, obs, iteration if obs.relax else None)
-        out["observables"][obs.name] = relax_path(images, model, **reaction_path.band_settings(run.campaign, obs)).barrier
+        settings = reaction_path.band_settings(run.campaign, obs)   # as the run relaxes its own paths
+        out["observables"][obs.name] = relax_path(images, model, **settings).barrier
     return out
