@@ -175,33 +175,65 @@ def spread_series(records: list[dict], name: str, scale: float = 1.0) -> tuple[n
     return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
 
 
-def from_records(records: list[dict], stop: dict) -> list[Forecast]:
-    """One forecast per tracked quantity: the prospective RMSE (target: a model error equal to the
+@dataclass(frozen=True)
+class Tracked:
+    """A quantity the forecast follows: its points so far and the value it should reach."""
+    key: str          # "rmse", or the stop rule's observable
+    quantity: str     # as printed
+    n: np.ndarray
+    y: np.ndarray
+    err: np.ndarray
+    target: float
+    what: str
+    floor: float = 0.0
+
+
+def tracked(records: list[dict], stop: dict) -> list[Tracked]:
+    """The quantities the forecast follows: the prospective RMSE (target: a model error equal to the
     label noise, i.e. an RMSE of √2 × label noise against noisy labels) and, with a
-    `stop.observable` rule, that observable's committee spread (target: its tolerance). `stop` is
-    the campaign's stop section as stored in the run. Core-hours come with the numbers when the
+    `stop.observable` rule, that observable's committee spread times the newest σ calibration, as
+    the rule compares it with its tolerance. `stop` is the campaign's stop section as stored in the
+    run."""
+    if not records:
+        return []
+    out = []
+    noise = records[-1].get("label_noise_median")
+    if noise:
+        out.append(Tracked("rmse", "prospective RMSE", *rmse_series(records), np.sqrt(2) * noise,
+                           f"{_fmt(np.sqrt(2) * noise)} (model error = label noise {_fmt(noise)})", floor=noise))
+    rule = stop.get("observable")
+    if rule:
+        name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
+        quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
+        out.append(Tracked(name, quantity, *spread_series(records, name, scale), tol,
+                           f"±{tol:.3g} eV (stop.observable.tolerance)"))
+    return out
+
+
+def as_seen(records: list[dict], stop: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each tracked quantity's (labels, value, error bar) as the run saw it at each iteration: a
+    calibrated spread with the calibration of its own iteration, not the newest. What a forecast
+    made earlier is to be judged against."""
+    seen: dict[str, list] = {}
+    counts: dict[str, int] = {}
+    for i in range(1, len(records) + 1):
+        for t in tracked(records[:i], stop):
+            done = counts.get(t.key, 0)   # the points before this iteration's
+            seen.setdefault(t.key, []).extend(zip(t.n[done:], t.y[done:], t.err[done:]))
+            counts[t.key] = len(t.n)
+    return {key: tuple(np.array(col, dtype=float) for col in zip(*rows)) for key, rows in seen.items() if rows}
+
+
+def from_records(records: list[dict], stop: dict) -> list[Forecast]:
+    """One forecast per tracked quantity (`tracked`). Core-hours come with the numbers when the
     records carry cumulative `core_hours`."""
     if not records:
         return []
     last = records[-1]
     hours = last.get("core_hours")
     per_label = hours / last["n_labels"] if isinstance(hours, (int, float)) and hours > 0 and last["n_labels"] else None
-    out = []
-    noise = last.get("label_noise_median")
-    if noise:
-        n, y, err = rmse_series(records)
-        out.append(forecast("prospective RMSE", n, y, err, np.sqrt(2) * noise,
-                            f"{_fmt(np.sqrt(2) * noise)} (model error = label noise {_fmt(noise)})",
-                            floor=noise, core_hours_per_label=per_label))
-    rule = stop.get("observable")
-    if rule:
-        # the spread the stop rule compares with its tolerance: calibrated by the newest σ scale
-        name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
-        n, y, err = spread_series(records, name, scale)
-        quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
-        out.append(forecast(quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
-                            core_hours_per_label=per_label))
-    return out
+    return [forecast(t.quantity, t.n, t.y, t.err, t.target, t.what, t.floor, core_hours_per_label=per_label)
+            for t in tracked(records, stop)]
 
 
 def hindcast(n, y, err, k: int, floor: float = 0.0) -> list[dict]:

@@ -1,9 +1,10 @@
 """How well the learning-curve forecast (aloop/forecast.py) predicts what a run measured later.
 
 For each run folder and each quantity the forecast tracks (the prospective RMSE, with the label
-noise as its floor, and the `stop.observable` committee spread), the power law is fitted to the
-first k points (k = 4 … all but one) and its value at every later label count is compared with
-the value the run measured there:
+noise as its floor, and the `stop.observable` committee spread times the σ calibration, as the stop
+rule compares it), the power law is fitted to the first k points (k = 4 … all but one) as `aloop
+status` fitted them then, and its value at every later label count is compared with the value the
+run saw there (a spread with the calibration of its own iteration):
 
     python benchmarks/forecast_hindcast.py RUN_DIR [RUN_DIR ...] [--fit-at 75 100 150] [--at 300 500]
 
@@ -25,30 +26,24 @@ from aloop import forecast as fc
 from aloop.store import RunStore
 
 
-def series(records: list[dict], stop: dict):
-    """(quantity, n, y, err, floor, target, what) of each quantity the forecast tracks."""
-    out = []
-    noise = records[-1].get("label_noise_median")
-    if noise:
-        out.append(("prospective RMSE", *fc.rmse_series(records), noise, np.sqrt(2) * noise, "model error = noise"))
-    rule = stop.get("observable")
-    if rule:
-        out.append((f"{rule['name']} spread", *fc.spread_series(records, rule["name"]), 0.0, rule["tolerance"],
-                    "tolerance"))
-    return out
-
-
 def hindcast_run(run_dir: str) -> list[dict]:
+    """Every forecast the run's records allow, each made as `aloop status` made it then (from the
+    records up to that iteration, a spread calibrated as it was then) and judged against the values
+    as the run saw them later (`forecast.as_seen`)."""
     store = RunStore.existing(run_dir)
     records, stop = store.iterations(), (store.get_meta("campaign") or {}).get("stop", {})
-    rows = []
-    for quantity, n, y, err, floor, target, what in series(records, stop) if records else []:
-        for k in range(fc.MIN_POINTS, len(n)):
-            if np.sum(y[:k] > floor) < 3:
+    seen, made, rows = fc.as_seen(records, stop), set(), []
+    for i in range(1, len(records)):
+        for t in fc.tracked(records[:i], stop):
+            k = len(t.n)
+            if k < fc.MIN_POINTS or (t.key, k) in made or k >= len(seen[t.key][0]) or np.sum(t.y > t.floor) < 3:
                 continue
-            verdict = fc.forecast(quantity, n[:k], y[:k], err[:k], target, what, floor)
+            n, y, err = seen[t.key]
+            made.add((t.key, k))
+            verdict = fc.forecast(t.quantity, t.n, t.y, t.err, t.target, t.what, t.floor)
             trusted = "number" if verdict.n_total is not None else ("reached" if verdict.reached else verdict.refusal)
-            for row in fc.hindcast(n, y, err, k, floor):
+            quantity = "prospective RMSE" if t.key == "rmse" else f"{t.key} spread (cal.)"
+            for row in fc.hindcast(n, np.r_[t.y, y[k:]], np.r_[t.err, err[k:]], k, t.floor):
                 rows.append({"run": run_dir, "quantity": quantity, "k": k, "trusted": trusted, **row})
     return rows
 

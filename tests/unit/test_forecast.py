@@ -108,3 +108,20 @@ def test_the_spread_forecast_is_of_the_calibrated_spread_the_stop_rule_compares(
     assert "calibration ×2.00" in calibrated.text()
     records[-1]["sigma_scale"] = 0.5   # underconfident: taken at its word, as the stop rule does
     assert fc.from_records(records, rule)[-1].n_total == pytest.approx(raw.n_total)
+
+
+def test_a_forecast_is_judged_against_the_spread_the_rule_saw_at_each_iteration():
+    # the σ scale moves from ×3 to ×1.5: the newest calibration applies to every point of the
+    # forecast's fit, but each iteration's rule compared its own spread with its own calibration
+    scales = [None, 3.0, 3.0, 2.0, 1.5, 0.5]
+    records = [{"n_labels": int(n), "prospective": {"n": 8, "rmse": 0.05 / (i + 1)}, "label_noise_median": 0.01,
+                "sigma_scale": c, "observables": {"barrier": {"mean": 0.4, "std": 0.1 / (i + 1), "members": [0.0] * 5}}}
+               for i, (n, c) in enumerate(zip(N, scales))]
+    rule = {"observable": {"name": "barrier", "tolerance": 0.01, "window": 3}}
+    newest = {t.key: t for t in fc.tracked(records[:5], rule)}
+    assert newest["barrier"].y == pytest.approx(1.5 * 0.1 / np.arange(1, 6))
+    seen = fc.as_seen(records, rule)
+    n, y, err = seen["barrier"]
+    assert list(n) == list(N[:6]) and y == pytest.approx(np.array([1, 3, 3, 2, 1.5, 1]) * 0.1 / np.arange(1, 7))
+    assert err == pytest.approx(y / np.sqrt(8))
+    assert all(a == pytest.approx(b) for a, b in zip(seen["rmse"], fc.rmse_series(records)))
