@@ -17,7 +17,7 @@ Reported from each run's iteration records, against the explicit DMC barrier
   issue's target: targeted within 0.05 eV for at most half the core-hours random needs);
 - each run's barrier error at the core-hours targeted spent to its stop, same seed (equal cost);
 - the forecast of the barrier spread (aloop.forecast, as `aloop status` prints it) at each
-  iteration before the stop, against the labels at which the stop fired.
+  iteration before the stop, as a ratio to the labels at which the run's own rule stopped it.
 Writes OUT/results.json.
 """
 from __future__ import annotations
@@ -137,6 +137,20 @@ def main() -> None:
             print(f"{strategy:9} {seed:4d} {r['labels']:6d} {r['core_hours']:7.3f} {r['barrier']:8.3f} "
                   f"{r['error']:+7.3f} {r['spread']:7.3f} {('never' if settled is None else f'{settled:.3f}'):>17} "
                   f"{('—' if equal is None else f'{equal:+.3f}'):>26}  {r['stop']}")
+    print("the barrier spread's forecast (labels in all) at each iteration, against the labels at the run's own stop")
+    ratios = []
+    for strategy, runs in results.items():
+        for seed, r in runs.items():
+            if not (r["stop"] or "").startswith("observable") or not r["forecasts"]:   # stopped by its own rule
+                continue
+            made = [(f["at_labels"], f["forecast_labels"] / r["labels"]) for f in r["forecasts"]]
+            ratios += [x for _, x in made]
+            print(f"{strategy:9} {seed:4d} stop at {r['labels']:3d}: "
+                  + ", ".join(f"at {n} ×{x:.2f}" for n, x in made))
+    if ratios:
+        worst = max(ratios, key=lambda x: abs(np.log(x)))
+        print(f"{len(ratios)} forecasts: median ×{np.median(ratios):.2f}, worst ×{worst:.2f}, "
+              f"within a factor 2: {np.mean([0.5 <= x <= 2 for x in ratios]):.0%}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"reference": reference, "results": results}, indent=1) + "\n")
 

@@ -1,7 +1,6 @@
 """`finetune.kind: delta`: a correction network beside the frozen base model; its export, its fit."""
 import numpy as np
 import pytest
-import torch
 from conftest import h3_set, make_committee, tiny_mace
 from mace.calculators import MACECalculator
 
