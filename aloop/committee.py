@@ -35,11 +35,6 @@ MODEL_ERROR_RANGE = (1e-3, 3.0)   # eV per configuration: where it looks for the
 _ANCHOR, _WEIGHT, _INNER_ANCHOR = 0, 1, 2
 
 
-def force_penalty(dF2: np.ndarray, threshold: float) -> np.ndarray:
-    """Θ(‖ΔF‖² − t²)(‖ΔF‖² − t²)²: zero inside the threshold, quartic in ‖ΔF‖ outside."""
-    return np.clip(np.asarray(dF2, dtype=float) - threshold**2, 0.0, None) ** 2
-
-
 @dataclass
 class TrainingSet:
     """Labelled configurations in the form the loss needs; force arrays padded to the largest N.

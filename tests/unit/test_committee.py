@@ -7,18 +7,27 @@ from mace.calculators import MACECalculator
 from aloop.arrays import Features, ForceJacobian, feature_moment
 from aloop.backbone import Backbone
 from aloop.campaign import CommitteeSettings, FinetuneSettings
-from aloop.committee import Committee, TrainingSet, _Objective, force_penalty
+from aloop.committee import Committee, TrainingSet, _Objective
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
-    t = 0.5
-    norms = np.array([0.0, 0.3, 0.5, 0.6, 1.0, 2.0])
-    penalty = force_penalty(norms**2, t)
-    assert np.all(penalty[:3] == 0)
-    np.testing.assert_allclose(penalty[3:], (norms[3:] ** 2 - t**2) ** 2)
-    # quartic: far outside, doubling ‖ΔF‖ multiplies the penalty by about 16
-    big = force_penalty(np.array([100.0**2, 200.0**2]), t)
-    assert big[1] / big[0] == pytest.approx(16, rel=1e-3)
+    """The loss's force term: λ Σ (‖ΔF‖² − t²)² over configurations whose ‖ΔF‖ leaves t, zero inside."""
+    t, lam = 0.5, 3.0
+    norms = np.array([0.0, 0.3, 0.5, 0.6, 1.0, 2.0, 100.0, 200.0])
+    n = len(norms)
+    # energies fitted exactly (a·θ + e = E_HF) and θ-independent forces: the loss is the penalty alone
+    data = TrainingSet(Features(np.zeros((n, 1)), np.ones(n), np.ones(n, int)), np.ones(n), np.zeros(n),
+                       np.c_[norms, np.zeros((n, 2))], np.zeros((n, 3, 1)), np.zeros((n, 3)), np.arange(n))
+    objective = _Objective(data, 0.01, t, lam, np.zeros(1))
+
+    def penalty(k):
+        w = np.zeros(n)
+        w[k] = 1.0
+        return objective.value(np.zeros(1), w, np.zeros(1), 1.0)
+
+    assert [penalty(k) for k in range(3)] == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose([penalty(k) for k in range(3, 6)], lam * (norms[3:6] ** 2 - t**2) ** 2)
+    assert penalty(7) / penalty(6) == pytest.approx(16, rel=1e-3)   # quartic: doubling ‖ΔF‖ far outside
 
 
 def test_members_made_elsewhere_predict_like_fitted_ones():
