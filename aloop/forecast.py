@@ -110,11 +110,30 @@ class Forecast:
     points: tuple = ()     # (n, y) of the points fitted, for the plot
     core_hours_per_label: float | None = None
     reached: bool = False
+    wait: float = 0.0      # labels a stop rule still wants once the target is reached (its window)
+    wait_text: str = ""    # why, for the sentence
+
+    @property
+    def n_stop(self) -> float | None:
+        """The label count at which the stop rule would fire: the target reached, then its wait."""
+        if self.reached:
+            return self.n_now + self.wait
+        return None if self.n_total is None else self.n_total + self.wait
+
+    def _cost(self, more: list[int]) -> str:
+        if not self.core_hours_per_label:
+            return ""
+        ch = [m * self.core_hours_per_label for m in more]
+        return (f"; ≈ {ch[0]:.3g} core-hours" + (f" ({ch[1]:.3g}–{ch[2]:.3g})" if len(ch) == 3 else "")
+                + " at the run's cost per label so far")
 
     def text(self) -> str:
         head = f"{self.quantity}: "
         if self.reached:
-            return head + f"reached {self.what} (last value {self.value_text})"
+            line = head + f"reached {self.what} (last value {self.value_text})"
+            if self.wait:
+                line += f"; ≈ {self.wait:.0f} more labels to the stop ({self.wait_text})" + self._cost([round(self.wait)])
+            return line
         if self.refusal:
             return head + f"no forecast: {self.refusal}"
         more = [max(0, round(v - self.n_now)) for v in (self.n_total, *self.n_range)]
@@ -122,18 +141,20 @@ class Forecast:
             return (head + f"the fit puts {self.what} at {self.n_total:.0f} labels, already passed "
                     "(the last value is above it)")
         line = head + f"≈ {more[0]} more labels (range {more[1]}–{more[2]}) to reach {self.what}"
-        if self.core_hours_per_label:
-            ch = [m * self.core_hours_per_label for m in more]
-            line += f"; ≈ {ch[0]:.3g} core-hours ({ch[1]:.3g}–{ch[2]:.3g}) at the run's cost per label so far"
-        return line
+        if self.wait:
+            more = [round(m + self.wait) for m in more]
+            line += f", ≈ {more[0]} ({more[1]}–{more[2]}) to the stop ({self.wait_text})"
+        return line + self._cost(more)
 
 
 def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 0.0,
-             core_hours_per_label: float | None = None) -> Forecast:
-    """The labels at which the fitted curve of (n, y ± err) reaches `target`, or why there is no number."""
+             core_hours_per_label: float | None = None, wait: float = 0.0, wait_text: str = "") -> Forecast:
+    """The labels at which the fitted curve of (n, y ± err) reaches `target`, or why there is no number;
+    `wait`: the labels a stop rule wants after that (`wait_text` says why)."""
     n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
     base = dict(quantity=quantity, target=target, what=what, n_now=int(n[-1]) if len(n) else 0,
-                core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y))
+                core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y),
+                wait=wait, wait_text=wait_text)
     if len(y) and y[-1] <= target:
         return Forecast(**base, reached=True)
     # a batch that failed entirely repeats a label count: it adds no point along the curve
@@ -186,6 +207,8 @@ class Tracked:
     target: float
     what: str
     floor: float = 0.0
+    wait: float = 0.0
+    wait_text: str = ""
 
 
 def tracked(records: list[dict], stop: dict) -> list[Tracked]:
@@ -205,9 +228,29 @@ def tracked(records: list[dict], stop: dict) -> list[Tracked]:
     if rule:
         name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
         quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
-        out.append(Tracked(name, quantity, *spread_series(records, name, scale), tol,
-                           f"±{tol:.3g} eV (stop.observable.tolerance)"))
+        n, y, err = spread_series(records, name, scale)
+        out.append(Tracked(name, quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
+                           **_window_wait(records, rule, y)))
     return out
+
+
+def _window_wait(records: list[dict], rule: dict, y: np.ndarray) -> dict:
+    """The labels the observable's stop rule wants once its spread is at the tolerance: the rule
+    fires only when every iteration of its window is (docs/campaign.md, `stop.observable`), so
+    window − 1 batches after the first one that is, fewer for those already there. At the newest
+    batch size; the rule's other condition (the mean settled) is not forecast."""
+    window = int(rule.get("window", 1))
+    batch = records[-1]["n_labels"] - records[-2]["n_labels"] if len(records) > 1 else 0
+    inside = 0
+    for value in y[::-1]:
+        if value > rule["tolerance"]:
+            break
+        inside += 1
+    iterations = max(window - inside, 0) if inside else window - 1
+    if not (iterations and batch > 0):
+        return {}
+    return {"wait": float(iterations * batch),
+            "wait_text": f"the rule wants {window} iterations in a row within it: {iterations} more batches of {batch}"}
 
 
 def as_seen(records: list[dict], stop: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -232,7 +275,8 @@ def from_records(records: list[dict], stop: dict) -> list[Forecast]:
     last = records[-1]
     hours = last.get("core_hours")
     per_label = hours / last["n_labels"] if isinstance(hours, (int, float)) and hours > 0 and last["n_labels"] else None
-    return [forecast(t.quantity, t.n, t.y, t.err, t.target, t.what, t.floor, core_hours_per_label=per_label)
+    return [forecast(t.quantity, t.n, t.y, t.err, t.target, t.what, t.floor, core_hours_per_label=per_label,
+                     wait=t.wait, wait_text=t.wait_text)
             for t in tracked(records, stop)]
 
 

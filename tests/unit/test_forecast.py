@@ -90,7 +90,7 @@ def test_forecasts_from_records_with_and_without_core_hours():
     assert barrier.text().startswith("barrier committee spread: ≈ ") and "±0.004 eV" in barrier.text()
     records[-1]["core_hours"] = 2.0 * records[-1]["n_labels"]   # 2 core-hours per label so far
     (_, barrier) = fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}})
-    more = round(barrier.n_total - N[7])
+    more = round(barrier.n_total - N[7]) + round(barrier.wait)   # to the stop, window included
     assert f"≈ {2 * more:.3g} core-hours" in barrier.text()
     assert fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.5, "window": 3}})[1].reached
 
@@ -125,3 +125,20 @@ def test_a_forecast_is_judged_against_the_spread_the_rule_saw_at_each_iteration(
     assert list(n) == list(N[:6]) and y == pytest.approx(np.array([1, 3, 3, 2, 1.5, 1]) * 0.1 / np.arange(1, 7))
     assert err == pytest.approx(y / np.sqrt(8))
     assert all(a == pytest.approx(b) for a, b in zip(seen["rmse"], fc.rmse_series(records)))
+
+
+def test_the_stop_forecast_adds_the_rule_window_after_the_spread_reaches_its_tolerance():
+    # batches of 4; the rule fires when 3 iterations in a row are within the tolerance
+    rule = {"observable": {"name": "barrier", "tolerance": 0.01, "window": 3}}
+    spread = 0.1 * (N[:6] / N[0]) ** -1.0
+    records = [{"n_labels": int(n), "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 9}}}
+               for n, s in zip(range(8, 32, 4), spread)]
+    ahead = fc.from_records(records, rule)[-1]
+    assert ahead.wait == 8 and ahead.n_stop == pytest.approx(ahead.n_total + 8)
+    assert "to the stop (the rule wants 3 iterations in a row within it: 2 more batches of 4)" in ahead.text()
+    for s, waits in ((0.009, 8), (0.008, 4), (0.007, 0)):   # one, two, three iterations within it
+        records.append({"n_labels": records[-1]["n_labels"] + 4,
+                        "observables": {"barrier": {"mean": 0.4, "std": s, "members": [0.0] * 9}}})
+        now = fc.from_records(records, rule)[-1]
+        assert now.reached and now.wait == waits and now.n_stop == records[-1]["n_labels"] + waits
+    assert now.text() == "barrier committee spread: reached ±0.01 eV (stop.observable.tolerance) (last value 7.0 meV)"
