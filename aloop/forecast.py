@@ -112,10 +112,13 @@ class Forecast:
     reached: bool = False
     wait: float = 0.0      # labels a stop rule still wants once the target is reached (its window)
     wait_text: str = ""    # why, for the sentence
+    held: str = ""         # why the stop rule will not fire now whatever this quantity does
 
     @property
     def n_stop(self) -> float | None:
         """The label count at which the stop rule would fire: the target reached, then its wait."""
+        if self.held:
+            return None
         if self.reached:
             return self.n_now + self.wait
         return None if self.n_total is None else self.n_total + self.wait
@@ -128,7 +131,13 @@ class Forecast:
                 + " at the run's cost per label so far")
 
     def text(self) -> str:
+        line = self._text()
+        return line + (f"; no stop from it while {self.held}" if self.held else "")
+
+    def _text(self) -> str:
         head = f"{self.quantity}: "
+        if self.held and self.reached:
+            return head + f"reached {self.what} (last value {self.value_text})"
         if self.reached:
             line = head + f"reached {self.what} (last value {self.value_text})"
             if self.wait:
@@ -141,20 +150,22 @@ class Forecast:
             return (head + f"the fit puts {self.what} at {self.n_total:.0f} labels, already passed "
                     "(the last value is above it)")
         line = head + f"≈ {more[0]} more labels (range {more[1]}–{more[2]}) to reach {self.what}"
-        if self.wait:
+        if self.wait and not self.held:
             more = [round(m + self.wait) for m in more]
             line += f", ≈ {more[0]} ({more[1]}–{more[2]}) to the stop ({self.wait_text})"
         return line + self._cost(more)
 
 
 def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 0.0,
-             core_hours_per_label: float | None = None, wait: float = 0.0, wait_text: str = "") -> Forecast:
+             core_hours_per_label: float | None = None, wait: float = 0.0, wait_text: str = "",
+             held: str = "") -> Forecast:
     """The labels at which the fitted curve of (n, y ± err) reaches `target`, or why there is no number;
-    `wait`: the labels a stop rule wants after that (`wait_text` says why)."""
+    `wait`: the labels a stop rule wants after that (`wait_text` says why); `held`: why that rule will
+    not fire now whatever y does."""
     n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
     base = dict(quantity=quantity, target=target, what=what, n_now=int(n[-1]) if len(n) else 0,
                 core_hours_per_label=core_hours_per_label, value_text=_fmt(y[-1]) if len(y) else "", points=(n, y),
-                wait=wait, wait_text=wait_text)
+                wait=wait, wait_text=wait_text, held=held)
     if len(y) and y[-1] <= target:
         return Forecast(**base, reached=True)
     # a batch that failed entirely repeats a label count: it adds no point along the curve
@@ -209,6 +220,7 @@ class Tracked:
     floor: float = 0.0
     wait: float = 0.0
     wait_text: str = ""
+    held: str = ""
 
 
 def tracked(records: list[dict], stop: dict) -> list[Tracked]:
@@ -229,8 +241,10 @@ def tracked(records: list[dict], stop: dict) -> list[Tracked]:
         name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
         quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
         n, y, err = spread_series(records, name, scale)
+        # under misfit the members agree on a value more labels would still move: the rule is off
+        held = "the misfit warning stands" if metrics.misfit_raised(records) else ""
         out.append(Tracked(name, quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
-                           **_window_wait(records, rule, y)))
+                           **_window_wait(records, rule, y), held=held))
     return out
 
 
@@ -276,7 +290,7 @@ def from_records(records: list[dict], stop: dict) -> list[Forecast]:
     hours = last.get("core_hours")
     per_label = hours / last["n_labels"] if isinstance(hours, (int, float)) and hours > 0 and last["n_labels"] else None
     return [forecast(t.quantity, t.n, t.y, t.err, t.target, t.what, t.floor, core_hours_per_label=per_label,
-                     wait=t.wait, wait_text=t.wait_text)
+                     wait=t.wait, wait_text=t.wait_text, held=t.held)
             for t in tracked(records, stop)]
 
 

@@ -142,3 +142,6 @@ def test_the_stop_forecast_adds_the_rule_window_after_the_spread_reaches_its_tol
         now = fc.from_records(records, rule)[-1]
         assert now.reached and now.wait == waits and now.n_stop == records[-1]["n_labels"] + waits
     assert now.text() == "barrier committee spread: reached ±0.01 eV (stop.observable.tolerance) (last value 7.0 meV)"
+    records[-1]["misfit"] = {"raised": True}   # the rule is off under misfit: no stop to forecast
+    held = fc.from_records(records, rule)[-1]
+    assert held.n_stop is None and held.text().endswith("(last value 7.0 meV); no stop from it while the misfit warning stands")
