@@ -136,11 +136,9 @@ class Forecast:
 
     def _text(self) -> str:
         head = f"{self.quantity}: "
-        if self.held and self.reached:
-            return head + f"reached {self.what} (last value {self.value_text})"
         if self.reached:
             line = head + f"reached {self.what} (last value {self.value_text})"
-            if self.wait:
+            if self.wait and not self.held:
                 line += f"; ≈ {self.wait:.0f} more labels to the stop ({self.wait_text})" + self._cost([round(self.wait)])
             return line
         if self.refusal:
