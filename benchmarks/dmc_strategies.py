@@ -91,11 +91,11 @@ def summarise(run_dir: Path, reference: float) -> dict | None:
         return None
     n, hours, barrier, spread = series(records)
     stop = store.get_meta("stop_reason")
-    rule = load_campaign(CAMPAIGN).stop.observable
+    rules = store.get_meta("campaign")["stop"]   # as the run stored it: its window is part of the forecast
     forecasts = []
     for k in range(1, len(records)):
-        f = forecast.from_records(records[:k], {"observable": {"name": rule.name, "tolerance": rule.tolerance}})[-1]
-        if f.n_total is not None:   # a fitted curve, not "reached"
+        f = forecast.from_records(records[:k], rules)[-1]   # the observable's forecast comes last
+        if f.n_total is not None and f.n_stop is not None:   # a fitted curve, and no misfit holding the rule off
             forecasts.append({"at_labels": int(n[k - 1]), "forecast_labels": round(f.n_stop, 1),
                               "reach_labels": round(f.n_total, 1)})
     return {"labels": int(n[-1]), "core_hours": float(hours[-1]), "stop": stop, "barrier": float(barrier[-1]),
