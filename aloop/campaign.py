@@ -387,6 +387,11 @@ class Campaign(Section):
             if self.stop.observable.name not in names:
                 problems.append(f"stop.observable.name: no observable named {self.stop.observable.name!r}; "
                                 f"expected one of evaluation.observables: {', '.join(names) or '(none)'}")
+            if self.committee.size < 3:
+                problems.append(f"committee.size: stop.observable trusts the committee's spread on the observable "
+                                f"only once labels whose energies move with it across the members have tested it, "
+                                f"and {self.committee.size} members show no such correlation; use 3 or more "
+                                f"(5 or more to measure it well), or remove stop.observable")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -239,8 +239,9 @@ def tracked(records: list[dict], stop: dict) -> list[Tracked]:
         name, tol, scale = rule["name"], rule["tolerance"], metrics.calibration(records)
         quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
         n, y, err = spread_series(records, name, scale)
-        # under misfit the members agree on a value more labels would still move: the rule is off
-        held = "the misfit warning stands" if metrics.misfit_raised(records) else ""
+        # under misfit the members agree on a value more labels would still move: the rule is off;
+        # so it is while the calibration rests on labels that do not move with the observable
+        held = "the misfit warning stands" if metrics.misfit_raised(records) else metrics.untested(records, name)
         out.append(Tracked(name, quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
                            **_window_wait(records, rule, y), held=held))
     return out

@@ -309,7 +309,24 @@ class CampaignRun:
             chosen = [self.store.add_repeat(c, iteration) if c in again else c for c in chosen]
             self.fill_features(chosen)
         self.store.mark_selected(chosen, iteration, mean, std, scores,
-                                 core_hours=self.predicted_cost(chosen, model))
+                                 core_hours=self.predicted_cost(chosen, model),
+                                 relevance=self.relevance(committee, iteration, chosen))
+
+    def relevance(self, committee: Committee | None, iteration: int, ids: list[int]) -> list[dict] | None:
+        """Each candidate's {observable: metrics.relevance} under `committee` (the one of iteration − 1,
+        which chose them for `iteration`): how far its label will test the spread of each observable
+        measured with that committee. None without a committee, a record of it or members enough."""
+        records = self.store.iterations()
+        if committee is None or not ids or len(records) < iteration or iteration < 1:
+            return None
+        members = {name: np.asarray(o.get("members", []), dtype=float)
+                   for name, o in records[iteration - 1]["observables"].items()}
+        members = {name: m for name, m in members.items() if len(m) >= 3 and np.all(np.isfinite(m))}
+        if not members:
+            return None
+        energies = committee.member_energies(self.inputs(ids))
+        weights = {name: metrics.relevance(energies, m) for name, m in members.items()}
+        return [{name: float(w[j]) for name, w in weights.items()} for j in range(len(ids))]
 
     def strategy_inputs(self, committee: Committee, iteration: int, available: list[int], descriptors: PoolRows,
                         model: CostModel) -> dict:
@@ -441,7 +458,8 @@ class CampaignRun:
         if new:
             self.fill_features(new)
             self.store.mark_selected(new, iteration, mean[result.replacements], std[result.replacements],
-                                     own[result.replacements], core_hours=self.predicted_cost(new, model))
+                                     own[result.replacements], core_hours=self.predicted_cost(new, model),
+                                     relevance=self.relevance(committee, iteration, new))
             for cid, atoms in zip(new, self.store.atoms(new)):
                 self.labeler.submit(label_key(cid), atoms)
                 waiting.append(label_key(cid))

@@ -107,6 +107,14 @@ def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return tuple(np.concatenate(part) for part in zip(*batches))
 
 
+def relevant_errors(store, upto: int, names) -> dict[str, float]:
+    """Each observable's prospective errors of iterations 1..upto counted by their relevance to it
+    (metrics.relevant_errors)."""
+    return {name: metrics.relevant_errors(np.concatenate([store.batch_relevance(it, name) for it in range(1, upto + 1)]
+                                                         or [np.array([])]))
+            for name in names}
+
+
 def iteration_record(run, iteration: int, committee, seconds: dict, observed: dict) -> dict:
     """`observed`: the observables' records (`observables`), measured before the path points joined the pool."""
     c = run.campaign
@@ -126,5 +134,5 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
-        prior_sigma=getattr(committee, "tau_", None),
+        prior_sigma=getattr(committee, "tau_", None), relevant=relevant_errors(run.store, iteration, observed),
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

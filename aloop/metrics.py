@@ -8,7 +8,10 @@
   scale on σ that the prospective errors so far call for (`sigma_scale`, see sigma_scale());
 - observables (NEB barriers), committee mean ± spread;
 - the misfit warning (`misfit`): recent prospective errors larger than the σ calibrated before them,
-  which holds the convergence stop rules back.
+  which holds the convergence stop rules back;
+- how many of the prospective errors bear on each observable (`relevance`, `relevant_errors`): the
+  σ calibration is measured where the labels were, and the observable's rule trusts it only once
+  enough of them moved with the observable across the committee.
 
 Nothing here reads or writes the run folder: `aloop.measure` gathers the arrays, the loop writes
 the record.
@@ -97,6 +100,36 @@ def misfit(err, sigma_committee, sigma_label, iteration, window: int = MISFIT_WI
             "within_2sigma_recent": float(np.mean(covered))}
 
 
+def relevance(label_members: np.ndarray, observable_members: np.ndarray) -> np.ndarray:
+    """How much each label's prediction bears on an observable, from the committee that made it:
+    the squared correlation over the K members of the label's energy with the observable's value,
+    less what K members show by chance: r² of unrelated quantities averages 1/(K − 1), so
+    1 − (1 − r²)(K − 1)/(K − 2), which averages 0 for them and may be negative. Not clipped: the
+    sum over labels (`relevant_errors`) is then an unbiased count; clipped at 0, every unrelated label
+    would add about 0.07 at K = 8. `label_members` [K, n], `observable_members` [K].
+
+    A committee's σ can be right where the labels were and wrong where the observable lives: random
+    labels near equilibrium test the members' spread there, not at a saddle. A label whose energy
+    moves with the observable from member to member tests the spread the observable's rule reads."""
+    e = np.atleast_2d(np.asarray(label_members, dtype=float))
+    o = np.asarray(observable_members, dtype=float)
+    k = len(o)
+    if k < 3 or e.shape[0] != k:
+        raise ValueError(f"relevance needs the same K ≥ 3 members for the labels and the observable, "
+                         f"got {e.shape[0]} and {k}")
+    de, do = e - e.mean(0), o - o.mean()
+    ss = (de**2).sum(0) * (do**2).sum()
+    r2 = np.divide((do @ de) ** 2, ss, out=np.zeros(len(ss)), where=ss > 0)
+    return 1.0 - (1.0 - r2) * (k - 1) / (k - 2)
+
+
+def relevant_errors(weights) -> float:
+    """The prospective errors that bear on an observable, counted by their `relevance` (a label
+    without one, chosen before any committee or by an aloop that did not record it, counts 0)."""
+    w = np.asarray(weights, dtype=float)
+    return float(np.nansum(w)) if w.size else 0.0
+
+
 def misfit_raised(records: list[dict]) -> bool:
     return bool((records[-1].get("misfit") or {}).get("raised")) if records else False
 
@@ -145,13 +178,14 @@ def observable(values: np.ndarray, centre: float | None = None) -> dict:
 def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigma: np.ndarray, noise_floor: float,
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
-                     core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None) -> dict:
+                     core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None,
+                     relevant: dict | None = None) -> dict:
     """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
     labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
     `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
     cost (None when one's cost is unknown). A committee of `finetune.readout: full` has `lbfgs_steps`
     and None for `newton_steps`. `prior_sigma`: the τ the fit used (eV/atom; chosen by the labels'
-    evidence with `committee.prior_sigma: auto`)."""
+    evidence with `committee.prior_sigma: auto`). `relevant`: each observable's `relevant_errors`."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
@@ -165,6 +199,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "pool_sigma": spread(pool_std) if pool_std is not None else None,
         "sigma_scale": scale,
         "misfit": misfit(*history),
+        "relevant_errors": {name: round(float(v), 3) for name, v in (relevant or {}).items()},
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables,
         "objective": list(objective),
@@ -210,9 +245,23 @@ def _pool_uncertainty(rules, records: list[dict]) -> str | None:
     return None
 
 
+def untested(records: list[dict], name: str) -> str:
+    """Why the rule on observable `name` cannot trust the σ calibration yet ("" when it can): fewer
+    than MIN_CALIBRATION_ERRORS prospective errors bear on it (`relevant_errors`)."""
+    if not records:
+        return ""
+    n = (records[-1].get("relevant_errors") or {}).get(name, 0.0)
+    if n >= MIN_CALIBRATION_ERRORS:
+        return ""
+    return (f"the σ calibration is tested on {n:.1f} prospective errors that bear on '{name}' "
+            f"(it needs {MIN_CALIBRATION_ERRORS})")
+
+
 def _observable_settled(rules, records: list[dict]) -> str | None:
     if rules.observable is None or len(records) < rules.observable.window or misfit_raised(records):
         return None   # under misfit the committee agrees on a value that more labels would still move
+    if untested(records, rules.observable.name):
+        return None   # the calibration was measured on labels that do not move with the observable
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]
     means = [w["mean"] for w in window]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import binding, cost, forecast, plots as figures
+from . import binding, cost, forecast, metrics, plots as figures
 from .provenance import describe
 from .domain import OUT_OF_DOMAIN
 from .rerank import read_cancel
@@ -200,6 +200,10 @@ def write_report(run_dir) -> Path:
         verdict = "overconfident: widen" if s > 1.2 else "underconfident: narrow" if s < 0.8 else "about right:"
         lines.append(f"- calibration: the committee σ is {verdict} ×{s:.2f} makes the prospective errors "
                      f"unit-variance (used by the uncertainty stop rule when > 1)")
+    for name, n_rel in (last.get("relevant_errors") or {}).items():
+        lines.append(f"- tested on {name}: {n_rel:.1f} of the prospective errors bear on it (their energies move "
+                     f"with it across the members, chance correlation removed); the observable stop rule trusts "
+                     f"the calibration from {metrics.MIN_CALIBRATION_ERRORS}")
     if "prospective" in rmse or "final" in rmse:
         lines.append(f"- parity RMSE: prospective {_meV(rmse.get('prospective'))} meV, final committee on its "
                      f"labels {_meV(rmse.get('final'))} meV (fitted, so optimistic)")

@@ -139,16 +139,20 @@ class RunStore:
         return self.db.get(id=int(cid)).data.get("lf_forces")
 
     # --- selection and labels ----------------------------------------------------------------
-    def mark_selected(self, ids, iteration: int, pred_energy, pred_sigma, scores, core_hours=None) -> None:
+    def mark_selected(self, ids, iteration: int, pred_energy, pred_sigma, scores, core_hours=None,
+                      relevance=None) -> None:
         """`core_hours`: each one's predicted cost (aloop.cost), kept as `pred_core_hours`; None when
-        no cost is known yet."""
+        no cost is known yet. `relevance`: each one's {observable: metrics.relevance} under the
+        committee that chose it, kept in its data; None when there is none."""
         costs = [None] * len(ids) if core_hours is None else core_hours
+        bearing = [None] * len(ids) if relevance is None else relevance
         with self.db:
-            for cid, e, s, score, cost in zip(ids, pred_energy, pred_sigma, scores, costs):
+            for cid, e, s, score, cost, rel in zip(ids, pred_energy, pred_sigma, scores, costs, bearing):
                 extra = {} if cost is None else {"pred_core_hours": float(cost)}
                 self.db.update(
                     int(cid), state=SELECTED, iteration=int(iteration),
                     pred_energy=float(e), pred_sigma=float(s), score=float(score), **extra,
+                    data={"relevance": rel} if rel else None,
                 )
 
     def add_label(self, cid: int, energy: float, sigma: float, provenance: dict) -> None:
@@ -187,6 +191,11 @@ class RunStore:
         rows = self.rows(iteration=int(iteration), state=LABELLED)
         return (np.array([r.energy_hf - r.pred_energy for r in rows], dtype=float),
                 np.array([r.pred_sigma for r in rows], dtype=float), np.array([r.sigma_hf for r in rows], dtype=float))
+
+    def batch_relevance(self, iteration: int, name: str) -> np.ndarray:
+        """Each label of `batch_errors(iteration)`'s relevance to observable `name` (NaN: not recorded)."""
+        rows = self.rows(iteration=int(iteration), state=LABELLED)
+        return np.array([r.data.get("relevance", {}).get(name, np.nan) for r in rows], dtype=float)
 
     # --- iterations --------------------------------------------------------------------------
     def write_iteration(self, iteration: int, record: dict) -> None:

@@ -13,6 +13,7 @@ from ase.io import write
 from conftest import h3, h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
+from aloop import metrics
 from aloop.campaign import load_campaign
 from aloop.loop import CampaignRun
 from aloop.report import status_text
@@ -130,6 +131,11 @@ def test_targeted_cost_aware_iteration(campaign_dir):
     chosen = run.store.rows(iteration=1)
     assert len(chosen) == 4 and all(r.score > 0 for r in chosen)   # variance reductions, eV²
     assert all(r.pred_core_hours > 0 for r in chosen)   # fitted to the first batch's measured costs
+    # each label's bearing on the barrier, under the committee that chose it, and their count
+    energies = run.load_committee(0).member_energies(run.inputs([r.id for r in chosen]))
+    expected = metrics.relevance(energies, records[0]["observables"]["barrier"]["members"])
+    assert [r.data["relevance"]["barrier"] for r in chosen] == pytest.approx(expected)
+    assert records[1]["relevant_errors"]["barrier"] == pytest.approx(expected.sum(), abs=1e-3)
     assert all(r.data["provenance"]["threads"] >= 1 for r in run.store.rows(state=LABELLED))
 
 

@@ -200,6 +200,9 @@ BAD = [
     pytest.param(_edit("observable: {name: barrier", "observable: {name: barier"),
                  "stop.observable.name: no observable named 'barier'; expected one of evaluation.observables: barrier",
                  id="stop-unknown-observable"),
+    pytest.param(_edit("stop:", "committee: {size: 2}\nstop:"),
+                 "committee.size: stop.observable trusts the committee's spread on the observable only once labels "
+                 "whose energies move with it", id="stop-observable-two-members"),
     pytest.param(_edit("noise_floor: 0.005", "noise_floor: 0.005\n  epochs: 300\n  patience: 60"),
                  "campaign.yaml: finetune: epochs, patience: no longer used: every committee member is now fitted "
                  "exactly", id="retired-adam-settings"),

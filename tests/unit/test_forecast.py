@@ -81,7 +81,7 @@ def test_forecasts_from_records_with_and_without_core_hours():
     y, err = noisy_curve(3, c=0.3, b=0.7, floor=0.003, rel=0.05)
     spread = 0.2 * N**-0.6
     records = [{"n_labels": int(n), "prospective": {"n": 200, "rmse": float(v)}, "label_noise_median": 0.003,
-                "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
+                "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
                for n, v, s in zip(N[:8], y[:8], spread[:8])]
     rmse, barrier = fc.from_records(records, {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}})
     assert rmse.quantity == "prospective RMSE" and rmse.target == pytest.approx(np.sqrt(2) * 0.003)
@@ -98,7 +98,7 @@ def test_forecasts_from_records_with_and_without_core_hours():
 def test_the_spread_forecast_is_of_the_calibrated_spread_the_stop_rule_compares():
     # a committee ×2 overconfident (σ scale 2) needs its spread to fall to half the tolerance
     spread = 0.2 * N**-0.6
-    records = [{"n_labels": int(n), "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
+    records = [{"n_labels": int(n), "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 50}}}
                for n, s in zip(N[:8], spread[:8])]
     rule = {"observable": {"name": "barrier", "tolerance": 0.004, "window": 3}}
     raw = fc.from_records(records, rule)[-1]
@@ -115,7 +115,7 @@ def test_a_forecast_is_judged_against_the_spread_the_rule_saw_at_each_iteration(
     # forecast's fit, but each iteration's rule compared its own spread with its own calibration
     scales = [None, 3.0, 3.0, 2.0, 1.5, 0.5]
     records = [{"n_labels": int(n), "prospective": {"n": 8, "rmse": 0.05 / (i + 1)}, "label_noise_median": 0.01,
-                "sigma_scale": c, "observables": {"barrier": {"mean": 0.4, "std": 0.1 / (i + 1), "members": [0.0] * 5}}}
+                "sigma_scale": c, "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": 0.4, "std": 0.1 / (i + 1), "members": [0.0] * 5}}}
                for i, (n, c) in enumerate(zip(N, scales))]
     rule = {"observable": {"name": "barrier", "tolerance": 0.01, "window": 3}}
     newest = {t.key: t for t in fc.tracked(records[:5], rule)}
@@ -131,17 +131,22 @@ def test_the_stop_forecast_adds_the_rule_window_after_the_spread_reaches_its_tol
     # batches of 4; the rule fires when 3 iterations in a row are within the tolerance
     rule = {"observable": {"name": "barrier", "tolerance": 0.01, "window": 3}}
     spread = 0.1 * (N[:6] / N[0]) ** -1.0
-    records = [{"n_labels": int(n), "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 9}}}
+    records = [{"n_labels": int(n), "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": 0.4, "std": float(s), "members": [0.0] * 9}}}
                for n, s in zip(range(8, 32, 4), spread)]
     ahead = fc.from_records(records, rule)[-1]
     assert ahead.wait == 8 and ahead.n_stop == pytest.approx(ahead.n_total + 8)
     assert "to the stop (the rule wants 3 iterations in a row within it: 2 more batches of 4)" in ahead.text()
     for s, waits in ((0.009, 8), (0.008, 4), (0.007, 0)):   # one, two, three iterations within it
         records.append({"n_labels": records[-1]["n_labels"] + 4,
-                        "observables": {"barrier": {"mean": 0.4, "std": s, "members": [0.0] * 9}}})
+                        "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": 0.4, "std": s, "members": [0.0] * 9}}})
         now = fc.from_records(records, rule)[-1]
         assert now.reached and now.wait == waits and now.n_stop == records[-1]["n_labels"] + waits
     assert now.text() == "barrier committee spread: reached ±0.01 eV (stop.observable.tolerance) (last value 7.0 meV)"
     records[-1]["misfit"] = {"raised": True}   # the rule is off under misfit: no stop to forecast
     held = fc.from_records(records, rule)[-1]
     assert held.n_stop is None and held.text().endswith("(last value 7.0 meV); no stop from it while the misfit warning stands")
+    records[-1]["misfit"] = None   # nor while too few labels that bear on the barrier tested the calibration
+    records[-1]["relevant_errors"] = {"barrier": 3.04}
+    held = fc.from_records(records, rule)[-1]
+    assert held.n_stop is None and held.text().endswith(
+        "no stop from it while the σ calibration is tested on 3.0 prospective errors that bear on 'barrier' (it needs 8)")

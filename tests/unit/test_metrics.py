@@ -19,7 +19,7 @@ def stop_settings(max_labels=100, max_iterations=None, uncertainty_ratio=None, o
 
 def record(n_labels, p95=0.02, noise=0.01, barrier=0.4, spread=0.001, scale=None):
     return {"n_labels": n_labels, "pool_sigma": None if p95 is None else {"median": p95 / 2, "p95": p95},
-            "label_noise_median": noise, "sigma_scale": scale,
+            "label_noise_median": noise, "sigma_scale": scale, "relevant_errors": {"barrier": 20.0},
             "observables": {"barrier": {"mean": barrier, "std": spread, "members": []}}}
 
 
@@ -112,3 +112,19 @@ def test_when_each_rule_alone_would_have_fired():
                record(8, barrier=0.41, p95=0.005)]
     assert metrics.when_rules_fire(rules, records) == {"uncertainty_ratio": 8, "observable": 6}
     assert metrics.when_rules_fire(rules, records[:2]) == {"uncertainty_ratio": None, "observable": None}
+
+
+def test_relevance_counts_labels_that_move_with_the_observable_and_removes_chance():
+    rng = np.random.default_rng(0)
+    k = 8
+    observable = rng.normal(size=k)
+    moving = np.stack([2 * observable + 1, -observable], axis=1)   # [K, 2]: up, or down, with it
+    assert metrics.relevance(moving, observable) == pytest.approx([1.0, 1.0])
+    unrelated = rng.normal(size=(k, 20000))
+    weights = metrics.relevance(unrelated, observable)
+    raw = np.corrcoef(np.vstack([observable, unrelated.T]))[0, 1:] ** 2
+    assert raw.mean() == pytest.approx(1 / (k - 1), abs=0.01)      # what K members show by chance
+    assert weights.mean() == pytest.approx(0.0, abs=0.01)          # removed: 20000 of them count as none
+    assert metrics.relevant_errors([1.0, np.nan, 0.5]) == 1.5      # NaN: not recorded, counts 0
+    with pytest.raises(ValueError, match="K ≥ 3"):
+        metrics.relevance(moving[:2], observable[:2])

@@ -35,7 +35,8 @@ def campaign_records(labels, rng, iterations=10, first=12, batch=8, members=8):
         records.append(metrics.iteration_record(
             it, n_labels=len(x) + batch, n_failed=0, label_sigma=np.full(len(x) + batch, NOISE), noise_floor=0.0,
             batch=batch_errors, history=tuple(history), test=None, pool_std=np.full(50, 1e-4),
-            observables={"barrier": metrics.observable(np.full(members, 0.5))}, objective=[], newton_steps=[], seeds={}, seconds={}))
+            observables={"barrier": metrics.observable(np.full(members, 0.5))}, objective=[], newton_steps=[], seeds={},
+            seconds={}, relevant={"barrier": len(history[0])}))   # the rule's calibration tested throughout
         x, y = np.concatenate([x, new]), np.concatenate([y, y_new])
     return records
 

@@ -12,7 +12,7 @@ def campaign(tolerance=0.01, window=3):
 
 def records(means, stds):
     return [{"n_labels": 8 + 4 * i, "pool_sigma": {"p95": 1.0, "median": 1.0}, "label_noise_median": 0.003,
-             "observables": {"barrier": {"mean": m, "std": s}}} for i, (m, s) in enumerate(zip(means, stds))]
+             "relevant_errors": {"barrier": 20.0}, "observables": {"barrier": {"mean": m, "std": s}}} for i, (m, s) in enumerate(zip(means, stds))]
 
 
 def test_fires_when_stable_and_narrow_over_the_whole_window():
@@ -41,3 +41,16 @@ def test_an_overconfident_committee_is_judged_by_its_calibrated_spread():
     assert "calibration ×1.50" in stop_reason(campaign(), recs)
     recs[-1]["sigma_scale"] = 0.5                  # underconfident: never narrowed below the raw spread
     assert "at most 5.0 meV" in stop_reason(campaign(), recs)
+
+
+def test_the_rule_waits_for_labels_that_move_with_the_observable():
+    """Random DMC labels of H3 tested the committee's σ where they were, near equilibrium (scale
+    ×1.00), while its barrier was 69 meV off with a 7 meV spread (docs/h3-exchange-dmc.md): the
+    calibration counts for the rule only once enough labels bore on the observable."""
+    recs = records([0.421, 0.423, 0.422], [0.004, 0.005, 0.003])
+    recs[-1]["relevant_errors"] = {"barrier": 0.8}
+    assert stop_reason(campaign(), recs) is None
+    recs[-1]["relevant_errors"] = {"barrier": 8.0}
+    assert "converged" in stop_reason(campaign(), recs)
+    del recs[-1]["relevant_errors"]   # a record of an aloop that did not count them
+    assert stop_reason(campaign(), recs) is None
