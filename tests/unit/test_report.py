@@ -190,6 +190,7 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
         rec = _record(it, n, 10, 0.08 * n**-0.5, 0.01, 0.01, 0.01, 0.42, 0.2 * n**-0.6)
         rec["prospective"] = None if it < 3 else rec["prospective"]   # 3 prospective points: too few
         rec["label_noise_median"] = 0.001
+        rec["relevant_errors"] = {"barrier": 0.9 * it}
         store.write_iteration(it, rec)
     store.set_meta("campaign", {"name": "h3", "stop": {"max_labels": 1000, "observable": {
         "name": "barrier", "tolerance": 0.005, "window": 3}}})
@@ -201,6 +202,10 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
     assert "to reach ±0.005 eV (stop.observable.tolerance)" in line
     summary = write_report(tmp_path).read_text()
     assert "## Forecast" in summary and line.removeprefix("forecast: ") in summary
+    # 4.5 errors that bear on the barrier tested its calibration: the rule, and its forecast, wait
+    assert line.endswith("no stop from it while the σ calibration is tested on 4.5 prospective errors that bear "
+                         "on 'barrier' (it needs 8)")
+    assert "- tested on barrier: 4.5 of the prospective errors bear on it" in summary
     _assert_png(tmp_path / "report" / "learning_curve.png")
 
 
