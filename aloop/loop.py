@@ -347,7 +347,7 @@ class CampaignRun:
         moment = feature_moment(self.pool_rows(self.store.ids()))
         directions = measure.observable_directions(self, committee, iteration - 1)
         targets = self.campaign.acquisition.targets or list(directions)
-        label_sigma = self.store.labels()[2]
+        label_sigma = self.labels()[2]
         return {"sigma": committee.posterior_covariance(data, moment),
                 "directions": np.array([directions[name] for name in targets]),
                 "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)),
@@ -481,12 +481,26 @@ class CampaignRun:
         forces = self.store.lf_forces(cid)
         return jac.f0 if forces is None else forces
 
-    def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
-        """Every label (or those of the candidates in `subset`) in the form the committee fits."""
+    def label_noise(self) -> dict:
+        """metrics.label_noise of the labels so far: configurations labelled more than once by one
+        labeler (acquisition.repeats) against their error bars."""
+        rows = self.store.rows(state=LABELLED)
+        group = [f"{r.data.get('provenance', {}).get('labeler')}:{r.get('repeat_of', r.id)}" for r in rows]
+        return metrics.label_noise([r.energy_hf for r in rows], [r.sigma_hf for r in rows], group)
+
+    def labels(self, subset: list[int] | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(ids, energies, error bars) of every label, or of those of the candidates in `subset`; the
+        error bars widened by the repeats' scale (`label_noise`), as every fit and test uses them."""
         ids, energy, sigma = self.store.labels()
+        sigma = sigma * self.label_noise()["scale"]
         if subset is not None:
             keep = np.isin(ids, subset)
             ids, energy, sigma = [i for i, k in zip(ids, keep) if k], energy[keep], sigma[keep]
+        return ids, energy, sigma
+
+    def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
+        """Every label (or those of the candidates in `subset`) in the form the committee fits."""
+        ids, energy, sigma = self.labels(subset)
         jacobians = self.jacobians(ids)
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
         return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)

@@ -95,12 +95,19 @@ def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarra
     return directions
 
 
-def prospective_history(store, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def batch_errors(store, iteration: int, label_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """store.batch_errors with the label error bars widened by `label_scale` (metrics.label_noise)."""
+    err, s_c, s_l = store.batch_errors(iteration)
+    return err, s_c, s_l * label_scale
+
+
+def prospective_history(store, upto: int, label_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                                  np.ndarray]:
     """(error, committee σ, label σ, iteration) of every label predicted before it was made,
-    iterations 1..upto."""
+    iterations 1..upto; label σ widened by `label_scale`."""
     batches = []
     for it in range(1, upto + 1):
-        err, s_c, s_l = store.batch_errors(it)
+        err, s_c, s_l = batch_errors(store, it, label_scale)
         batches.append((err, s_c, s_l, np.full(len(err), it)))
     if not batches:
         return np.array([]), np.array([]), np.array([]), np.array([])
@@ -118,7 +125,8 @@ def relevant_errors(store, upto: int, names) -> dict[str, float]:
 def iteration_record(run, iteration: int, committee, seconds: dict, observed: dict) -> dict:
     """`observed`: the observables' records (`observables`), measured before the path points joined the pool."""
     c = run.campaign
-    _, _, label_sigma = run.store.labels()
+    noise = run.label_noise()
+    _, _, label_sigma = run.labels()
     test = None
     if c.evaluation.test_set is not None:
         feats, y = test_set_features(run, c.evaluation.test_set)
@@ -129,10 +137,11 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
     return metrics.iteration_record(
         iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
         core_hours=None if unknown else spent,
-        noise_floor=c.finetune.noise_floor, batch=run.store.batch_errors(iteration),
-        history=prospective_history(run.store, iteration), test=test, pool_std=pool_std,
+        noise_floor=c.finetune.noise_floor, batch=batch_errors(run.store, iteration, noise["scale"]),
+        history=prospective_history(run.store, iteration, noise["scale"]), test=test, pool_std=pool_std,
         observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
         prior_sigma=getattr(committee, "tau_", None), relevant=relevant_errors(run.store, iteration, observed),
+        label_noise=noise,
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

@@ -9,6 +9,7 @@
 - observables (NEB barriers), committee mean ± spread;
 - the misfit warning (`misfit`): recent prospective errors larger than the σ calibrated before them,
   which holds the convergence stop rules back;
+- the labels' error bars against the scatter of repeated labels (`label_noise`);
 - how many of the prospective errors bear on each observable (`relevance`, `relevant_errors`): the
   σ calibration is measured where the labels were, and the observable's rule trusts it only once
   enough of them moved with the observable across the committee.
@@ -130,6 +131,31 @@ def relevant_errors(weights) -> float:
     return float(np.nansum(w)) if w.size else 0.0
 
 
+def label_noise(energy, sigma, group) -> dict:
+    """How far repeated labels of one configuration scatter beyond their own error bars: the Birge
+    ratio R = √(χ²/dof) of each configuration's labels about their weighted mean, pooled over the
+    configurations labelled more than once (dof = Σ (n_g − 1)). `scale`, the factor every label
+    error bar of the labeler is widened by, is R once there are MIN_CALIBRATION_ERRORS degrees of
+    freedom, never below 1 (a stated error bar is not narrowed on the scatter of a few repeats),
+    and 1 before that.
+
+    Error bars from reblocking a short DMC walk are themselves estimates: from 9 reblocked blocks
+    they alone give χ²/dof ≈ 1.3 for right error bars, and a walk that decorrelates slower than the
+    longest block understates them. Repeats measure both directly."""
+    energy, sigma, group = (np.asarray(x) for x in (energy, sigma, group))
+    chi2, dof = 0.0, 0
+    for g in np.unique(group):
+        e, s = energy[group == g].astype(float), sigma[group == g].astype(float)
+        if len(e) < 2:
+            continue
+        w = 1.0 / s**2
+        chi2 += float(np.sum(w * (e - np.sum(w * e) / np.sum(w)) ** 2))
+        dof += len(e) - 1
+    ratio = float(np.sqrt(chi2 / dof)) if dof else None
+    scale = max(ratio, 1.0) if dof >= MIN_CALIBRATION_ERRORS else 1.0
+    return {"scale": scale, "ratio": ratio, "dof": dof}
+
+
 def misfit_raised(records: list[dict]) -> bool:
     return bool((records[-1].get("misfit") or {}).get("raised")) if records else False
 
@@ -179,13 +205,15 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
                      batch: tuple, history: tuple, test: dict | None, pool_std: np.ndarray | None,
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
                      core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None,
-                     relevant: dict | None = None) -> dict:
+                     relevant: dict | None = None, label_noise: dict | None = None) -> dict:
     """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
     labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
     `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
     cost (None when one's cost is unknown). A committee of `finetune.readout: full` has `lbfgs_steps`
     and None for `newton_steps`. `prior_sigma`: the τ the fit used (eV/atom; chosen by the labels'
-    evidence with `committee.prior_sigma: auto`). `relevant`: each observable's `relevant_errors`."""
+    evidence with `committee.prior_sigma: auto`). `relevant`: each observable's `relevant_errors`;
+    `label_noise`: the repeats' verdict on the labels' error bars (`label_noise`), which every label
+    σ given here already includes."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
     return {
@@ -200,6 +228,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "sigma_scale": scale,
         "misfit": misfit(*history),
         "relevant_errors": {name: round(float(v), 3) for name, v in (relevant or {}).items()},
+        **({"label_noise": label_noise} if label_noise is not None else {}),
         "label_noise_median": float(np.median(noise)) if len(noise) else None,
         "observables": observables,
         "objective": list(objective),

@@ -172,10 +172,7 @@ def run_training(run, iteration: int, subset: list[int] | None = None, folder: P
     c = run.campaign
     settings = c.finetune.multifidelity
     t = time.time()
-    ids, energies, sigmas = run.store.labels()
-    if subset is not None:
-        keep = np.isin(ids, subset)
-        ids, energies, sigmas = [i for i, k in zip(ids, keep) if k], energies[keep], sigmas[keep]
+    ids, energies, sigmas = run.labels(subset)
     atoms = run.store.atoms(ids)
     base_energies, base_forces = run.backbone.energy_forces(atoms)
     zs = [int(z) for z in run.backbone.z_table.zs]

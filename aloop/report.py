@@ -200,6 +200,13 @@ def write_report(run_dir) -> Path:
         verdict = "overconfident: widen" if s > 1.2 else "underconfident: narrow" if s < 0.8 else "about right:"
         lines.append(f"- calibration: the committee σ is {verdict} ×{s:.2f} makes the prospective errors "
                      f"unit-variance (used by the uncertainty stop rule when > 1)")
+    noise = last.get("label_noise") or {}
+    if noise.get("dof"):
+        lines.append(f"- labels' error bars: repeated labels of one configuration scatter ×{noise['ratio']:.2f} their "
+                     f"stated σ (Birge ratio on {noise['dof']} degrees of freedom); every label's σ is taken "
+                     f"×{noise['scale']:.2f}" + ("" if noise["scale"] > 1 else
+                                                 f" (widened from {metrics.MIN_CALIBRATION_ERRORS} degrees of freedom on, "
+                                                 "never narrowed)"))
     for name, n_rel in (last.get("relevant_errors") or {}).items():
         lines.append(f"- tested on {name}: {n_rel:.1f} of the prospective errors bear on it (their energies move "
                      f"with it across the members, chance correlation removed); the observable stop rule trusts "

@@ -179,3 +179,8 @@ evaluation:
     # a copy of a path image is no image of the path: the barrier is still read from 5 images
     assert any(c.source == "path" for c in copies) and len(run.store.source_ids("path")) == 5
     assert f"12 labelled ({len(copies)} of them repeats)" in status_text(run.run_dir)
+    # the repeats judge the labels' error bars; a widened error bar is what the fit and tests use
+    noise = run.store.iterations()[-1]["label_noise"]
+    assert noise == run.label_noise() and noise["dof"] == len(copies)
+    run.label_noise = lambda: {"scale": 2.0, "ratio": 2.0, "dof": 8}
+    assert run.training_set()[1].sigma == pytest.approx(2.0 * run.store.labels()[2])

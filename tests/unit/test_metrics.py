@@ -128,3 +128,21 @@ def test_relevance_counts_labels_that_move_with_the_observable_and_removes_chanc
     assert metrics.relevant_errors([1.0, np.nan, 0.5]) == 1.5      # NaN: not recorded, counts 0
     with pytest.raises(ValueError, match="K ≥ 3"):
         metrics.relevance(moving[:2], observable[:2])
+
+
+def test_label_noise_measures_error_bars_against_the_scatter_of_repeats():
+    """Repeated DMC labels of H3 scattered beyond their reblocked error bars (docs/h3-exchange-dmc.md):
+    the Birge ratio of the repeats recovers by how much, and widens the error bars only on enough
+    repeats and never narrows them."""
+    rng = np.random.default_rng(1)
+    group = np.repeat(np.arange(40), 5)                   # 40 configurations labelled 5 times: 160 dof
+    truth = rng.normal(size=40)[group]
+    sigma = rng.uniform(0.02, 0.04, len(group))
+    under = metrics.label_noise(truth + 1.5 * sigma * rng.normal(size=len(group)), sigma, group)
+    assert under["dof"] == 160 and under["ratio"] == pytest.approx(1.5, rel=0.1) and under["scale"] == under["ratio"]
+    honest = metrics.label_noise(truth + 0.8 * sigma * rng.normal(size=len(group)), sigma, group)
+    assert honest["ratio"] < 1 and honest["scale"] == 1.0   # a stated error bar is not narrowed
+    few = metrics.label_noise([0.0, 0.3, 1.0, 1.3], [0.01] * 4, [0, 0, 1, 1])   # 2 dof: far apart, but too few
+    assert few["dof"] == 2 and few["ratio"] > 10 and few["scale"] == 1.0
+    single = metrics.label_noise([0.0, 1.0], [0.01, 0.01], [0, 1])
+    assert single == {"scale": 1.0, "ratio": None, "dof": 0}

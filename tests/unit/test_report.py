@@ -191,6 +191,7 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
         rec["prospective"] = None if it < 3 else rec["prospective"]   # 3 prospective points: too few
         rec["label_noise_median"] = 0.001
         rec["relevant_errors"] = {"barrier": 0.9 * it}
+        rec["label_noise"] = {"scale": 1.44, "ratio": 1.44, "dof": 35}
         store.write_iteration(it, rec)
     store.set_meta("campaign", {"name": "h3", "stop": {"max_labels": 1000, "observable": {
         "name": "barrier", "tolerance": 0.005, "window": 3}}})
@@ -206,6 +207,8 @@ def test_status_and_summary_show_the_forecast_of_each_tracked_quantity(tmp_path)
     assert line.endswith("no stop from it while the σ calibration is tested on 4.5 prospective errors that bear "
                          "on 'barrier' (it needs 8)")
     assert "- tested on barrier: 4.5 of the prospective errors bear on it" in summary
+    assert ("- labels' error bars: repeated labels of one configuration scatter ×1.44 their stated σ (Birge ratio "
+            "on 35 degrees of freedom); every label's σ is taken ×1.44\n") in summary
     _assert_png(tmp_path / "report" / "learning_curve.png")
 
 
