@@ -121,7 +121,9 @@ def relevance(label_members: np.ndarray, observable_members: np.ndarray) -> np.n
     de, do = e - e.mean(0), o - o.mean()
     ss = (de**2).sum(0) * (do**2).sum()
     r2 = np.divide((do @ de) ** 2, ss, out=np.zeros(len(ss)), where=ss > 0)
-    return 1.0 - (1.0 - r2) * (k - 1) / (k - 2)
+    # members that agree exactly (on the label or the observable) show no correlation at all: 0, not
+    # the chance correction's negative value
+    return np.where(ss > 0, 1.0 - (1.0 - r2) * (k - 1) / (k - 2), 0.0)
 
 
 def relevant_errors(weights) -> float:

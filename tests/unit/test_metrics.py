@@ -126,6 +126,7 @@ def test_relevance_counts_labels_that_move_with_the_observable_and_removes_chanc
     assert raw.mean() == pytest.approx(1 / (k - 1), abs=0.01)      # what K members show by chance
     assert weights.mean() == pytest.approx(0.0, abs=0.01)          # removed: 20000 of them count as none
     assert metrics.relevant_errors([1.0, np.nan, 0.5]) == 1.5      # NaN: not recorded, counts 0
+    assert metrics.relevance(moving, np.full(k, 0.4)) == pytest.approx([0.0, 0.0])   # members agree: no test
     with pytest.raises(ValueError, match="K ≥ 3"):
         metrics.relevance(moving[:2], observable[:2])
 
