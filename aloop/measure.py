@@ -116,9 +116,9 @@ def prospective_history(store, upto: int, label_scale: float = 1.0) -> tuple[np.
 
 def relevant_errors(store, upto: int, names) -> dict[str, float]:
     """Each observable's prospective errors of iterations 1..upto counted by their relevance to it
-    (metrics.relevant_errors)."""
-    return {name: metrics.relevant_errors(np.concatenate([store.batch_relevance(it, name) for it in range(1, upto + 1)]
-                                                         or [np.array([])]))
+    (metrics.relevant_errors; a label's relevance is kept in its data when it is chosen)."""
+    rows = [r for r in store.rows(state=LABELLED) if 1 <= r.get("iteration", 0) <= upto]
+    return {name: metrics.relevant_errors([r.data.get("relevance", {}).get(name, np.nan) for r in rows])
             for name in names}
 
 

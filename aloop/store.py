@@ -192,11 +192,6 @@ class RunStore:
         return (np.array([r.energy_hf - r.pred_energy for r in rows], dtype=float),
                 np.array([r.pred_sigma for r in rows], dtype=float), np.array([r.sigma_hf for r in rows], dtype=float))
 
-    def batch_relevance(self, iteration: int, name: str) -> np.ndarray:
-        """Each label of `batch_errors(iteration)`'s relevance to observable `name` (NaN: not recorded)."""
-        rows = self.rows(iteration=int(iteration), state=LABELLED)
-        return np.array([r.data.get("relevance", {}).get(name, np.nan) for r in rows], dtype=float)
-
     # --- iterations --------------------------------------------------------------------------
     def write_iteration(self, iteration: int, record: dict) -> None:
         with self._sql() as con:
