@@ -180,13 +180,18 @@ def forecast(quantity: str, n, y, err, target: float, what: str, floor: float = 
                                         f"degrees of freedom)")
     total, lo, hi = fit.labels_to_reach(target)
     if not lo > 0 or hi / lo > MAX_RANGE:   # a range so wide that exp() underflows is no number either
-        return Forecast(**base, refusal=f"too uncertain: {lo:.0f}–{hi:.0f} labels in total (68% range, more than "
+        return Forecast(**base, refusal=f"too uncertain: {_count(lo)}–{_count(hi)} labels in total (68% range, more than "
                                         f"a factor {MAX_RANGE:g} wide)")
     return Forecast(**base, n_total=total, n_range=(lo, hi))
 
 
 def _fmt(value: float) -> str:
     return f"{value * 1000:.1f} meV"
+
+
+def _count(labels: float) -> str:
+    # a nearly flat curve puts the far end of the range at 10^30 labels and more: no one reads those digits
+    return f"{labels:.0f}" if labels < 1e5 else "over 100000"
 
 
 def rmse_series(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,3 +310,31 @@ def hindcast(n, y, err, k: int, floor: float = 0.0) -> list[dict]:
              "actual": float(v), "actual_err": float(e), "exponent": fit.b,
              "exponent_sd": float(np.sqrt(fit.cov[1, 1]))}
             for m, p, a, b, v, e in zip(n[k:], fit.predict(n[k:]), lo, hi, y[k:], actual_err)]
+
+
+def needed_hindcast(records: list[dict], stop: dict) -> list[dict]:
+    """Every label count a finished run's forecasts printed, against the count it took.
+
+    For each iteration and each tracked quantity whose forecast (`from_records` on the records up
+    to then) gave a number: `forecast`, the label count it put the target at; `actual`, the first
+    later label count at which the quantity as the run saw it (`as_seen`) was at the target, or None
+    if it never was (`last`: the run's last label count, a lower bound then). For the observable,
+    also `forecast_stop` (the target plus the rule's window) and `stopped`, the label count at
+    which the run's own `stop.observable` rule fired (None if another reason or none stopped it)."""
+    seen = as_seen(records, stop)
+    rule = (stop.get("observable") or {}).get("name")
+    last = records[-1]
+    stopped = last["n_labels"] if rule and str(last.get("stop") or "").startswith(f"observable '{rule}'") else None
+    rows = []
+    for i in range(1, len(records)):
+        for t, f in zip(tracked(records[:i], stop), from_records(records[:i], stop)):
+            if f.n_total is None:
+                continue
+            n, y, _ = seen[t.key]
+            later = n[(n > f.n_now) & (y <= t.target)]
+            row = {"quantity": t.key, "n_now": f.n_now, "forecast": f.n_total, "range": f.n_range,
+                   "actual": int(later[0]) if len(later) else None, "last": int(last["n_labels"])}
+            if t.key == rule:
+                row.update(forecast_stop=f.n_stop, stopped=stopped)
+            rows.append(row)
+    return rows

@@ -221,6 +221,12 @@ def stop_points(run: CampaignRun) -> dict:
     return metrics.when_rules_fire(rules, run.store.iterations(), ("uncertainty_ratio", "observable"))
 
 
+def misfit_raised_at(records: list[dict]) -> list[int]:
+    """The label counts at which the misfit warning stood (metrics.misfit): what `aloop status` and
+    summary.md showed the user there."""
+    return [r["n_labels"] for r in records if (r.get("misfit") or {}).get("raised")]
+
+
 def di_barrier(run: CampaignRun, theta: np.ndarray, reference: dict) -> dict:
     """The di-vacancy hop's CI-NEB (end points relaxed) on θ's surface (a committee mean: the exported
     model's), a hop no label of the pool comes near."""
@@ -247,7 +253,8 @@ def measure_run(run: CampaignRun, evaluation: "Evaluation", observable: str, neb
                                                     | evaluation.tracked(record["observables"][observable]["mean"])
                                                     | calibration(run, record["n_labels"]))
     fire = stop_points(run)
-    entry = {"checkpoints": checkpoints, "stop_rules_fire_at": fire}
+    entry = {"checkpoints": checkpoints, "stop_rules_fire_at": fire,
+             "misfit_raised_at": misfit_raised_at(run.store.iterations())}
     first = min((n for n in fire.values() if n is not None), default=None)
     if first is not None:
         record, theta = mean_theta(run, first)
@@ -384,6 +391,7 @@ def refresh_stop_points(results: dict, folders: list[Path], reference: dict) -> 
             fire = metrics.when_rules_fire(rules, records, ("uncertainty_ratio", "observable"))
             first = min((n for n in fire.values() if n is not None), default=None)
             entry["stop_rules_fire_at"] = fire
+            entry["misfit_raised_at"] = misfit_raised_at(records)
             if first is None:
                 entry.pop("at_stop", None)
             elif (entry.get("at_stop") or {}).get("n_labels") != first:
@@ -426,6 +434,10 @@ def report(summary: dict, out: Path, docs: bool) -> None:
         for entry in runs:
             print(f"{strategy} seed {entry['seed']}: stop rules would fire at {entry['stop_rules_fire_at']}; "
                   f"there: {entry.get('at_stop')}; relaxed di-vacancy at {T2_LABELS}: {entry.get('di_relaxed')}")
+            raised = entry.get("misfit_raised_at")
+            if raised is not None:
+                print("    misfit warning: " + (f"from {raised[0]} labels, in {len(raised)} iterations "
+                                                 f"(at {', '.join(map(str, raised))} labels)" if raised else "never raised"))
     targets = verdict(table, results, base)
     for strategy, v in targets.items():
         print(f"{strategy}: " + ", ".join(f"{k} {v[k]}" for k in ("T1", "T2", "T3", "T4", "T5")) +

@@ -13,7 +13,12 @@ measured, their ratio, whether the measurement agrees with it (inside the curve'
 in quadrature by the measurement's own error bar: one batch scatters about the curve), and whether `aloop status`
 would have printed a label count from those k points (`forecast.forecast`: trusted or why not).
 Then, over all lines: the median |log ratio| as a factor, and the fraction inside the 68% band.
-Reads only the run folders.
+
+With --needed, the forecast is judged the way a user reads it instead: every label count that
+`aloop status` printed ("≈ N more labels to reach …"), against the label count at which the run
+first saw the quantity at its target (`forecast.needed_hindcast`), and for the observable, the
+forecast stop against the count at which the run's own rule fired. A run that ended before the
+target counts as a lower bound. Reads only the run folders.
 """
 from __future__ import annotations
 
@@ -48,6 +53,36 @@ def hindcast_run(run_dir: str) -> list[dict]:
     return rows
 
 
+def needed(runs: list[str]) -> int:
+    """The label counts `aloop status` printed against those the runs took (see the docstring)."""
+    print(f"{'run':40} {'quantity':10} {'at':>4} {'forecast (68%)':>18} {'took':>6} {'ratio':>6}"
+          f" {'stop forecast':>13} {'stopped':>7}")
+    ratios, bounds = [], []
+    for run in runs:
+        store = RunStore.existing(run)
+        stop = (store.get_meta("campaign") or {}).get("stop", {})
+        for r in fc.needed_hindcast(store.iterations(), stop):
+            lo, hi = r["range"]
+            took = r["actual"] if r["actual"] is not None else f">{r['last']}"
+            ratio = r["forecast"] / r["actual"] if r["actual"] is not None else None
+            (ratios if ratio is not None else bounds).append(ratio if ratio is not None else r["forecast"] / r["last"])
+            stop_text = "" if r.get("forecast_stop") is None else f"{r['forecast_stop']:.0f}"
+            stopped = "" if "stopped" not in r else (r["stopped"] or "no")
+            print(f"{run[-40:]:40} {r['quantity']:10} {r['n_now']:4d} {r['forecast']:6.0f} ({lo:4.0f}–{hi:4.0f})"
+                  f" {took:>6} {'' if ratio is None else f'{ratio:.2f}':>6} {stop_text:>13} {stopped:>7}")
+    if not ratios and not bounds:
+        print("no run printed a label count")
+        return 1
+    if ratios:
+        log_ratio = np.abs(np.log(ratios))
+        print(f"{len(ratios)} printed counts with a measured one: median error ×{np.exp(np.median(log_ratio)):.2f}, "
+              f"worst ×{np.exp(log_ratio.max()):.2f}, within ×2: {int(np.sum(log_ratio <= np.log(2)))}")
+    if bounds:
+        print(f"{len(bounds)} printed counts the run never reached: forecast/last count {min(bounds):.2f}–{max(bounds):.2f}"
+              " (below 1: optimistic by at least that factor)")
+    return 0
+
+
 def agrees(r: dict) -> bool:
     """The measurement within the curve's 68% band (its side of it) ⊕ its own error bar."""
     half = r["hi"] - r["forecast"] if r["actual"] > r["forecast"] else r["forecast"] - r["lo"]
@@ -61,7 +96,11 @@ def main(argv=None) -> int:
                         help="only forecasts fitted to the points up to these label counts (e.g. 75 100 150)")
     parser.add_argument("--at", type=int, nargs="+", metavar="N",
                         help="only forecasts of the values measured at these label counts (e.g. 300 500)")
+    parser.add_argument("--needed", action="store_true",
+                        help="judge the label counts status printed against those the runs took")
     args = parser.parse_args(argv)
+    if args.needed:
+        return needed(args.runs)
     rows = []
     for run in args.runs:
         try:

@@ -74,7 +74,7 @@ def test_no_number_from_a_misfit_or_a_range_too_wide():
     # to 0 labels at one end, which is a refusal, not a division by zero in `aloop status`
     flat = np.array([0.0880, 0.0878, 0.0879, 0.0877])
     hopeless = fc.forecast("barrier", np.array([8, 12, 16, 20.]), flat, flat / np.sqrt(14), 0.03, "±0.03 eV")
-    assert hopeless.n_total is None and hopeless.refusal.startswith("too uncertain: 0–")
+    assert hopeless.n_total is None and hopeless.refusal.startswith("too uncertain: 0–over 100000 labels")
 
 
 def test_forecasts_from_records_with_and_without_core_hours():
@@ -125,6 +125,26 @@ def test_a_forecast_is_judged_against_the_spread_the_rule_saw_at_each_iteration(
     assert list(n) == list(N[:6]) and y == pytest.approx(np.array([1, 3, 3, 2, 1.5, 1]) * 0.1 / np.arange(1, 7))
     assert err == pytest.approx(y / np.sqrt(8))
     assert all(a == pytest.approx(b) for a, b in zip(seen["rmse"], fc.rmse_series(records)))
+
+
+def test_the_label_count_a_forecast_printed_is_compared_with_the_count_it_took():
+    # an exact power law 0.1·n^−0.5 reaches 0.02 at n = 25: every forecast it makes says 25, and the
+    # run sees the spread at the target first at 28 labels (its batches come 4 at a time)
+    n = np.arange(8, 41, 4)
+    records = [{"n_labels": int(m), "relevant_errors": {"barrier": 20.0},
+                "observables": {"barrier": {"mean": 0.4, "std": float(0.1 * m**-0.5), "members": [0.0] * 9}}}
+               for m in n]
+    records[-1]["stop"] = "observable 'barrier' converged: ..."
+    rule = {"observable": {"name": "barrier", "tolerance": 0.02, "window": 3}}
+    rows = fc.needed_hindcast(records, rule)
+    assert [r["n_now"] for r in rows] == [20, 24]   # 4 points needed; from 28 on the target is reached
+    for r in rows:
+        assert r["forecast"] == pytest.approx(25.0) and r["actual"] == 28 and r["last"] == 40
+        assert r["forecast_stop"] == pytest.approx(25.0 + 8) and r["stopped"] == 40
+    # a run that ends before it gets there: no count to compare with, only its last one as a bound
+    (early,) = fc.needed_hindcast(records[:5], rule)
+    assert early["forecast"] == pytest.approx(25.0) and early["actual"] is None and early["last"] == 24
+    assert early["stopped"] is None
 
 
 def test_the_stop_forecast_adds_the_rule_window_after_the_spread_reaches_its_tolerance():
