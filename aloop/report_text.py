@@ -1,6 +1,8 @@
 """Iteration records as text: the line printed after each iteration and in `aloop status`."""
 from __future__ import annotations
 
+from .metrics import MISFIT_CLEAR
+
 
 def one_line(record: dict) -> str:
     parts = [f"iteration {record['iteration']}: {record['n_labels']} labels"]
@@ -27,7 +29,9 @@ def misfit_warning(record: dict) -> str | None:
         return None
     return (f"warning: the prospective errors do not shrink with the committee's σ: a misfit of about "
             f"{m['misfit_rms'] * 1000:.0f} meV that no scale on σ explains (likelihood-ratio test on {m['n']} errors, "
-            f"p = {m['p_value']:.1g} < {m['alpha']:g}; the σ scale without it has grown to ×{m['scale_without']:.2f}). "
+            + (f"p = {m['p_value']:.1g}: raised at an earlier iteration, it stands until p ≥ {MISFIT_CLEAR:g}"
+               if m.get("held") else f"p = {m['p_value']:.1g} < {m['alpha']:g}")
+            + f"; the σ scale without it has grown to ×{m['scale_without']:.2f}). "
             "The readout likely cannot express the correction: try a full-readout fine-tune (trainable layers below "
             "the readout), or check the labels. The uncertainty and observable stop rules do not fire while this "
             "warning stands; the label budget still does.")

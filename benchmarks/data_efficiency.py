@@ -84,12 +84,15 @@ T1_LABELS, T2_LABELS, COVERAGE = 150, 100, (0.85, 0.99)
 
 
 def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism", prior_sigma=None,
-                 max_labels: int = CHECKPOINTS[-1]):
+                 max_labels: int = CHECKPOINTS[-1], force_threshold: float | None = None):
     """The campaign of one run: `strategy` and `seed`, labels from the oracle variant `oracle`, with
-    its own test set and barrier reference; `prior_sigma` replaces the campaign's committee.prior_sigma."""
+    its own test set and barrier reference; `prior_sigma` replaces the campaign's committee.prior_sigma,
+    `force_threshold` its finetune.force_threshold."""
     c = load_campaign(CAMPAIGN / "campaign.yaml")
     if prior_sigma is not None:
         c.committee.prior_sigma = prior_sigma
+    if force_threshold is not None:
+        c.finetune.force_threshold = force_threshold
     c.labeler.parameters = {**c.labeler.parameters, "variant": oracle}
     c.evaluation.test_set.path = REFERENCES[oracle] / "hf_test.extxyz"
     reference = json.loads((REFERENCES[oracle] / "reference.json").read_text())["mono_barrier_hf"]
@@ -115,10 +118,10 @@ def shared_pool(out: Path, oracle: str) -> CampaignRun:
 
 
 def start_run(out: Path, strategy: str, seed: int, oracle: str, prior_sigma=None,
-              max_labels: int = CHECKPOINTS[-1]) -> CampaignRun:
+              max_labels: int = CHECKPOINTS[-1], force_threshold: float | None = None) -> CampaignRun:
     """A fork of the shared pool's run (features, Jacobians and oracle labels shared), or the run
     as a previous invocation left it."""
-    c = campaign_for(out, strategy, seed, oracle, prior_sigma, max_labels)
+    c = campaign_for(out, strategy, seed, oracle, prior_sigma, max_labels, force_threshold)
     try:
         fork_run(out / "pool", c.run_dir, 0)
     except FileExistsError:
@@ -223,8 +226,15 @@ def stop_points(run: CampaignRun) -> dict:
 
 def misfit_raised_at(records: list[dict]) -> list[int]:
     """The label counts at which the misfit warning stood (metrics.misfit): what `aloop status` and
-    summary.md showed the user there."""
-    return [r["n_labels"] for r in records if (r.get("misfit") or {}).get("raised")]
+    summary.md showed the user there. Records of runs made before the warning stood until p ≥
+    metrics.MISFIT_CLEAR are replayed with that rule from their p-values."""
+    raised, out = False, []
+    for r in records:
+        m = r.get("misfit") or {}
+        raised = bool(m.get("raised")) or (raised and bool(m) and m["p_value"] < metrics.MISFIT_CLEAR)
+        if raised:
+            out.append(r["n_labels"])
+    return out
 
 
 def di_barrier(run: CampaignRun, theta: np.ndarray, reference: dict) -> dict:
@@ -406,7 +416,8 @@ def same_oracle(out: Path, others: list[Path]) -> None:
     remade between the runs) or with another prior."""
     summaries = [(d, json.loads((d / "results.json").read_text())) for d in [out, *others] if (d / "results.json").exists()]
     for d, summary in summaries[1:]:
-        for key, what in (("reference", "one oracle and one set of references"), ("prior_sigma", "one committee.prior_sigma")):
+        for key, what in (("reference", "one oracle and one set of references"), ("prior_sigma", "one committee.prior_sigma"),
+                          ("force_threshold", "one finetune.force_threshold")):
             if summary.get(key) != summaries[0][1].get(key):
                 raise SystemExit(f"--merge: {d} was measured with {key} {summary.get(key)}, {summaries[0][0]} with "
                                  f"{summaries[0][1].get(key)}; merge only runs of {what}")
@@ -465,6 +476,8 @@ def main() -> None:
                         help=f"stop every run here (default {CHECKPOINTS[-1]}; the checkpoints past it are left out)")
     parser.add_argument("--prior-sigma", type=lambda v: v if v == "auto" else float(v), metavar="TAU|auto",
                         help="committee.prior_sigma of every run instead of the campaign's (another --out: the runs differ)")
+    parser.add_argument("--force-threshold", type=float, metavar="EV_PER_A",
+                        help="finetune.force_threshold of every run instead of the campaign's (another --out)")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: the table, verdict and plots of OUT/results.json (and --merge's)")
@@ -501,6 +514,7 @@ def main() -> None:
         "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
         | {"oracle": reference.get("oracle")},
         "prior_sigma": args.prior_sigma or load_campaign(CAMPAIGN / "campaign.yaml").committee.prior_sigma,
+        "force_threshold": args.force_threshold or load_campaign(CAMPAIGN / "campaign.yaml").finetune.force_threshold,
         "max_labels": args.max_labels,
     }
     previous = args.out / "results.json"
@@ -508,9 +522,9 @@ def main() -> None:
     if earlier and earlier["reference"] != summary["reference"]:
         raise SystemExit(f"{previous} holds runs measured against {earlier['reference']}, not {summary['reference']}: "
                          "the references were remade; give another --out")
-    if earlier and earlier.get("prior_sigma", summary["prior_sigma"]) != summary["prior_sigma"]:
-        raise SystemExit(f"{previous} holds runs with committee.prior_sigma {earlier['prior_sigma']}, not "
-                         f"{summary['prior_sigma']}; give another --out")
+    for key, field in (("prior_sigma", "committee.prior_sigma"), ("force_threshold", "finetune.force_threshold")):
+        if earlier and earlier.get(key, summary[key]) != summary[key]:
+            raise SystemExit(f"{previous} holds runs with {field} {earlier[key]}, not {summary[key]}; give another --out")
     base = evaluation.scores(pool.backbone.theta0) | evaluation.tracked(measure.base_observables(pool)[observable]["mean"])
     if not args.no_neb:   # the base model's di-vacancy CI-NEB, once per folder
         base["di_relaxed"] = earlier.get("base", {}).get("di_relaxed") or di_barrier(pool, pool.backbone.theta0, reference)
@@ -521,7 +535,8 @@ def main() -> None:
         for seed in args.seeds:
             t = time.time()
             print(f"{strategy}, seed {seed}:", flush=True)
-            run = start_run(args.out, strategy, seed, args.oracle, args.prior_sigma, args.max_labels)
+            run = start_run(args.out, strategy, seed, args.oracle, args.prior_sigma, args.max_labels,
+                            args.force_threshold)
             run_to_the_end(run)
             entry = {"seed": seed, **measure_run(run, evaluation, observable, not args.no_neb),
                      "seconds": round(time.time() - t, 1)}

@@ -36,7 +36,8 @@ def campaign_records(labels, rng, iterations=10, first=12, batch=8, members=8):
             it, n_labels=len(x) + batch, n_failed=0, label_sigma=np.full(len(x) + batch, NOISE), noise_floor=0.0,
             batch=batch_errors, history=tuple(history), test=None, pool_std=np.full(50, 1e-4),
             observables={"barrier": metrics.observable(np.full(members, 0.5))}, objective=[], newton_steps=[], seeds={},
-            seconds={}, relevant={"barrier": len(history[0])}))   # the rule's calibration tested throughout
+            seconds={}, relevant={"barrier": len(history[0])},   # the rule's calibration tested throughout
+            misfit_before=metrics.misfit_raised(records)))
         x, y = np.concatenate([x, new]), np.concatenate([y, y_new])
     return records
 
@@ -57,6 +58,22 @@ def test_a_readout_that_cannot_express_the_labels_raises_the_warning_and_one_tha
     clean = [campaign_records(expressible, np.random.default_rng(seed))[-1]["misfit"] for seed in range(5)]
     assert not any(m["raised"] for m in clean)
     assert all(m["p_value"] > metrics.MISFIT_ALPHA for m in clean)
+
+
+def test_once_raised_the_warning_stands_until_the_evidence_is_gone_not_just_below_the_alarm():
+    # errors with a 40 meV misfit beside a ×2 scale: p ≈ 0.01, above the alarm level, below the all-clear
+    rng = np.random.default_rng(0)
+    it = np.repeat(np.arange(1, 11), 8)
+    s_c, s_l = 0.1 / np.sqrt(it), np.full(len(it), NOISE)
+    err = np.sqrt((2 * s_c) ** 2 + s_l**2 + 0.04**2) * rng.normal(size=len(it))
+    fresh = metrics.misfit(err, s_c, s_l, it)
+    assert metrics.MISFIT_ALPHA < fresh["p_value"] < metrics.MISFIT_CLEAR and not fresh["raised"]
+    standing = metrics.misfit(err, s_c, s_l, it, raised_before=True)
+    assert standing["raised"] and standing["held"]
+    # right errors (a scale, no misfit) clear it
+    right = np.sqrt((2 * s_c) ** 2 + s_l**2) * rng.normal(size=len(it))
+    cleared = metrics.misfit(right, s_c, s_l, it, raised_before=True)
+    assert cleared["p_value"] >= metrics.MISFIT_CLEAR and not cleared["raised"]
 
 
 def test_no_verdict_before_the_last_iterations_hold_enough_errors():
