@@ -305,6 +305,9 @@ def _observable_settled(rules, records: list[dict]) -> str | None:
         return None   # under misfit the committee agrees on a value that more labels would still move
     if untested(records, rules.observable.name):
         return None   # the calibration was measured on labels that do not move with the observable
+    if any(r["observables"].get(rules.observable.name, {}).get("outside_domain")
+           for r in records[-rules.observable.window:]):
+        return None   # a path through geometries the backbone never saw: its barrier is no answer
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]
     means = [w["mean"] for w in window]

@@ -60,12 +60,17 @@ def images(run, obs, iteration: int | None) -> list:
 
 
 def _start(run, obs, iteration: int | None):
-    """The images to start from: the latest relaxed path before `iteration`, else the pool source's."""
+    """The images to start from: the latest relaxed path before `iteration` that stayed inside the
+    base model's domain (a collapsed band would only relax back into its collapse), else the pool
+    source's."""
     earlier = [] if iteration is None else [*range(iteration - 1, -1, -1), None]
+    guard = run.guard()
     for it in earlier:
         path = run.layout.path(obs.name, it)
         if path.exists():
-            return read(path, index=":", format="extxyz")
+            frames = read(path, index=":", format="extxyz")
+            if all(guard.violation(atoms) is None for atoms in frames):
+                return frames
     return run.store.atoms(run.store.source_ids(obs.path))
 
 
@@ -88,11 +93,20 @@ def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
 
 
 def observable(run, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
-    """The observable's record: the mean model's barrier on its path, and the members' on the same images."""
+    """The observable's record: the mean model's barrier on its path, and the members' on the same
+    images. `outside_domain` says where the path left the base model's domain (the pool's guard),
+    when it did: a barrier over geometries the backbone never saw is no answer, and the stop rule
+    does not count it."""
     members = metrics.barrier(run.backbone.features(relaxed_path.images).energies(thetas))
-    return {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
-            "saddle_image": relaxed_path.saddle, "neb_steps": relaxed_path.steps,
-            "neb_converged": relaxed_path.converged, "neb_seconds": round(relaxed_path.seconds, 2)}
+    record = {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
+              "saddle_image": relaxed_path.saddle, "neb_steps": relaxed_path.steps,
+              "neb_converged": relaxed_path.converged, "neb_seconds": round(relaxed_path.seconds, 2)}
+    guard = run.guard()
+    for i, atoms in enumerate(relaxed_path.images):
+        if (bad := guard.violation(atoms)) is not None:
+            record["outside_domain"] = f"image {i}: {bad}"
+            break
+    return record
 
 
 def key_points(relaxed_path: RelaxedPath) -> list:

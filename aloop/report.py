@@ -19,7 +19,7 @@ from .provenance import describe
 from .domain import OUT_OF_DOMAIN
 from .rerank import read_cancel
 from .rundir import RunDir, candidate_id
-from .report_text import misfit_warning, one_line
+from .report_text import one_line, status_warnings
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 
 
@@ -143,8 +143,7 @@ def write_report(run_dir) -> Path:
              *[f"- {line}" for line in _core_hours(store)],
              f"- iterations: {len(records)}",
              f"- stop reason: {stop or _stuck(store, records) or 'still running'}", ""]
-    warning = misfit_warning(records[-1]) if records else None
-    if warning:
+    for warning in status_warnings(records[-1]) if records else []:
         lines += [f"**{warning[0].upper()}{warning[1:]}**", ""]
     if not records:
         lines.append("No iteration has finished yet: nothing to plot."
@@ -293,7 +292,7 @@ def status_text(run_dir) -> str:
     if records:
         lines.append(f"last: {one_line(records[-1])}")
         lines += [f"forecast: {f.text()}" for f in forecast.from_records(records, campaign.get("stop", {}))]
-        lines += [w for w in [misfit_warning(records[-1])] if w]
+        lines += status_warnings(records[-1])
     lines += _cancellable(store)
     stop = _stop_reason(store, records)
     lines.append(f"stop: {stop}" if stop else f"stop: {_stuck(store, records) or 'not stopped'}")

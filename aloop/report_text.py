@@ -14,7 +14,8 @@ def one_line(record: dict) -> str:
     if record["pool_sigma"]:
         parts.append(f"pool σ95 {record['pool_sigma']['p95'] * 1000:.1f} meV")
     for name, o in record["observables"].items():
-        parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV")
+        parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV"
+                     + (f" (path outside the base model's domain, {o['outside_domain']})" if o.get("outside_domain") else ""))
     if (record.get("misfit") or {}).get("raised"):
         parts.append("MISFIT warning (aloop status)")
     if record.get("stop"):
@@ -35,3 +36,21 @@ def misfit_warning(record: dict) -> str | None:
             "The readout likely cannot express the correction: try a full-readout fine-tune (trainable layers below "
             "the readout), or check the labels. The uncertainty and observable stop rules do not fire while this "
             "warning stands; the label budget still does.")
+
+
+def domain_warning(record: dict) -> str | None:
+    """The warning of a record whose relaxed observable path left the base model's domain, or None."""
+    left = {name: o["outside_domain"] for name, o in record["observables"].items() if o.get("outside_domain")}
+    if not left:
+        return None
+    where = "; ".join(f"'{name}' at {text}" for name, text in left.items())
+    return (f"warning: the committee mean's relaxed path left the base model's domain ({where}): its barrier "
+            "is read over geometries the backbone never saw, so it is no answer, and the observable stop rule "
+            "does not count it. The next iteration starts its band from the last path that stayed inside; "
+            "labels near the collapse are kept out of the pool by the same guard. A fit that drives the band "
+            "there usually cannot express the correction (see the misfit warning).")
+
+
+def status_warnings(record: dict) -> list[str]:
+    """Every warning `aloop status` and summary.md show for the newest record."""
+    return [w for w in (misfit_warning(record), domain_warning(record)) if w]

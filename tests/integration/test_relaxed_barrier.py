@@ -127,6 +127,25 @@ def test_path_points_join_the_pool_and_a_fork_drops_later_ones(relaxed_run, tmp_
         ["base.extxyz", "iter_000.extxyz", "iter_001.extxyz"]
 
 
+def test_a_band_that_leaves_the_domain_is_flagged_and_not_started_from(relaxed_run, tmp_path):
+    # the MoS2 contact oracle drove a committee mean's band into an S–S pair at 1.16 Å; here two H
+    # atoms of one image are pushed to 0.2 Å
+    fork_dir = tmp_path / "fork"
+    fork_run(relaxed_run.run_dir, fork_dir, iteration=3)
+    run = CampaignRun(load_campaign(relaxed_run.campaign_file, run_dir=fork_dir), progress=False)
+    obs = run.campaign.evaluation.observables[0]
+    inside = reaction_path.load(run.layout.path("barrier", 1))
+    assert "outside_domain" not in reaction_path.observable(run, inside, run.load_committee(1).thetas_)
+    collapsed = reaction_path.load(run.layout.path("barrier", 2))
+    image = collapsed.images[2]
+    image.positions[1] = image.positions[0] + [0.2, 0.0, 0.0]
+    reaction_path.save(run.layout.path("barrier", 2), collapsed)
+    record = reaction_path.observable(run, reaction_path.load(run.layout.path("barrier", 2)), run.load_committee(2).thetas_)
+    assert record["outside_domain"].startswith("image 2: H-H at 0.200 Å")
+    start = reaction_path._start(run, obs, 3)   # the next band starts from the last one inside
+    np.testing.assert_allclose(np.array([a.positions for a in start]), np.array([a.positions for a in inside.images]))
+
+
 def test_relax_false_reads_the_frozen_pool_path(tmp_path):
     run = CampaignRun(load_campaign(campaign_file(tmp_path, "frozen", relax=", relax: false")), progress=False)
     run.run(max_iterations=2)

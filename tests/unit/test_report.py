@@ -231,3 +231,15 @@ def test_status_and_summary_show_the_misfit_warning_and_the_pool_sources(tmp_pat
         assert "md (md): 90 of 120 frames kept; dropped: 2 outside the base model's domain (S-S: 2); " \
                "28 later in an MD trajectory that left the domain" in text
         assert "dft (file): 20 of 20 frames kept" in text
+
+
+def test_a_barrier_over_a_path_outside_the_domain_is_marked_where_the_user_reads_it():
+    from aloop.report_text import one_line, status_warnings
+    record = {"iteration": 7, "n_labels": 210, "prospective": None, "test": None, "pool_sigma": None,
+              "observables": {"barrier": {"mean": 3.087, "std": 0.161,
+                                          "outside_domain": "image 4: S-S at 1.160 Å, floor 2.199 Å"}}}
+    assert "barrier 3.087 ± 0.161 eV (path outside the base model's domain, image 4: S-S at 1.160 Å" in one_line(record)
+    (warning,) = status_warnings(record)
+    assert "left the base model's domain ('barrier' at image 4" in warning and "stop rule does not count it" in warning
+    del record["observables"]["barrier"]["outside_domain"]
+    assert status_warnings(record) == []

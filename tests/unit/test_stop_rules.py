@@ -54,3 +54,15 @@ def test_the_rule_waits_for_labels_that_move_with_the_observable():
     assert "converged" in stop_reason(campaign(), recs)
     del recs[-1]["relevant_errors"]   # a record of an aloop that did not count them
     assert stop_reason(campaign(), recs) is None
+
+
+def test_a_barrier_read_over_a_path_outside_the_domain_does_not_stop_the_run():
+    # the MoS2 contact oracle, targeted seed 1 at 210 labels: the committee mean's band collapsed an
+    # S–S pair to 1.16 Å and read a barrier of 3.1 eV off it
+    recs = records([0.421, 0.423, 0.422], [0.004, 0.005, 0.003])
+    assert stop_reason(campaign(), recs) is not None
+    recs[1]["observables"]["barrier"]["outside_domain"] = "image 4: S-S at 1.160 Å, floor 2.199 Å"
+    assert stop_reason(campaign(), recs) is None
+    recs.append({**recs[-1]})   # once the window has moved past it, the rule may fire again
+    recs.append({**recs[-1]})
+    assert stop_reason(campaign(), recs) is not None
