@@ -48,7 +48,7 @@ def domain_warning(record: dict) -> str | None:
             "is read over geometries the backbone never saw, so it is no answer, and the observable stop rule "
             "does not count it. The next iteration starts its band from the last path that stayed inside; "
             "labels near the collapse are kept out of the pool by the same guard. A fit that drives the band "
-            "there usually cannot express the correction (see the misfit warning).")
+            "there usually cannot express the correction.")
 
 
 def status_warnings(record: dict) -> list[str]:
