@@ -40,7 +40,7 @@ from aloop.committee import PRIOR_AUTO, Committee
 from aloop.loop import CampaignRun
 from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED
-from data_efficiency import CAMPAIGN, CHECKPOINTS, REFERENCES, campaign_for
+from data_efficiency import CAMPAIGN, CHECKPOINTS, REFERENCES
 from testbeds.mos2.geometry import NEB_IMAGES
 
 RUN_NAME = re.compile(r"^(?P<strategy>[a-z_]+)-s(?P<seed>\d+)$")
@@ -53,12 +53,13 @@ def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
     return theta0 + np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ r)
 
 
-def measure(out: Path, name: str, oracle: str, relax_at: int | None, hf_path: np.ndarray, path_features,
+def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, path_features,
             checkpoints=CHECKPOINTS) -> list[dict]:
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
     if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
         raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
-    run = CampaignRun(campaign_for(out, strategy, seed, oracle), progress=False)
+    # the settings the run was made with (its stored campaign), not the campaign file's today
+    run = CampaignRun.reopen(out / name)
     moment = feature_moment(run.pool_rows(run.store.ids()))
     labelled = run.store.rows(state=LABELLED)
     hf_barrier = float(metrics.barrier(hf_path))
@@ -115,7 +116,7 @@ def main() -> None:
         with np.load(out / "evaluation.npz") as f:
             path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
         for name in names:
-            rows += measure(out, name, args.oracle, args.relax_at if args.relax else None, hf_path, path_features,
+            rows += measure(out, name, args.relax_at if args.relax else None, hf_path, path_features,
                             args.checkpoints)
     print("\nmeans over seeds (± std, worst |error|):")
     groups = defaultdict(list)
