@@ -7,14 +7,16 @@ checkpoint, the labels the run had there are fitted
   docs/method.md), the rest of the committee as the campaign builds it,
 - by plain least squares (ridge 1e-8), the most the readout can fit: its residual is the model
   error no prior removes.
-Each fit's committee mean is scored by its RMSE on those labels and by the mono-vacancy barrier
+Each fit's committee mean is scored by its RMSE on those labels, by what it leaves at the labelled
+end points and saddles of the run's own relaxed paths (the labels that decide the tracked barrier;
+with --path-points also `auto` refitted without the bootstrap and without the force term), and by the mono-vacancy barrier
 along the oracle's own relaxed CI-NEB images (the frozen images: no relaxation, so the numbers
 say what the fit learnt at the oracle's saddle, not where the model's own path goes). With
 --relax, the `auto` committee mean's own relaxed CI-NEB barrier too, at --relax-at labels (a few
 minutes per run).
 
     python benchmarks/mos2_fit_limits.py --out OUT [OUT ...] [--oracle prism|contact] [--relax] [--json FILE]
-        [--runs random-s0 ...] [--checkpoints 100 150 300 500]
+        [--runs random-s0 ...] [--checkpoints 100 150 300 500] [--path-points]
 
 Reads the run folders and their caches (no label or force Jacobian is computed); one line per
 (run, checkpoint), then the means over seeds per strategy.
@@ -54,7 +56,7 @@ def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
 
 
 def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, path_features,
-            checkpoints=CHECKPOINTS) -> list[dict]:
+            checkpoints=CHECKPOINTS, path_points: bool = False) -> list[dict]:
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
     if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
         raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
@@ -73,10 +75,21 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
                                        run.campaign.finetune).fit(data, len(run.backbone.z_table), moment=moment)
         thetas = {"run": run.load_committee(record["iteration"]).thetas_.mean(0), "auto": auto.thetas_.mean(0),
                   "lstsq": least_squares(data, run.backbone.theta0)}
+        if path_points:   # the decisive labels: is it the bootstrap or the force term that leaves them?
+            for fit, committee_update, finetune_update in (("auto_no_bootstrap", {"bootstrap": False}, {}),
+                                                           ("auto_no_force_term", {}, {"force_weight": 0.0})):
+                settings = run.campaign.committee.model_copy(update={"prior_sigma": PRIOR_AUTO, **committee_update})
+                thetas[fit] = Committee.from_settings(run.backbone.theta0, settings,
+                                                      run.campaign.finetune.model_copy(update=finetune_update)).fit(
+                    data, len(run.backbone.z_table), moment=moment).thetas_.mean(0)
         row = {"strategy": strategy, "seed": seed, "n_labels": record["n_labels"], "tau": auto.tau_,
                "model_error": auto.model_error_, "campaign_tau": run.campaign.committee.prior_sigma}
+        # the end points and saddles of the run's own relaxed paths that were labelled by then
+        on_path = np.isin(data.ids, [r.id for r in labelled if r.source.startswith("path:")])
         for fit, theta in thetas.items():
-            row[f"{fit}_label_rmse_meV"] = 1000 * float(np.sqrt(np.mean((data.features.energies(theta) - data.energy) ** 2)))
+            residual = data.features.energies(theta) - data.energy
+            row[f"{fit}_label_rmse_meV"] = 1000 * float(np.sqrt(np.mean(residual**2)))
+            row[f"{fit}_path_point_residuals"] = [round(float(r), 4) for r in residual[on_path]]
             row[f"{fit}_hf_images_error"] = float(metrics.barrier(path_features.energies(theta))) - hf_barrier
         if relax_at is not None and record["n_labels"] == relax_at:
             start = interpolate(read(CAMPAIGN / "mono_initial.xyz"), read(CAMPAIGN / "mono_final.xyz"), NEB_IMAGES)
@@ -89,6 +102,10 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
               f"lstsq {row['lstsq_hf_images_error']:+.3f} eV | auto τ {row['tau']:.3g} eV/atom, m {row['model_error']:.3f} eV"
               + (f" | auto relaxed {row['auto_relaxed_barrier']:.3f} eV" if "auto_relaxed_barrier" in row else ""),
               flush=True)
+        if on_path.any():
+            print(f"{'':12} fit − label at the {int(on_path.sum())} labelled points of its own relaxed paths (eV): "
+                  + "; ".join(f"{fit} {min(row[f'{fit}_path_point_residuals']):+.2f} to {max(row[f'{fit}_path_point_residuals']):+.2f}"
+                              for fit in thetas), flush=True)
     return rows
 
 
@@ -100,6 +117,9 @@ def main() -> None:
     parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
     parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--path-points", action="store_true",
+                        help="also refit `auto` without the bootstrap and without the force term, to see which one leaves "
+                             "the labelled points of the run's own relaxed paths under their labels")
     parser.add_argument("--runs", nargs="+", metavar="STRATEGY-sSEED", help="only these runs of each folder")
     parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS),
                         help=f"label counts to refit at (default {' '.join(map(str, CHECKPOINTS))})")
@@ -117,7 +137,7 @@ def main() -> None:
             path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
         for name in names:
             rows += measure(out, name, args.relax_at if args.relax else None, hf_path, path_features,
-                            args.checkpoints)
+                            args.checkpoints, args.path_points)
     print("\nmeans over seeds (± std, worst |error|):")
     groups = defaultdict(list)
     for row in rows:
