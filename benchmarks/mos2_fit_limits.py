@@ -16,7 +16,7 @@ say what the fit learnt at the oracle's saddle, not where the model's own path g
 minutes per run).
 
     python benchmarks/mos2_fit_limits.py --out OUT [OUT ...] [--oracle prism|contact] [--relax] [--json FILE]
-        [--runs random-s0 ...] [--checkpoints 100 150 300 500] [--path-points]
+        [--runs random-s0 ...] [--checkpoints 100 150 300 500] [--path-points] [--tau 10]
 
 Reads the run folders and their caches (no label or force Jacobian is computed); one line per
 (run, checkpoint), then the means over seeds per strategy.
@@ -56,7 +56,7 @@ def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
 
 
 def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, path_features,
-            checkpoints=CHECKPOINTS, path_points: bool = False) -> list[dict]:
+            checkpoints=CHECKPOINTS, path_points: bool = False, tau: float | None = None) -> list[dict]:
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
     if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
         raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
@@ -75,6 +75,9 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
                                        run.campaign.finetune).fit(data, len(run.backbone.z_table), moment=moment)
         thetas = {"run": run.load_committee(record["iteration"]).thetas_.mean(0), "auto": auto.thetas_.mean(0),
                   "lstsq": least_squares(data, run.backbone.theta0)}
+        if tau is not None:   # a fixed τ has no model error m: every label keeps its own weight
+            thetas["fixed_tau"] = Committee.from_settings(run.backbone.theta0, run.campaign.committee.model_copy(
+                update={"prior_sigma": tau}), run.campaign.finetune).fit(data, len(run.backbone.z_table)).thetas_.mean(0)
         if path_points:   # the decisive labels: is it the bootstrap or the force term that leaves them?
             for fit, committee_update, finetune_update in (("auto_no_bootstrap", {"bootstrap": False}, {}),
                                                            ("auto_no_force_term", {}, {"force_weight": 0.0})):
@@ -93,14 +96,17 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
             row[f"{fit}_hf_images_error"] = float(metrics.barrier(path_features.energies(theta))) - hf_barrier
         if relax_at is not None and record["n_labels"] == relax_at:
             start = interpolate(read(CAMPAIGN / "mono_initial.xyz"), read(CAMPAIGN / "mono_final.xyz"), NEB_IMAGES)
-            path = relax_path(start, run.backbone, theta=thetas["auto"], fmax=0.03, steps=1500)
-            row["auto_relaxed_barrier"], row["auto_relaxed_converged"] = path.barrier, path.converged
+            for fit in ("auto", "fixed_tau") if tau is not None else ("auto",):
+                path = relax_path(start, run.backbone, theta=thetas[fit], fmax=0.03, steps=1500)
+                row[f"{fit}_relaxed_barrier"], row[f"{fit}_relaxed_converged"] = path.barrier, path.converged
         rows.append(row)
         print(f"{name:12} {row['n_labels']:4d} labels | label RMSE meV: run {row['run_label_rmse_meV']:5.0f}, "
               f"auto {row['auto_label_rmse_meV']:5.0f}, lstsq {row['lstsq_label_rmse_meV']:5.0f} | barrier on the "
               f"oracle's images − oracle's: run {row['run_hf_images_error']:+.3f}, auto {row['auto_hf_images_error']:+.3f}, "
               f"lstsq {row['lstsq_hf_images_error']:+.3f} eV | auto τ {row['tau']:.3g} eV/atom, m {row['model_error']:.3f} eV"
-              + (f" | auto relaxed {row['auto_relaxed_barrier']:.3f} eV" if "auto_relaxed_barrier" in row else ""),
+              + (f" | auto relaxed {row['auto_relaxed_barrier']:.3f} eV" if "auto_relaxed_barrier" in row else "")
+              + (f" | τ = {tau:g}, no m: images {row['fixed_tau_hf_images_error']:+.3f} eV" if tau is not None else "")
+              + (f", relaxed {row['fixed_tau_relaxed_barrier']:.3f} eV" if "fixed_tau_relaxed_barrier" in row else ""),
               flush=True)
         if on_path.any():
             print(f"{'':12} fit − label at the {int(on_path.sum())} labelled points of its own relaxed paths (eV): "
@@ -117,6 +123,9 @@ def main() -> None:
     parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
     parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--tau", type=float, metavar="EV_PER_ATOM",
+                        help="also a committee with this fixed prior_sigma (no model error m in the fit); with --relax "
+                             "its relaxed CI-NEB barrier too")
     parser.add_argument("--path-points", action="store_true",
                         help="also refit `auto` without the bootstrap and without the force term, to see which one leaves "
                              "the labelled points of the run's own relaxed paths under their labels")
@@ -137,7 +146,7 @@ def main() -> None:
             path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
         for name in names:
             rows += measure(out, name, args.relax_at if args.relax else None, hf_path, path_features,
-                            args.checkpoints, args.path_points)
+                            args.checkpoints, args.path_points, args.tau)
     print("\nmeans over seeds (± std, worst |error|):")
     groups = defaultdict(list)
     for row in rows:
