@@ -103,12 +103,18 @@ def misfit(err, sigma_committee, sigma_label, iteration, window: int = MISFIT_WI
     p_value = 0.5 * float(erfc(np.sqrt(stat / 2)))   # ½ P(χ²₁ > stat)
     scale = sigma_scale(err, s_c, s_l)
     covered = np.abs(err[recent]) <= 2 * np.sqrt((scale * s_c[recent]) ** 2 + s_l[recent] ** 2)
-    held = raised_before and alpha <= p_value < MISFIT_CLEAR
-    return {"raised": p_value < alpha or held, "held": held, "p_value": p_value, "alpha": alpha,
+    return {"raised": misfit_stands(p_value, alpha, raised_before), "held": raised_before and alpha <= p_value < MISFIT_CLEAR,
+            "p_value": p_value, "alpha": alpha,
             "misfit_rms": float(m) if stat > 0 else 0.0,
             "scale_with_misfit": scale1, "scale_without": scale0, "n": int(len(err)),
             "iterations": [int(i) for i in last], "n_recent": int(recent.sum()),
             "within_2sigma_recent": float(np.mean(covered))}
+
+
+def misfit_stands(p_value: float, alpha: float, raised_before: bool) -> bool:
+    """Whether the misfit warning stands at a test of `p_value`: raised below `alpha`, and kept until
+    MISFIT_CLEAR when it stood at the previous iteration (see `misfit`)."""
+    return p_value < alpha or (raised_before and p_value < MISFIT_CLEAR)
 
 
 def relevance(label_members: np.ndarray, observable_members: np.ndarray) -> np.ndarray:

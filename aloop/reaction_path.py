@@ -64,14 +64,22 @@ def _start(run, obs, iteration: int | None):
     base model's domain (a collapsed band would only relax back into its collapse), else the pool
     source's."""
     earlier = [] if iteration is None else [*range(iteration - 1, -1, -1), None]
-    guard = run.guard()
     for it in earlier:
         path = run.layout.path(obs.name, it)
         if path.exists():
             frames = read(path, index=":", format="extxyz")
-            if all(guard.violation(atoms) is None for atoms in frames):
+            if outside_domain(run, frames) is None:
                 return frames
     return run.store.atoms(run.store.source_ids(obs.path))
+
+
+def outside_domain(run, images) -> str | None:
+    """Where a path first leaves the base model's domain (the pool's guard), or None if it stays in."""
+    guard = run.guard()
+    for i, atoms in enumerate(images):
+        if (bad := guard.violation(atoms)) is not None:
+            return f"image {i}: {bad}"
+    return None
 
 
 def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
@@ -101,11 +109,8 @@ def observable(run, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
     record = {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
               "saddle_image": relaxed_path.saddle, "neb_steps": relaxed_path.steps,
               "neb_converged": relaxed_path.converged, "neb_seconds": round(relaxed_path.seconds, 2)}
-    guard = run.guard()
-    for i, atoms in enumerate(relaxed_path.images):
-        if (bad := guard.violation(atoms)) is not None:
-            record["outside_domain"] = f"image {i}: {bad}"
-            break
+    if (left := outside_domain(run, relaxed_path.images)) is not None:
+        record["outside_domain"] = left
     return record
 
 

@@ -231,7 +231,7 @@ def misfit_raised_at(records: list[dict]) -> list[int]:
     raised, out = False, []
     for r in records:
         m = r.get("misfit") or {}
-        raised = bool(m.get("raised")) or (raised and bool(m) and m["p_value"] < metrics.MISFIT_CLEAR)
+        raised = bool(m) and metrics.misfit_stands(m["p_value"], m["alpha"], raised)
         if raised:
             out.append(r["n_labels"])
     return out
