@@ -464,6 +464,27 @@ def report(summary: dict, out: Path, docs: bool) -> None:
     print(f"wrote {out / 'results.json'} and {', '.join(str(p) for p in plots)}")
 
 
+def _number(text: str, unit: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: finetune.force_threshold, as the campaign file would validate it (≥ 0)."""
+    if not (value := _number(text, "eV/Å")) >= 0:
+        raise argparse.ArgumentTypeError(f"finetune.force_threshold must be ≥ 0 eV/Å, got {text}")
+    return value
+
+
+def positive_tau(text: str) -> float:
+    """An argparse type: a fixed committee.prior_sigma (> 0 eV/atom)."""
+    if not (value := _number(text, "eV/atom")) > 0:
+        raise argparse.ArgumentTypeError(f"committee.prior_sigma must be > 0 eV/atom, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism",
@@ -476,7 +497,7 @@ def main() -> None:
                         help=f"stop every run here (default {CHECKPOINTS[-1]}; the checkpoints past it are left out)")
     parser.add_argument("--prior-sigma", type=lambda v: v if v == "auto" else float(v), metavar="TAU|auto",
                         help="committee.prior_sigma of every run instead of the campaign's (another --out: the runs differ)")
-    parser.add_argument("--force-threshold", type=float, metavar="EV_PER_A",
+    parser.add_argument("--force-threshold", type=non_negative, metavar="EV_PER_A",
                         help="finetune.force_threshold of every run instead of the campaign's (another --out)")
     parser.add_argument("--docs", action="store_true", help="also copy the plot into docs/img")
     parser.add_argument("--report-only", action="store_true",
@@ -514,7 +535,9 @@ def main() -> None:
         "reference": {k: reference[k] for k in reference if k.endswith(("barrier_hf", "barrier_chgnet"))}
         | {"oracle": reference.get("oracle")},
         "prior_sigma": args.prior_sigma or load_campaign(CAMPAIGN / "campaign.yaml").committee.prior_sigma,
-        "force_threshold": args.force_threshold or load_campaign(CAMPAIGN / "campaign.yaml").finetune.force_threshold,
+        # `is not None`: --force-threshold 0 (the penalty off) is a setting, not a missing one
+        "force_threshold": (args.force_threshold if args.force_threshold is not None
+                            else load_campaign(CAMPAIGN / "campaign.yaml").finetune.force_threshold),
         "max_labels": args.max_labels,
     }
     previous = args.out / "results.json"

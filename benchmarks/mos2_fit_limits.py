@@ -42,7 +42,7 @@ from aloop.committee import PRIOR_AUTO, Committee
 from aloop.loop import CampaignRun
 from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED
-from data_efficiency import CAMPAIGN, CHECKPOINTS, REFERENCES
+from data_efficiency import CAMPAIGN, CHECKPOINTS, REFERENCES, positive_tau
 from testbeds.mos2.geometry import NEB_IMAGES
 
 RUN_NAME = re.compile(r"^(?P<strategy>[a-z_]+)-s(?P<seed>\d+)$")
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
     parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
     parser.add_argument("--json", type=Path, help="write every row here")
-    parser.add_argument("--tau", type=float, metavar="EV_PER_ATOM",
+    parser.add_argument("--tau", type=positive_tau, metavar="EV_PER_ATOM",
                         help="also a committee with this fixed prior_sigma (no model error m in the fit); with --relax "
                              "its relaxed CI-NEB barrier too")
     parser.add_argument("--path-points", action="store_true",

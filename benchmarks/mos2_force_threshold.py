@@ -37,13 +37,13 @@ from aloop.backbone import Backbone
 from aloop.campaign import load_campaign
 from aloop.committee import PRIOR_AUTO, Committee, TrainingSet
 from aloop.neb import interpolate, relax_path
-from data_efficiency import CAMPAIGN
+from data_efficiency import CAMPAIGN, non_negative
 from testbeds.mos2.geometry import NEB_IMAGES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threshold", type=float, default=4.5, help="the other threshold to fit with (eV/Å)")
+    parser.add_argument("--threshold", type=non_negative, default=4.5, help="the other threshold to fit with (eV/Å)")
     parser.add_argument("--relax", action="store_true", help="also each fit's own relaxed CI-NEB barrier")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
