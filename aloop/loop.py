@@ -206,7 +206,8 @@ class CampaignRun:
             keep = screen(points, self.guard(), seen).keep
             if keep:
                 self.store.add_candidates([points[i] for i in keep], source, added=iteration,
-                                          indices=list(range(len(earlier), len(earlier) + len(keep))))
+                                          indices=list(range(len(earlier), len(earlier) + len(keep))),
+                                          roles=[reaction_path.KEY_POINT_ROLES[i] for i in keep])
 
     def features(self, ids: list[int]) -> Features:
         """Backbone features of candidates in memory, computed once per candidate and kept in cache/."""

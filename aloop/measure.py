@@ -122,6 +122,17 @@ def relevant_errors(store, upto: int, names) -> dict[str, float]:
             for name in names}
 
 
+def saddle_errors(store, upto: int, name: str, label_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label − prediction, committee σ, label σ) of the labels of iterations 1..upto at the saddles
+    of observable `name`'s own relaxed paths (path points of role "saddle"); label σ widened by
+    `label_scale`."""
+    rows = [r for r in store.rows(source=f"path:{name}", role="saddle", state=LABELLED)
+            if 1 <= r.get("iteration", 0) <= upto and r.get("pred_energy") is not None]
+    return (np.array([r.energy_hf - r.pred_energy for r in rows], dtype=float),
+            np.array([r.pred_sigma for r in rows], dtype=float),
+            np.array([r.sigma_hf for r in rows], dtype=float) * label_scale)
+
+
 def iteration_record(run, iteration: int, committee, seconds: dict, observed: dict) -> dict:
     """`observed`: the observables' records (`observables`), measured before the path points joined the pool."""
     c = run.campaign
@@ -144,4 +155,5 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
         prior_sigma=getattr(committee, "tau_", None), relevant=relevant_errors(run.store, iteration, observed),
         label_noise=noise, misfit_before=metrics.misfit_raised([r for r in run.store.iterations() if r["iteration"] < iteration]),
+        saddles={name: saddle_errors(run.store, iteration, name, noise["scale"]) for name in observed},
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

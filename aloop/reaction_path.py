@@ -114,6 +114,9 @@ def observable(run, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
     return record
 
 
+KEY_POINT_ROLES = ("initial", "saddle", "final")   # what each of `key_points` is, in its order
+
+
 def key_points(relaxed_path: RelaxedPath) -> list:
-    """The configurations that decide the barrier: both end points and the saddle."""
+    """The configurations that decide the barrier: both end points and the saddle (KEY_POINT_ROLES)."""
     return [relaxed_path.images[i] for i in (0, relaxed_path.saddle, -1)]

@@ -14,8 +14,10 @@ def one_line(record: dict) -> str:
     if record["pool_sigma"]:
         parts.append(f"pool σ95 {record['pool_sigma']['p95'] * 1000:.1f} meV")
     for name, o in record["observables"].items():
+        saddle = o.get("saddle_labels") or {}
         parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV"
-                     + (f" (path outside the base model's domain, {o['outside_domain']})" if o.get("outside_domain") else ""))
+                     + (f" (path outside the base model's domain, {o['outside_domain']})" if o.get("outside_domain") else "")
+                     + (f" (its saddles labelled {saddle['mean_error']:+.2f} eV off the model)" if saddle.get("raised") else ""))
     if (record.get("misfit") or {}).get("raised"):
         parts.append("MISFIT warning (aloop status)")
     if record.get("stop"):
@@ -33,9 +35,9 @@ def misfit_warning(record: dict) -> str | None:
             + (f"p = {m['p_value']:.1g}: raised at an earlier iteration, it stands until p ≥ {MISFIT_CLEAR:g}"
                if m.get("held") else f"p = {m['p_value']:.1g} < {m['alpha']:g}")
             + f"; the σ scale without it has grown to ×{m['scale_without']:.2f}). "
-            "The readout likely cannot express the correction: try a full-readout fine-tune (trainable layers below "
-            "the readout), or check the labels. The uncertainty and observable stop rules do not fire while this "
-            "warning stands; the label budget still does.")
+            "The readout likely cannot express the correction: try a full-readout fine-tune (finetune.readout: full) "
+            "or a backbone trained on both fidelities (finetune.kind: multifidelity), or check the labels. The "
+            "uncertainty and observable stop rules do not fire while this warning stands; the label budget still does.")
 
 
 def domain_warning(record: dict) -> str | None:
@@ -51,6 +53,23 @@ def domain_warning(record: dict) -> str | None:
             "there usually cannot express the correction.")
 
 
+def saddle_warning(record: dict) -> str | None:
+    """The warning of a record whose observables' own saddles are labelled off their predictions
+    (metrics.saddle_bias), or None."""
+    off = {name: o["saddle_labels"] for name, o in record["observables"].items()
+           if (o.get("saddle_labels") or {}).get("raised")}
+    if not off:
+        return None
+    where = "; ".join(f"'{name}': {b['n']} labels, on average {b['mean_error']:+.3f} eV "
+                      f"{'above' if b['mean_error'] > 0 else 'below'} the prediction (z = {b['z']:+.1f}, "
+                      f"p = {b['p_value']:.1g})" for name, b in off.items())
+    return (f"warning: the labels at the saddles of the committee mean's own relaxed paths sit off what the "
+            f"committee predicted for them ({where}). The barrier is likely off in the same direction (too low "
+            "where the labels sit above), by up to about as much, whatever its ± says: the relaxed path runs where the "
+            "fit's errors take it. The observable stop rule does not fire while this stands. A readout that cannot "
+            "express the correction near the saddle does this; see the misfit warning, if it stands, for what to try.")
+
+
 def status_warnings(record: dict) -> list[str]:
     """Every warning `aloop status` and summary.md show for the newest record."""
-    return [w for w in (misfit_warning(record), domain_warning(record)) if w]
+    return [w for w in (misfit_warning(record), domain_warning(record), saddle_warning(record)) if w]

@@ -23,6 +23,9 @@ from .charge import charge_state
 from .rundir import RunDir
 
 POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
+# the keys a candidate's selection, label or failure writes (a fork before the selection drops them)
+SELECTION_KEYS = ("state", "iteration", "pred_energy", "pred_sigma", "score", "pred_core_hours", "energy_hf",
+                  "sigma_hf", "reason")
 
 
 class RunStore:
@@ -61,12 +64,14 @@ class RunStore:
 
     # --- candidates --------------------------------------------------------------------------
     def add_candidates(self, atoms_list: list[Atoms], source: str, lf_forces: list | None = None,
-                       indices: list[int] | None = None, added: int | None = None) -> list[int]:
+                       indices: list[int] | None = None, added: int | None = None,
+                       roles: list[str] | None = None) -> list[int]:
         """Insert a whole source in one transaction: a source is in the pool entirely or not at all.
         `indices`: each configuration's frame number in its source (default 0, 1, ...), kept as `index`
         so that provenance points at the right frame when some frames were dropped. `added`: the
         iteration that made these candidates (an observable's path points), kept as `added` so that a
-        fork before it leaves them out."""
+        fork before it leaves them out. `roles`: what each configuration is to its source (a path
+        point's "initial", "saddle" or "final"), kept as `role`."""
         keys = {} if added is None else {"added": int(added)}
         ids = []
         with self.db:
@@ -78,7 +83,8 @@ class RunStore:
                 if info:
                     data["info"] = info
                 index = i if indices is None else int(indices[i])
-                ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data, **keys))
+                role = {} if roles is None else {"role": roles[i]}
+                ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data, **keys, **role))
         return ids
 
     def add_repeat(self, cid: int, iteration: int) -> int:
@@ -230,8 +236,10 @@ class RunStore:
             if later:
                 db.delete(later)
             for row in list(db.select("iteration>=%d" % iteration)):
-                data = {k: v for k, v in row.data.items() if k != "provenance"}
-                db.write(row.toatoms(), id=row.id, data=data, source=row.source, index=row.index, state=POOL)
+                data = {k: v for k, v in row.data.items() if k not in ("provenance", "relevance")}
+                # what the candidate was before its selection (added, repeat_of, role) stays with it
+                keys = {k: v for k, v in row.key_value_pairs.items() if k not in SELECTION_KEYS}
+                db.write(row.toatoms(), id=row.id, data=data, **keys, state=POOL)
         with closing(sqlite3.connect(tmp)) as con, con:   # closed after one transaction
             con.execute("DELETE FROM aloop_iterations WHERE iteration >= ?", (iteration,))
             con.execute("DELETE FROM aloop_meta WHERE key = 'stop_reason'")

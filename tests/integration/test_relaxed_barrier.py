@@ -100,13 +100,17 @@ def test_path_points_join_the_pool_and_a_fork_drops_later_ones(relaxed_run, tmp_
     # one or of the source's images, with the iteration that made it
     points = run.store.rows(source="path:barrier")
     known = [a.positions for a in run.store.atoms(run.store.source_ids("exchange"))]
-    expected = []
+    expected, roles = [], []
     for it in range(3):
-        for atoms in reaction_path.key_points(reaction_path.load(run.layout.path("barrier", it))):
+        key_points = reaction_path.key_points(reaction_path.load(run.layout.path("barrier", it)))
+        for atoms, role in zip(key_points, reaction_path.KEY_POINT_ROLES):
             if all(np.abs(atoms.positions - x).max() > PATH_POINT_TOLERANCE for x in known):
                 known.append(atoms.positions)
                 expected.append(it)
+                roles.append(role)
     assert sorted(row.added for row in points) == expected
+    # each knows what it was on its path: the saddle check reads the labels of role "saddle"
+    assert [row.role for row in sorted(points, key=lambda r: r.id)] == roles
     # a later path whose reactant moved by 0.05 Å and saddle by 0.01 Å offers the reactant alone,
     # once; a fork before that iteration leaves it out
     fork_dir = tmp_path / "fork"

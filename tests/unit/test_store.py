@@ -27,3 +27,24 @@ def test_ids_by_state_follow_updates(tmp_path):
     assert store.ids(iteration=0, state=LABELLED) == md[2:5]
     with pytest.raises(TypeError, match="only text and number"):
         store.ids(state=None)
+
+
+def test_a_fork_before_a_selection_keeps_what_the_candidate_was(tmp_path):
+    """A path point selected after the fork's iteration goes back to the pool as the point it was:
+    its role (the saddle check needs it), the iteration that made it and whether it repeats another;
+    what its selection and label wrote is dropped."""
+    store = RunStore(tmp_path / "run")
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 0.01 * i]]) for i in range(3)]
+    ids = store.add_candidates(frames, source="path:barrier", added=1, roles=["initial", "saddle", "final"])
+    store.mark_selected(ids, 2, [0.0] * 3, [0.1] * 3, [1.0] * 3, relevance=[{"barrier": 0.9}] * 3)
+    for cid in ids:
+        store.add_label(cid, -1.0, 0.01, {"labeler": "test"})
+    store.write_iteration(0, {"iteration": 0})
+    store.write_iteration(1, {"iteration": 1})
+    store.write_iteration(2, {"iteration": 2})
+    forked = store.fork(tmp_path / "fork", 2)
+    rows = forked.rows(source="path:barrier")
+    assert [r.role for r in rows] == ["initial", "saddle", "final"] and {r.added for r in rows} == {1}
+    assert {r.state for r in rows} == {POOL}
+    assert not any(k in r.key_value_pairs for r in rows for k in ("iteration", "pred_energy", "energy_hf"))
+    assert not any("relevance" in r.data or "provenance" in r.data for r in rows)
