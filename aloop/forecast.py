@@ -245,8 +245,11 @@ def tracked(records: list[dict], stop: dict) -> list[Tracked]:
         quantity = f"{name} committee spread" + (f" (calibration ×{scale:.2f})" if scale > 1 else "")
         n, y, err = spread_series(records, name, scale)
         # under misfit the members agree on a value more labels would still move: the rule is off;
-        # so it is while the calibration rests on labels that do not move with the observable
-        held = "the misfit warning stands" if metrics.misfit_raised(records) else metrics.untested(records, name)
+        # so it is while the observable's own saddles are labelled off the model, and while the
+        # calibration rests on labels that do not move with the observable
+        held = ("the misfit warning stands" if metrics.misfit_raised(records)
+                else "its saddle labels sit off the model" if metrics.saddles_off(records, name)
+                else metrics.untested(records, name))
         out.append(Tracked(name, quantity, n, y, err, tol, f"±{tol:.3g} eV (stop.observable.tolerance)",
                            **_window_wait(records, rule, y), held=held))
     return out

@@ -333,6 +333,11 @@ def untested(records: list[dict], name: str) -> str:
             f"(it needs {MIN_CALIBRATION_ERRORS})")
 
 
+def saddles_off(records: list[dict], name: str) -> bool:
+    """Whether the newest record's saddle check on observable `name` stands (see `saddle_bias`)."""
+    return bool(records) and bool((records[-1]["observables"].get(name, {}).get("saddle_labels") or {}).get("raised"))
+
+
 def _observable_settled(rules, records: list[dict]) -> str | None:
     if rules.observable is None or len(records) < rules.observable.window or misfit_raised(records):
         return None   # under misfit the committee agrees on a value that more labels would still move
@@ -341,7 +346,7 @@ def _observable_settled(rules, records: list[dict]) -> str | None:
     if any(r["observables"].get(rules.observable.name, {}).get("outside_domain")
            for r in records[-rules.observable.window:]):
         return None   # a path through geometries the backbone never saw: its barrier is no answer
-    if (records[-1]["observables"].get(rules.observable.name, {}).get("saddle_labels") or {}).get("raised"):
+    if saddles_off(records, rules.observable.name):
         return None   # its own saddles are labelled off their predictions: the value itself is off
     name, tol = rules.observable.name, rules.observable.tolerance
     window = [r["observables"][name] for r in records[-rules.observable.window:]]

@@ -165,7 +165,12 @@ def test_the_stop_forecast_adds_the_rule_window_after_the_spread_reaches_its_tol
     records[-1]["misfit"] = {"raised": True}   # the rule is off under misfit: no stop to forecast
     held = fc.from_records(records, rule)[-1]
     assert held.n_stop is None and held.text().endswith("(last value 7.0 meV); no stop from it while the misfit warning stands")
-    records[-1]["misfit"] = None   # nor while too few labels that bear on the barrier tested the calibration
+    records[-1]["misfit"] = None   # nor while the barrier's own saddles are labelled off the model
+    records[-1]["observables"]["barrier"]["saddle_labels"] = {"raised": True}
+    held = fc.from_records(records, rule)[-1]
+    assert held.n_stop is None and held.text().endswith("no stop from it while its saddle labels sit off the model")
+    del records[-1]["observables"]["barrier"]["saddle_labels"]
+    # nor while too few labels that bear on the barrier tested the calibration
     records[-1]["relevant_errors"] = {"barrier": 3.04}
     held = fc.from_records(records, rule)[-1]
     assert held.n_stop is None and held.text().endswith(
