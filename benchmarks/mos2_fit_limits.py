@@ -49,6 +49,23 @@ RUN_NAME = re.compile(r"^(?P<strategy>[a-z_]+)-s(?P<seed>\d+)$")
 FITS = ("run", "auto", "lstsq")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--out, --oracle and --runs: which finished data-efficiency runs a refitting benchmark reads."""
+    parser.add_argument("--out", type=Path, required=True, nargs="+",
+                        help="data-efficiency folders (benchmarks/data_efficiency.py --out); each holds runs STRATEGY-sSEED")
+    parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism")
+    parser.add_argument("--runs", nargs="+", metavar="STRATEGY-sSEED", help="only these runs of each folder")
+
+
+def run_names(out: Path, only: list[str] | None) -> list[str]:
+    """The run folders STRATEGY-sSEED of a data-efficiency folder (those of `only`, when given)."""
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and RUN_NAME.match(p.name)
+                   and (only is None or p.name in only))
+    if not names:
+        raise SystemExit(f"{out}: no run folders STRATEGY-sSEED; give a folder benchmarks/data_efficiency.py wrote")
+    return names
+
+
 def least_squares(data, theta0: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
     """θ minimising Σ (E − E_HF)²/σ² + ridge ‖θ − θ0‖² (σ with the campaign's floor is constant here)."""
     a, r = data.features.a, data.energy - data.features.energies(theta0)
@@ -117,9 +134,7 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, nargs="+",
-                        help="data-efficiency folders (benchmarks/data_efficiency.py --out); each holds runs STRATEGY-sSEED")
-    parser.add_argument("--oracle", choices=sorted(REFERENCES), default="prism")
+    add_run_options(parser)
     parser.add_argument("--relax", action="store_true", help="also the auto fit's own relaxed CI-NEB barrier")
     parser.add_argument("--relax-at", type=int, default=100, help="label count of --relax (default 100)")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -129,7 +144,6 @@ def main() -> None:
     parser.add_argument("--path-points", action="store_true",
                         help="also refit `auto` without the bootstrap and without the force term, to see which one leaves "
                              "the labelled points of the run's own relaxed paths under their labels")
-    parser.add_argument("--runs", nargs="+", metavar="STRATEGY-sSEED", help="only these runs of each folder")
     parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS),
                         help=f"label counts to refit at (default {' '.join(map(str, CHECKPOINTS))})")
     args = parser.parse_args()
@@ -138,10 +152,7 @@ def main() -> None:
     hf_path = np.array([a.get_potential_energy() for a in read(folder / "mono_path_hf.extxyz", index=":")])
     rows = []
     for out in args.out:
-        names = sorted(p.name for p in out.iterdir() if p.is_dir() and RUN_NAME.match(p.name)
-                       and (args.runs is None or p.name in args.runs))
-        if not names:
-            raise SystemExit(f"{out}: no run folders STRATEGY-sSEED; give a folder benchmarks/data_efficiency.py wrote")
+        names = run_names(out, args.runs)
         with np.load(out / "evaluation.npz") as f:
             path_features = Features(f["mono_a"], f["mono_e"], f["mono_n"])
         for name in names:
