@@ -21,10 +21,12 @@ seen. Printed per part:
 - the fitted part's error along the oracle's relaxed CI-NEB images (saddle minus initial image, eV).
 
 No prior, committee or force term: this is a property of the features and the labels, the most any
-fit of this class can reach.
+fit of this class can reach. With --base, the features (and the parts' "base") are another base
+model's, on the same labelled configurations: a candidate base model judged before any campaign
+is run on it.
 
     python benchmarks/mos2_expressiveness.py --out OUT [--runs targeted-s0 ...] [--checkpoints 100 150]
-        [--widths 0 128] [--oracle prism|contact] [--json FILE]
+        [--widths 0 128] [--oracle prism|contact] [--base MODEL] [--json FILE]
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import torch
 from ase.io import read
 
 from aloop.arrays import ReadoutInputs
+from aloop.backbone import Backbone
 from aloop.delta import DeltaReadout
 from aloop.loop import CampaignRun
 from aloop.store import LABELLED
@@ -110,12 +113,14 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, free: np.ndarray):
     return best
 
 
-def measure(out: Path, name: str, checkpoints, widths, variant: str, test, images) -> list[dict]:
+def measure(out: Path, name: str, checkpoints, widths, variant: str, test, images,
+            base: Backbone | None = None) -> list[dict]:
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
     if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
         raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
     run = CampaignRun.reopen(out / name)
-    readout = DeltaReadout(run.backbone, 1)   # for the MLP readout's inputs, activation and widths
+    backbone = base or run.backbone
+    readout = DeltaReadout(backbone, 1)   # for the MLP readout's inputs, activation and widths
     records = {r["n_labels"]: r for r in run.store.iterations() if r["n_labels"] in checkpoints}
     if not records:
         raise SystemExit(f"{out / name}: passed none of the checkpoints {', '.join(map(str, checkpoints))}")
@@ -126,11 +131,11 @@ def measure(out: Path, name: str, checkpoints, widths, variant: str, test, image
     on_path = np.array([r.source.startswith("path:") for r in labelled if r.iteration <= last])
     inputs = {"labels": readout.inputs(run.store.atoms(ids)), "test": readout.inputs(test),
               "images": readout.inputs(images)}
-    theta0 = run.backbone.theta0
+    theta0 = backbone.theta0
     parts = {where: correction_parts(atoms, inputs[where].features.energies(theta0), variant)
              for where, atoms in (("labels", run.store.atoms(ids)), ("test", test), ("images", images))}
-    free = np.zeros(run.backbone.n_params, dtype=bool)
-    free[run.backbone.slices[-1]] = True
+    free = np.zeros(backbone.n_params, dtype=bool)
+    free[backbone.slices[-1]] = True
     rows = []
     for n_labels, record in sorted(records.items()):
         keep = np.array([iteration[i] <= record["iteration"] for i in ids])
@@ -163,18 +168,23 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[100, 150])
     parser.add_argument("--widths", type=int, nargs="+", default=[0, 128],
                         help="random hidden units added to the MLP readout's features (0: the linear class's own)")
+    parser.add_argument("--base", type=Path, metavar="MODEL",
+                        help="the features of this base model instead of the runs' own (a MACE file)")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
+    if args.base is not None and not args.base.is_file():
+        parser.error(f"--base: no model file {args.base}")
     if any(w < 0 for w in args.widths):
         parser.error(f"--widths: a number of hidden units is ≥ 0, got {' '.join(map(str, args.widths))}")
     torch.set_num_threads(int(os.environ.get("ALOOP_TORCH_THREADS", "1")))
     folder = REFERENCES[args.oracle]
     test = read(folder / "hf_test.extxyz", index=":")
     images = read(folder / "mono_path_hf.extxyz", index=":")
+    base = Backbone.from_file(args.base, device="cpu") if args.base is not None else None
     rows = []
     for out in args.out:
         for name in run_names(out, args.runs):
-            rows += measure(out, name, args.checkpoints, args.widths, args.oracle, test, images)
+            rows += measure(out, name, args.checkpoints, args.widths, args.oracle, test, images, base)
     print("\nmeans over runs (worst path point: the most negative leave-one-out residual at a labelled path point):")
     groups = defaultdict(list)
     for row in rows:
