@@ -9,6 +9,10 @@ Validation errors are reported for thermal, band (saddle-region) and strained co
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/make_mos2_base.py [--seed 0] [--epochs 50] [--device cpu] [--evaluate-only]
+        [--start-from MODEL] [--late-phase 0.7] [--out campaigns/mos2-svac/base_chgnet.model]
+
+--start-from trains an existing model further (same data and split) instead of a new one; --out
+writes the model, and its json beside it, elsewhere than the campaign's (a candidate base model).
 
 Exits with status 1 when the model's barrier misses CHGNet's by more than 0.05 eV, or its band dips
 below the lower end state by more than 0.02 eV between them (a spurious minimum).
@@ -23,6 +27,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import ase
 import numpy as np
@@ -74,8 +79,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--evaluate-only", action="store_true",
-                        help="load base_chgnet.model instead of training it; redo the checks and the json")
+                        help="load the model at --out instead of training it; redo the checks and the json")
+    parser.add_argument("--start-from", type=Path, metavar="MODEL",
+                        help="train this model further instead of a new one (same data, same split)")
+    parser.add_argument("--late-phase", type=float, default=0.7,
+                        help="fraction of the epochs after which energies weigh 100 instead of 1 (0: 100 throughout)")
+    parser.add_argument("--out", type=Path, default=CAMPAIGN / "base_chgnet.model",
+                        help="where the model goes, its json beside it (default: the campaign's base model)")
     args = parser.parse_args()
+    if args.start_from is not None and not args.start_from.is_file():
+        parser.error(f"--start-from: no model file {args.start_from}")
+    if not 0 <= args.late_phase <= 1:
+        parser.error(f"--late-phase: a fraction of the epochs, 0 to 1; got {args.late_phase}")
     start = time.time()
     out = CAMPAIGN
     frames = read(out / "lf_train.extxyz", index=":")
@@ -88,13 +103,18 @@ def main() -> None:
     train_loader = loader(train_frames, z_table, MODEL["r_max"], args.batch_size, seed=args.seed)
     valid_loader = loader(valid_frames, z_table, MODEL["r_max"], 32)
     e0s = least_squares_e0(train_frames, ATOMIC_NUMBERS)
-    model = build_model(MODEL, ATOMIC_NUMBERS, e0s, train_frames, modules.compute_avg_num_neighbors(train_loader))
-    model_path = out / "base_chgnet.model"
-    schedule = Schedule(epochs=args.epochs, lr=args.lr, force_weight=10.0, energy_weights=(1.0, 100.0))
+    if args.start_from is not None:
+        model = torch.load(args.start_from, weights_only=False)
+    else:
+        model = build_model(MODEL, ATOMIC_NUMBERS, e0s, train_frames, modules.compute_avg_num_neighbors(train_loader))
+    model_path = args.out
+    schedule = Schedule(epochs=args.epochs, lr=args.lr, force_weight=10.0, energy_weights=(1.0, 100.0),
+                        late_phase=args.late_phase)
     if args.evaluate_only:
         model = torch.load(model_path, weights_only=False)
     else:
         model = fit(model, train_loader, valid_loader, schedule, args)
+        model_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model, model_path)
     model.eval()
     train_done = time.time()
@@ -124,7 +144,8 @@ def main() -> None:
         "rmse": errors,
         "model": MODEL | {"e0_eV": dict(zip(["S", "Mo"], e0s.tolist())),
                           "parameters": sum(p.numel() for p in model.parameters())},
-        "training": asdict(schedule) | {"batch_size": args.batch_size, "device": args.device},
+        "training": asdict(schedule) | {"batch_size": args.batch_size, "device": args.device,
+                                        "start_from": None if args.start_from is None else str(args.start_from)},
         "neb": {"barrier": band["barrier"], "converged": band["converged"], "energies": band["energies"],
                 "chgnet_barrier": reference["mono_barrier_chgnet"], "difference": miss,
                 "dip_below_end_states": dip},
@@ -133,7 +154,7 @@ def main() -> None:
         "wall_s": {"training": None if args.evaluate_only else round(train_done - start, 1),
                    "total": round(time.time() - start, 1)},
     }
-    (out / "base_chgnet.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=1) + "\n")
     for split, e in errors.items():
         print(f"{split}: E {e['energy_meV']:.1f} meV ({e['energy_meV_per_atom']:.2f} meV/atom), "
               f"F {e['forces_meV_per_A']:.1f} meV/A")
