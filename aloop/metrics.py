@@ -260,8 +260,8 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
     observable's record as `saddle_labels`."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
     scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
-    observables = {name: o | ({"saddle_labels": bias} if (bias := saddle_bias(*(saddles or {}).get(name, ((), (), ())),
-                                                                                  scale)) else {})
+    tested = {name: saddle_bias(*errors, scale) for name, errors in (saddles or {}).items()}
+    observables = {name: o | ({"saddle_labels": tested[name]} if tested.get(name) else {})
                    for name, o in observables.items()}
     return {
         "iteration": iteration,

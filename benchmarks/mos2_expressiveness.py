@@ -56,8 +56,9 @@ RIDGES = np.logspace(-6, 2, 17)   # relative to the mean squared (standardised) 
 WIDTH_SEED = 20261203             # the random inner weights: one fixed draw, the same for every run
 
 
-def correction_parts(atoms_list, base: np.ndarray, variant: str) -> dict[str, np.ndarray]:
-    """The oracle's correction to the base model, noise-free, in its parts (eV per cell)."""
+def oracle_energies(atoms_list, variant: str) -> dict[str, np.ndarray]:
+    """The oracle's pieces, noise-free (eV per cell): its teacher CHGNet 0.3.0, the variant's own
+    CHGNet and the variant's added term."""
     p = VARIANTS[variant]
     teacher = np.array([SyntheticHF.low_fidelity(a, "0.3.0")[0] for a in atoms_list])
     high = teacher if p["chgnet"] == "0.3.0" else np.array([SyntheticHF.low_fidelity(a, p["chgnet"])[0]
@@ -67,11 +68,16 @@ def correction_parts(atoms_list, base: np.ndarray, variant: str) -> dict[str, np
     else:
         term = np.array([prism_correction(a, p["amplitude"], p["rho_in"], p["rho_out"], tuple(p["mo_mo"]),
                                           tuple(p["reach"]), tuple(p["partner"]))[0] for a in atoms_list])
-    parts = {"base model's own error": teacher - base}
-    if p["chgnet"] != "0.3.0":
-        parts["functional"] = high - teacher
-    parts[f"{variant} term"] = term
-    parts["all"] = high + term - base
+    return {"teacher": teacher, "high": high, "term": term}
+
+
+def correction_parts(oracle: dict[str, np.ndarray], base: np.ndarray, variant: str) -> dict[str, np.ndarray]:
+    """The oracle's correction to the base model's energies `base`, in its parts (eV per cell)."""
+    parts = {"base model's own error": oracle["teacher"] - base}
+    if VARIANTS[variant]["chgnet"] != "0.3.0":
+        parts["functional"] = oracle["high"] - oracle["teacher"]
+    parts[f"{variant} term"] = oracle["term"]
+    parts["all"] = oracle["high"] + oracle["term"] - base
     return parts
 
 
@@ -113,8 +119,9 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, free: np.ndarray):
     return best
 
 
-def measure(out: Path, name: str, checkpoints, widths, variant: str, test, images,
+def measure(out: Path, name: str, checkpoints, widths, variant: str, test, images, oracle: dict,
             base: Backbone | None = None) -> list[dict]:
+    """`oracle`: `oracle_energies` of `test` and of `images` (the same for every run)."""
     strategy, seed = RUN_NAME.match(name)["strategy"], int(RUN_NAME.match(name)["seed"])
     if not (out / name / "aloop.db").exists():   # a CampaignRun would start a new run there
         raise SystemExit(f"{out / name}: no run there (aloop.db missing)")
@@ -124,21 +131,21 @@ def measure(out: Path, name: str, checkpoints, widths, variant: str, test, image
     records = {r["n_labels"]: r for r in run.store.iterations() if r["n_labels"] in checkpoints}
     if not records:
         raise SystemExit(f"{out / name}: passed none of the checkpoints {', '.join(map(str, checkpoints))}")
-    labelled = run.store.rows(state=LABELLED)
     last = max(r["iteration"] for r in records.values())
-    ids = [r.id for r in labelled if r.iteration <= last]
-    iteration = {r.id: r.iteration for r in labelled}
-    on_path = np.array([r.source.startswith("path:") for r in labelled if r.iteration <= last])
-    inputs = {"labels": readout.inputs(run.store.atoms(ids)), "test": readout.inputs(test),
-              "images": readout.inputs(images)}
-    theta0 = backbone.theta0
-    parts = {where: correction_parts(atoms, inputs[where].features.energies(theta0), variant)
-             for where, atoms in (("labels", run.store.atoms(ids)), ("test", test), ("images", images))}
+    labelled = [r for r in run.store.rows(state=LABELLED) if r.iteration <= last]
+    iterations = np.array([r.iteration for r in labelled])
+    on_path = np.array([r.source.startswith("path:") for r in labelled])
+    frames = run.store.atoms([r.id for r in labelled])
+    inputs = {"labels": readout.inputs(frames), "test": readout.inputs(test), "images": readout.inputs(images)}
+    oracle = oracle | {"labels": oracle_energies(frames, variant)}
+    parts = {where: correction_parts(oracle[where], inputs[where].features.energies(backbone.theta0), variant)
+             for where in inputs}
+    saddle = int(np.argmax(parts["images"]["all"]))   # the oracle's saddle image
     free = np.zeros(backbone.n_params, dtype=bool)
     free[backbone.slices[-1]] = True
     rows = []
     for n_labels, record in sorted(records.items()):
-        keep = np.array([iteration[i] <= record["iteration"] for i in ids])
+        keep = iterations <= record["iteration"]
         for width in widths:
             design = Design(readout, width)
             x = {where: design(inputs[where]) for where in inputs}
@@ -147,7 +154,6 @@ def measure(out: Path, name: str, checkpoints, widths, variant: str, test, image
                 coef, loo = ridge_fit(x["labels"][keep], parts["labels"][part][keep], free_w)
                 test_residual = x["test"] @ coef - parts["test"][part]
                 along = x["images"] @ coef - parts["images"][part]
-                saddle = int(np.argmax(parts["images"]["all"]))
                 row = {"strategy": strategy, "seed": seed, "n_labels": n_labels, "width": width, "part": part,
                        "loo_rmse_meV": 1000 * float(np.sqrt(np.mean(loo**2))),
                        "test_rmse_meV": 1000 * float(np.sqrt(np.mean(test_residual**2))),
@@ -181,10 +187,11 @@ def main() -> None:
     test = read(folder / "hf_test.extxyz", index=":")
     images = read(folder / "mono_path_hf.extxyz", index=":")
     base = Backbone.from_file(args.base, device="cpu") if args.base is not None else None
+    oracle = {"test": oracle_energies(test, args.oracle), "images": oracle_energies(images, args.oracle)}
     rows = []
     for out in args.out:
         for name in run_names(out, args.runs):
-            rows += measure(out, name, args.checkpoints, args.widths, args.oracle, test, images, base)
+            rows += measure(out, name, args.checkpoints, args.widths, args.oracle, test, images, oracle, base)
     print("\nmeans over runs (worst path point: the most negative leave-one-out residual at a labelled path point):")
     groups = defaultdict(list)
     for row in rows:
