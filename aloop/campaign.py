@@ -181,6 +181,13 @@ class FinetuneSettings(Section):
             return "finetune.kind is delta"
         return "finetune.readout is full" if self.readout == "full" else None
 
+    @property
+    def members_only(self) -> bool:
+        """No single model has the committee's average energy (`readout: full`), so the committee is
+        exported as its members alone and has no path of its own to relax. A delta committee's average
+        is one model (delta.py)."""
+        return self.readout == "full"
+
     @model_validator(mode="after")
     def _one_threshold(self) -> "FinetuneSettings":
         if self.force_threshold is not None and self.force_threshold_per_atom is not None:
@@ -436,10 +443,10 @@ class Campaign(Section):
                             f"(its posterior covariance and the observables' directions), and {why}; choose "
                             "max_std or diverse, or finetune.readout: linear")
         for i, obs in enumerate(self.evaluation.observables):
-            if obs.relax:
+            if obs.relax and self.finetune.members_only:
                 problems.append(f"evaluation.observables.{i}.relax: true relaxes the path of the committee-mean "
                                 f"model, and with {why} the members' average is not one model; set relax: false "
-                                "(the barrier on the frozen images) or finetune.readout: linear")
+                                "(the barrier on the frozen images), finetune.readout: linear or finetune.kind: delta")
         return problems
 
     def to_dict(self) -> dict:

@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
     if result.stop_reason:
         for path in run.export():
             print(f"exported {path}")
-        if run.full is not None:
+        if campaign.finetune.members_only:
             print(members_only(campaign.finetune))
     summary = write_report(campaign.run_dir)
     print(f"report: {summary}")
@@ -84,7 +84,7 @@ def cmd_export(args) -> int:
     run = CampaignRun.reopen(folder)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
-    if run.full is not None:
+    if run.campaign.finetune.members_only:
         print(members_only(run.campaign.finetune))
     return 0
 

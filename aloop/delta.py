@@ -11,7 +11,9 @@ with W [d, H] and v [H] the correction's H hidden units, act the base MLP readou
 s the model's interaction-energy scale, m the base MLP's width and δE0 a shift of each element's
 energy. ψ = (δE0, v, W). The scaling is that of the base readout widened by H hidden units, so the
 exported file is one ordinary MACE model: the MLP readout with m + H hidden units, the base model's
-weights in the first m and the correction's in the rest (`DeltaReadout.model_with`).
+weights in the first m and the correction's in the rest (`DeltaReadout.model_with`). The committee's
+mean is one such model too, with every member's hidden units side by side (m + K·H): unlike
+`readout: full`, a delta committee exports its committee_mean.model and can relax its own paths.
 
 Each member k has its own hidden layer W_k, a standard-normal draw (as MACE initialises a layer),
 kept fixed; it learns v and δE0. The energy is then linear in u = (δE0, v) with features
@@ -128,27 +130,36 @@ class DeltaReadout(FullReadout):
     # --- export --------------------------------------------------------------------------------
     def model_with(self, psi: np.ndarray) -> torch.nn.Module:
         """One ordinary MACE model of the base model's class and dtype computing base + correction:
-        its MLP readout widened to m + H hidden units and E0 shifted by δE0."""
+        its MLP readout widened to m + H hidden units and E0 shifted by δE0. Given a committee
+        ψ [K, P], the model of the members' average energy: the readout widened by every member's
+        hidden units (m + K·H), each member's v divided by K, E0 shifted by the mean δE0. The energy is
+        linear in (δE0, v) and every member has its own hidden units, so this average is exact."""
         psi = np.asarray(psi, dtype=np.float64)
-        if psi.shape != (self.n_params,):
-            raise ValueError(f"ψ has shape {psi.shape}, expected ({self.n_params},)")
+        if psi.shape[-1:] != (self.n_params,) or psi.ndim not in (1, 2):
+            raise ValueError(f"ψ has shape {psi.shape}, expected ({self.n_params},) or (members, {self.n_params})")
+        members = np.atleast_2d(psi)
+        n_members = len(members)
         bb, t = self.backbone, self.mlp[0]
-        de0, v, w = (x.numpy() for x in self.parts(torch.as_tensor(psi)))
+        parts = [[x.numpy() for x in self.parts(torch.as_tensor(p))] for p in members]
+        de0 = np.mean([p[0] for p in parts], axis=0)
         model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), bb.theta0 + self._e0_shift(de0))
         base = model.readouts[t]
-        wider = type(base)(irreps_in=base.linear_1.irreps_in, MLP_irreps=o3.Irreps(f"{self.m + self.width}x0e"),
+        hidden = self.m + n_members * self.width
+        wider = type(base)(irreps_in=base.linear_1.irreps_in, MLP_irreps=o3.Irreps(f"{hidden}x0e"),
                            gate=self.act.f, irrep_out=base.linear_2.irreps_out,
                            **({"num_heads": 1} if hasattr(base, "num_heads") else {})).to(torch.float64)
-        # e3nn's Linear holds its weight [in, out] flattened and divides by √(in): the base MLP's output
-        # weights are rescaled for the m + H inputs they now share
+        # e3nn's Linear holds its weight [in, out] flattened and divides by √(in): the output weights are
+        # rescaled for the inputs they now share, the base MLP's by √(hidden/m), each member's by
+        # √(hidden/(m + H)) (the width its own correction was scaled for) and 1/K
         w1 = base.linear_1.weight.detach().reshape(self.d, self.m)
         w2 = base.linear_2.weight.detach().reshape(self.m, -1)
         n_out = w2.shape[1]
-        extra = torch.zeros(self.width, n_out, dtype=torch.float64)
+        extra = torch.zeros(n_members * self.width, n_out, dtype=torch.float64)
+        v = np.concatenate([p[1] for p in parts]) * np.sqrt(hidden / (self.m + self.width)) / n_members
         extra[:, bb.head_index if n_out > 1 else 0] = torch.as_tensor(v)
         with torch.no_grad():
-            wider.linear_1.weight.copy_(torch.cat([w1, torch.as_tensor(w)], 1).reshape(-1))
-            wider.linear_2.weight.copy_(torch.cat([w2 * np.sqrt((self.m + self.width) / self.m), extra]).reshape(-1))
+            wider.linear_1.weight.copy_(torch.cat([w1, *(torch.as_tensor(p[2]) for p in parts)], 1).reshape(-1))
+            wider.linear_2.weight.copy_(torch.cat([w2 * np.sqrt(hidden / self.m), extra]).reshape(-1))
         model.readouts[t] = wider
         return model.to(bb.source_dtype)
 

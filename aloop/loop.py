@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, acquisition, binding, measure, metrics, multifidelity, provenance, reaction_path, rerank
 from .arrays import Features, ForceJacobian, ReadoutInputs, feature_moment
+from .backbone import Backbone
 from .campaign import Campaign
 from .checks import check_campaign, load_backbone
 from .committee import Committee, TrainingSet
@@ -222,6 +223,19 @@ class CampaignRun:
             return feats
         h = self.atom_cache.read(ids)
         return ReadoutInputs(feats, np.split(h, np.cumsum(self.full.widths)[:-1], axis=1))
+
+    def frame_inputs(self, frames) -> Features | ReadoutInputs:
+        """`inputs` of configurations that are not candidates (a path's images, a test set)."""
+        return self.backbone.features(frames) if self.full is None else self.full.inputs(frames)
+
+    def mean_surface(self, committee) -> tuple[Backbone, np.ndarray | None]:
+        """The committee mean's energy surface as (backbone, θ) for a CI-NEB: the backbone with the mean
+        θ, or for `kind: delta` the one model of the members' average (θ None: its own)."""
+        if self.full is None:
+            return self.backbone, committee.thetas_.mean(0)
+        if self.campaign.finetune.members_only:
+            raise ValueError(f"{self.campaign.finetune.nonlinear}: no single model has the committee's average energy")
+        return Backbone(self.full.model_with(committee.phis_), device=str(self.backbone.device)), None
 
     def fill_features(self, ids: list[int]) -> None:
         """Compute the features of those of `ids` not cached yet, one block of candidates at a time
@@ -617,9 +631,10 @@ class CampaignRun:
         return RunResult(iteration, self.store.count(state=LABELLED), reason)
 
     def export(self, out_dir: str | Path | None = None, members: bool = True) -> list[Path]:
-        """The committee mean (energies are linear in θ, so it is exactly the mean of the members'
-        energies) and each member, as ordinary MACE model files. With `readout: full` the members
-        only: the energy is not linear in φ, so no single model has the members' average energy."""
+        """The committee mean (energies are linear in θ, or for `kind: delta` in each member's own
+        output weights, so it is exactly the mean of the members' energies) and each member, as
+        ordinary MACE model files. With `readout: full` the members only: the energy is not linear in
+        φ, so no single model has the members' average energy."""
         records = self.store.iterations()
         if not records:
             raise ValueError(f"{self.run_dir}: nothing to export yet; run the campaign first")
@@ -628,16 +643,19 @@ class CampaignRun:
         out = Path(out_dir) if out_dir else self.layout.export
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; give a folder for the model files")
-        if self.full is not None:
+        if self.campaign.finetune.members_only:
             if not members:
                 raise ValueError(f"--mean-only: {self.campaign.finetune.nonlinear}, so there is no committee-mean "
                                  "model (the energy is not linear in the trained parameters); export the members")
             paths = [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
             return paths + self.export_multifidelity(records, out)
-        paths = [self.backbone.export(committee.thetas_.mean(0), out / "committee_mean.model")]
+        if self.full is None:
+            export, params, mean = self.backbone.export, committee.thetas_, committee.thetas_.mean(0)
+        else:   # kind: delta, whose export of the whole committee is its mean (DeltaReadout.model_with)
+            export, params, mean = self.full.export, committee.phis_, committee.phis_
+        paths = [export(mean, out / "committee_mean.model")]
         if members:
-            for k, theta in enumerate(committee.thetas_):
-                paths.append(self.backbone.export(theta, out / f"member_{k}.model"))
+            paths += [export(p, out / f"member_{k}.model") for k, p in enumerate(params)]
         return paths + self.export_multifidelity(records, out)
 
     def export_multifidelity(self, records: list[dict], out: Path) -> list[Path]:

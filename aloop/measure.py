@@ -51,8 +51,8 @@ def observables(run, committee, iteration: int) -> dict[str, dict]:
     out = {}
     for obs in run.campaign.evaluation.observables:
         if obs.relax:
-            path = reaction_path.relaxed(run, obs, iteration, committee.thetas_.mean(0))
-            out[obs.name] = reaction_path.observable(run, path, committee.thetas_)
+            path = reaction_path.relaxed(run, obs, iteration, run.mean_surface(committee))
+            out[obs.name] = reaction_path.observable(run, path, committee)
         else:
             frozen = metrics.frozen(obs.kind, committee.member_energies(run.inputs(run.store.source_ids(obs.path))))
             out[obs.name] = {**metrics.observable(frozen), "path": "frozen"}
@@ -69,7 +69,7 @@ def base_observables(run) -> dict[str, dict]:
     out = {}
     for obs in run.campaign.evaluation.observables:
         if obs.relax:
-            value = reaction_path.relaxed(run, obs, None, run.backbone.theta0).barrier
+            value = reaction_path.relaxed(run, obs, None, (run.backbone, run.backbone.theta0)).barrier
         else:
             value = float(metrics.frozen(obs.kind, run.features(run.store.source_ids(obs.path)).energies(run.backbone.theta0)))
         out[obs.name] = {**metrics.observable(np.array([value])), "path": kind[obs.name]}

@@ -82,16 +82,17 @@ def outside_domain(run, images) -> str | None:
     return None
 
 
-def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
-    """The relaxed path of θ (the committee mean of `iteration`; None: the base model), from the run
-    folder when it was made before."""
+def relaxed(run, obs, iteration: int | None, surface: tuple) -> RelaxedPath:
+    """The relaxed path of the committee mean of `iteration` (None: the base model), whose energy surface
+    is `surface`, (backbone, θ) (CampaignRun.mean_surface), from the run folder when it was made before."""
     path = run.layout.path(obs.name, iteration)
     done = load(path)
     if done is not None:
         return done
     settings = band_settings(run.campaign, obs)
     who = "base model" if iteration is None else f"iteration {iteration}"
-    result = relax_path(_start(run, obs, iteration), run.backbone, theta=theta, progress=run.progress,
+    backbone, theta = surface
+    result = relax_path(_start(run, obs, iteration), backbone, theta=theta, progress=run.progress,
                         desc=f"CI-NEB {obs.name} ({who})", **settings)
     if not result.converged:
         print(f"warning: the relaxed path of '{obs.name}' ({who}) did not reach fmax {settings['fmax']} eV/Å in "
@@ -100,12 +101,12 @@ def relaxed(run, obs, iteration: int | None, theta: np.ndarray) -> RelaxedPath:
     return result
 
 
-def observable(run, relaxed_path: RelaxedPath, thetas: np.ndarray) -> dict:
-    """The observable's record: the mean model's barrier on its path, and the members' on the same
-    images. `outside_domain` says where the path left the base model's domain (the pool's guard),
-    when it did: a barrier over geometries the backbone never saw is no answer, and the stop rule
-    does not count it."""
-    members = metrics.barrier(run.backbone.features(relaxed_path.images).energies(thetas))
+def observable(run, relaxed_path: RelaxedPath, committee) -> dict:
+    """The observable's record: the mean model's barrier on its path, and the committee members' on
+    the same images. `outside_domain` says where the path left the base model's domain (the pool's
+    guard), when it did: a barrier over geometries the backbone never saw is no answer, and the stop
+    rule does not count it."""
+    members = metrics.barrier(committee.member_energies(run.frame_inputs(relaxed_path.images)))
     record = {**metrics.observable(members, centre=relaxed_path.barrier), "path": "relaxed",
               "saddle_image": relaxed_path.saddle, "neb_steps": relaxed_path.steps,
               "neb_converged": relaxed_path.converged, "neb_seconds": round(relaxed_path.seconds, 2)}

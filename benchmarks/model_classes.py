@@ -11,10 +11,15 @@ committee and finetune settings, and scored:
 - prospective 2σ coverage on the labels the run chose after the first N (σ: spread and label error
   bar together), where there are any;
 - the barrier of each observable by relaxed CI-NEB (end points relaxed) on the exported model: the
-  committee-mean file for `linear`, each member's file for `full` and `delta` (their average energy is
-  no one model's), reported as the members' mean and spread; against the observable's reference;
+  committee-mean file for `linear` and `delta` (a delta committee's mean is one model, every member's
+  hidden units side by side), each member's file for `full` (their average energy is no one model's),
+  reported as the members' mean and spread; against the observable's reference;
+- with --transfer, the same for a path no label came near (MoS2: the di-vacancy hop), from its end
+  points interpolated;
+- force MAE against the test set's forces, where its frames carry them (MoS2: the oracle's): the
+  forces of the committee's average energy;
 - the fit's wall time (one committee; the set-up apart: features, force Jacobians, and the per-atom
-  Jacobians of `full` or the hidden layers' forces of `delta`).
+  Jacobians of `full` or the hidden layers' forces of `delta`, computed once per label and run).
 
 `multifidelity` is one model, not a committee: trained from the base model on the N labels and
 `finetune.multifidelity.replay` configurations of the run's model.training_data, with the default
@@ -22,6 +27,12 @@ multifidelity settings; it has no σ, so no coverage, and its training time repl
 
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
         [--classes linear full delta multifidelity] [--checkpoints 20 40] [--out runs/model_classes.json]
+        [--transfer INITIAL FINAL REFERENCE]
+
+On the MoS2 benchmark runs (benchmarks/data_efficiency.py --out OUT):
+
+    python benchmarks/model_classes.py --runs OUT/targeted-s{0,1,2} --classes linear delta \
+        --checkpoints 37 100 --transfer campaigns/mos2-svac/di_{initial,final}.xyz 1.3962
 
 Every class sees exactly the same labels, so differences come from the class alone; the label choice
 itself was made by the runs' own class (normally `linear`).
@@ -46,12 +57,12 @@ from aloop import multifidelity, reaction_path
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
 from aloop.campaign import MultifidelitySettings
-from aloop.committee import Committee
-from aloop.delta import DeltaCommittee, DeltaReadout
+from aloop.committee import PRIOR_AUTO, Committee
+from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
 from aloop.full_committee import FullCommittee
 from aloop.full_readout import FullReadout, LabelledGraph
 from aloop.loop import CampaignRun
-from aloop.neb import relax_path
+from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED
 
 CLASSES = ("linear", "full", "delta", "multifidelity")
@@ -66,24 +77,35 @@ def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
     return order, counts
 
 
-def committee_of(kind: str, run: CampaignRun):
+def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
+    """The class's committee with the campaign's settings; `tau` replaces prior_sigma: auto, which only
+    the linear class can choose (by its evidence)."""
     c, bb = run.campaign, run.backbone
     if kind == "linear":
         return Committee.from_settings(bb.theta0, c.committee, c.finetune), None
+    settings = c.committee if tau is None else c.committee.model_copy(update={"prior_sigma": tau})
     readout = FullReadout(bb) if kind == "full" else DeltaReadout(bb, c.finetune.delta_width)
     cls = FullCommittee if kind == "full" else DeltaCommittee
-    return cls.from_settings(readout, c.committee, c.finetune), readout
+    return cls.from_settings(readout, settings, c.finetune), readout
 
 
-def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray):
-    """(committee, readout map or None, seconds of the fit alone)."""
-    committee, readout = committee_of(kind, run)
+def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden: dict[int, HiddenTerms]):
+    """(committee, readout map or None, seconds of the fit alone). `hidden` keeps `delta`'s hidden-layer
+    terms per candidate across checkpoints (its layers depend on the committee settings only). With
+    prior_sigma: auto the other classes take the τ the linear class's evidence chose on the same labels
+    (every class's prior is the RMS change of per-atom energies a draw makes)."""
     ids, data = run.training_set(ids)   # in the store's order, which the graph must follow
     n_elements = len(run.backbone.z_table)
+    tau = None
+    if kind != "linear" and run.campaign.committee.prior_sigma == PRIOR_AUTO:
+        tau = committee_of("linear", run)[0].fit(data, n_elements, moment=moment).tau_
+    committee, readout = committee_of(kind, run, tau)
     if kind == "full":
         graph = LabelledGraph(readout, run.store.atoms(ids))
     elif kind == "delta":
-        graph = readout.hidden_terms(run.store.atoms(ids), committee.layers())
+        missing = [i for i in ids if i not in hidden]
+        hidden.update(zip(missing, readout.hidden_terms(run.store.atoms(missing), committee.layers())))
+        graph = [hidden[i] for i in ids]
     t = time.perf_counter()
     if readout is None:
         committee.fit(data, n_elements, moment=moment)
@@ -92,28 +114,48 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray):
     return committee, readout, time.perf_counter() - t
 
 
+def surfaces(kind: str, committee, readout) -> list[tuple[Backbone | None, np.ndarray | None]]:
+    """The exported model(s) as (backbone, θ) for relax_path and energy_forces: the committee mean
+    for `linear` (None: the run's backbone) and `delta`, each member for `full`."""
+    if kind == "linear":
+        return [(None, committee.thetas_.mean(0))]
+    if kind == "delta":
+        return [(Backbone(readout.model_with(committee.phis_), device="cpu"), None)]
+    return [(Backbone(readout.model_with(phi), device="cpu"), None) for phi in committee.phis_]
+
+
 def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray, np.ndarray]:
     """Committee mean and spread on `frames`."""
     return committee.predict(backbone.features(frames) if readout is None else readout.inputs(frames))
 
 
-def barriers(kind: str, committee, readout, run: CampaignRun, folder: Path) -> dict:
-    """Each observable's relaxed CI-NEB barrier on the exported model(s), from the base model's path."""
-    out = {}
+def barriers(models, run: CampaignRun, transfer: tuple | None) -> dict:
+    """Each observable's relaxed CI-NEB barrier on the exported model(s), from the base model's path;
+    with `transfer` (initial, final, reference) also that path's, from its end points interpolated."""
+    bands = []
     for obs in run.campaign.evaluation.observables:
-        images = reaction_path.images(run, obs, None)
-        settings = reaction_path.band_settings(run.campaign, obs)   # as the run relaxes its own paths
-        if readout is None:
-            values = [relax_path(images, run.backbone, theta=committee.thetas_.mean(0), **settings).barrier]
-        else:
-            values = []
-            for k, phi in enumerate(committee.phis_):
-                member = Backbone.from_file(readout.export(phi, folder / f"{kind}_{k}.model"), device="cpu")
-                values.append(relax_path(images, member, **settings).barrier)
-        values = np.array(values)
-        out[obs.name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                         "error": float(values.mean() - obs.reference) if obs.reference is not None else None}
+        bands.append((obs.name, reaction_path.images(run, obs, None), obs.reference,
+                      reaction_path.band_settings(run.campaign, obs)))   # as the run relaxes its own paths
+    if transfer is not None:
+        initial, final, reference = transfer
+        bands.append(("transfer", interpolate(read(initial), read(final), len(bands[0][1]) - 2), reference,
+                      bands[0][3]))
+    out = {}
+    for name, images, reference, settings in bands:
+        values = np.array([relax_path(images, backbone or run.backbone, theta=theta, **settings).barrier
+                           for backbone, theta in models])
+        out[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                     "error": float(values.mean() - reference) if reference is not None else None}
     return out
+
+
+def force_mae(models, run: CampaignRun, test, f_ref) -> float | None:
+    """MAE (eV/Å) of the forces of the committee's average energy (the members' average force) against
+    the test set's, or None when its frames carry no forces."""
+    if f_ref is None:
+        return None
+    forces = [np.concatenate((backbone or run.backbone).energy_forces(test, theta=theta)[1]) for backbone, theta in models]
+    return float(np.mean(np.abs(np.mean(forces, axis=0) - f_ref)))
 
 
 def coverage(mean, spread, y, label_sigma) -> float | None:
@@ -122,15 +164,25 @@ def coverage(mean, spread, y, label_sigma) -> float | None:
     return float(np.mean(np.abs(y - mean) <= 2 * np.hypot(spread, label_sigma)))
 
 
-def measure(run: CampaignRun, checkpoints: list[int], classes: list[str]) -> list[dict]:
+def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transfer: tuple | None = None) -> list[dict]:
     order, counts = label_order(run)
     spec = run.campaign.evaluation.test_set
     test = read(spec.path, index=":")
     y_test = np.array([a.info[spec.energy_key] if spec.energy_key in a.info else a.get_potential_energy() for a in test])
+    has_forces = all("forces" in a.arrays or (a.calc is not None and "forces" in a.calc.results) for a in test)
+    f_test = np.concatenate([a.get_forces() for a in test]) if has_forces else None
+    hidden: dict[int, HiddenTerms] = {}
     moment = feature_moment(run.pool_rows(run.store.ids()))
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
-    rows = []
+    base = [(None, run.backbone.theta0)]
+    mae = force_mae(base, run, test, f_test)
+    # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
+    rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0,
+             "test_rmse_meV": None, "test_within_2sigma": None,
+             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, transfer)}]
+    print(f"  {run.run_dir.name} base model: " + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
+          + ", ".join(f"{k} {v['mean']:.4f} eV" for k, v in rows[0]["observables"].items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in [c for c in checkpoints if c in counts]:
             ids, later = order[:n], order[n:]
@@ -138,18 +190,22 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str]) -> lis
                 if kind == "multifidelity":
                     rows.append(multifidelity_row(run, ids, Path(tmp)))
                     continue
-                committee, readout, seconds = fit(kind, run, ids, moment)
+                committee, readout, seconds = fit(kind, run, ids, moment, hidden)
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
-                       "fit_s": round(seconds, 3), "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
+                       "fit_s": round(seconds, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_, "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
                        "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
                 if later:
                     m, s = predict(committee, readout, run.backbone, run.store.atoms(later))
                     row["prospective_within_2sigma"] = coverage(m, s, np.array([labels[i] for i in later]),
                                                                 np.array([sigmas[i] for i in later]))
-                row["observables"] = barriers(kind, committee, readout, run, Path(tmp))
+                models = surfaces(kind, committee, readout)
+                mae = force_mae(models, run, test, f_test)
+                row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
+                row["observables"] = barriers(models, run, transfer)
                 rows.append(row)
                 print(f"  {row['run']} N={n:3d} {kind:6}: test RMSE {row['test_rmse_meV']:7.2f} meV, "
+                      + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
                       + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} eV" for k, v in row["observables"].items())
                       + f", fit {seconds:.2f} s", flush=True)
     return rows
@@ -181,20 +237,28 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path) -> dict:
 
 
 def table(rows: list[dict], classes: list[str]) -> None:
-    print(f"\n{'class':7} {'N':>4} {'runs':>4} {'RMSE meV (mean/std/worst)':>27} {'barrier err meV (mean/std/worst |·|)':>38} "
-          f"{'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7}")
+    """Per label count and class, over runs: test RMSE, force MAE and each observable's error as mean /
+    std / worst |·| (meV, meV/Å), the 2σ coverages and the fit time."""
+    names = list(dict.fromkeys(k for r in rows for k in r["observables"]))
+    print(f"\n{'class':13} {'N':>4} {'runs':>4} {'RMSE meV':>22} {'force MAE':>9} "
+          + " ".join(f"{name + ' err meV':>24}" for name in names) + f" {'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7}")
     for n in sorted({r["n_labels"] for r in rows}):
-        for kind in classes:
+        for kind in ["base", *classes]:
             sel = [r for r in rows if r["n_labels"] == n and r["class"] == kind]
             if not sel:
                 continue
-            rmse = np.array([r["test_rmse_meV"] for r in sel])
-            errors = np.array([1000 * v["error"] for r in sel for v in r["observables"].values() if v["error"] is not None])
+            rmse = np.array([r["test_rmse_meV"] for r in sel if r["test_rmse_meV"] is not None] or [np.nan])
+            mae = [r["force_mae_meV_per_A"] for r in sel if r.get("force_mae_meV_per_A") is not None]
+            cells = []
+            for name in names:
+                e = np.array([1000 * r["observables"][name]["error"] for r in sel
+                              if r["observables"].get(name, {}).get("error") is not None])
+                cells.append(f"{e.mean():+8.1f} {e.std():6.1f} {np.abs(e).max():8.1f}" if len(e) else f"{'—':>24}")
             prosp = [r["prospective_within_2sigma"] for r in sel if r.get("prospective_within_2sigma") is not None]
             test2 = [r["test_within_2sigma"] for r in sel if r["test_within_2sigma"] is not None]
-            print(f"{kind[:7]:7} {n:4d} {len(sel):4d} {rmse.mean():9.2f} {rmse.std():8.2f} {rmse.max():8.2f} "
-                  f"{errors.mean():+12.1f} {errors.std():11.1f} {np.abs(errors).max():11.1f} "
-                  f"{np.mean(test2) if test2 else float('nan'):8.2f} "
+            print(f"{kind[:13]:13} {n:4d} {len(sel):4d} {rmse.mean():7.1f} {rmse.std():6.1f} {rmse.max():7.1f} "
+                  f"{np.mean(mae) if mae else float('nan'):9.1f} " + " ".join(cells)
+                  + f" {np.mean(test2) if test2 else float('nan'):8.2f} "
                   f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f}")
 
 
@@ -205,13 +269,25 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 40])
     parser.add_argument("--threads", type=int, default=int(os.environ.get("ALOOP_TORCH_THREADS", "2")))
     parser.add_argument("--out", type=Path, default=Path("runs") / "model_classes.json")
+    parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
+                        help="a path no label came near: its end points (files) and reference barrier (eV)")
     args = parser.parse_args()
+    transfer = None
+    if args.transfer:
+        initial, final, reference = args.transfer
+        for name in (initial, final):
+            if not Path(name).is_file():
+                parser.error(f"--transfer: no file {name}")
+        try:
+            transfer = (initial, final, float(reference))
+        except ValueError:
+            parser.error(f"--transfer: the reference barrier is a number in eV, got {reference!r}")
     torch.set_num_threads(args.threads)
     start = time.time()
     rows = []
     for folder in args.runs:
         print(f"{folder}:", flush=True)
-        rows += measure(CampaignRun.reopen(folder), args.checkpoints, args.classes)
+        rows += measure(CampaignRun.reopen(folder), args.checkpoints, args.classes, transfer)
     table(rows, args.classes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

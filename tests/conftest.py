@@ -59,6 +59,14 @@ def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elem
     return model
 
 
+def file_energies(model_path, frames) -> np.ndarray:
+    """Energies of `frames` by MACE's own calculator reading an exported model file."""
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    return np.array([calc.get_potential_energy(atoms.copy()) for atoms in frames])
+
+
 def h3(r1: float, r2: float, angle_deg: float = 180.0) -> Atoms:
     """H_a–H_b–H_c with |ab| = r1, |bc| = r2 and the a-b-c angle."""
     t = np.radians(angle_deg)

@@ -1,9 +1,12 @@
 """A campaign with `finetune.readout: full`, and one with `finetune.kind: delta`, on a tiny model: it
-runs, and its exported members are ordinary MACE files with the members' energies."""
+runs, and its exported members are ordinary MACE files with the members' energies; the delta
+committee's mean is one more such file, whose own path the run relaxes."""
+import numpy as np
 import pytest
-from conftest import write_h3_inputs
+from conftest import file_energies, write_h3_inputs
 from mace.calculators import MACECalculator
 
+from aloop import reaction_path
 from aloop.campaign import load_campaign
 from aloop.loop import CampaignRun
 from aloop.report import write_report
@@ -28,21 +31,8 @@ evaluation:
 """
 
 
-@pytest.mark.parametrize("finetune", ["readout: full", "kind: delta, delta_width: 4"])
-def test_nonlinear_campaign_runs_and_exports_members(tmp_path, finetune):
-    write_h3_inputs(tmp_path)
-    (tmp_path / "full.yaml").write_text(CAMPAIGN.replace("FINETUNE", finetune))
-    run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
-    result = run.run()
-    assert result.n_labels == 6
-    records = run.store.iterations()
-    assert records[-1]["prospective"]["n"] == 3 and records[-1]["test"]["n"] == 3
-    assert records[-1]["observables"]["barrier"]["path"] == "frozen"
-    with pytest.raises(ValueError, match="--mean-only: finetune.(readout is full|kind is delta), so there is no committee-mean model"):
-        run.export(members=False)
-    paths = run.export()
-    assert [p.name for p in paths] == ["member_0.model", "member_1.model"]
-    committee = run.load_committee(records[-1]["iteration"])
+def members_match(run, paths, committee) -> None:
+    """Each exported member file gives that member's energies on labelled configurations."""
     ids = [r.id for r in run.store.rows(state=LABELLED)[:2]]
     expected = committee.member_energies(run.inputs(ids))
     for k, path in enumerate(paths):
@@ -50,4 +40,44 @@ def test_nonlinear_campaign_runs_and_exports_members(tmp_path, finetune):
         for atoms, e in zip(run.store.atoms(ids), expected[k]):
             atoms.calc = calc
             assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-8)
+
+
+def test_full_readout_campaign_runs_and_exports_members(tmp_path):
+    write_h3_inputs(tmp_path)
+    (tmp_path / "full.yaml").write_text(CAMPAIGN.replace("FINETUNE", "readout: full"))
+    run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
+    result = run.run()
+    assert result.n_labels == 6
+    records = run.store.iterations()
+    assert records[-1]["prospective"]["n"] == 3 and records[-1]["test"]["n"] == 3
+    assert records[-1]["observables"]["barrier"]["path"] == "frozen"
+    with pytest.raises(ValueError, match="--mean-only: finetune.readout is full, so there is no committee-mean model"):
+        run.export(members=False)
+    paths = run.export()
+    assert [p.name for p in paths] == ["member_0.model", "member_1.model"]
+    members_match(run, paths, run.load_committee(records[-1]["iteration"]))
     assert write_report(run.run_dir).exists()
+
+
+def test_delta_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path):
+    """A delta committee's average is one model: the run relaxes that model's path (relax: true) and
+    exports it as committee_mean.model, which gives the path's energies as the run recorded them."""
+    write_h3_inputs(tmp_path)
+    text = CAMPAIGN.replace("FINETUNE", "kind: delta, delta_width: 4").replace(", relax: false", "")
+    (tmp_path / "delta.yaml").write_text(text)
+    run = CampaignRun(load_campaign(tmp_path / "delta.yaml"), progress=False)
+    assert run.run().n_labels == 6
+    records = run.store.iterations()
+    barrier = records[-1]["observables"]["barrier"]
+    assert barrier["path"] == "relaxed" and len(barrier["members"]) == 2
+    paths = run.export()
+    assert [p.name for p in paths] == ["committee_mean.model", "member_0.model", "member_1.model"]
+    members_match(run, paths[1:], run.load_committee(records[-1]["iteration"]))
+    kept = reaction_path.load(run.layout.path("barrier", records[-1]["iteration"]))
+    energies = file_energies(paths[0], kept.images)
+    np.testing.assert_allclose(energies, kept.energies, atol=1e-6)
+    assert barrier["mean"] == pytest.approx(kept.barrier, abs=1e-9)
+    # the members' barriers are read on the same images: their mean is the mean model's barrier there
+    # only up to which image is highest, so compare their energies instead
+    members = run.load_committee(records[-1]["iteration"]).member_energies(run.frame_inputs(kept.images))
+    np.testing.assert_allclose(members.mean(0), energies, atol=1e-6)

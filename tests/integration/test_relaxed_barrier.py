@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mace.calculators import MACECalculator
+from conftest import file_energies
 
 from aloop import metrics, reaction_path
 from aloop.backbone import Backbone
@@ -70,12 +70,7 @@ def test_relaxed_barrier_is_the_exported_models_ci_neb(relaxed_run):
     assert last["mean"] == pytest.approx(direct.barrier, abs=2e-3)
     # the path the run kept is evaluated by the exported file as the run recorded it
     kept = reaction_path.load(run.layout.path("barrier", records[-1]["iteration"]))
-    calc = MACECalculator(model_paths=str(exported), device="cpu", default_dtype="float64")
-    energies = []
-    for atoms in kept.images:
-        atoms.calc = calc
-        energies.append(atoms.get_potential_energy())
-    np.testing.assert_allclose(energies, kept.energies, atol=1e-6)
+    np.testing.assert_allclose(file_energies(exported, kept.images), kept.energies, atol=1e-6)
     assert last["mean"] == pytest.approx(kept.barrier, abs=1e-9)
     # the spread is the members' on that path, each its own highest image minus its first
     thetas = run.load_committee(records[-1]["iteration"]).thetas_
@@ -90,7 +85,7 @@ def test_a_kept_path_is_read_back_not_relaxed_again(relaxed_run, monkeypatch):
     obs = run.campaign.evaluation.observables[0]
     before = reaction_path.load(run.layout.path("barrier", 1))
     monkeypatch.setattr(reaction_path, "relax_path", lambda *a, **k: pytest.fail("relaxed again"))
-    again = reaction_path.relaxed(run, obs, 1, run.load_committee(1).thetas_.mean(0))
+    again = reaction_path.relaxed(run, obs, 1, run.mean_surface(run.load_committee(1)))
     assert again.barrier == before.barrier
 
 
@@ -139,12 +134,12 @@ def test_a_band_that_leaves_the_domain_is_flagged_and_not_started_from(relaxed_r
     run = CampaignRun(load_campaign(relaxed_run.campaign_file, run_dir=fork_dir), progress=False)
     obs = run.campaign.evaluation.observables[0]
     inside = reaction_path.load(run.layout.path("barrier", 1))
-    assert "outside_domain" not in reaction_path.observable(run, inside, run.load_committee(1).thetas_)
+    assert "outside_domain" not in reaction_path.observable(run, inside, run.load_committee(1))
     collapsed = reaction_path.load(run.layout.path("barrier", 2))
     image = collapsed.images[2]
     image.positions[1] = image.positions[0] + [0.2, 0.0, 0.0]
     reaction_path.save(run.layout.path("barrier", 2), collapsed)
-    record = reaction_path.observable(run, reaction_path.load(run.layout.path("barrier", 2)), run.load_committee(2).thetas_)
+    record = reaction_path.observable(run, reaction_path.load(run.layout.path("barrier", 2)), run.load_committee(2))
     assert record["outside_domain"].startswith("image 2: H-H at 0.200 Å")
     start = reaction_path._start(run, obs, 3)   # the next band starts from the last one inside
     np.testing.assert_allclose(np.array([a.positions for a in start]), np.array([a.positions for a in inside.images]))

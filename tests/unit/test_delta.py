@@ -119,3 +119,24 @@ def test_a_saved_committee_loads_back_and_another_class_is_refused(setup, tmp_pa
         committee(delta).load(tmp_path / "linear.npz")
     with pytest.raises(ValueError, match="another width"):
         committee(DeltaReadout(bb, WIDTH + 1)).load(tmp_path / "delta.npz")
+
+
+def test_the_committee_mean_is_one_model_with_every_members_units(setup, tmp_path):
+    """The export of a committee ψ [K, P] is one ordinary MACE file whose energy is the members'
+    average and whose forces are the average of theirs (the energy is linear in each member's v)."""
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
+    psis = np.random.default_rng(5).normal(size=(3, delta.n_params))
+    members = delta.energies(psis, inputs)
+    assert members.std(0).max() > 1e-2   # members that differ
+    calc = MACECalculator(model_paths=str(delta.export(psis, tmp_path / "mean.model")), device="cpu",
+                          default_dtype="float64")
+    one = [MACECalculator(model_paths=str(delta.export(p, tmp_path / f"m{k}.model")), device="cpu",
+                          default_dtype="float64") for k, p in enumerate(psis)]
+    for frame, e in zip(atoms, members.mean(0)):
+        frame = frame.copy()
+        frame.calc = calc
+        assert frame.get_potential_energy() == pytest.approx(e, abs=1e-9)
+        mean_force = np.mean([c.get_forces(frame) for c in one], axis=0)
+        np.testing.assert_allclose(frame.get_forces(), mean_force, atol=1e-9)
+    with pytest.raises(ValueError, match="expected"):
+        delta.model_with(psis[:, :-1])
