@@ -81,3 +81,4 @@ def test_delta_campaign_relaxes_its_committee_means_path_and_exports_that_model(
     # only up to which image is highest, so compare their energies instead
     members = run.load_committee(records[-1]["iteration"]).member_energies(run.frame_inputs(kept.images))
     np.testing.assert_allclose(members.mean(0), energies, atol=1e-6)
+    assert "barrier" in write_report(run.run_dir).read_text()
