@@ -35,8 +35,9 @@ def misfit_warning(record: dict) -> str | None:
             + (f"p = {m['p_value']:.1g}: raised at an earlier iteration, it stands until p ≥ {MISFIT_CLEAR:g}"
                if m.get("held") else f"p = {m['p_value']:.1g} < {m['alpha']:g}")
             + f"; the σ scale without it has grown to ×{m['scale_without']:.2f}). "
-            "The readout likely cannot express the correction: try a full-readout fine-tune (finetune.readout: full) "
-            "or a backbone trained on both fidelities (finetune.kind: multifidelity), or check the labels. The "
+            "The readout likely cannot express the correction: try a wider correction beside the base model "
+            "(finetune.kind: delta), a full-readout fine-tune (finetune.readout: full) or a backbone trained on both "
+            "fidelities (finetune.kind: multifidelity), or check the labels. The "
             "uncertainty and observable stop rules do not fire while this warning stands; the label budget still does.")
 
 

@@ -228,6 +228,7 @@ def test_status_and_summary_show_the_misfit_warning_and_the_pool_sources(tmp_pat
     store.write_iteration(last["iteration"], last | {"misfit": MISFIT})
     for text in (status_text(tmp_path), write_report(tmp_path).read_text()):
         assert "a misfit of about 41 meV" in text and "full-readout fine-tune" in text and "check the labels" in text
+        assert "finetune.kind: delta" in text
         assert "md (md): 90 of 120 frames kept; dropped: 2 outside the base model's domain (S-S: 2); " \
                "28 later in an MD trajectory that left the domain" in text
         assert "dft (file): 20 of 20 frames kept" in text
