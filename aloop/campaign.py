@@ -435,7 +435,7 @@ class Campaign(Section):
         if why is None:
             return []
         problems = []
-        if self.committee.prior_sigma == "auto":
+        if self.committee.prior_sigma == "auto" and self.finetune.members_only:
             problems.append(f"committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
                             f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.05)")
         if self.acquisition.strategy == "targeted":

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .arrays import Features
-from .committee import TrainingSet, _Objective
+from .committee import PRIOR_AUTO, Committee, TrainingSet, _Objective
 from .full_committee import MemberCommittee
 from .full_readout import FullReadout
 
@@ -202,7 +202,9 @@ class DeltaCommittee(MemberCommittee):
             progress: bool = False) -> "DeltaCommittee":
         """Every member to the exact minimiser of its loss in (δE0, v). `hidden` holds, per row of
         `data` and in its order, the hidden layers' terms (`DeltaReadout.hidden_terms` of `layers()`);
-        `moment` is not used (the correction's prior is scaled on the labelled atoms)."""
+        `moment` is not used (the correction's prior is scaled on the labelled atoms). With
+        `prior_sigma: auto` each member's τ and model error come from its labels' evidence under its
+        own features (`member_evidence`); `tau_` is the members' median, for the record."""
         if len(data) == 0:
             raise ValueError("committee: no labelled configurations to fit")
         if [t.n_atoms for t in hidden] != data.features.n_atoms.tolist():
@@ -215,8 +217,7 @@ class DeltaCommittee(MemberCommittee):
         counts = data.features.a[:, delta.e0_slice]
         base_energy = data.features.energies(delta.backbone.theta0)
         width = data.f0.shape[1]
-        tau = lin.prior_sigma
-        phis, objective, steps = [], [], []
+        phis, objective, steps, taus, errors = [], [], [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member",
                       disable=not progress):
             g = np.array([t.g[k] for t in hidden])
@@ -224,27 +225,49 @@ class DeltaCommittee(MemberCommittee):
             for c, t in enumerate(hidden):
                 dg[c, :t.dg.shape[1]] = t.dg[k]
             atom_moment = sum(t.a2[k] for t in hidden) / sum(t.n_atoms for t in hidden)
+            if lin.prior_sigma == PRIOR_AUTO:
+                tau, error = self.member_evidence(data, g / np.sqrt(atom_moment), counts, base_energy)
+            else:
+                tau, error = float(lin.prior_sigma), 0.0
             s_v = tau / np.sqrt(atom_moment)   # a draw v = s_v ξ moves per-atom energies by τ RMS
             # coordinates scaled by the prior's scales, so that the prior is ‖u − centre‖² with s² = 1
             scale = np.concatenate([np.full(n_elements, tau), np.full(delta.width, s_v)])
             features = Features(np.hstack([counts, g]) * scale, base_energy, data.features.n_atoms)
             B = np.concatenate([np.zeros((len(hidden), width, n_elements)), dg], axis=2) * scale
             member = TrainingSet(features, data.energy, data.sigma, data.f0, B, data.f_lf, data.ids)
-            problem = _Objective(member, lin.noise_floor, lin.force_threshold, lin.force_weight,
-                                 np.zeros(len(scale)), lin.threshold_per_atom)
+            problem = _Objective(member, float(np.hypot(lin.noise_floor, error)), lin.force_threshold,
+                                 lin.force_weight, np.zeros(len(scale)), lin.threshold_per_atom)
             centre = np.concatenate([e0_centres[k] / tau, v_draws[k]])
             u, value, n = problem.minimise(weights[k], centre, 1.0, lin.max_steps)
             phis.append(np.concatenate([u * scale, layers[k]]))
             objective.append(value)
             steps.append(n)
+            taus.append(tau)
+            errors.append(error)
         self.phis_ = np.array(phis)
         self.objective_ = np.array(objective)
         self.newton_steps_ = np.array(steps)
+        self.taus_, self.model_errors_ = np.array(taus), np.array(errors)
+        self.tau_ = float(np.median(self.taus_))
         return self
+
+    def member_evidence(self, data: TrainingSet, x: np.ndarray, counts: np.ndarray,
+                        base_energy: np.ndarray) -> tuple[float, float]:
+        """(τ eV/atom, model error eV) maximising one member's evidence of the labels. Its energy is
+        linear in (v, δE0) with features [x, counts], x its hidden features scaled so that v ~ N(0, τ²)
+        is its prior, and δE0 ~ N(least-squares shift, τ²): the linear class's evidence
+        (`Committee.evidence_prior`) on these features, with a prior of trace 1."""
+        lin = self.linear
+        probe = Committee(np.zeros(x.shape[1] + counts.shape[1]), size=2, bootstrap=False, prior_sigma=PRIOR_AUTO,
+                          force_threshold=lin.force_threshold, force_weight=0.0, noise_floor=lin.noise_floor, seed=0)
+        features = Features(np.hstack([x, counts]), base_energy, data.features.n_atoms)
+        labelled = TrainingSet(features, data.energy, data.sigma, data.f0, data.B, data.f_lf, data.ids)
+        return probe.evidence_prior(labelled, counts.shape[1], 1.0)
 
     def save(self, path) -> None:
         self._check_fitted()
-        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, newton_steps=self.newton_steps_)
+        np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, newton_steps=self.newton_steps_,
+                 taus=self.taus_, model_errors=self.model_errors_)
 
     def load(self, path) -> "DeltaCommittee":
         with np.load(path) as f:
@@ -253,6 +276,9 @@ class DeltaCommittee(MemberCommittee):
             if f["phi0"].shape != self.full.phi0.shape:
                 raise ValueError(f"{path}: a correction of another width or base model (finetune.delta_width)")
             self.phis_, self.objective_, self.newton_steps_ = f["phis"], f["objective"], f["newton_steps"]
+            if "taus" in f:   # files written before prior_sigma: auto worked for delta have none
+                self.taus_, self.model_errors_ = f["taus"], f["model_errors"]
+                self.tau_ = float(np.median(self.taus_))
         return self
 
 

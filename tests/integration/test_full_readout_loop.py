@@ -61,13 +61,16 @@ def test_full_readout_campaign_runs_and_exports_members(tmp_path):
 
 def test_delta_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path):
     """A delta committee's average is one model: the run relaxes that model's path (relax: true) and
-    exports it as committee_mean.model, which gives the path's energies as the run recorded them."""
+    exports it as committee_mean.model, which gives the path's energies as the run recorded them; its
+    prior is the evidence's (prior_sigma: auto)."""
     write_h3_inputs(tmp_path)
-    text = CAMPAIGN.replace("FINETUNE", "kind: delta, delta_width: 4").replace(", relax: false", "")
+    text = (CAMPAIGN.replace("FINETUNE", "kind: delta, delta_width: 4").replace(", relax: false", "")
+            .replace("committee: {size: 2}", "committee: {size: 2, prior_sigma: auto}"))
     (tmp_path / "delta.yaml").write_text(text)
     run = CampaignRun(load_campaign(tmp_path / "delta.yaml"), progress=False)
     assert run.run().n_labels == 6
     records = run.store.iterations()
+    assert all(r["prior_sigma"] > 0 for r in records)   # each fit's τ, chosen by the members' evidence
     barrier = records[-1]["observables"]["barrier"]
     assert barrier["path"] == "relaxed" and len(barrier["members"]) == 2
     paths = run.export()

@@ -242,6 +242,14 @@ def test_readout_is_linear_unless_full_is_asked_for(folder: Path) -> None:
     assert load_campaign(_write(folder, text)).finetune.readout == "full"
 
 
+def test_delta_takes_the_evidences_prior_and_relaxes_its_own_path(folder: Path) -> None:
+    """A delta committee's average is one model and each member's energy is linear in what it learns:
+    `prior_sigma: auto` and `relax: true` are accepted, as for linear."""
+    c = load_campaign(_write(folder, _edit("noise_floor: 0.005", "kind: delta") + "committee: {prior_sigma: auto}\n"))
+    assert c.committee.prior_sigma == "auto" and c.evaluation.observables[0].relax
+    assert not c.finetune.members_only
+
+
 def test_targeted_needs_an_observable(folder: Path) -> None:
     text = _edit("strategy: max_std", "strategy: targeted").replace("  observable: {name: barrier, tolerance: 0.01}\n", "")
     text = text[:text.index("  observables:")]

@@ -140,3 +140,24 @@ def test_the_committee_mean_is_one_model_with_every_members_units(setup, tmp_pat
         np.testing.assert_allclose(frame.get_forces(), mean_force, atol=1e-9)
     with pytest.raises(ValueError, match="expected"):
         delta.model_with(psis[:, :-1])
+
+
+def test_prior_sigma_auto_follows_the_correction_the_labels_hold(setup, tmp_path):
+    """`prior_sigma: auto`: each member's evidence picks a τ; labels that only shift E0 get a far
+    smaller one than labels holding a correction of the network's own kind, and it round-trips."""
+    bb, delta, atoms, inputs, hidden, jac, energy, forces = setup
+    sigma = np.full(len(energy), 1e-3)
+    truth = np.random.default_rng(3).normal(size=delta.n_params) * 0.5
+    truth[delta.inner_slice] = committee(delta).layers()[0]   # member 0's own hidden units
+    labels = {"shift": energy + 0.1 + np.random.default_rng(4).normal(scale=1e-3, size=len(energy)),
+              "correction": delta.energies(truth, inputs)}
+    fitted = {}
+    for name, y in labels.items():
+        data = TrainingSet.build(inputs.features, y, sigma, jac, [j.f0 for j in jac], ids=np.arange(len(y)))
+        fitted[name] = committee(delta, prior_sigma="auto", force_weight=0.0).fit(data, hidden, 1)
+        assert len(fitted[name].taus_) == 3 and np.all(np.isfinite(fitted[name].taus_))
+    assert fitted["shift"].taus_[0] < 0.1 * fitted["correction"].taus_[0]
+    c = fitted["correction"]
+    c.save(tmp_path / "auto.npz")
+    back = committee(delta, prior_sigma="auto").load(tmp_path / "auto.npz")
+    assert back.tau_ == c.tau_ and np.array_equal(back.model_errors_, c.model_errors_)
