@@ -49,9 +49,11 @@ def observables(run, committee, iteration: int) -> dict[str, dict]:
     own relaxed path (`relax: true`, see reaction_path) or along the pool source's frozen images."""
     base_observables(run)   # first: the committee's first path starts from the base model's
     out = {}
+    # one surface for every relaxed observable: for kind: delta it is a model built from the committee
+    surface = run.mean_surface(committee) if any(o.relax for o in run.campaign.evaluation.observables) else None
     for obs in run.campaign.evaluation.observables:
         if obs.relax:
-            path = reaction_path.relaxed(run, obs, iteration, run.mean_surface(committee))
+            path = reaction_path.relaxed(run, obs, iteration, surface)
             out[obs.name] = reaction_path.observable(run, path, committee)
         else:
             frozen = metrics.frozen(obs.kind, committee.member_energies(run.inputs(run.store.source_ids(obs.path))))

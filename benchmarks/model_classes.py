@@ -78,8 +78,8 @@ def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
 
 
 def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
-    """The class's committee with the campaign's settings; `tau` replaces prior_sigma: auto, which only
-    the linear class can choose (by its evidence)."""
+    """The class's committee with the campaign's settings; `tau`, when given, replaces prior_sigma
+    (`fit`: the linear class's evidence, so that every class has the same prior)."""
     c, bb = run.campaign, run.backbone
     if kind == "linear":
         return Committee.from_settings(bb.theta0, c.committee, c.finetune), None
@@ -93,7 +93,8 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden:
     """(committee, readout map or None, seconds of the fit alone). `hidden` keeps `delta`'s hidden-layer
     terms per candidate across checkpoints (its layers depend on the committee settings only). With
     prior_sigma: auto the other classes take the τ the linear class's evidence chose on the same labels
-    (every class's prior is the RMS change of per-atom energies a draw makes)."""
+    (every class's prior is the RMS change of per-atom energies a draw makes): `full` has no evidence
+    of its own, and `delta`'s own (per member) would compare the classes under different priors."""
     ids, data = run.training_set(ids)   # in the store's order, which the graph must follow
     n_elements = len(run.backbone.z_table)
     tau = None
@@ -129,17 +130,21 @@ def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray,
     return committee.predict(backbone.features(frames) if readout is None else readout.inputs(frames))
 
 
-def barriers(models, run: CampaignRun, transfer: tuple | None) -> dict:
-    """Each observable's relaxed CI-NEB barrier on the exported model(s), from the base model's path;
-    with `transfer` (initial, final, reference) also that path's, from its end points interpolated."""
-    bands = []
-    for obs in run.campaign.evaluation.observables:
-        bands.append((obs.name, reaction_path.images(run, obs, None), obs.reference,
-                      reaction_path.band_settings(run.campaign, obs)))   # as the run relaxes its own paths
+def bands_of(run: CampaignRun, transfer: tuple | None) -> list[tuple]:
+    """(name, start images, reference, CI-NEB settings) of each observable, from the base model's path
+    and relaxed as the run relaxes its own; with `transfer` (initial, final, reference) also that
+    path, its end points interpolated."""
+    bands = [(obs.name, reaction_path.images(run, obs, None), obs.reference, reaction_path.band_settings(run.campaign, obs))
+             for obs in run.campaign.evaluation.observables]
     if transfer is not None:
         initial, final, reference = transfer
         bands.append(("transfer", interpolate(read(initial), read(final), len(bands[0][1]) - 2), reference,
                       bands[0][3]))
+    return bands
+
+
+def barriers(models, run: CampaignRun, bands: list[tuple]) -> dict:
+    """Each band's relaxed CI-NEB barrier (`bands_of`) on the exported model(s)."""
     out = {}
     for name, images, reference, settings in bands:
         values = np.array([relax_path(images, backbone or run.backbone, theta=theta, **settings).barrier
@@ -175,12 +180,13 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     moment = feature_moment(run.pool_rows(run.store.ids()))
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
+    bands = bands_of(run, transfer)
     base = [(None, run.backbone.theta0)]
     mae = force_mae(base, run, test, f_test)
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
     rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
-             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, transfer)}]
+             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, bands)}]
     print(f"  {run.run_dir.name} base model: " + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
           + ", ".join(f"{k} {v['mean']:.4f} eV" for k, v in rows[0]["observables"].items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +199,8 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 committee, readout, seconds = fit(kind, run, ids, moment, hidden)
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
-                       "fit_s": round(seconds, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_, "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
+                       "fit_s": round(seconds, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_,
+                       "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
                        "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
                 if later:
                     m, s = predict(committee, readout, run.backbone, run.store.atoms(later))
@@ -202,7 +209,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 models = surfaces(kind, committee, readout)
                 mae = force_mae(models, run, test, f_test)
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
-                row["observables"] = barriers(models, run, transfer)
+                row["observables"] = barriers(models, run, bands)
                 rows.append(row)
                 print(f"  {row['run']} N={n:3d} {kind:6}: test RMSE {row['test_rmse_meV']:7.2f} meV, "
                       + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
