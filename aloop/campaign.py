@@ -139,6 +139,7 @@ class MultifidelitySettings(Section):
     patience: PosInt = 10                    # epochs without a better validation loss before stopping
     replay: PosInt = 500                     # configurations of model.training_data per training
     force_weight: Annotated[float, Field(ge=0)] = 0.0   # base-model forces on labelled configurations, relative to the replay's forces
+    label_weight: PosFloat = 1.0   # multiplies each label's energy weight (one label counts as one replayed configuration)
     lr: PosFloat = 1e-3
     batch_size: PosInt = 8
     valid_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1

@@ -572,7 +572,7 @@ class CampaignRun:
                   f"({self.campaign.finetune.multifidelity.epochs} epochs at most)", flush=True)
         result = multifidelity.run_training(self, iteration)
         return {"model": str(result.path.relative_to(self.run_dir)), "seconds": round(result.seconds, 1),
-                "n_labels": result.n_labels, "n_replay": result.n_replay,
+                "n_labels": result.n_labels, "n_replay": result.n_replay, "force_scale": round(result.force_scale, 5),
                 "e0_shift": {str(z): v for z, v in result.e0_shift.items()},
                 **multifidelity.score(self, result.path, iteration)}
 

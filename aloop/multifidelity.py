@@ -12,13 +12,28 @@ observables, the stop rules), and the multi-fidelity model is trained when the r
 model, not from the previous one, so a model depends only on the labels it saw.
 
 What the high-fidelity head is fitted to, per label:
-- the label's energy, with weight (noise_floor / σ)² capped at 1: a DMC energy with a wide error
-  bar counts less, as in the readout classes' noise-weighted loss;
+- the label's energy. mace's multi-head fine-tuning always uses its "universal" loss: a Huber loss
+  (δ = 0.01) of w·E/N for each configuration's energy (a mean over the batch's configurations) and
+  of each force component (a mean over the batch's components), the forces times
+  REPLAY_FORCES_WEIGHT. At the sizes of a label's error (tenths of an eV a cell) and of the base
+  model's force errors (tens of meV/Å) both lie in Huber's linear part: the loss is that of Laplace
+  errors, and a label's weight w sets how hard it pulls against the replay. One label counts as
+  much as one replayed configuration: a label off by its error bar σ (at least the noise floor)
+  pulls as hard as a replayed configuration whose force components are all off by s_F, the base
+  model's own mean absolute force error on the replay (how closely it follows its teacher):
+      w = REPLAY_FORCES_WEIGHT · s_F · N / σ.
+  A DMC energy with a wide error bar counts less; `multifidelity.label_weight` multiplies w.
+  Two weaker weights were measured on MoS2
+  (docs/model-classes.md): (noise_floor/σ)² capped at 1 left the labels without effect, the same
+  balance made per force component (3N times weaker) left them nearly unfitted.
 - the base model's forces on that configuration, with weight `force_weight`: labels carry no
   forces, and this is the soft counterpart of the readout classes' force penalty;
 - per-element reference energies E0 of the base model plus a shift fitted to the labels (ridge
   least squares of label minus base energy on the element counts). MACE's readouts have no bias,
   and a DMC total energy may sit eV away from the DFT one.
+
+The weights are averaged during training (mace's EMA, decay EMA_DECAY), as mace does by default in
+multi-head fine-tuning; aloop sets its own learning rate, which turns mace's default off.
 
 The model written is an ordinary single-head MACE (the high-fidelity head; the low-fidelity one is
 dropped), so it loads in mace's MACECalculator like any export.
@@ -49,6 +64,11 @@ from .pool import read_frames
 
 ENERGY_KEY, FORCES_KEY = "aloop_energy", "aloop_forces"
 RIDGE = 1e-6   # eV² per element: keeps the E0 shift defined for elements no label contains
+REPLAY_FORCES_WEIGHT = 100.0   # mace's default force weight, passed explicitly: label weights scale with it
+EMA_DECAY = 0.99
+# mace's Huber δ (eV/Å): below it the force loss is quadratic, not Laplace, so s_F is taken no smaller
+# (a base model that reproduces its training data exactly would otherwise give labels no weight)
+FORCE_SCALE_FLOOR = 0.01
 
 
 @dataclass
@@ -58,6 +78,7 @@ class Result:
     n_labels: int
     n_replay: int
     e0_shift: dict      # eV per atom, by atomic number
+    force_scale: float  # s_F: the base model's mean absolute force error on the replay, eV/Å
 
 
 def due(every: int, iteration: int, stopping: bool) -> bool:
@@ -98,16 +119,30 @@ def replay(frames: list[Atoms], source: str, size: int, rng: np.random.Generator
     return [reference_frame(frames[i], source, int(i)) for i in picked]
 
 
+def force_scale(backbone: Backbone, replayed: list[Atoms]) -> float:
+    """s_F: the base model's mean absolute force-component error on the replayed configurations (eV/Å)."""
+    forces = backbone.energy_forces(replayed)[1]
+    return float(np.mean(np.abs(np.concatenate([f - a.arrays[FORCES_KEY] for f, a in zip(forces, replayed)]))))
+
+
+def label_weight(n_atoms: int, sigma: float, noise_floor: float, scale: float) -> float:
+    """A label's energy weight in mace's universal loss: off by its error bar (at least the noise
+    floor), it pulls as hard as a replayed configuration whose force components are off by `scale`
+    (at least FORCE_SCALE_FLOOR; module docstring)."""
+    return REPLAY_FORCES_WEIGHT * max(scale, FORCE_SCALE_FLOOR) * n_atoms / max(float(sigma), noise_floor)
+
+
 def label_frames(atoms: list[Atoms], energies: np.ndarray, sigmas: np.ndarray, base_forces: list[np.ndarray],
-                 noise_floor: float, force_weight: float) -> list[Atoms]:
-    """The high-fidelity head's data: label energies weighted by their error bars, the base model's
-    forces as soft targets."""
+                 noise_floor: float, force_weight: float, scale: float, factor: float = 1.0) -> list[Atoms]:
+    """The high-fidelity head's data: label energies weighted by their error bars against the
+    replay's force scale (times `factor`: multifidelity.label_weight), the base model's forces as
+    soft targets."""
     out = []
     for a, e, s, f in zip(atoms, energies, sigmas, base_forces):
         frame = plain(a)
         frame.info[ENERGY_KEY] = float(e)
         frame.arrays[FORCES_KEY] = np.asarray(f, dtype=float)
-        frame.info["config_energy_weight"] = float(min(1.0, (noise_floor / max(float(s), 1e-12)) ** 2))
+        frame.info["config_energy_weight"] = factor * label_weight(len(a), s, noise_floor, scale)
         frame.info["config_forces_weight"] = float(force_weight)
         out.append(frame)
     return out
@@ -139,6 +174,8 @@ def train(base_path: Path, replayed: list[Atoms], labelled: list[Atoms], e0: dic
             "--pt_train_file", str(folder / "replay.extxyz"), "--train_file", str(folder / "labels.extxyz"),
             "--valid_fraction", str(settings.valid_fraction), "--E0s", repr(e0),
             "--energy_key", ENERGY_KEY, "--forces_key", FORCES_KEY,
+            "--energy_weight", "1.0", "--forces_weight", str(REPLAY_FORCES_WEIGHT),
+            "--ema", "--ema_decay", str(EMA_DECAY),
             "--max_num_epochs", str(settings.epochs), "--patience", str(settings.patience),
             "--batch_size", str(batch), "--valid_batch_size", str(batch), "--eval_interval", "1",
             "--lr", str(settings.lr), "--force_mh_ft_lr", "True", "--save_cpu",
@@ -181,11 +218,13 @@ def run_training(run, iteration: int, subset: list[int] | None = None, folder: P
     e0 = {z: float(b + s) for z, b, s in zip(zs, base_e0, shift)}
     rng = np.random.default_rng([c.seed, iteration])
     replayed = replay(run.training_frames(), str(c.model.training_data), settings.replay, rng)
-    labelled = label_frames(atoms, energies, sigmas, base_forces, c.finetune.noise_floor, settings.force_weight)
+    scale = force_scale(run.backbone, replayed)
+    labelled = label_frames(atoms, energies, sigmas, base_forces, c.finetune.noise_floor, settings.force_weight,
+                            scale, settings.label_weight)
     folder = folder or run.layout.root / "multifidelity" / f"iteration_{iteration:03d}"
     path = train(Path(c.model.path), replayed, labelled, e0, settings, c.seed, folder,
                  run.backbone.device.type, folder.with_suffix(".model"), echo=run.progress)
-    return Result(path, time.time() - t, len(ids), len(replayed), dict(zip(zs, shift.tolist())))
+    return Result(path, time.time() - t, len(ids), len(replayed), dict(zip(zs, shift.tolist())), scale)
 
 
 def score(run, path: Path, iteration: int | None) -> dict:

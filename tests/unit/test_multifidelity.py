@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import h3_set
+from conftest import h3_set, tiny_mace
 
 from aloop import multifidelity
+from aloop.backbone import Backbone
 
 
 def test_e0_shift_recovers_per_element_offsets():
@@ -25,15 +26,42 @@ def test_e0_shift_of_an_element_no_label_holds_is_zero():
 
 
 def test_label_frames_weight_energies_by_error_bar_and_carry_soft_forces():
-    frames = h3_set(2)
-    forces = [np.ones((3, 3)), 2 * np.ones((3, 3))]
-    out = multifidelity.label_frames(frames, np.array([-40.0, -41.0]), np.array([0.001, 0.02]), forces,
-                                     noise_floor=0.005, force_weight=0.0)
-    assert [a.info["config_energy_weight"] for a in out] == pytest.approx([1.0, 0.0625])
-    assert [a.info["config_forces_weight"] for a in out] == [0.0, 0.0]
+    frames = h3_set(3)
+    forces = [np.ones((3, 3)), 2 * np.ones((3, 3)), 3 * np.ones((3, 3))]
+    out = multifidelity.label_frames(frames, np.array([-40.0, -41.0, -42.0]), np.array([0.001, 0.02, 0.04]), forces,
+                                     noise_floor=0.005, force_weight=0.0, scale=0.06)
+    weights = [a.info["config_energy_weight"] for a in out]
+    # a label off by its error bar pulls as a replayed configuration whose forces are off by the base
+    # model's error: 100 · 0.06 eV/Å · 3 atoms / σ; σ under the noise floor counts as the floor
+    assert weights == pytest.approx([18.0 / 0.005, 18.0 / 0.02, 18.0 / 0.04])
+    assert [a.info["config_forces_weight"] for a in out] == [0.0, 0.0, 0.0]
+    tenth = multifidelity.label_frames(frames, np.array([-40.0, -41.0, -42.0]), np.array([0.001, 0.02, 0.04]), forces,
+                                       noise_floor=0.005, force_weight=0.0, scale=0.06, factor=0.1)
+    assert [a.info["config_energy_weight"] for a in tenth] == pytest.approx([w / 10 for w in weights])
     assert out[1].info[multifidelity.ENERGY_KEY] == -41.0
     assert np.array_equal(out[1].arrays[multifidelity.FORCES_KEY], forces[1])
     assert out[0].calc is None and np.array_equal(out[0].positions, frames[0].positions)
+
+
+def test_label_weight_grows_with_the_replays_force_scale_and_the_cells_size():
+    w = multifidelity.label_weight(47, 0.02, 0.005, 0.06)
+    assert multifidelity.label_weight(47, 0.02, 0.005, 0.12) == pytest.approx(2 * w)
+    # per-atom energies enter mace's loss: a cell twice the size needs twice the weight
+    assert multifidelity.label_weight(94, 0.02, 0.005, 0.06) == pytest.approx(2 * w)
+    # a base model that reproduces its replay exactly still leaves the labels a weight
+    assert multifidelity.label_weight(47, 0.02, 0.005, 0.0) > 0
+
+
+def test_force_scale_is_the_base_models_mean_absolute_force_error_on_the_replay():
+    tiny_backbone = Backbone(tiny_mace(), device="cpu")
+    frames = h3_set(4)
+    forces = tiny_backbone.energy_forces(frames)[1]
+    replayed = []
+    for a, f in zip(frames, forces):
+        frame = multifidelity.plain(a)
+        frame.arrays[multifidelity.FORCES_KEY] = f + 0.05 * np.sign(np.arange(f.size).reshape(f.shape) % 2 - 0.5)
+        replayed.append(frame)
+    assert multifidelity.force_scale(tiny_backbone, replayed) == pytest.approx(0.05, abs=1e-9)
 
 
 def test_replay_reads_energies_and_forces_from_a_calculator_or_info():
