@@ -22,9 +22,9 @@ committee and finetune settings, and scored:
   Jacobians of `full` or the hidden layers' forces of `delta`, computed once per label and run).
 
 `multifidelity` is one model, not a committee: trained from the base model on the N labels and
-`--mf-replay` configurations of the run's model.training_data, for at most `--mf-epochs` epochs (the
-campaign defaults unless given, with its early stopping); it has no σ, so no coverage, and its
-training time replaces the fit time.
+`--mf-replay` configurations of the run's model.training_data, for at most `--mf-epochs` epochs, the
+labels' weights times `--mf-label-weight` (the campaign defaults unless given, with its early
+stopping); it has no σ, so no coverage, and its training time replaces the fit time.
 
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
         [--classes linear full delta multifidelity] [--checkpoints 20 40] [--out runs/model_classes.json]
@@ -285,6 +285,8 @@ def main() -> None:
                         help="multifidelity: epochs at most (default: the campaign default)")
     parser.add_argument("--mf-replay", type=int, default=MultifidelitySettings().replay,
                         help="multifidelity: configurations of model.training_data replayed")
+    parser.add_argument("--mf-label-weight", type=float, default=MultifidelitySettings().label_weight,
+                        help="multifidelity: multiplier of the labels' balanced energy weight")
     parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
                         help="a path no label came near: its end points (files) and reference barrier (eV)")
     args = parser.parse_args()
@@ -298,7 +300,7 @@ def main() -> None:
             transfer = (initial, final, float(reference))
         except ValueError:
             parser.error(f"--transfer: the reference barrier is a number in eV, got {reference!r}")
-    mf_settings = MultifidelitySettings(epochs=args.mf_epochs, replay=args.mf_replay)
+    mf_settings = MultifidelitySettings(epochs=args.mf_epochs, replay=args.mf_replay, label_weight=args.mf_label_weight)
     torch.set_num_threads(args.threads)
     start = time.time()
     rows = []
