@@ -12,19 +12,20 @@ observables, the stop rules), and the multi-fidelity model is trained when the r
 model, not from the previous one, so a model depends only on the labels it saw.
 
 What the high-fidelity head is fitted to, per label:
-- the label's energy. mace's multi-head fine-tuning always uses its "universal" loss, a Huber loss
-  of w·E/N for each configuration's energy (a mean over the batch's configurations) and of each
-  force component (a mean over the batch's components), the forces times REPLAY_FORCES_WEIGHT.
-  aloop sets its δ (QUADRATIC_DELTA) far above any residual a fine-tune meets, so the loss is
-  squared error throughout: Gaussian errors, where a label's pull grows with its residual. (At
-  mace's own δ = 0.01 the loss is linear past a hundredth of an eV per atom; measured on MoS2, a
-  few saddle labels left 0.3-0.5 eV under their energies then pulled no harder than the rest, and
-  the barrier stayed low; docs/model-classes.md.) One label counts as much as one replayed
-  configuration: a label off by its error bar σ (at least the noise floor) costs as much as a
-  replayed configuration whose force components are all off by s_F, the base model's RMS force
-  error on the replay (how closely it follows its teacher):
-      w = sqrt(REPLAY_FORCES_WEIGHT) · s_F · N / σ.
+- the label's energy. mace's multi-head fine-tuning always uses its "universal" loss: a Huber loss
+  (δ = 0.01) of w·E/N for each configuration's energy (a mean over the batch's configurations) and
+  of each force component (a mean over the batch's components), the forces times
+  REPLAY_FORCES_WEIGHT. At the sizes of a label's error (tenths of an eV a cell) and of the base
+  model's force errors (tens of meV/Å) both lie in Huber's linear part: the loss is that of Laplace
+  errors, and a label's weight w sets how hard it pulls against the replay. One label counts as
+  much as one replayed configuration: a label off by its error bar σ (at least the noise floor)
+  pulls as hard as a replayed configuration whose force components are all off by s_F, the base
+  model's own mean absolute force error on the replay (how closely it follows its teacher):
+      w = REPLAY_FORCES_WEIGHT · s_F · N / σ.
   A DMC energy with a wide error bar counts less; `multifidelity.label_weight` multiplies w.
+  Two weaker weights were measured on MoS2
+  (docs/model-classes.md): (noise_floor/σ)² capped at 1 left the labels without effect, the same
+  balance made per force component (3N times weaker) left them nearly unfitted.
 - the base model's forces on that configuration, with weight `force_weight`: labels carry no
   forces, and this is the soft counterpart of the readout classes' force penalty;
 - per-element reference energies E0 of the base model plus a shift fitted to the labels (ridge
@@ -65,9 +66,8 @@ ENERGY_KEY, FORCES_KEY = "aloop_energy", "aloop_forces"
 RIDGE = 1e-6   # eV² per element: keeps the E0 shift defined for elements no label contains
 REPLAY_FORCES_WEIGHT = 100.0   # mace's default force weight, passed explicitly: label weights scale with it
 EMA_DECAY = 0.99
-QUADRATIC_DELTA = 1e6   # Huber's δ, far past any weighted residual: the universal loss is squared error
-# s_F is taken no smaller (eV/Å): a base model that reproduced its training data exactly would
-# otherwise give the labels no weight
+# mace's Huber δ (eV/Å): below it the force loss is quadratic, not Laplace, so s_F is taken no smaller
+# (a base model that reproduces its training data exactly would otherwise give labels no weight)
 FORCE_SCALE_FLOOR = 0.01
 
 
@@ -120,16 +120,16 @@ def replay(frames: list[Atoms], source: str, size: int, rng: np.random.Generator
 
 
 def force_scale(backbone: Backbone, replayed: list[Atoms]) -> float:
-    """s_F: the base model's RMS force-component error on the replayed configurations (eV/Å)."""
+    """s_F: the base model's mean absolute force-component error on the replayed configurations (eV/Å)."""
     forces = backbone.energy_forces(replayed)[1]
-    return float(np.sqrt(np.mean(np.concatenate([f - a.arrays[FORCES_KEY] for f, a in zip(forces, replayed)]) ** 2)))
+    return float(np.mean(np.abs(np.concatenate([f - a.arrays[FORCES_KEY] for f, a in zip(forces, replayed)]))))
 
 
 def label_weight(n_atoms: int, sigma: float, noise_floor: float, scale: float) -> float:
-    """A label's energy weight in the squared-error loss: off by its error bar (at least the noise
-    floor), it costs as much as a replayed configuration whose force components are off by `scale`
+    """A label's energy weight in mace's universal loss: off by its error bar (at least the noise
+    floor), it pulls as hard as a replayed configuration whose force components are off by `scale`
     (at least FORCE_SCALE_FLOOR; module docstring)."""
-    return float(np.sqrt(REPLAY_FORCES_WEIGHT) * max(scale, FORCE_SCALE_FLOOR) * n_atoms / max(float(sigma), noise_floor))
+    return REPLAY_FORCES_WEIGHT * max(scale, FORCE_SCALE_FLOOR) * n_atoms / max(float(sigma), noise_floor)
 
 
 def label_frames(atoms: list[Atoms], energies: np.ndarray, sigmas: np.ndarray, base_forces: list[np.ndarray],
@@ -166,7 +166,7 @@ def mace_arguments(base_path: Path, folder: Path, n_labels: int, e0: dict[int, f
             "--valid_fraction", str(settings.valid_fraction), "--E0s", repr(e0),
             "--energy_key", ENERGY_KEY, "--forces_key", FORCES_KEY,
             "--energy_weight", "1.0", "--forces_weight", str(REPLAY_FORCES_WEIGHT),
-            "--huber_delta", str(QUADRATIC_DELTA), "--ema", "--ema_decay", str(EMA_DECAY),
+            "--ema", "--ema_decay", str(EMA_DECAY),
             "--max_num_epochs", str(settings.epochs), "--patience", str(settings.patience),
             "--batch_size", str(batch), "--valid_batch_size", str(batch), "--eval_interval", "1",
             "--lr", str(settings.lr), "--force_mh_ft_lr", "True", "--save_cpu",

@@ -33,9 +33,9 @@ def test_label_frames_weight_energies_by_error_bar_and_carry_soft_forces():
     out = multifidelity.label_frames(frames, np.array([-40.0, -41.0, -42.0]), np.array([0.001, 0.02, 0.04]), forces,
                                      noise_floor=0.005, force_weight=0.0, scale=0.06)
     weights = [a.info["config_energy_weight"] for a in out]
-    # a label off by its error bar costs as much as a replayed configuration whose forces are off by
-    # the base model's error: √100 · 0.06 eV/Å · 3 atoms / σ; σ under the noise floor counts as the floor
-    assert weights == pytest.approx([1.8 / 0.005, 1.8 / 0.02, 1.8 / 0.04])
+    # a label off by its error bar pulls as a replayed configuration whose forces are off by the base
+    # model's error: 100 · 0.06 eV/Å · 3 atoms / σ; σ under the noise floor counts as the floor
+    assert weights == pytest.approx([18.0 / 0.005, 18.0 / 0.02, 18.0 / 0.04])
     assert [a.info["config_forces_weight"] for a in out] == [0.0, 0.0, 0.0]
     tenth = multifidelity.label_frames(frames, np.array([-40.0, -41.0, -42.0]), np.array([0.001, 0.02, 0.04]), forces,
                                        noise_floor=0.005, force_weight=0.0, scale=0.06, factor=0.1)
@@ -54,17 +54,17 @@ def test_label_weight_grows_with_the_replays_force_scale_and_the_cells_size():
     assert multifidelity.label_weight(47, 0.02, 0.005, 0.0) > 0
 
 
-def test_force_scale_is_the_base_models_rms_force_error_on_the_replay():
+def test_force_scale_is_the_base_models_mean_absolute_force_error_on_the_replay():
     tiny_backbone = Backbone(tiny_mace(), device="cpu")
     frames = h3_set(4)
     forces = tiny_backbone.energy_forces(frames)[1]
     replayed = []
-    for i, (a, f) in enumerate(zip(frames, forces)):
+    for a, f in zip(frames, forces):
         frame = multifidelity.plain(a)
-        # half the frames off by 0.03 eV/Å, half by −0.09: RMS √((0.03² + 0.09²)/2), not the mean 0.06
-        frame.arrays[multifidelity.FORCES_KEY] = f + (0.03 if i % 2 else -0.09)
+        frame.arrays[multifidelity.FORCES_KEY] = f + 0.05 * np.sign(np.arange(f.size).reshape(f.shape) % 2 - 0.5)
         replayed.append(frame)
-    assert multifidelity.force_scale(tiny_backbone, replayed) == pytest.approx(np.sqrt(0.0045), abs=1e-9)
+    assert multifidelity.force_scale(tiny_backbone, replayed) == pytest.approx(0.05, abs=1e-9)
+
 
 
 class _Batch(dict):
@@ -94,16 +94,17 @@ def _universal_loss(tmp_path, label_residual: float, force_residual: float) -> f
     return float(loss(ref, pred))
 
 
-def test_mace_trains_on_squared_errors_so_a_label_far_off_pulls_harder(tmp_path):
-    # mace's own δ = 0.01 makes the loss linear past 0.0002 eV here: twice the residual, twice the loss
-    label = [_universal_loss(tmp_path, r, 0.0) for r in (0.2, 0.4)]
-    assert label[1] == pytest.approx(4 * label[0], rel=1e-9)
-    forces = [_universal_loss(tmp_path, 0.0, r) for r in (0.3, 0.6)]
-    assert forces[1] == pytest.approx(4 * forces[0], rel=1e-9)
-    # one label off by σ against one replayed configuration off by s_F everywhere: the weight's balance
-    sigma, scale = 0.02, 0.05
-    w = multifidelity.label_weight(4, sigma, 0.005, scale)
-    assert w * sigma / 4 == pytest.approx(np.sqrt(multifidelity.REPLAY_FORCES_WEIGHT) * scale)
+def test_the_label_weight_assumes_maces_loss_is_laplace_at_a_labels_error(tmp_path):
+    # w = 100·s_F·N/σ balances a label against the replay only while both sit in Huber's linear part:
+    # the loss grows in equal steps with the residual, for labels tenths of an eV off and forces tenths of eV/Å
+    label = [_universal_loss(tmp_path, r, 0.0) for r in (0.1, 0.2, 0.3)]
+    assert label[2] - label[1] == pytest.approx(label[1] - label[0], rel=1e-9)
+    forces = [_universal_loss(tmp_path, 0.0, r) for r in (0.1, 0.2, 0.3)]
+    assert forces[2] - forces[1] == pytest.approx(forces[1] - forces[0], rel=1e-9)
+    # and the slopes are the weights': a label's loss grows by w·Δ/N, a replayed component's by 100·Δ
+    # (mean over the batch's 2 configurations and 24 components), each times Huber's δ = 0.01
+    assert label[1] - label[0] == pytest.approx(0.01 * 50 * 0.1 / 4 / 2, rel=1e-6)
+    assert forces[1] - forces[0] == pytest.approx(100 * 0.01 * 0.1 * 12 / 24, rel=1e-9)
 
 
 def test_replay_reads_energies_and_forces_from_a_calculator_or_info():
