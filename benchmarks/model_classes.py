@@ -300,7 +300,13 @@ def main() -> None:
             transfer = (initial, final, float(reference))
         except ValueError:
             parser.error(f"--transfer: the reference barrier is a number in eV, got {reference!r}")
-    mf_settings = MultifidelitySettings(epochs=args.mf_epochs, replay=args.mf_replay, label_weight=args.mf_label_weight)
+    try:
+        mf_settings = MultifidelitySettings(epochs=args.mf_epochs, replay=args.mf_replay,
+                                            label_weight=args.mf_label_weight)
+    except ValueError as error:   # pydantic's ValidationError: a count or weight that is not positive
+        option = {"epochs": "--mf-epochs", "replay": "--mf-replay", "label_weight": "--mf-label-weight"}
+        bad = [option[str(e["loc"][0])] for e in error.errors()]
+        parser.error(f"{', '.join(bad)}: must be greater than 0")
     torch.set_num_threads(args.threads)
     start = time.time()
     rows = []

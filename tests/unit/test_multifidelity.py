@@ -66,16 +66,15 @@ def test_force_scale_is_the_base_models_mean_absolute_force_error_on_the_replay(
     assert multifidelity.force_scale(tiny_backbone, replayed) == pytest.approx(0.05, abs=1e-9)
 
 
-
 class _Batch(dict):
     """What mace's loss reads of a batch: item access for the values, attributes for the weights."""
     __getattr__ = dict.__getitem__
 
 
-def _universal_loss(tmp_path, label_residual: float, force_residual: float) -> float:
-    """mace's loss, built as mace builds it for multi-head fine-tuning from aloop's command line, on one
-    label of 4 atoms (weight 50) off by `label_residual` eV and one replayed configuration of 4 atoms
-    whose force components are off by `force_residual` eV/Å."""
+def _universal_loss(tmp_path):
+    """mace's loss, built as mace builds it for multi-head fine-tuning from aloop's command line, as a
+    function of (label residual eV, force residual eV/Å): one label of 4 atoms (weight 50) off by the
+    first and one replayed configuration of 4 atoms whose force components are all off by the second."""
     import torch
     from mace.tools import build_default_arg_parser
     from mace.tools.scripts_utils import get_loss_fn
@@ -89,17 +88,21 @@ def _universal_loss(tmp_path, label_residual: float, force_residual: float) -> f
     ref = _Batch(ptr=torch.tensor([0, 4, 8]), energy=t([-10.0, -20.0]), forces=t(np.zeros((8, 3))),
                  stress=t(np.zeros((2, 3, 3))), energy_weight=t([50.0, 0.0]), forces_weight=t([0.0, 1.0]),
                  stress_weight=t([0.0, 0.0]))
-    pred = {"energy": t([-10.0 + label_residual, -20.0]), "forces": t(np.full((8, 3), force_residual)),
-            "stress": t(np.zeros((2, 3, 3)))}
-    return float(loss(ref, pred))
+
+    def value(label_residual: float, force_residual: float) -> float:
+        pred = {"energy": t([-10.0 + label_residual, -20.0]), "forces": t(np.full((8, 3), force_residual)),
+                "stress": t(np.zeros((2, 3, 3)))}
+        return float(loss(ref, pred))
+    return value
 
 
 def test_the_label_weight_assumes_maces_loss_is_laplace_at_a_labels_error(tmp_path):
+    loss = _universal_loss(tmp_path)
     # w = 100·s_F·N/σ balances a label against the replay only while both sit in Huber's linear part:
     # the loss grows in equal steps with the residual, for labels tenths of an eV off and forces tenths of eV/Å
-    label = [_universal_loss(tmp_path, r, 0.0) for r in (0.1, 0.2, 0.3)]
+    label = [loss(r, 0.0) for r in (0.1, 0.2, 0.3)]
     assert label[2] - label[1] == pytest.approx(label[1] - label[0], rel=1e-9)
-    forces = [_universal_loss(tmp_path, 0.0, r) for r in (0.1, 0.2, 0.3)]
+    forces = [loss(0.0, r) for r in (0.1, 0.2, 0.3)]
     assert forces[2] - forces[1] == pytest.approx(forces[1] - forces[0], rel=1e-9)
     # and the slopes are the weights': a label's loss grows by w·Δ/N, a replayed component's by 100·Δ
     # (mean over the batch's 2 configurations and 24 components), each times Huber's δ = 0.01
