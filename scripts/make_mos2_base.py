@@ -4,7 +4,9 @@ Trains a small float64 ScaleShiftMACE (Mo, S) on lf_train.extxyz (CHGNet 0.3.0 e
 from scripts/make_mos2_data.py: MD of the mono- and di-vacancy cells at 300/600/900 K, the
 mono-vacancy CI-NEB band, strained cells, the saddle region of both hops), saves it with torch.save (base_chgnet.model, loadable
 by MACECalculator and aloop), and checks its climbing-image NEB barrier of the mono-vacancy hop
-against CHGNet's (reference.json) and that the band has no minimum between its end points.
+against CHGNet's (reference.json) and that the band has no minimum between its end points. Each
+surface is also evaluated along the other's relaxed band, which tells a miss in the saddle's energy
+from a path that goes elsewhere.
 Validation errors are reported for thermal, band (saddle-region) and strained configurations apart.
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
@@ -40,7 +42,7 @@ from aloop.backbone import Backbone
 from aloop.neb import BatchedCalculator
 
 from mace_fit import Schedule, build_model, least_squares_e0, loader, rmse, train, train_valid_split
-from testbeds.mos2.geometry import CAMPAIGN, neb
+from testbeds.mos2.geometry import CAMPAIGN, low_fidelity, neb
 
 ATOMIC_NUMBERS = [16, 42]  # S, Mo
 BARRIER_TOLERANCE = 0.05
@@ -71,6 +73,22 @@ def fit(model, train_loader, valid_loader, schedule: Schedule, args) -> torch.nn
     return train(model, train_loader, valid_loader, schedule, report_every=10).to("cpu")
 
 
+def cross_check(backbone: Backbone, model_path: list[ase.Atoms], chgnet_path: list[ase.Atoms]) -> dict:
+    """Each surface along the other's relaxed band: whether a barrier miss lies in the energies at
+    the saddle (the model low along CHGNet's own images too) or in where the model's path goes."""
+    def profile(images, calc) -> dict:
+        energies = []
+        for image in images:
+            image = image.copy()
+            image.calc = calc
+            energies.append(image.get_potential_energy())
+        energies = np.asarray(energies) - energies[0]
+        return {"barrier": float(energies.max()), "energies": energies.tolist()}
+
+    return {"model_on_chgnet_path": profile(chgnet_path, BatchedCalculator(backbone, chgnet_path)),
+            "chgnet_on_model_path": profile(model_path, low_fidelity())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
@@ -79,7 +97,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--evaluate-only", action="store_true",
-                        help="load the model at --out instead of training it; redo the checks and the json")
+                        help="load the model at --out instead of training it; redo the checks and the json "
+                             "(its training record kept)")
     parser.add_argument("--start-from", type=Path, metavar="MODEL",
                         help="train this model further instead of a new one (same data, same split)")
     parser.add_argument("--late-phase", type=float, default=0.7,
@@ -132,6 +151,7 @@ def main() -> None:
     miss = band["barrier"] - reference["mono_barrier_chgnet"]
     energies = np.asarray(band["energies"])
     dip = float(min(energies[0], energies[-1]) - energies[1:-1].min())
+    crossed = cross_check(backbone, band["images"], read(out / "mono_path_chgnet.extxyz", index=":"))
 
     metadata = {
         "seed": args.seed,
@@ -148,19 +168,27 @@ def main() -> None:
                                         "start_from": None if args.start_from is None else str(args.start_from)},
         "neb": {"barrier": band["barrier"], "converged": band["converged"], "energies": band["energies"],
                 "chgnet_barrier": reference["mono_barrier_chgnet"], "difference": miss,
-                "dip_below_end_states": dip},
+                "dip_below_end_states": dip} | crossed,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "mace": mace.__version__,
                      "ase": ase.__version__, "numpy": np.__version__},
         "wall_s": {"training": None if args.evaluate_only else round(train_done - start, 1),
                    "total": round(time.time() - start, 1)},
     }
-    model_path.with_suffix(".json").write_text(json.dumps(metadata, indent=1) + "\n")
+    record = model_path.with_suffix(".json")
+    if args.evaluate_only and record.is_file():
+        # A re-evaluation must not overwrite how the model was trained with this command's defaults.
+        trained = json.loads(record.read_text())
+        metadata["seed"], metadata["training"] = trained["seed"], trained["training"]
+        metadata["wall_s"] = trained["wall_s"] | {"evaluation": metadata["wall_s"]["total"]}
+    record.write_text(json.dumps(metadata, indent=1) + "\n")
     for split, e in errors.items():
         print(f"{split}: E {e['energy_meV']:.1f} meV ({e['energy_meV_per_atom']:.2f} meV/atom), "
               f"F {e['forces_meV_per_A']:.1f} meV/A")
     print(f"mono-vacancy NEB barrier on the model: {band['barrier']:.3f} eV (converged: {band['converged']}); "
           f"CHGNet {reference['mono_barrier_chgnet']:.3f} eV (difference {miss:+.3f} eV)")
     print(f"deepest point between the end points: {dip:+.3f} eV below the lower end state")
+    print(f"the model along CHGNet's relaxed images: barrier {crossed['model_on_chgnet_path']['barrier']:.3f} eV; "
+          f"CHGNet along the model's: {crossed['chgnet_on_model_path']['barrier']:.3f} eV")
     print(f"training took {train_done - start:.0f} s; total {time.time() - start:.0f} s")
     if abs(miss) > BARRIER_TOLERANCE or not band["converged"]:
         sys.exit(f"model barrier misses the CHGNet barrier by more than {BARRIER_TOLERANCE} eV")

@@ -71,9 +71,17 @@ _MODELS: dict = {}
 def chgnet_model(version: str):
     """CHGNet weights from the wheel, loaded once per process (loading takes seconds)."""
     if version not in _MODELS:
+        import torch
         from chgnet.model import CHGNet
 
-        _MODELS[version] = CHGNet.load(model_name=version, verbose=False, use_device="cpu")
+        # CHGNet builds its layers in the default dtype but feeds them float32 graphs: loaded inside a
+        # float64 process (MACE training) it would fail at its first prediction.
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            _MODELS[version] = CHGNet.load(model_name=version, verbose=False, use_device="cpu")
+        finally:
+            torch.set_default_dtype(default)
     return _MODELS[version]
 
 

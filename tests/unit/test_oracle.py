@@ -89,6 +89,28 @@ def test_oracle_noise_is_reproducible_per_configuration_and_reported_as_the_erro
     assert e1 != e_exact
 
 
+def test_oracle_labels_inside_a_float64_process(monolayer, monkeypatch):
+    """MACE trains in float64; the oracle called in the same process must still label (CHGNet is
+    float32) and leave the process's default dtype as it found it."""
+    import torch
+    from testbeds.mos2 import oracle
+
+    atoms = monolayer.copy()
+    atoms.calc = SyntheticHF(noise=0.0)
+    reference = atoms.get_potential_energy()
+    monkeypatch.setattr(oracle, "_MODELS", {})  # load the weights again, this time under float64
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = monolayer.copy()
+        again.calc = SyntheticHF(noise=0.0)
+        energy = again.get_potential_energy()
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(default)
+    assert energy == pytest.approx(reference, abs=1e-4)
+
+
 def test_oracle_through_the_ase_labeler(tmp_path, monolayer):
     labeler = ASECalculatorLabeler(tmp_path, "testbeds.mos2.oracle:SyntheticHF", {"noise": 0.02, "seed": 1})
     labeler.submit("a", monolayer)
