@@ -69,6 +69,8 @@ from aloop.neb import interpolate, relax_path  # noqa: E402
 from aloop.report_text import one_line  # noqa: E402
 from testbeds.mos2.geometry import NEB_IMAGES  # noqa: E402
 
+from sigma_scale_window import replay, stored_batches  # noqa: E402  (this folder: the script's own)
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
 # each oracle variant's references and test set (scripts/mos2_hf_references.py): oracle v2's beside
@@ -195,27 +197,18 @@ class Evaluation:
 def calibration(run: CampaignRun, upto: int) -> dict:
     """Coverage of the prospective errors of every batch after the first, up to `upto` labels:
     raw, and with a committee-σ scale fitted on the batches before each one (so still prospective)."""
-    batches = []
-    for record in run.store.iterations()[1:]:
-        if record["n_labels"] > upto:
-            break
-        batches.append(run.store.batch_errors(record["iteration"]))
+    batches = stored_batches(run.store, upto)
     if not batches:
         return {}
-    err, s_c, s_l = (np.concatenate(x) for x in zip(*batches))
+    err, s_c, s_l = (np.concatenate([b[i] for b in batches]) for i in (1, 2, 3))
     z_raw = np.abs(err) / np.hypot(s_c, s_l)
-    z_cal, scales = [], []
-    for k in range(1, len(batches)):
-        e, c, l = (np.concatenate([b[i] for b in batches[:k]]) for i in range(3))
-        scale = metrics.sigma_scale(e, c, l)
-        scales.append(scale)
-        z_cal.append(np.abs(batches[k][0]) / np.hypot(scale * batches[k][1], batches[k][2]))
-    z_cal = np.concatenate(z_cal) if z_cal else np.array([])
+    replayed = replay(batches, None)
+    z_cal = np.concatenate([r[1] for r in replayed]) if replayed else np.array([])
     return {"n": int(len(err)), "within_1sigma": float(np.mean(z_raw <= 1)), "within_2sigma": float(np.mean(z_raw <= 2)),
             "calibrated_n": int(len(z_cal)),
             "calibrated_within_1sigma": float(np.mean(z_cal <= 1)) if len(z_cal) else None,
             "calibrated_within_2sigma": float(np.mean(z_cal <= 2)) if len(z_cal) else None,
-            "final_scale": scales[-1] if scales else None}
+            "final_scale": replayed[-1][2] if replayed else None}
 
 
 def stop_points(run: CampaignRun) -> dict:

@@ -24,11 +24,13 @@ from aloop import metrics
 from aloop.store import RunStore
 
 
-def stored_batches(run_dir: str) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(labels after the batch, error, committee σ, label σ) of every batch chosen by a committee."""
-    store = RunStore.existing(run_dir)
+def stored_batches(store: RunStore, upto: int | None = None) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(labels after the batch, error, committee σ, label σ) of every batch chosen by a committee,
+    up to `upto` labels (None: all)."""
     out = []
     for record in store.iterations()[1:]:
+        if upto is not None and record["n_labels"] > upto:
+            break
         err, s_c, s_l = store.batch_errors(record["iteration"])
         keep = np.isfinite(err) & np.isfinite(s_c)
         out.append((record["n_labels"], err[keep], s_c[keep], s_l[keep]))
@@ -70,7 +72,7 @@ def main() -> None:
     table: dict = {}
     for run in args.runs:
         try:
-            batches = stored_batches(run)
+            batches = stored_batches(RunStore.existing(run))
         except ValueError as err:
             sys.exit(f"{run}: {err}")
         print(f"{run}: {len(batches)} batches with a committee, {batches[-1][0] if batches else 0} labels")
