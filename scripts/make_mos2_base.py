@@ -11,7 +11,8 @@ Validation errors are reported for thermal, band (saddle-region) and strained co
 
     pip install -e ".[mos2]"   # the MoS2 testbed (CHGNet)
     python scripts/make_mos2_base.py [--seed 0] [--epochs 50] [--device cpu] [--evaluate-only]
-        [--start-from MODEL] [--late-phase 0.7] [--out campaigns/mos2-svac/base_chgnet.model]
+        [--start-from MODEL] [--late-phase 0.7] [--hidden-irreps 32x0e+32x1o]
+        [--out campaigns/mos2-svac/base_chgnet.model]
 
 --start-from trains an existing model further (same data and split) instead of a new one; --out
 writes the model, and its json beside it, elsewhere than the campaign's (a candidate base model).
@@ -37,6 +38,7 @@ import torch
 from ase.io import read
 from mace import modules
 from mace import tools as mace_tools
+from e3nn import o3  # after mace, which needs to come first
 
 from aloop.backbone import Backbone
 from aloop.neb import BatchedCalculator
@@ -101,6 +103,8 @@ def main() -> None:
                              "(its training record kept)")
     parser.add_argument("--start-from", type=Path, metavar="MODEL",
                         help="train this model further instead of a new one (same data, same split)")
+    parser.add_argument("--hidden-irreps", default=MODEL["hidden_irreps"],
+                        help="the backbone's width for a new model (default %(default)s)")
     parser.add_argument("--late-phase", type=float, default=0.7,
                         help="fraction of the epochs after which energies weigh 100 instead of 1 (0: 100 throughout)")
     parser.add_argument("--out", type=Path, default=CAMPAIGN / "base_chgnet.model",
@@ -108,6 +112,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.start_from is not None and not args.start_from.is_file():
         parser.error(f"--start-from: no model file {args.start_from}")
+    if args.hidden_irreps != MODEL["hidden_irreps"] and (args.start_from or args.evaluate_only):
+        parser.error("--hidden-irreps: only for a new model; --start-from and --evaluate-only keep the model's own width")
+    try:
+        irreps = o3.Irreps(args.hidden_irreps)
+    except (ValueError, AssertionError):
+        irreps = None
+    if irreps is None or {str(ir) for _, ir in irreps} != {"0e", "1o"} or len({mul for mul, _ in irreps}) != 1:
+        parser.error(f"--hidden-irreps: like 64x0e+64x1o (as many scalars as vectors); got {args.hidden_irreps!r}")
     if not 0 <= args.late_phase <= 1:
         parser.error(f"--late-phase: a fraction of the epochs, 0 to 1; got {args.late_phase}")
     start = time.time()
@@ -125,7 +137,7 @@ def main() -> None:
     if args.start_from is not None:
         model = torch.load(args.start_from, weights_only=False)
     else:
-        model = build_model(MODEL, ATOMIC_NUMBERS, e0s, train_frames, modules.compute_avg_num_neighbors(train_loader))
+        model = build_model(MODEL | {"hidden_irreps": args.hidden_irreps}, ATOMIC_NUMBERS, e0s, train_frames, modules.compute_avg_num_neighbors(train_loader))
     model_path = args.out
     schedule = Schedule(epochs=args.epochs, lr=args.lr, force_weight=10.0, energy_weights=(1.0, 100.0),
                         late_phase=args.late_phase)
@@ -162,7 +174,7 @@ def main() -> None:
                                for kind in sorted({a.info.get("config_type") for a in frames})},
         },
         "rmse": errors,
-        "model": MODEL | {"e0_eV": dict(zip(["S", "Mo"], e0s.tolist())),
+        "model": MODEL | {"hidden_irreps": str(model.interactions[0].hidden_irreps), "e0_eV": dict(zip(["S", "Mo"], e0s.tolist())),
                           "parameters": sum(p.numel() for p in model.parameters())},
         "training": asdict(schedule) | {"batch_size": args.batch_size, "device": args.device,
                                         "start_from": None if args.start_from is None else str(args.start_from)},
@@ -186,7 +198,7 @@ def main() -> None:
               f"F {e['forces_meV_per_A']:.1f} meV/A")
     print(f"mono-vacancy NEB barrier on the model: {band['barrier']:.3f} eV (converged: {band['converged']}); "
           f"CHGNet {reference['mono_barrier_chgnet']:.3f} eV (difference {miss:+.3f} eV)")
-    print(f"deepest point between the end points: {dip:+.3f} eV below the lower end state")
+    print(f"lowest image between the end points: {abs(dip):.3f} eV {'below' if dip > 0 else 'above'} the lower end state")
     print(f"the model along CHGNet's relaxed images: barrier {crossed['model_on_chgnet_path']['barrier']:.3f} eV; "
           f"CHGNet along the model's: {crossed['chgnet_on_model_path']['barrier']:.3f} eV")
     print(f"training took {train_done - start:.0f} s; total {time.time() - start:.0f} s")
