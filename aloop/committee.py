@@ -262,6 +262,25 @@ class Committee:
         sigma = cho_solve(cho_factor(0.5 * H), np.eye(len(mean)))
         return 0.5 * (sigma + sigma.T)   # symmetric to the last digit: the greedy updates keep it so
 
+    def leave_one_out(self, data: TrainingSet, moment: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(error, committee σ) that each label would have had if the committee had been fitted
+        without it: the prospective test of the committee as it is now, on every label at once.
+
+        Under the Laplace posterior (`posterior_covariance`, Σ) a label's energy term is one rank-one
+        term of the precision, so removing it is a Sherman–Morrison update: with the leverage
+        h = a·Σa / (σ² + σ_floor²), the mean's error grows from r to r / (1 − h) and the predictive
+        variance from a·Σa to a·Σa / (1 − h). The committee's σ is widened by the same 1/√(1 − h):
+        its spread is a different estimator of the posterior (bootstrap and prior draws), which the
+        σ scale calibrates, and the leverage is what tells a fitted label from an unseen one. The
+        prior centre's E0 shift, refitted on the labels, is held fixed (a 1/n effect), and the force
+        penalty stays in Σ (it binds the low-fidelity forces, not the label)."""
+        sigma = self.posterior_covariance(data, moment)
+        a = data.features.a
+        h = np.einsum("ip,pq,iq->i", a, sigma, a) / (data.sigma**2 + self.effective_floor**2)
+        kept = np.clip(1.0 - h, 1e-12, None)   # h < 1 always (the prior term), up to round-off
+        mean, std = self.predict(data.features)
+        return (data.energy - mean) / kept, std / np.sqrt(kept)
+
     # --- prediction --------------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "thetas_"):

@@ -272,6 +272,11 @@ class CampaignRun:
             return PoolRows(self.feature_cache, ids)
         return PoolRows(self.feature_cache, ids, atoms=self.atom_cache, widths=self.full.widths)
 
+    def prior_moment(self) -> np.ndarray:
+        """The per-atom feature second moment of every candidate, labelled or not, which scales the
+        committee's prior (Committee.fit): each use between two fits sees the same pool."""
+        return feature_moment(self.pool_rows(self.store.ids()))
+
     def jacobians(self, ids: list[int]):
         folder = self.cache / "jacobians"
         folder.mkdir(exist_ok=True)
@@ -359,7 +364,7 @@ class CampaignRun:
         scaled on the whole pool, as in `train`), the target observables' directions, the predicted
         noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows."""
         _, data = self.training_set()
-        moment = feature_moment(self.pool_rows(self.store.ids()))
+        moment = self.prior_moment()
         directions = measure.observable_directions(self, committee, iteration - 1)
         targets = self.campaign.acquisition.targets or list(directions)
         label_sigma = self.labels()[2]
@@ -550,7 +555,7 @@ class CampaignRun:
         ids, data = self.training_set()
         if len(data) == 0:
             raise NoLabels(self.no_labels(iteration))
-        moment = feature_moment(self.pool_rows(self.store.ids()))
+        moment = self.prior_moment()
         committee = self.new_committee()
         if isinstance(committee, DeltaCommittee):
             committee.fit(data, self.hidden_terms(ids, committee), len(self.backbone.z_table), progress=self.progress)

@@ -9,6 +9,7 @@ from ase.io import read
 
 from . import cost, metrics, reaction_path
 from .arrays import Features, ReadoutInputs
+from .committee import Committee
 from .feature_cache import stream_predict
 from .files import file_digest
 from .labelers.replay import stored_energy
@@ -135,6 +136,16 @@ def saddle_errors(store, upto: int, name: str, label_scale: float = 1.0) -> tupl
             np.array([r.sigma_hf for r in rows], dtype=float) * label_scale)
 
 
+def leave_one_out(run, committee) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(error, committee σ, label σ) of every label under `committee` fitted without it
+    (Committee.leave_one_out); None for the classes without a Gaussian posterior of their
+    parameters (`readout: full`, `kind: delta`), whose σ scale is fitted on the prospective errors."""
+    if not isinstance(committee, Committee):
+        return None
+    _, data = run.training_set()
+    return (*committee.leave_one_out(data, run.prior_moment()), data.sigma)
+
+
 def iteration_record(run, iteration: int, committee, seconds: dict, observed: dict) -> dict:
     """`observed`: the observables' records (`observables`), measured before the path points joined the pool."""
     c = run.campaign
@@ -151,7 +162,8 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         iteration, n_labels=len(label_sigma), n_failed=run.store.count(state=FAILED), label_sigma=label_sigma,
         core_hours=None if unknown else spent,
         noise_floor=c.finetune.noise_floor, batch=batch_errors(run.store, iteration, noise["scale"]),
-        history=prospective_history(run.store, iteration, noise["scale"]), test=test, pool_std=pool_std,
+        history=prospective_history(run.store, iteration, noise["scale"]), loo=leave_one_out(run, committee),
+        test=test, pool_std=pool_std,
         observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,

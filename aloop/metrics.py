@@ -5,7 +5,8 @@
   each label's own error bar);
 - held-out error on the campaign's labelled test set, if any;
 - committee σ over the unlabelled pool (median, 95th percentile) against the labels' noise, and the
-  scale on σ that the prospective errors so far call for (`sigma_scale`, see sigma_scale());
+  scale on σ that the current committee's leave-one-out errors call for (`sigma_scale`, see
+  sigma_scale(); the prospective errors so far for a class without leave-one-out);
 - observables (NEB barriers), committee mean ± spread;
 - the misfit warning (`misfit`): recent prospective errors larger than the σ calibrated before them,
   which holds the convergence stop rules back;
@@ -246,7 +247,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
                      core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None,
                      relevant: dict | None = None, label_noise: dict | None = None,
-                     misfit_before: bool = False, saddles: dict | None = None) -> dict:
+                     misfit_before: bool = False, saddles: dict | None = None, loo: tuple | None = None) -> dict:
     """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
     labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
     `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
@@ -257,11 +258,19 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
     σ given here already includes. `misfit_before`: the misfit warning stood at the previous
     iteration (see `misfit`). `saddles`: per observable, (error, committee σ, label σ) of the
     prospective labels at the saddles of its own relaxed paths; their test (`saddle_bias`) joins the
-    observable's record as `saddle_labels`."""
+    observable's record as `saddle_labels`. `loo`: (error, committee σ, label σ) of every label under
+    this iteration's committee fitted without it (Committee.leave_one_out; None for a class without
+    one), on which the σ scale is fitted."""
     noise = np.sqrt(np.asarray(label_sigma) ** 2 + noise_floor**2)
-    scale = sigma_scale(*history[:3]) if len(history[0]) >= MIN_CALIBRATION_ERRORS else None
-    tested = {name: saddle_bias(*errors, scale) for name, errors in (saddles or {}).items()}
-    observables = {name: o | ({"saddle_labels": tested[name]} if tested.get(name) else {})
+    # The scale is given once prospective errors exist to test it. It is fitted on the committee
+    # as it is now (leave-one-out) where the class allows: the prospective errors so far were made
+    # by earlier committees, whose σ meant something else while the evidence moved τ (measured on
+    # MoS2: a σ twice too wide at 75-100 labels; docs/mos2-svac.md).
+    tested = len(history[0]) >= MIN_CALIBRATION_ERRORS
+    prospective_scale = sigma_scale(*history[:3]) if tested else None
+    scale = sigma_scale(*loo) if tested and loo is not None else prospective_scale
+    saddle_tests = {name: saddle_bias(*errors, scale) for name, errors in (saddles or {}).items()}
+    observables = {name: o | ({"saddle_labels": saddle_tests[name]} if saddle_tests.get(name) else {})
                    for name, o in observables.items()}
     return {
         "iteration": iteration,
@@ -273,6 +282,8 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         "test": test,
         "pool_sigma": spread(pool_std) if pool_std is not None else None,
         "sigma_scale": scale,
+        "sigma_scale_from": None if scale is None else "leave-one-out" if loo is not None else "prospective",
+        "sigma_scale_prospective": prospective_scale,
         "misfit": misfit(*history, raised_before=misfit_before),
         "relevant_errors": {name: round(float(v), 3) for name, v in (relevant or {}).items()},
         **({"label_noise": label_noise} if label_noise is not None else {}),

@@ -197,8 +197,12 @@ def write_report(run_dir) -> Path:
     if last.get("sigma_scale") is not None:
         s = last["sigma_scale"]
         verdict = "overconfident: widen" if s > 1.2 else "underconfident: narrow" if s < 0.8 else "about right:"
-        lines.append(f"- calibration: the committee σ is {verdict} ×{s:.2f} makes the prospective errors "
-                     f"unit-variance (used by the uncertainty stop rule when > 1)")
+        loo = last.get("sigma_scale_from") == "leave-one-out"
+        errors = "leave-one-out errors of the current committee" if loo else "prospective errors"
+        lines.append(f"- calibration: the committee σ is {verdict} ×{s:.2f} makes the {errors} "
+                     f"unit-variance (used by the stop rules when > 1)"
+                     + (f"; on every prospective error so far, made by earlier committees, ×{last['sigma_scale_prospective']:.2f}"
+                        if loo else ""))
     noise = last.get("label_noise") or {}
     if noise.get("dof"):
         lines.append(f"- labels' error bars: repeated labels of one configuration scatter ×{noise['ratio']:.2f} their "

@@ -69,7 +69,7 @@ from aloop.neb import interpolate, relax_path  # noqa: E402
 from aloop.report_text import one_line  # noqa: E402
 from testbeds.mos2.geometry import NEB_IMAGES  # noqa: E402
 
-from sigma_scale_window import replay, stored_batches  # noqa: E402  (this folder: the script's own)
+from sigma_scale_window import recorded, stored_batches  # noqa: E402  (this folder: the script's own)
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "campaigns" / "mos2-svac"
@@ -196,13 +196,13 @@ class Evaluation:
 
 def calibration(run: CampaignRun, upto: int) -> dict:
     """Coverage of the prospective errors of every batch after the first, up to `upto` labels:
-    raw, and with a committee-σ scale fitted on the batches before each one (so still prospective)."""
+    raw, and with the committee-σ scale the run recorded before each batch (so still prospective)."""
     batches = stored_batches(run.store, upto)
     if not batches:
         return {}
     err, s_c, s_l = (np.concatenate([b[i] for b in batches]) for i in (1, 2, 3))
     z_raw = np.abs(err) / np.hypot(s_c, s_l)
-    replayed = replay(batches, None)
+    replayed = recorded(run.store, upto)
     z_cal = np.concatenate([r[1] for r in replayed]) if replayed else np.array([])
     return {"n": int(len(err)), "within_1sigma": float(np.mean(z_raw <= 1)), "within_2sigma": float(np.mean(z_raw <= 2)),
             "calibrated_n": int(len(z_cal)),

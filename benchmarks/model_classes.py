@@ -37,15 +37,23 @@ On the MoS2 benchmark runs (benchmarks/data_efficiency.py --out OUT):
 
 Every class sees exactly the same labels, so differences come from the class alone; the label choice
 itself was made by the runs' own class (normally `linear`).
+
+With --base MODEL every class is refitted on another base model's features (a candidate base model
+judged on labels chosen with the runs' own), in copies of the runs next to --out:
+
+    python benchmarks/model_classes.py --runs OUT/targeted-s{0,1,2} --classes linear --checkpoints 100 150 \
+        --base W64/base.model --out W64/model_classes.json --transfer campaigns/mos2-svac/di_{initial,final}.xyz 1.3962
 """
 from __future__ import annotations
 
 import mace  # noqa: F401  (mace must be imported before e3nn)
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -54,19 +62,46 @@ import numpy as np
 import torch
 from ase.io import read
 
-from aloop import multifidelity, reaction_path
+from aloop import binding, multifidelity, reaction_path
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
-from aloop.campaign import MultifidelitySettings
+from aloop.campaign import Campaign, MultifidelitySettings
 from aloop.committee import PRIOR_AUTO, Committee
 from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
+from aloop.files import file_digest
 from aloop.full_committee import FullCommittee
 from aloop.full_readout import FullReadout, LabelledGraph
 from aloop.loop import CampaignRun
 from aloop.neb import interpolate, relax_path
-from aloop.store import LABELLED
+from aloop.store import LABELLED, RunStore
 
 CLASSES = ("linear", "full", "delta", "multifidelity")
+
+
+def rebased(folder: Path, model: Path, copies: Path) -> CampaignRun:
+    """Run `folder` with `model` as its base model, in a copy under `copies` made once: its store and
+    relaxed paths copied, its labels linked, its caches not (they hold the run's own model's
+    features). Copies of runs that shared a cache (one pool, as data_efficiency.py's runs) share
+    one again. The labels are high-fidelity energies, whatever the base model, so the copy accepts
+    the changed model."""
+    dest = copies / folder.name
+    if not (dest / "aloop.db").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        if (folder / "paths").is_dir():
+            shutil.copytree(folder / "paths", dest / "paths", dirs_exist_ok=True)
+        (dest / "labels").symlink_to((folder / "labels").resolve())
+        cache = copies / "caches" / hashlib.sha256(str((folder / "cache").resolve()).encode()).hexdigest()[:12]
+        cache.mkdir(parents=True, exist_ok=True)
+        (dest / "cache").symlink_to(cache.resolve())
+        shutil.copy2(folder / "aloop.db", dest / "aloop.db")   # last: a copy with its store is complete
+    store = RunStore.existing(dest)
+    settings = {**store.get_meta("campaign"), "run_dir": str(dest.resolve())}
+    settings["model"] = {**settings["model"], "path": str(model.resolve())}
+    campaign = Campaign.model_validate(settings, context={"base_dir": str(dest)})
+    # a run refuses another model under its labels (aloop.binding); this copy is bound to it instead
+    now = binding.of_campaign(campaign, file_digest(model))
+    store.set_meta("binding", (store.get_meta("binding") or {}) | {"model": now["model"]})
+    return CampaignRun(campaign, progress=False)
 
 
 def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
@@ -289,7 +324,12 @@ def main() -> None:
                         help="multifidelity: multiplier of the labels' balanced energy weight")
     parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
                         help="a path no label came near: its end points (files) and reference barrier (eV)")
+    parser.add_argument("--base", type=Path, metavar="MODEL",
+                        help="refit with this base model (a MACE file) in place of the runs' own, on copies of "
+                             "the runs made next to --out (OUT's name without .json, then -runs)")
     args = parser.parse_args()
+    if args.base is not None and not args.base.is_file():
+        parser.error(f"--base: no model file {args.base}")
     transfer = None
     if args.transfer:
         initial, final, reference = args.transfer
@@ -312,11 +352,14 @@ def main() -> None:
     rows = []
     for folder in args.runs:
         print(f"{folder}:", flush=True)
-        rows += measure(CampaignRun.reopen(folder), args.checkpoints, args.classes, transfer, mf_settings)
+        run = (CampaignRun.reopen(folder) if args.base is None
+               else rebased(folder, args.base, args.out.with_name(args.out.stem + "-runs")))
+        rows += measure(run, args.checkpoints, args.classes, transfer, mf_settings)
     table(rows, args.classes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "rows": rows, "runs": [str(r) for r in args.runs], "classes": args.classes,
+        "base": None if args.base is None else str(args.base),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                     "cpu_count": os.cpu_count()}, "wall_s": round(time.time() - start, 1)}, indent=1) + "\n")
     print(f"wrote {args.out}; {time.time() - start:.0f} s")

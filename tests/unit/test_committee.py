@@ -256,3 +256,48 @@ def test_a_given_prior_sigma_is_used_as_given_and_auto_round_trips(tmp_path):
     with pytest.raises(ValueError, match="prior_sigma must be a positive number"):
         Committee(theta0, size=2, bootstrap=False, prior_sigma="evidence", force_threshold=1.0, force_weight=0.0,
                   noise_floor=0.0, seed=0)
+
+
+def test_leave_one_out_is_the_committee_fitted_without_the_label():
+    """Each label's leave-one-out error and σ are what the committee fitted without that label
+    predicts for it; the rest is the E0 shift refitted on one label fewer (a 1/n effect) and, for σ,
+    the members' finite sample."""
+    theta0, data, _ = synthetic_labels(120, tau=0.8, model_error=0.05)
+    moment = feature_moment(data.features)
+    settings = dict(size=64, bootstrap=False, prior_sigma=0.8, noise_floor=1e-3)
+    committee = make_committee(theta0, **settings).fit(data, 1, moment=moment)
+    err, sigma = committee.leave_one_out(data, moment)
+    mean, std = committee.predict(data.features)
+    assert np.all(np.abs(err) >= np.abs(data.energy - mean)) and np.all(sigma > std)
+    for i in (0, 17, 64, 119):
+        rest = np.delete(np.arange(120), i)
+        without = TrainingSet(Features(data.features.a[rest], data.features.e[rest], data.features.n_atoms[rest]),
+                              data.energy[rest], data.sigma[rest], data.f0[rest], data.B[rest], data.f_lf[rest], rest)
+        alone = Features(data.features.a[[i]], data.features.e[[i]], data.features.n_atoms[[i]])
+        m_i, s_i = make_committee(theta0, **settings).fit(without, 1, moment=moment).predict(alone)
+        assert err[i] == pytest.approx(data.energy[i] - m_i[0], rel=0.03)
+        assert sigma[i] == pytest.approx(s_i[0], rel=0.2)
+
+
+def test_leave_one_out_errors_give_the_scale_that_new_labels_call_for():
+    """Fitted on the leave-one-out errors, the σ scale is the one that errors on new labels of the
+    same kind call for; fitted on the labels' own residuals it would be too small (they are fitted)."""
+    from aloop.metrics import sigma_scale
+
+    # a model error the committee (τ given, no evidence) does not know of: it must be calibrated
+    theta0, everything, _ = synthetic_labels(2120, tau=0.8, model_error=0.05, seed=1)
+    fitted, new = np.arange(120), np.arange(120, 2120)
+
+    def rows(idx):
+        d = everything
+        return TrainingSet(Features(d.features.a[idx], d.features.e[idx], d.features.n_atoms[idx]), d.energy[idx],
+                           d.sigma[idx], d.f0[idx], d.B[idx], d.f_lf[idx], idx)
+
+    data, test = rows(fitted), rows(new)
+    committee = make_committee(theta0, size=32, prior_sigma=0.8, noise_floor=1e-3).fit(data, 1)
+    mean, std = committee.predict(test.features)
+    wanted = sigma_scale(test.energy - mean, std, test.sigma)
+    assert wanted > 1.2   # the committee does need widening
+    assert sigma_scale(*committee.leave_one_out(data), data.sigma) == pytest.approx(wanted, rel=0.1)
+    mean, std = committee.predict(data.features)
+    assert sigma_scale(data.energy - mean, std, data.sigma) < 0.85 * wanted

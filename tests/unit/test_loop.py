@@ -10,6 +10,7 @@ from ase.calculators.emt import EMT
 from ase.io import write
 from conftest import h3_set, tiny_mace
 
+from aloop import metrics
 from aloop.campaign import load_campaign
 from aloop.fork import fork_run
 from aloop.loop import CampaignRun
@@ -77,6 +78,11 @@ def test_records_hold_what_was_measured_and_the_store_keeps_each_batchs_errors(f
     assert all(r["test"]["n"] == 5 for r in records)
     assert (run.cache / "test_features.npz").exists()   # the test set's features are computed once
     assert records[-1]["pool_sigma"]["p95"] > 0 and records[-1]["seeds"]["selection"] == [1, 3, 1]
+    # the σ scale: none until 8 prospective errors can test it, then the newest committee's own
+    assert [r["sigma_scale_from"] for r in records] == [None, None, None, "leave-one-out"]
+    _, data = run.training_set()
+    loo = run.load_committee(3).leave_one_out(data, run.prior_moment())
+    assert records[3]["sigma_scale"] == pytest.approx(metrics.sigma_scale(*loo, data.sigma))
 
 
 def test_a_finished_run_does_nothing_when_run_again(folder, finished):

@@ -94,6 +94,28 @@ def test_iteration_record_from_arrays():
     assert no_pool["prospective"] is None and no_pool["pool_sigma"] is None and no_pool["sigma_scale"] is None
 
 
+def test_sigma_scale_is_fitted_on_the_leave_one_out_errors_once_prospective_ones_exist():
+    """The record's σ scale comes from the current committee's leave-one-out errors when the class has
+    them, from the prospective errors otherwise, and from neither before prospective errors can test
+    it; the prospective fit is kept beside it."""
+    batch = (np.array([0.01, -0.02]), np.array([0.01, 0.01]), np.zeros(2))
+    history = (*(np.tile(x, 4) for x in batch), np.repeat([1, 1, 2, 2], 2))
+    loo = (np.full(30, 0.03), np.full(30, 0.01), np.zeros(30))   # three σ: a scale of 3
+
+    def record(history, loo):
+        return metrics.iteration_record(
+            2, n_labels=30, n_failed=0, label_sigma=np.zeros(30), noise_floor=0.0, batch=batch, history=history,
+            test=None, pool_std=None, observables={}, objective=[], newton_steps=[], seeds={}, seconds={}, loo=loo)
+
+    both = record(history, loo)
+    assert both["sigma_scale"] == pytest.approx(3.0, rel=1e-6) and both["sigma_scale_from"] == "leave-one-out"
+    assert both["sigma_scale_prospective"] == pytest.approx(metrics.sigma_scale(*history[:3]))
+    alone = record(history, None)
+    assert alone["sigma_scale"] == alone["sigma_scale_prospective"] and alone["sigma_scale_from"] == "prospective"
+    early = record(tuple(x[:4] for x in history), loo)   # 4 prospective errors: too few to test a scale
+    assert early["sigma_scale"] is None and early["sigma_scale_from"] is None
+
+
 def test_stop_rules_in_order_with_their_names():
     rules = stop_settings(max_labels=10, uncertainty_ratio=1.0)
     assert metrics.first_stop(rules, [record(10)])[0] == "max_labels"

@@ -119,6 +119,18 @@ def test_report_writes_plots_and_summary(tmp_path):
     assert rows[0]["batch_rmse"] == ""                      # no committee chose the first batch
 
 
+def test_summary_says_which_errors_the_sigma_scale_was_fitted_on(tmp_path):
+    store = _fake_run(tmp_path)
+    last = store.iterations()[-1]
+    store.write_iteration(3, last | {"sigma_scale": 1.8, "sigma_scale_from": "leave-one-out",
+                                     "sigma_scale_prospective": 4.4})
+    text = write_report(tmp_path).read_text()
+    assert ("overconfident: widen ×1.80 makes the leave-one-out errors of the current committee unit-variance "
+            "(used by the stop rules when > 1); on every prospective error so far, made by earlier committees, ×4.40") in text
+    store.write_iteration(3, last | {"sigma_scale": 4.4, "sigma_scale_from": "prospective", "sigma_scale_prospective": 4.4})
+    assert "×4.40 makes the prospective errors unit-variance (used by the stop rules when > 1)\n" in write_report(tmp_path).read_text()
+
+
 def test_report_with_one_iteration_and_no_test_or_observables(tmp_path):
     store = RunStore(tmp_path)
     store.add_candidates([_h3(i) for i in range(4)], source="dft")
