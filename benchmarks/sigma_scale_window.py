@@ -12,7 +12,8 @@ would have had with s fitted on:
 - `leave-one-out` (with --loo): the leave-one-out errors of the committee that chose the batch
   (Committee.leave_one_out), what the loop records now. Rebuilt from the run's saved committees and
   cached features (the backbone is loaded; about a second an iteration on MoS2), the prior scaled on
-  the pool as it stood at that fit.
+  the pool as it stood at that fit, the labels' error bars widened as the run widens them now
+  (metrics.label_noise: the same as then while repeats do not widen them, as on MoS2).
 
 A scale is given, as in the loop, once metrics.MIN_CALIBRATION_ERRORS prospective errors exist.
 
@@ -86,6 +87,7 @@ def leave_one_out_scales(folder: str, upto: int | None = None) -> tuple[dict[int
     √(a·Σa)}, which tells a σ inflated by the choice itself (the largest of noisy estimates) from one
     the posterior shares."""
     import mace  # noqa: F401  (mace must be imported before e3nn)
+    from aloop import measure
     from aloop.arrays import feature_moment
     from aloop.loop import CampaignRun
 
@@ -101,11 +103,11 @@ def leave_one_out_scales(folder: str, upto: int | None = None) -> tuple[dict[int
         committee = run.load_committee(j)
         if sum(len(b[1]) for b in batches[:j]) < metrics.MIN_CALIBRATION_ERRORS or not hasattr(committee, "leave_one_out"):
             continue
-        _, data = run.training_set([r.id for r in labelled if r.get("iteration", 0) <= j])
+        ids = [r.id for r in labelled if r.get("iteration", 0) <= j]
         pool = [r.id for r in candidates if r.get("added") is None or r.get("added") < j]
         moment = feature_moment(run.pool_rows(pool))
-        err, s_c = committee.leave_one_out(data, moment)
-        scales[j] = metrics.sigma_scale(err, s_c, data.sigma)
+        scales[j] = metrics.sigma_scale(*measure.leave_one_out(run, committee, ids, moment))
+        _, data = run.training_set(ids)
         chosen = [r.id for r in labelled if r.get("iteration") == j + 1]
         if chosen:
             a = run.features(chosen).a

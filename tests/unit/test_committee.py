@@ -260,8 +260,7 @@ def test_a_given_prior_sigma_is_used_as_given_and_auto_round_trips(tmp_path):
 
 def test_leave_one_out_is_the_committee_fitted_without_the_label():
     """Each label's leave-one-out error and σ are what the committee fitted without that label
-    predicts for it; the rest is the E0 shift refitted on one label fewer (a 1/n effect) and, for σ,
-    the members' finite sample."""
+    predicts for it (the E0 shift of the prior centre, held fixed, moves it by less than 1e-6 here)."""
     theta0, data, _ = synthetic_labels(120, tau=0.8, model_error=0.05)
     moment = feature_moment(data.features)
     settings = dict(size=64, bootstrap=False, prior_sigma=0.8, noise_floor=1e-3)
@@ -275,13 +274,38 @@ def test_leave_one_out_is_the_committee_fitted_without_the_label():
                               data.energy[rest], data.sigma[rest], data.f0[rest], data.B[rest], data.f_lf[rest], rest)
         alone = Features(data.features.a[[i]], data.features.e[[i]], data.features.n_atoms[[i]])
         m_i, s_i = make_committee(theta0, **settings).fit(without, 1, moment=moment).predict(alone)
-        assert err[i] == pytest.approx(data.energy[i] - m_i[0], rel=0.03)
-        assert sigma[i] == pytest.approx(s_i[0], rel=0.2)
+        assert err[i] == pytest.approx(data.energy[i] - m_i[0], rel=1e-5)
+        assert sigma[i] == pytest.approx(s_i[0], rel=1e-5)
+
+
+def test_repeated_labels_of_one_configuration_leave_together():
+    """A repeat left in would answer for the label left out: the leave-one-out error of a repeated
+    configuration is that of the committee fitted without all its labels."""
+    theta0, data, _ = synthetic_labels(120, tau=0.8, model_error=0.05)
+    twice = np.r_[np.arange(120), [3, 3, 50]]   # configuration 3 labelled three times, 50 twice
+    noise = np.r_[np.zeros(120), [0.02, -0.03, 0.01]]
+    repeated = TrainingSet(Features(data.features.a[twice], data.features.e[twice], data.features.n_atoms[twice]),
+                           data.energy[twice] + noise, data.sigma[twice], data.f0[twice], data.B[twice],
+                           data.f_lf[twice], np.arange(len(twice)))
+    moment = feature_moment(data.features)
+    settings = dict(size=64, bootstrap=False, prior_sigma=0.8, noise_floor=1e-3)
+    committee = make_committee(theta0, **settings).fit(repeated, 1, moment=moment)
+    err, sigma = committee.leave_one_out(repeated, moment, groups=twice)
+    for config, rows in ((3, [3, 120, 121]), (50, [50, 122])):
+        keep = np.flatnonzero(twice != config)
+        without = TrainingSet(Features(repeated.features.a[keep], repeated.features.e[keep], repeated.features.n_atoms[keep]),
+                              repeated.energy[keep], repeated.sigma[keep], repeated.f0[keep], repeated.B[keep],
+                              repeated.f_lf[keep], keep)
+        alone = Features(data.features.a[[config]], data.features.e[[config]], data.features.n_atoms[[config]])
+        m, s = make_committee(theta0, **settings).fit(without, 1, moment=moment).predict(alone)
+        np.testing.assert_allclose(err[rows], repeated.energy[rows] - m[0], rtol=1e-5)
+        np.testing.assert_allclose(sigma[rows], s[0], rtol=1e-5)
 
 
 def test_leave_one_out_errors_give_the_scale_that_new_labels_call_for():
     """Fitted on the leave-one-out errors, the σ scale is the one that errors on new labels of the
-    same kind call for; fitted on the labels' own residuals it would be too small (they are fitted)."""
+    same kind call for (a little above it: each left-out fit has one label fewer; 1.01-1.18 times
+    over five draws and 8 or 32 members); fitted on the labels' own residuals it would be too small."""
     from aloop.metrics import sigma_scale
 
     # a model error the committee (τ given, no evidence) does not know of: it must be calibrated
@@ -298,6 +322,6 @@ def test_leave_one_out_errors_give_the_scale_that_new_labels_call_for():
     mean, std = committee.predict(test.features)
     wanted = sigma_scale(test.energy - mean, std, test.sigma)
     assert wanted > 1.2   # the committee does need widening
-    assert sigma_scale(*committee.leave_one_out(data), data.sigma) == pytest.approx(wanted, rel=0.1)
+    assert sigma_scale(*committee.leave_one_out(data), data.sigma) == pytest.approx(wanted, rel=0.2)
     mean, std = committee.predict(data.features)
     assert sigma_scale(data.energy - mean, std, data.sigma) < 0.85 * wanted
