@@ -505,7 +505,7 @@ class CampaignRun:
         """metrics.label_noise of the labels so far: configurations labelled more than once by one
         labeler (acquisition.repeats) against their error bars."""
         rows = self.store.rows(state=LABELLED)
-        group = [f"{r.data.get('provenance', {}).get('labeler')}:{r.get('repeat_of', r.id)}" for r in rows]
+        group = [f"{r.data.get('provenance', {}).get('labeler')}:{self.store.configuration(r)}" for r in rows]
         return metrics.label_noise([r.energy_hf for r in rows], [r.sigma_hf for r in rows], group)
 
     def labels(self, subset: list[int] | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:

@@ -139,14 +139,15 @@ def saddle_errors(store, upto: int, name: str, label_scale: float = 1.0) -> tupl
 def leave_one_out(run, committee, subset: list[int] | None = None,
                   moment: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(error, committee σ, label σ) of every label under `committee` fitted without its
-    configuration, repeats included (Committee.leave_one_out); None for the classes whose members are not quadratic in their
-    parameters (`readout: full`, `kind: delta`), whose σ scale is fitted on the prospective errors.
+    configuration, repeats included (Committee.leave_one_out); None for the classes whose members
+    are not quadratic in their parameters (`readout: full`, `kind: delta`), whose σ scale is fitted
+    on the prospective errors.
     `subset`: those labels only (a replay of an earlier iteration's committee), with `moment` the
     prior's moment of that fit (default: the pool's now)."""
     if not isinstance(committee, Committee):
         return None
     ids, data = run.training_set(subset)
-    first = {row.id: row.get("repeat_of", row.id) for row in run.store.rows(state=LABELLED)}
+    first = {row.id: run.store.configuration(row) for row in run.store.rows(state=LABELLED)}
     # a configuration's repeats leave together: their features agree only to round-off
     moment = run.prior_moment() if moment is None else moment
     return (*committee.leave_one_out(data, moment, groups=[first[i] for i in ids]), data.sigma)

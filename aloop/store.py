@@ -87,6 +87,12 @@ class RunStore:
                 ids.append(self.db.write(clean, source=source, index=index, state=POOL, data=data, **keys, **role))
         return ids
 
+    @staticmethod
+    def configuration(row) -> int:
+        """The id of the first candidate holding `row`'s configuration: its own, or the one it
+        repeats (`add_repeat`)."""
+        return int(row.get("repeat_of", row.id))
+
     def add_repeat(self, cid: int, iteration: int) -> int:
         """A new pool candidate holding labelled candidate `cid`'s configuration again, for another
         independent label of a stochastic labeler (acquisition.repeats), made in `iteration` (kept as
@@ -96,7 +102,7 @@ class RunStore:
         row = self.db.get(id=int(cid))
         if row.state != LABELLED:
             raise RuntimeError(f"candidate {cid} is not labelled; only a labelled configuration is repeated")
-        first = int(row.get("repeat_of", row.id))
+        first = self.configuration(row)
         info = {**row.data.get("info", {}), "repeat": self.db.count(repeat_of=first) + 1}
         data = {"info": info} | ({"lf_forces": row.data["lf_forces"]} if "lf_forces" in row.data else {})
         clean = Atoms(row.numbers, row.positions, cell=row.cell, pbc=row.pbc)
