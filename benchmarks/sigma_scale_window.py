@@ -35,7 +35,7 @@ import sys
 import numpy as np
 
 from aloop import metrics
-from aloop.campaign import load_campaign
+from aloop.campaign import CampaignError, load_campaign
 from aloop.store import LABELLED, RunStore
 
 
@@ -159,7 +159,12 @@ def main() -> None:
     args = parser.parse_args()
     if any(k < 1 for k in args.windows):
         parser.error("--windows: each K is a number of iterations, 1 or more")
-    rules = load_campaign(args.stops).stop if args.stops else None
+    if args.stops and not args.loo:
+        parser.error("--stops: give --loo as well (it compares the recorded scales with the leave-one-out ones)")
+    try:
+        rules = load_campaign(args.stops).stop if args.stops else None
+    except CampaignError as err:
+        parser.error(f"--stops: {err}")
     variants = ["recorded", "all"] + [f"last {k}" for k in args.windows] + (["leave-one-out"] if args.loo else [])
     table: dict = {}
     for run in args.runs:
