@@ -151,7 +151,7 @@ class FullCommittee(MemberCommittee):
             x = free + whiten @ v
             value = problem.value(phi_of(x), w) + (((x - c[:n_free]) / sc) ** 2).sum()
             (grad,) = torch.autograd.grad(value, v)
-            return value, grad
+            return value.detach(), grad
 
         # tolerance_change 0: stop on the gradient alone (or max_steps), never on a slow stretch. L-BFGS
         # also stops when its line search finds no decrease along a stale quasi-Newton direction (the

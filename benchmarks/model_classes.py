@@ -18,8 +18,13 @@ committee and finetune settings, and scored:
   points interpolated;
 - force MAE against the test set's forces, where its frames carry them (MoS2: the oracle's): the
   forces of the committee's average energy;
-- the fit's wall time (one committee; the set-up apart: features, force Jacobians, and the per-atom
-  Jacobians of `full` or the hidden layers' forces of `delta`, computed once per label and run).
+- the fit's wall time (one committee) and, apart, its set-up: the per-atom Jacobians of `full` (at
+  every checkpoint) or the hidden layers' forces of `delta` (once per label and run); features and
+  force Jacobians are the run's cache.
+
+Everything runs on the campaign's device (`device: auto` is CUDA where there is one), the exported
+models' CI-NEB and forces too. --no-barriers leaves out the CI-NEB barriers, the slowest part, for a
+quick comparison of fit, set-up, RMSE, force MAE and coverage.
 
 `multifidelity` is one model, not a committee: trained from the base model on the N labels and
 `--mf-replay` configurations of the run's model.training_data, for at most `--mf-epochs` epochs, the
@@ -28,7 +33,7 @@ stopping); it has no σ, so no coverage, and its training time replaces the fit 
 
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
         [--classes linear full delta multifidelity] [--checkpoints 20 40] [--out runs/model_classes.json]
-        [--transfer INITIAL FINAL REFERENCE]
+        [--transfer INITIAL FINAL REFERENCE | --no-barriers]
 
 On the MoS2 benchmark runs (benchmarks/data_efficiency.py --out OUT):
 
@@ -126,7 +131,7 @@ def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
 
 
 def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden: dict[int, HiddenTerms]):
-    """(committee, readout map or None, seconds of the fit alone). `hidden` keeps `delta`'s hidden-layer
+    """(committee, readout map or None, seconds of the set-up, seconds of the fit alone). `hidden` keeps `delta`'s hidden-layer
     terms per candidate across checkpoints (its layers depend on the committee settings only). With
     prior_sigma: auto the other classes take the τ the linear class's evidence chose on the same labels
     (every class's prior is the RMS change of per-atom energies a draw makes): `full` has no evidence
@@ -137,28 +142,30 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden:
     if kind != "linear" and run.campaign.committee.prior_sigma == PRIOR_AUTO:
         tau = committee_of("linear", run)[0].fit(data, n_elements, moment=moment).tau_
     committee, readout = committee_of(kind, run, tau)
+    t = time.perf_counter()
     if kind == "full":
         graph = LabelledGraph(readout, run.store.atoms(ids))
     elif kind == "delta":
         missing = [i for i in ids if i not in hidden]
         hidden.update(zip(missing, readout.hidden_terms(run.store.atoms(missing), committee.layers())))
         graph = [hidden[i] for i in ids]
-    t = time.perf_counter()
+    setup, t = time.perf_counter() - t, time.perf_counter()
     if readout is None:
         committee.fit(data, n_elements, moment=moment)
     else:
         committee.fit(data, graph, n_elements, moment=moment)
-    return committee, readout, time.perf_counter() - t
+    return committee, readout, setup, time.perf_counter() - t
 
 
 def surfaces(kind: str, committee, readout) -> list[tuple[Backbone | None, np.ndarray | None]]:
-    """The exported model(s) as (backbone, θ) for relax_path and energy_forces: the committee mean
-    for `linear` (None: the run's backbone) and `delta`, each member for `full`."""
+    """The exported model(s) as (backbone, θ) for relax_path and energy_forces, on the run's device:
+    the committee mean for `linear` (None: the run's backbone) and `delta`, each member for `full`."""
     if kind == "linear":
         return [(None, committee.thetas_.mean(0))]
+    device = str(readout.backbone.device)
     if kind == "delta":
-        return [(Backbone(readout.model_with(committee.phis_), device="cpu"), None)]
-    return [(Backbone(readout.model_with(phi), device="cpu"), None) for phi in committee.phis_]
+        return [(Backbone(readout.model_with(committee.phis_), device=device), None)]
+    return [(Backbone(readout.model_with(phi), device=device), None) for phi in committee.phis_]
 
 
 def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +213,7 @@ def coverage(mean, spread, y, label_sigma) -> float | None:
 
 
 def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transfer: tuple | None = None,
-            mf_settings: MultifidelitySettings | None = None) -> list[dict]:
+            mf_settings: MultifidelitySettings | None = None, with_barriers: bool = True) -> list[dict]:
     mf_settings = mf_settings or MultifidelitySettings()
     order, counts = label_order(run)
     spec = run.campaign.evaluation.test_set
@@ -218,15 +225,16 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     moment = feature_moment(run.pool_rows(run.store.ids()))
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
-    bands = bands_of(run, transfer)
+    bands = bands_of(run, transfer) if with_barriers else []
     base = [(None, run.backbone.theta0)]
     mae = force_mae(base, run, test, f_test)
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
     rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
              "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, bands)}]
-    print(f"  {run.run_dir.name} base model: " + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
-          + ", ".join(f"{k} {v['mean']:.4f} eV" for k, v in rows[0]["observables"].items()), flush=True)
+    parts = ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"]) + [
+        f"{k} {v['mean']:.4f} eV" for k, v in rows[0]["observables"].items()]
+    print(f"  {run.run_dir.name} base model: " + (", ".join(parts) or "no force or barrier to score"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in [c for c in checkpoints if c in counts]:
             ids, later = order[:n], order[n:]
@@ -234,10 +242,10 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 if kind == "multifidelity":
                     rows.append(multifidelity_row(run, ids, Path(tmp), mf_settings, test, y_test, f_test, bands))
                     continue
-                committee, readout, seconds = fit(kind, run, ids, moment, hidden)
+                committee, readout, setup, seconds = fit(kind, run, ids, moment, hidden)
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
-                       "fit_s": round(seconds, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_,
+                       "fit_s": round(seconds, 3), "setup_s": round(setup, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_,
                        "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
                        "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
                 if later:
@@ -249,10 +257,11 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
                 row["observables"] = barriers(models, run, bands)
                 rows.append(row)
-                print(f"  {row['run']} N={n:3d} {kind:6}: test RMSE {row['test_rmse_meV']:7.2f} meV, "
-                      + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
-                      + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} eV" for k, v in row["observables"].items())
-                      + f", fit {seconds:.2f} s", flush=True)
+                parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"]
+                         + ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"])
+                         + [f"{k} {v['mean']:.4f} ± {v['std']:.4f} eV" for k, v in row["observables"].items()]
+                         + [f"set-up {setup:.2f} s, fit {seconds:.2f} s"])
+                print(f"  {row['run']} N={n:3d} {kind:6}: " + ", ".join(parts), flush=True)
     return rows
 
 
@@ -268,7 +277,7 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
         result = multifidelity.run_training(run, len(ids), subset=ids, folder=folder / f"mf_{len(ids)}")
     finally:
         run.campaign = saved
-    models = [(Backbone.from_file(result.path, device="cpu"), None)]
+    models = [(Backbone.from_file(result.path, device=str(run.backbone.device)), None)]
     energies = models[0][0].energy_forces(test)[0]
     mae = force_mae(models, run, test, f_test)
     row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": len(ids), "class": "multifidelity",
@@ -276,10 +285,11 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
            "test_within_2sigma": None, "force_mae_meV_per_A": None if mae is None else 1000 * mae,
            "force_scale": result.force_scale, "settings": settings.model_dump(),
            "observables": barriers(models, run, bands)}
-    print(f"  {row['run']} N={len(ids):3d} multifidelity: test RMSE {row['test_rmse_meV']:7.2f} meV, "
-          + ("" if mae is None else f"force MAE {1000 * mae:.1f} meV/Å, ")
-          + ", ".join(f"{k} {v['mean']:.4f} eV" for k, v in row["observables"].items())
-          + f", training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)", flush=True)
+    parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"]
+             + ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"])
+             + [f"{k} {v['mean']:.4f} eV" for k, v in row["observables"].items()]
+             + [f"training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)"])
+    print(f"  {row['run']} N={len(ids):3d} multifidelity: " + ", ".join(parts), flush=True)
     return row
 
 
@@ -288,7 +298,7 @@ def table(rows: list[dict], classes: list[str]) -> None:
     std / worst |·| (meV, meV/Å), the 2σ coverages and the fit time."""
     names = list(dict.fromkeys(k for r in rows for k in r["observables"]))
     print(f"\n{'class':13} {'N':>4} {'runs':>4} {'RMSE meV':>22} {'force MAE':>9} "
-          + " ".join(f"{name + ' err meV':>24}" for name in names) + f" {'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7}")
+          + " ".join(f"{name + ' err meV':>24}" for name in names) + f" {'test 2σ':>8} {'prosp 2σ':>9} {'fit s':>7} {'set-up s':>8}")
     for n in sorted({r["n_labels"] for r in rows}):
         for kind in ["base", *classes]:
             sel = [r for r in rows if r["n_labels"] == n and r["class"] == kind]
@@ -306,7 +316,8 @@ def table(rows: list[dict], classes: list[str]) -> None:
             print(f"{kind[:13]:13} {n:4d} {len(sel):4d} {rmse.mean():7.1f} {rmse.std():6.1f} {rmse.max():7.1f} "
                   f"{np.mean(mae) if mae else float('nan'):9.1f} " + " ".join(cells)
                   + f" {np.mean(test2) if test2 else float('nan'):8.2f} "
-                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f}")
+                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f} "
+                  f"{np.mean([r.get('setup_s', 0.0) for r in sel]):8.2f}")
 
 
 def main() -> None:
@@ -324,6 +335,7 @@ def main() -> None:
                         help="multifidelity: multiplier of the labels' balanced energy weight")
     parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
                         help="a path no label came near: its end points (files) and reference barrier (eV)")
+    parser.add_argument("--no-barriers", action="store_true", help="leave out every CI-NEB barrier")
     parser.add_argument("--base", type=Path, metavar="MODEL",
                         help="refit with this base model (a MACE file) in place of the runs' own, on copies of "
                              "the runs made next to --out (OUT's name without .json, then -runs)")
@@ -331,6 +343,8 @@ def main() -> None:
     if args.base is not None and not args.base.is_file():
         parser.error(f"--base: no model file {args.base}")
     transfer = None
+    if args.transfer and args.no_barriers:
+        parser.error("--transfer asks for a barrier and --no-barriers for none: give one of them")
     if args.transfer:
         initial, final, reference = args.transfer
         for name in (initial, final):
@@ -354,14 +368,15 @@ def main() -> None:
         print(f"{folder}:", flush=True)
         run = (CampaignRun.reopen(folder) if args.base is None
                else rebased(folder, args.base, args.out.with_name(args.out.stem + "-runs")))
-        rows += measure(run, args.checkpoints, args.classes, transfer, mf_settings)
+        rows += measure(run, args.checkpoints, args.classes, transfer, mf_settings, not args.no_barriers)
     table(rows, args.classes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "rows": rows, "runs": [str(r) for r in args.runs], "classes": args.classes,
         "base": None if args.base is None else str(args.base),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-                    "cpu_count": os.cpu_count()}, "wall_s": round(time.time() - start, 1)}, indent=1) + "\n")
+                    "cpu_count": os.cpu_count(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}, "wall_s": round(time.time() - start, 1)}, indent=1) + "\n")
     print(f"wrote {args.out}; {time.time() - start:.0f} s")
 
 

@@ -108,3 +108,21 @@ def test_charge_outside_the_embedding_is_refused_with_the_range():
     atoms.info.update(charge=-2, spin=1)
     assert bb.refuses(atoms) is None
     assert Backbone(tiny_mace(), device="cpu").refuses(atoms) is None
+
+
+def test_choosing_cuda_switches_off_torchscript_fusion(monkeypatch):
+    """On CUDA the fuser compiles e3nn's scripted functions into kernels whose backward cannot take
+    the batched cotangents of `full`'s and `delta`'s Jacobians (it failed so on an H200); choosing
+    the device must switch it off before the model first runs there, and choosing the CPU must not."""
+    from aloop.backbone import resolve_device
+    # the tensor-expression fuser is the one that fuses on CUDA (the CPU build ignores the GPU override)
+    before = torch._C._jit_texpr_fuser_enabled()
+    try:
+        torch._C._jit_set_texpr_fuser_enabled(True)
+        assert resolve_device("cpu").type == "cpu"
+        assert torch._C._jit_texpr_fuser_enabled()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert resolve_device("auto").type == "cuda"
+        assert not torch._C._jit_texpr_fuser_enabled()
+    finally:
+        torch._C._jit_set_texpr_fuser_enabled(before)
