@@ -7,7 +7,7 @@ from mace.calculators import MACECalculator
 
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
-from aloop.committee import TrainingSet
+from aloop.committee import NotConverged, TrainingSet
 from aloop.full_committee import FullCommittee
 from aloop.full_readout import FullReadout, LabelledGraph
 
@@ -100,6 +100,21 @@ def test_forces_inside_the_threshold_cost_nothing(setup):
     for phi in wide.phis_:
         norms = np.linalg.norm(forces_at(problem, data, phi) - data.f_lf, axis=1)
         assert norms.max() < 50.0
+
+
+def test_a_weak_prior_converges_because_each_round_is_whitened_afresh(setup):
+    """At a weak prior (τ = 0.5 eV/atom) W1 moves far and the curvature with it: L-BFGS whitened once
+    at the prior centre stalls (it needed 1269 and over 2000 steps here), re-whitened every
+    `round_steps` it converges (173 and 434)."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    rounds = committee(full, size=2, prior_sigma=0.5)
+    rounds.max_steps = 600
+    rounds.fit(data, graph, 1)
+    assert (rounds.lbfgs_steps_ < 600).all() and (rounds.gradient_ <= rounds.tolerance).all()
+    once = committee(full, size=2, prior_sigma=0.5)
+    once.max_steps = once.round_steps = 600
+    with pytest.raises(NotConverged, match="L-BFGS stopped after"):
+        once.fit(data, graph, 1)
 
 
 def test_full_fits_the_labels_better_than_linear_and_saves(setup, tmp_path):
