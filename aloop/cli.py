@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        from .committee import NotConverged   # here, so that a typo never waits for scipy
+        if not isinstance(err, NotConverged):
+            raise
+        print(f"error: {err}\neverything finished before this fit is saved; after changing the campaign, "
+              "run the same command to continue", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

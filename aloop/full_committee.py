@@ -115,7 +115,10 @@ class FullCommittee(MemberCommittee):
             phi, value, n, g = self.minimise(problem, weights[k], centres[k], scale, self.max_steps)
             if g > self.tolerance:
                 raise NotConverged(f"committee fit ({self.kind}): member {k}: L-BFGS stopped after {n} steps with "
-                                   f"gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g})")
+                                   f"gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g}). "
+                                   f"A smaller committee.prior_sigma (now {self.linear.prior_sigma} eV/atom) holds W1 "
+                                   "nearer the base model's, where L-BFGS settles (docs/method.md, 'The optimiser'); "
+                                   "finetune.readout: linear has an exact fit")
             phis.append(phi)
             objective.append(value)
             steps.append(n)

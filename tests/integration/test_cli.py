@@ -54,3 +54,23 @@ def test_a_mistake_in_the_input_is_refused_before_torch_is_loaded(tmp_path):
             "print(codes, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.stdout.split("\n")[-2] == "[1, 1, 1, 1, 1] False", result.stdout + result.stderr
+
+
+def test_a_fit_that_does_not_converge_is_an_error_not_a_traceback(monkeypatch, capsys):
+    """`finetune.readout: full` at a prior too weak for L-BFGS to settle raises NotConverged; the user
+    sees the fit's message and what to change, exit status 1."""
+    from aloop import cli
+    from aloop.committee import NotConverged
+
+    def stuck(args):
+        raise NotConverged("committee fit (readout full): member 0: L-BFGS stopped after 2000 steps")
+    monkeypatch.setattr(cli, "cmd_validate", stuck)
+    assert main(["validate", "campaign.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: committee fit (readout full): member 0") and "run the same command" in err
+
+    def broken(args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(cli, "cmd_validate", broken)
+    with pytest.raises(RuntimeError, match="a bug"):   # a bug is not dressed up as a user's mistake
+        main(["validate", "campaign.yaml"])
