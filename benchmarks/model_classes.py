@@ -71,7 +71,7 @@ from aloop import binding, multifidelity, reaction_path
 from aloop.arrays import feature_moment
 from aloop.backbone import Backbone
 from aloop.campaign import Campaign, MultifidelitySettings
-from aloop.committee import PRIOR_AUTO, Committee
+from aloop.committee import PRIOR_AUTO, Committee, NotConverged
 from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
 from aloop.files import file_digest
 from aloop.full_committee import FullCommittee
@@ -242,7 +242,14 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 if kind == "multifidelity":
                     rows.append(multifidelity_row(run, ids, Path(tmp), mf_settings, test, y_test, f_test, bands))
                     continue
-                committee, readout, setup, seconds = fit(kind, run, ids, moment, hidden)
+                try:
+                    committee, readout, setup, seconds = fit(kind, run, ids, moment, hidden)
+                except NotConverged as err:   # recorded, and the other classes and checkpoints still run
+                    rows.append({"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
+                                 "fit_s": None, "test_rmse_meV": None, "test_within_2sigma": None,
+                                 "observables": {}, "not_converged": str(err)})
+                    print(f"  {run.run_dir.name} N={n:3d} {kind:6}: not converged: {err}", flush=True)
+                    continue
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
                        "fit_s": round(seconds, 3), "setup_s": round(setup, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_,
@@ -316,8 +323,11 @@ def table(rows: list[dict], classes: list[str]) -> None:
             print(f"{kind[:13]:13} {n:4d} {len(sel):4d} {rmse.mean():7.1f} {rmse.std():6.1f} {rmse.max():7.1f} "
                   f"{np.mean(mae) if mae else float('nan'):9.1f} " + " ".join(cells)
                   + f" {np.mean(test2) if test2 else float('nan'):8.2f} "
-                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel]):7.2f} "
-                  f"{np.mean([r.get('setup_s', 0.0) for r in sel]):8.2f}")
+                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel if r['fit_s'] is not None] or [np.nan]):7.2f} "
+                  f"{np.mean([r.get('setup_s') or 0.0 for r in sel]):8.2f}")
+            stuck = sum("not_converged" in r for r in sel)
+            if stuck:
+                print(f"{'':13} {'':4} {stuck:4d} of them did not converge (NotConverged; the row's figures are the others')")
 
 
 def main() -> None:
