@@ -44,7 +44,7 @@ def fit_on(device: str, n: int, k: int, model: Path, frames: list, fit_tolerance
     bb = Backbone.from_file(model, device=device)
     labelled = frames[:n]
     energies = np.array([atoms.get_potential_energy() for atoms in labelled])
-    for _ in range(3):   # as a campaign has run the model before its first fit (TorchScript's fuser warms up)
+    for _ in range(3):   # as in a campaign, the model has run before its first fit: the set-up time excludes start-up
         bb.features(labelled)
     t = time.perf_counter()
     feats = bb.features(labelled)

@@ -206,6 +206,12 @@ def force_mae(models, run: CampaignRun, test, f_ref) -> float | None:
     return float(np.mean(np.abs(np.mean(forces, axis=0) - f_ref)))
 
 
+def scored(mae: float | None, observables: dict, spread: bool) -> list[str]:
+    """The force MAE and each barrier of a row, as printed (with the members' spread when `spread`)."""
+    return ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"]) + [
+        f"{k} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if spread else "") + " eV" for k, v in observables.items()]
+
+
 def coverage(mean, spread, y, label_sigma) -> float | None:
     if len(y) == 0:
         return None
@@ -229,11 +235,10 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     base = [(None, run.backbone.theta0)]
     mae = force_mae(base, run, test, f_test)
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
-    rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0,
+    rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0, "setup_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
              "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, bands)}]
-    parts = ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"]) + [
-        f"{k} {v['mean']:.4f} eV" for k, v in rows[0]["observables"].items()]
+    parts = scored(mae, rows[0]["observables"], spread=False)
     print(f"  {run.run_dir.name} base model: " + (", ".join(parts) or "no force or barrier to score"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in [c for c in checkpoints if c in counts]:
@@ -264,9 +269,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
                 row["observables"] = barriers(models, run, bands)
                 rows.append(row)
-                parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"]
-                         + ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"])
-                         + [f"{k} {v['mean']:.4f} ± {v['std']:.4f} eV" for k, v in row["observables"].items()]
+                parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"], spread=True)
                          + [f"set-up {setup:.2f} s, fit {seconds:.2f} s"])
                 print(f"  {row['run']} N={n:3d} {kind:6}: " + ", ".join(parts), flush=True)
     return rows
@@ -292,9 +295,7 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
            "test_within_2sigma": None, "force_mae_meV_per_A": None if mae is None else 1000 * mae,
            "force_scale": result.force_scale, "settings": settings.model_dump(),
            "observables": barriers(models, run, bands)}
-    parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"]
-             + ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"])
-             + [f"{k} {v['mean']:.4f} eV" for k, v in row["observables"].items()]
+    parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"], spread=False)
              + [f"training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)"])
     print(f"  {row['run']} N={len(ids):3d} multifidelity: " + ", ".join(parts), flush=True)
     return row
@@ -318,13 +319,14 @@ def table(rows: list[dict], classes: list[str]) -> None:
                 e = np.array([1000 * r["observables"][name]["error"] for r in sel
                               if r["observables"].get(name, {}).get("error") is not None])
                 cells.append(f"{e.mean():+8.1f} {e.std():6.1f} {np.abs(e).max():8.1f}" if len(e) else f"{'—':>24}")
+            def seconds(key):   # over the rows that have it (a fit that did not converge has none)
+                return np.mean([r[key] for r in sel if r.get(key) is not None] or [np.nan])
             prosp = [r["prospective_within_2sigma"] for r in sel if r.get("prospective_within_2sigma") is not None]
             test2 = [r["test_within_2sigma"] for r in sel if r["test_within_2sigma"] is not None]
             print(f"{kind[:13]:13} {n:4d} {len(sel):4d} {rmse.mean():7.1f} {rmse.std():6.1f} {rmse.max():7.1f} "
                   f"{np.mean(mae) if mae else float('nan'):9.1f} " + " ".join(cells)
                   + f" {np.mean(test2) if test2 else float('nan'):8.2f} "
-                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {np.mean([r['fit_s'] for r in sel if r['fit_s'] is not None] or [np.nan]):7.2f} "
-                  f"{np.mean([r.get('setup_s') or 0.0 for r in sel]):8.2f}")
+                  f"{np.mean(prosp) if prosp else float('nan'):9.2f} {seconds('fit_s'):7.2f} {seconds('setup_s'):8.2f}")
             stuck = sum("not_converged" in r for r in sel)
             if stuck:
                 print(f"{'':13} {'':4} {stuck:4d} of them did not converge (NotConverged; the row's figures are the others')")
