@@ -33,7 +33,7 @@ stopping); it has no σ, so no coverage, and its training time replaces the fit 
 
     python benchmarks/model_classes.py --runs DIR/seed-0-t1 DIR/seed-1-t1 DIR/seed-2-t1 \
         [--classes linear full delta multifidelity] [--checkpoints 20 40] [--out runs/model_classes.json]
-        [--transfer INITIAL FINAL REFERENCE | --no-barriers]
+        [--transfer INITIAL FINAL REFERENCE | --no-barriers] [--prior-sigma TAU]
 
 On the MoS2 benchmark runs (benchmarks/data_efficiency.py --out OUT):
 
@@ -348,12 +348,17 @@ def main() -> None:
     parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
                         help="a path no label came near: its end points (files) and reference barrier (eV)")
     parser.add_argument("--no-barriers", action="store_true", help="leave out every CI-NEB barrier")
+    parser.add_argument("--prior-sigma", type=float, metavar="TAU",
+                        help="every class's committee.prior_sigma fixed at TAU eV/atom in place of the runs' own "
+                             "(a full campaign needs a fixed one: it has no evidence of its own)")
     parser.add_argument("--base", type=Path, metavar="MODEL",
                         help="refit with this base model (a MACE file) in place of the runs' own, on copies of "
                              "the runs made next to --out (OUT's name without .json, then -runs)")
     args = parser.parse_args()
     if args.base is not None and not args.base.is_file():
         parser.error(f"--base: no model file {args.base}")
+    if args.prior_sigma is not None and not args.prior_sigma > 0:
+        parser.error(f"--prior-sigma: a τ in eV/atom greater than 0, got {args.prior_sigma}")
     transfer = None
     if args.transfer and args.no_barriers:
         parser.error("--transfer asks for a barrier and --no-barriers for none: give one of them")
@@ -380,12 +385,16 @@ def main() -> None:
         print(f"{folder}:", flush=True)
         run = (CampaignRun.reopen(folder) if args.base is None
                else rebased(folder, args.base, args.out.with_name(args.out.stem + "-runs")))
+        if args.prior_sigma is not None:
+            c = run.campaign
+            run.campaign = c.model_copy(update={"committee": c.committee.model_copy(update={"prior_sigma": args.prior_sigma})})
         rows += measure(run, args.checkpoints, args.classes, transfer, mf_settings, not args.no_barriers)
     table(rows, args.classes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "rows": rows, "runs": [str(r) for r in args.runs], "classes": args.classes,
         "base": None if args.base is None else str(args.base),
+        "prior_sigma": args.prior_sigma,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                     "cpu_count": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}, "wall_s": round(time.time() - start, 1)}, indent=1) + "\n")
