@@ -118,8 +118,8 @@ class FullCommittee(MemberCommittee):
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member", disable=not progress):
             phi, value, n, g = self.minimise(problem, weights[k], centres[k], scale, self.max_steps)
             if g > self.tolerance:
-                raise NotConverged(f"committee fit ({self.kind}): member {k}: L-BFGS stopped after {n} steps with "
-                                   f"gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g}). "
+                raise NotConverged(f"committee fit ({self.kind}): member {k}: L-BFGS stopped after {n} steps, and "
+                                   f"Newton's polish after it, with gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g}). "
                                    f"A smaller committee.prior_sigma (now {self.linear.prior_sigma} eV/atom) holds W1 "
                                    "nearer the base model's, where L-BFGS settles (docs/method.md, 'The optimiser'); "
                                    "finetune.readout: linear has an exact fit")
@@ -187,22 +187,22 @@ class FullCommittee(MemberCommittee):
             opt.step(closure)
             steps += max(int(opt.state[v].get("n_iter", 0)), 1)
             free = (free + whiten @ v).detach()
-        if float(grad.abs().max()) <= self.tolerance:
-            free, value, grad = self.polish(free, whitening, value_and_grad)
+        free, value, grad = self.polish(free, whitening, value_and_grad)
         phi = phi_of(free).cpu().numpy()
         return phi, float(value), steps, float(grad.abs().max())
 
     def polish(self, free, whitening, value_and_grad):
-        """Newton steps from a point L-BFGS has converged to: (free, J, whitened gradient) there.
+        """Newton steps from where L-BFGS stopped: (free, J, whitened gradient) where they end.
 
-        L-BFGS stops at `tolerance` because its line search compares values of J, and near the
-        minimiser J changes by less than its own round-off. Where `tolerance` leaves it depends on the
-        order of the floating-point sums: CPU and CUDA fits of MoS2 stopped 2.7e-6 eV apart, two CPU
-        fits with 1 and 2 threads 9.6e-7 eV apart. Newton's step needs no values of J: it solves
-        H d = −g (conjugate gradients on exact Hessian-vector products, in the whitened coordinates
-        where H is near the identity) and is kept while it shrinks the gradient, which has no such
-        round-off. Converging quadratically, it ends where the gradient is round-off, the same
-        minimiser on any device."""
+        L-BFGS's line search compares values of J, and near the minimiser J changes by less than its
+        own round-off: it stops at `tolerance` (where exactly depends on the order of the floating-point
+        sums: CPU and CUDA fits of MoS2 stopped 2.7e-6 eV apart, two CPU fits with 1 and 2 threads
+        9.6e-7 eV apart), or stalls just above it, J no longer falling. Newton's step needs no values
+        of J: it solves H d = −g (conjugate gradients on exact Hessian-vector products, in the whitened
+        coordinates where H is near the identity) and is kept while it shrinks the gradient, which has
+        no such round-off. Converging quadratically, it ends where the gradient is round-off, the same
+        minimiser on any device. Where H is not positive definite, or the step does not shrink the
+        gradient, L-BFGS had not reached a minimiser's basin and the point is returned as it was."""
         dev = free.device
         n_free = len(free)
         whiten = whitening(free)

@@ -19,6 +19,7 @@ inputs, so the atoms' inputs may be summed (the per-atom inputs of MACE's first 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,30 @@ class FullReadout:
         return path
 
 
+@dataclass
+class GraphPart:
+    """One labelled configuration's share of a `LabelledGraph`: per MLP readout, its atoms' inputs
+    h [N, d] and their Jacobians ∂h/∂x [N, d, 3N]. A fixed property of the configuration and the base
+    model, so a campaign computes it once per label (`CampaignRun.graph`)."""
+
+    h: list[np.ndarray]
+    jacobians: list[np.ndarray]
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.h[0])
+
+    def save(self, path) -> None:
+        np.savez(path, **{f"h{t}": x for t, x in enumerate(self.h)},
+                 **{f"jacobian{t}": j for t, j in enumerate(self.jacobians)})
+
+    @classmethod
+    def load(cls, path) -> "GraphPart":
+        with np.load(path) as f:
+            n = sum(1 for key in f.files if key.startswith("h"))
+            return cls([f[f"h{t}"] for t in range(n)], [f[f"jacobian{t}"] for t in range(n)])
+
+
 class LabelledGraph:
     """The MLP readouts' inputs h of the labelled configurations' atoms and their Jacobians ∂h/∂x,
     computed once: the forces of any φ are then −Σ_i ∂ε_i/∂h_i · ∂h_i/∂x, dense algebra without
@@ -163,35 +188,63 @@ class LabelledGraph:
 
     The Jacobian of configuration c holds N_c × d × 3N_c numbers (d the MLP's input width); it is
     taken by one batched backward pass per local atom index over a batch of configurations, each
-    pass computing for every channel at once (autograd's `is_grads_batched`)."""
+    pass computing for every channel at once (autograd's `is_grads_batched`). `parts` gives it per
+    configuration, and `from_parts` builds the graph from such parts, kept from earlier fits."""
 
     def __init__(self, full: FullReadout, atoms_list, batch_size: int = 16):
         bb = full.backbone
-        self.full = full
         capture = [bb.model.readouts[t] for t in full.mlp]
-        self.width = 3 * max((len(a) for a in atoms_list), default=0)
-        h, jacobians, counts = [[] for _ in full.mlp], [[] for _ in full.mlp], []
+        parts = []
         for batch in bb.batches(atoms_list, batch_size):
             # training=True keeps the backbone's graph after MACE's own forces, for these passes
             _, _, inputs = bb.forward(batch, compute_force=True, capture=capture)
-            counts.append(torch.diff(batch["ptr"]))
-            for t, x in enumerate(inputs):
-                h[t].append(x.detach())
-                jacobians[t].append(self._jacobian(x, batch["positions"], batch["ptr"]))
+            ptr = batch["ptr"].cpu().numpy()
+            h = [x.detach().cpu().numpy() for x in inputs]
+            jac = [self._jacobian(x, batch["positions"], batch["ptr"]).cpu().numpy() for x in inputs]
+            for lo, hi in zip(ptr[:-1], ptr[1:]):
+                parts.append(GraphPart([x[lo:hi] for x in h], [j[lo:hi, :, :3 * (hi - lo)] for j in jac]))
+        self._assemble(full, parts)
+
+    @classmethod
+    def from_parts(cls, full: FullReadout, parts: list[GraphPart]) -> "LabelledGraph":
+        graph = cls.__new__(cls)
+        graph._assemble(full, parts)
+        return graph
+
+    def _assemble(self, full: FullReadout, parts: list[GraphPart]) -> None:
+        self.full = full
         dev = full.device
-        self.h = [torch.cat(x) if x else torch.zeros(0, 0, device=dev) for x in h]
-        self.jacobians = [torch.cat(j) if j else torch.zeros(0, 0, 0, device=dev) for j in jacobians]
-        n_atoms = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long, device=dev)
-        self.n_atoms = n_atoms.cpu().numpy()
-        self.config = torch.repeat_interleave(torch.arange(len(n_atoms), device=dev), n_atoms)
+        self.n_atoms = np.array([p.n_atoms for p in parts], dtype=int)
+        self.width = 3 * int(self.n_atoms.max(initial=0))
+        self.h, self.jacobians = [], []
+        for t, d in enumerate(full.widths):
+            self.h.append(torch.as_tensor(np.concatenate([p.h[t] for p in parts]) if parts else np.zeros((0, d)),
+                                          dtype=torch.float64, device=dev))
+            padded = np.zeros((int(self.n_atoms.sum()), d, self.width))
+            row = 0
+            for p in parts:
+                j = p.jacobians[t]
+                padded[row:row + len(j), :, :j.shape[2]] = j
+                row += len(j)
+            self.jacobians.append(torch.as_tensor(padded, device=dev))
+        self.config = torch.repeat_interleave(torch.arange(len(parts), device=dev),
+                                              torch.as_tensor(self.n_atoms, device=dev))
+
+    def parts(self) -> list[GraphPart]:
+        """Per labelled configuration, in order: its share of the graph."""
+        h = [x.cpu().numpy() for x in self.h]
+        jacobians = [j.cpu().numpy() for j in self.jacobians]
+        ends = np.cumsum(self.n_atoms)
+        return [GraphPart([x[hi - n:hi] for x in h], [j[hi - n:hi, :, :3 * n] for j in jacobians])
+                for n, hi in zip(self.n_atoms, ends)]
 
     def _jacobian(self, x: torch.Tensor, positions: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
-        """J [atoms, d, width]: J[i, k, 3m + a] = ∂x[i, k]/∂(position a of atom m of i's configuration)."""
+        """J [atoms, d, 3 N_max]: J[i, k, 3m + a] = ∂x[i, k]/∂(position a of atom m of i's configuration)."""
         n = torch.diff(ptr)
         config = torch.repeat_interleave(torch.arange(len(n), device=x.device), n)
         local = torch.arange(len(x), device=x.device) - ptr[config]
         d = x.shape[1]
-        J = torch.zeros(len(x), d, self.width, dtype=torch.float64, device=x.device)
+        J = torch.zeros(len(x), d, 3 * int(n.max()), dtype=torch.float64, device=x.device)
         channels = torch.eye(d, dtype=x.dtype, device=x.device)
         for j in range(int(n.max())):
             # every configuration's atom j at once: configurations do not see each other's positions

@@ -31,7 +31,7 @@ from .domain import DomainGuard
 from .delta import DeltaCommittee, DeltaReadout, HiddenTerms, nonlinear_map
 from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 from .full_committee import FullCommittee
-from .full_readout import LabelledGraph
+from .full_readout import GraphPart, LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
@@ -551,6 +551,22 @@ class CampaignRun:
                         terms.save(handle)
         return [HiddenTerms.load(folder / f"{i}.npz") for i in ids]
 
+    def graph(self, ids: list[int]) -> LabelledGraph:
+        """`readout: full`: the labelled graph of `ids`, each configuration's part computed once and
+        kept (it depends on the configuration and the base model only): an iteration pays the
+        per-atom Jacobians of its new labels, not of every label again (49 s a 47-atom MoS2 cell on
+        2 CPU threads)."""
+        folder = self.cache / "full_graph"
+        folder.mkdir(exist_ok=True)
+        missing = [i for i in ids if not (folder / f"{i}.npz").exists()]
+        for lo in tqdm(range(0, len(missing), 16), desc="per-atom Jacobians of new labels", unit="batch",
+                       disable=not self.progress or not missing):
+            chunk = missing[lo:lo + 16]
+            for cid, part in zip(chunk, LabelledGraph(self.full, self.store.atoms(chunk)).parts()):
+                with atomic_open(folder / f"{cid}.npz") as handle:
+                    part.save(handle)
+        return LabelledGraph.from_parts(self.full, [GraphPart.load(folder / f"{i}.npz") for i in ids])
+
     def train(self, iteration: int) -> Committee | FullCommittee:
         ids, data = self.training_set()
         if len(data) == 0:
@@ -560,8 +576,7 @@ class CampaignRun:
         if isinstance(committee, DeltaCommittee):
             committee.fit(data, self.hidden_terms(ids, committee), len(self.backbone.z_table), progress=self.progress)
         elif self.full is not None:
-            graph = LabelledGraph(self.full, self.store.atoms(ids))
-            committee.fit(data, graph, len(self.backbone.z_table), moment=moment, progress=self.progress)
+            committee.fit(data, self.graph(ids), len(self.backbone.z_table), moment=moment, progress=self.progress)
         else:
             committee.fit(data, len(self.backbone.z_table), moment=moment, progress=self.progress)
         with atomic_open(self.layout.committee(iteration)) as handle:

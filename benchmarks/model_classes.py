@@ -18,9 +18,10 @@ committee and finetune settings, and scored:
   points interpolated;
 - force MAE against the test set's forces, where its frames carry them (MoS2: the oracle's): the
   forces of the committee's average energy;
-- the fit's wall time (one committee) and, apart, its set-up: the per-atom Jacobians of `full` (at
-  every checkpoint) or the hidden layers' forces of `delta` (once per label and run); features and
-  force Jacobians are the run's cache.
+- the fit's wall time (one committee) and, apart, its set-up: the per-atom Jacobians of `full` or
+  the hidden layers' forces of `delta`, of the checkpoint's new labels only (each label's are kept
+  for the run's later checkpoints, as a campaign keeps them); features and force Jacobians are the
+  run's cache.
 
 Everything runs on the campaign's device (`device: auto` is CUDA where there is one), the exported
 models' CI-NEB and forces too. --no-barriers leaves out the CI-NEB barriers, the slowest part, for a
@@ -75,7 +76,7 @@ from aloop.committee import PRIOR_AUTO, Committee, NotConverged
 from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
 from aloop.files import file_digest
 from aloop.full_committee import FullCommittee
-from aloop.full_readout import FullReadout, LabelledGraph
+from aloop.full_readout import FullReadout, GraphPart, LabelledGraph
 from aloop.loop import CampaignRun
 from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED, RunStore
@@ -130,9 +131,11 @@ def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
     return cls.from_settings(readout, settings, c.finetune), readout
 
 
-def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden: dict[int, HiddenTerms]):
-    """(committee, readout map or None, seconds of the set-up, seconds of the fit alone). `hidden` keeps `delta`'s hidden-layer
-    terms per candidate across checkpoints (its layers depend on the committee settings only). With
+def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: dict[tuple[str, int], HiddenTerms | GraphPart]):
+    """(committee, readout map or None, seconds of the set-up, seconds of the fit alone). `kept` holds
+    the per-label set-up across checkpoints, keyed by (class, candidate): `delta`'s hidden-layer terms
+    (its layers depend on the committee settings only) and `full`'s graph parts, as a campaign keeps
+    them, so a checkpoint's set-up is that of its new labels. With
     prior_sigma: auto the other classes take the τ the linear class's evidence chose on the same labels
     (every class's prior is the RMS change of per-atom energies a draw makes): `full` has no evidence
     of its own, and `delta`'s own (per member) would compare the classes under different priors."""
@@ -143,12 +146,14 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, hidden:
         tau = committee_of("linear", run)[0].fit(data, n_elements, moment=moment).tau_
     committee, readout = committee_of(kind, run, tau)
     t = time.perf_counter()
+    missing = [i for i in ids if (kind, i) not in kept]
     if kind == "full":
-        graph = LabelledGraph(readout, run.store.atoms(ids))
+        if missing:
+            kept.update(zip([(kind, i) for i in missing], LabelledGraph(readout, run.store.atoms(missing)).parts()))
+        graph = LabelledGraph.from_parts(readout, [kept[kind, i] for i in ids])
     elif kind == "delta":
-        missing = [i for i in ids if i not in hidden]
-        hidden.update(zip(missing, readout.hidden_terms(run.store.atoms(missing), committee.layers())))
-        graph = [hidden[i] for i in ids]
+        kept.update(zip([(kind, i) for i in missing], readout.hidden_terms(run.store.atoms(missing), committee.layers())))
+        graph = [kept[kind, i] for i in ids]
     setup, t = time.perf_counter() - t, time.perf_counter()
     if readout is None:
         committee.fit(data, n_elements, moment=moment)
@@ -227,7 +232,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     y_test = np.array([a.info[spec.energy_key] if spec.energy_key in a.info else a.get_potential_energy() for a in test])
     has_forces = all("forces" in a.arrays or (a.calc is not None and "forces" in a.calc.results) for a in test)
     f_test = np.concatenate([a.get_forces() for a in test]) if has_forces else None
-    hidden: dict[int, HiddenTerms] = {}
+    kept: dict[tuple[str, int], HiddenTerms | GraphPart] = {}
     moment = feature_moment(run.pool_rows(run.store.ids()))
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
@@ -248,7 +253,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                     rows.append(multifidelity_row(run, ids, Path(tmp), mf_settings, test, y_test, f_test, bands))
                     continue
                 try:
-                    committee, readout, setup, seconds = fit(kind, run, ids, moment, hidden)
+                    committee, readout, setup, seconds = fit(kind, run, ids, moment, kept)
                 except NotConverged as err:   # recorded, and the other classes and checkpoints still run
                     rows.append({"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
                                  "fit_s": None, "test_rmse_meV": None, "test_within_2sigma": None,

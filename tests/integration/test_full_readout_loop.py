@@ -3,11 +3,13 @@ runs, and its exported members are ordinary MACE files with the members' energie
 committee's mean is one more such file, whose own path the run relaxes."""
 import numpy as np
 import pytest
+import torch
 from conftest import file_energies, write_h3_inputs
 from mace.calculators import MACECalculator
 
 from aloop import reaction_path
 from aloop.campaign import load_campaign
+from aloop.full_readout import LabelledGraph
 from aloop.loop import CampaignRun
 from aloop.report import write_report
 from aloop.store import LABELLED
@@ -57,6 +59,27 @@ def test_full_readout_campaign_runs_and_exports_members(tmp_path):
     assert [p.name for p in paths] == ["member_0.model", "member_1.model"]
     members_match(run, paths, run.load_committee(records[-1]["iteration"]))
     assert write_report(run.run_dir).exists()
+
+
+def test_a_full_campaign_computes_each_labels_jacobians_once(tmp_path, monkeypatch):
+    """Each label's per-atom Jacobians are kept from the iteration that labelled it: the graph a later
+    fit reads from them is the one computed afresh, and building it runs no backbone pass."""
+    write_h3_inputs(tmp_path)
+    (tmp_path / "full.yaml").write_text(CAMPAIGN.replace("FINETUNE", "readout: full"))
+    run = CampaignRun(load_campaign(tmp_path / "full.yaml"), progress=False)
+    run.run(max_iterations=1)
+    ids = [r.id for r in run.store.rows(state=LABELLED)]
+    assert sorted(int(f.stem) for f in (run.cache / "full_graph").glob("*.npz")) == sorted(ids)
+    fresh = LabelledGraph(run.full, run.store.atoms(ids))
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the per-atom Jacobians of a kept label were computed again")
+
+    monkeypatch.setattr(LabelledGraph, "__init__", no_backbone)
+    kept = run.graph(ids)
+    for a, b in zip(kept.h + kept.jacobians, fresh.h + fresh.jacobians):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(kept.n_atoms, fresh.n_atoms)
 
 
 def test_delta_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path):
