@@ -207,19 +207,19 @@ class FullCommittee(MemberCommittee):
         n_free = len(free)
         whiten = whitening(free)
         zero = torch.zeros(n_free, dtype=torch.float64, device=dev)
-        value, grad = value_and_grad(free, whiten, zero.clone().requires_grad_(True))
+        v = zero.clone().requires_grad_(True)
+        value, g = value_and_grad(free, whiten, v, create_graph=True)   # g's graph gives H's products
         for _ in range(self.newton_steps):
-            v = zero.clone().requires_grad_(True)
-            _, g = value_and_grad(free, whiten, v, create_graph=True)
             step = _conjugate_gradients(lambda u: torch.autograd.grad(g, v, u, retain_graph=True)[0],
                                         -g.detach(), rtol=1e-6, max_iter=n_free)
             if step is None:   # the Hessian is not positive along the way: not a minimiser's basin
                 break
             trial = (free + whiten @ step).detach()
-            trial_value, trial_grad = value_and_grad(trial, whiten, zero.clone().requires_grad_(True))
-            if not float(trial_grad.norm()) < float(grad.norm()):
+            trial_v = zero.clone().requires_grad_(True)
+            trial_value, trial_g = value_and_grad(trial, whiten, trial_v, create_graph=True)
+            if not float(trial_g.norm()) < float(g.norm()):
                 break
-            free, value, grad = trial, trial_value, trial_grad
+            free, value, g, v = trial, trial_value, trial_g, trial_v
         # the gradient as `minimise` reports it: in coordinates whitened where the fit ends
         value, grad = value_and_grad(free, whitening(free), zero.clone().requires_grad_(True))
         return free, value, grad

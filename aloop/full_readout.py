@@ -157,6 +157,31 @@ class FullReadout:
         return path
 
 
+def position_jacobian(x: torch.Tensor, positions: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
+    """J [atoms, d, 3 N_max] of per-atom quantities x [atoms, d] of a batch of configurations (`ptr`
+    their atoms' offsets), on a graph kept to `positions`: J[i, k, 3m + a] = ∂x[i, k]/∂(position a
+    of atom m of i's configuration).
+
+    Column by column, forward-mode by the double-backward identity: g(u) = (∂x/∂r)ᵀu is linear in
+    u, so ∂(g·v)/∂u = (∂x/∂r) v. One backward pass keeps g's graph; then each of the 3 N_max
+    directions v (position a of every configuration's atom m at once: configurations do not see
+    each other's positions) is one more backward pass, through it. Row by row (N·d reverse passes,
+    batched over the d channels) the same J took 20x as long on a 47-atom MoS2 cell on the CPU."""
+    n = torch.diff(ptr)
+    config = torch.repeat_interleave(torch.arange(len(n), device=x.device), n)
+    local = torch.arange(len(x), device=x.device) - ptr[config]
+    J = torch.zeros(len(x), x.shape[1], 3 * int(n.max()), dtype=torch.float64, device=x.device)
+    u = torch.zeros_like(x, requires_grad=True)
+    (g,) = torch.autograd.grad(x, positions, u, create_graph=True)
+    for m in range(int(n.max())):
+        for a in range(3):
+            v = torch.zeros_like(positions)
+            v[local == m, a] = 1.0
+            (column,) = torch.autograd.grad(g, u, v, retain_graph=True)
+            J[:, :, 3 * m + a] = column
+    return J
+
+
 @dataclass
 class GraphPart:
     """One labelled configuration's share of a `LabelledGraph`: per MLP readout, its atoms' inputs
@@ -187,7 +212,8 @@ class LabelledGraph:
     the backbone, for every member and every optimiser step.
 
     The Jacobian of configuration c holds N_c × d × 3N_c numbers (d the MLP's input width); it is
-    taken one position component at a time, for a batch of configurations at once (`_jacobian`).
+    taken one position component at a time, for a batch of configurations at once
+    (`position_jacobian`).
     `parts` gives it per
     configuration, and `from_parts` builds the graph from such parts, kept from earlier fits."""
 
@@ -200,7 +226,7 @@ class LabelledGraph:
             _, _, inputs = bb.forward(batch, compute_force=True, capture=capture)
             ptr = batch["ptr"].cpu().numpy()
             h = [x.detach().cpu().numpy() for x in inputs]
-            jac = [self._jacobian(x, batch["positions"], batch["ptr"]).cpu().numpy() for x in inputs]
+            jac = [position_jacobian(x, batch["positions"], batch["ptr"]).cpu().numpy() for x in inputs]
             for lo, hi in zip(ptr[:-1], ptr[1:]):
                 parts.append(GraphPart([x[lo:hi] for x in h], [j[lo:hi, :, :3 * (hi - lo)] for j in jac]))
         self._assemble(full, parts)
@@ -237,28 +263,6 @@ class LabelledGraph:
         ends = np.cumsum(self.n_atoms)
         return [GraphPart([x[hi - n:hi] for x in h], [j[hi - n:hi, :, :3 * n] for j in jacobians])
                 for n, hi in zip(self.n_atoms, ends)]
-
-    def _jacobian(self, x: torch.Tensor, positions: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor:
-        """J [atoms, d, 3 N_max]: J[i, k, 3m + a] = ∂x[i, k]/∂(position a of atom m of i's configuration).
-
-        Column by column, forward-mode by the double-backward identity: g(u) = (∂x/∂r)ᵀu is linear in
-        u, so ∂(g·v)/∂u = (∂x/∂r) v. One backward pass keeps g's graph; then each of the 3 N_max
-        directions v (position a of every configuration's atom m at once: configurations do not see
-        each other's positions) is one more backward pass, through it. Row by row (N·d reverse passes,
-        batched over the d channels) the same J took 20x as long on a 47-atom MoS2 cell on the CPU."""
-        n = torch.diff(ptr)
-        config = torch.repeat_interleave(torch.arange(len(n), device=x.device), n)
-        local = torch.arange(len(x), device=x.device) - ptr[config]
-        J = torch.zeros(len(x), x.shape[1], 3 * int(n.max()), dtype=torch.float64, device=x.device)
-        u = torch.zeros_like(x, requires_grad=True)
-        (g,) = torch.autograd.grad(x, positions, u, create_graph=True)
-        for m in range(int(n.max())):
-            for a in range(3):
-                v = torch.zeros_like(positions)
-                v[local == m, a] = 1.0
-                (column,) = torch.autograd.grad(g, u, v, retain_graph=True)
-                J[:, :, 3 * m + a] = column
-        return J
 
     def energy_inputs(self) -> list[np.ndarray]:
         """The MLP readouts' inputs of every labelled atom."""
