@@ -42,12 +42,14 @@ from .charge import state_of  # noqa: E402
 
 def _no_fusion_on_cuda() -> None:
     """Switch off TorchScript's CUDA fusers for this process, before the model first runs there.
-    aloop takes backward passes batched over cotangents (autograd's `is_grads_batched`) through the
-    model, and once the fuser has compiled e3nn's scripted spherical harmonics into a fused kernel
-    their backward cannot take batched tensors ("Cannot access data pointer of Tensor that doesn't
-    have storage", on an H200 after the pool's features). Switching optimisation off around the
-    passes alone (torch.jit.optimized_execution) did not stop it there; these process-wide flags did.
-    torch does not fuse on the CPU by default, so CPU runs are as before."""
+    aloop's per-atom Jacobians were backward passes batched over cotangents (autograd's
+    `is_grads_batched`), and once the fuser had compiled e3nn's scripted spherical harmonics into a
+    fused kernel their backward could not take batched tensors ("Cannot access data pointer of
+    Tensor that doesn't have storage", on an H200 after the pool's features). Switching optimisation
+    off around the passes alone (torch.jit.optimized_execution) did not stop it; these process-wide
+    flags did. The Jacobians are now double-backward passes (full_readout.position_jacobian), which
+    have not yet run on CUDA; the switch stays, as the configuration measured to work there. torch
+    does not fuse on the CPU by default, so CPU runs are as before."""
     torch._C._jit_set_texpr_fuser_enabled(False)
     torch._C._jit_override_can_fuse_on_gpu(False)
 
