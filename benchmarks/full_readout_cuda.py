@@ -14,9 +14,10 @@ labels' per-atom Jacobians) and fit.
 
 The optimiser is deterministic on either device, but CUDA's reductions add in another order, so the
 two runs differ at round-off from the first step, and L-BFGS on a non-convex loss may amplify that;
-this script measures by how much. Both fits stop at the same gradient tolerance (--fit-tolerance,
-the campaign's 1e-5 by default, in whitened units); a smaller one shows whether a gap is where the
-optimiser stops or what the device computes.
+this script measures by how much. L-BFGS stops at the gradient tolerance (--fit-tolerance, the
+campaign's 1e-5 by default, in whitened units), and Newton's polish then takes each member to its
+minimiser's round-off (docs/method.md, "Newton's polish"): on an H200 the two devices agreed to
+1.4e-13 eV (H3) and 6.8e-13 eV (MoS2, --n 4 --k 4), where L-BFGS alone left 5.9e-9 and 2.7e-6.
 """
 from __future__ import annotations
 
