@@ -283,7 +283,8 @@ class CampaignRun:
         missing = [i for i in ids if not (folder / f"{i}.npz").exists()]
         if missing:
             for cid, jac in zip(missing, self.backbone.force_jacobians(self.store.atoms(missing), progress=self.progress)):
-                np.savez(folder / f"{cid}.npz", f0=jac.f0, B=jac.B)
+                with atomic_open(folder / f"{cid}.npz") as handle:   # a crash leaves no half-written file
+                    np.savez(handle, f0=jac.f0, B=jac.B)
         out = []
         for cid in ids:
             with np.load(folder / f"{cid}.npz") as f:
