@@ -217,7 +217,7 @@ class FullCommittee(MemberCommittee):
             trial = (free + whiten @ step).detach()
             trial_v = zero.clone().requires_grad_(True)
             trial_value, trial_g = value_and_grad(trial, whiten, trial_v, create_graph=True)
-            if not float(trial_g.norm()) < float(g.norm()):
+            if not float(trial_g.detach().norm()) < float(g.detach().norm()):
                 break
             free, value, g, v = trial, trial_value, trial_g, trial_v
         # the gradient as `minimise` reports it: in coordinates whitened where the fit ends
