@@ -213,11 +213,16 @@ class LabelledGraph:
 
     The Jacobian of configuration c holds N_c × d × 3N_c numbers (d the MLP's input width); it is
     taken one position component at a time, for a batch of configurations at once
-    (`position_jacobian`).
-    `parts` gives it per
-    configuration, and `from_parts` builds the graph from such parts, kept from earlier fits."""
+    (`position_jacobian`). `parts_of` gives it per configuration, and `from_parts` builds the graph
+    from such parts, kept from earlier fits."""
 
     def __init__(self, full: FullReadout, atoms_list, batch_size: int = 16):
+        self._assemble(full, self.parts_of(full, atoms_list, batch_size))
+
+    @staticmethod
+    def parts_of(full: FullReadout, atoms_list, batch_size: int = 16) -> list[GraphPart]:
+        """Each configuration's share of the graph, in order: one backbone pass per batch and its
+        per-atom Jacobians."""
         bb = full.backbone
         capture = [bb.model.readouts[t] for t in full.mlp]
         parts = []
@@ -229,7 +234,7 @@ class LabelledGraph:
             jac = [position_jacobian(x, batch["positions"], batch["ptr"]).cpu().numpy() for x in inputs]
             for lo, hi in zip(ptr[:-1], ptr[1:]):
                 parts.append(GraphPart([x[lo:hi] for x in h], [j[lo:hi, :, :3 * (hi - lo)] for j in jac]))
-        self._assemble(full, parts)
+        return parts
 
     @classmethod
     def from_parts(cls, full: FullReadout, parts: list[GraphPart]) -> "LabelledGraph":
@@ -255,14 +260,6 @@ class LabelledGraph:
             self.jacobians.append(torch.as_tensor(padded, device=dev))
         self.config = torch.repeat_interleave(torch.arange(len(parts), device=dev),
                                               torch.as_tensor(self.n_atoms, device=dev))
-
-    def parts(self) -> list[GraphPart]:
-        """Per labelled configuration, in order: its share of the graph."""
-        h = [x.cpu().numpy() for x in self.h]
-        jacobians = [j.cpu().numpy() for j in self.jacobians]
-        ends = np.cumsum(self.n_atoms)
-        return [GraphPart([x[hi - n:hi] for x in h], [j[hi - n:hi, :, :3 * n] for j in jacobians])
-                for n, hi in zip(self.n_atoms, ends)]
 
     def energy_inputs(self) -> list[np.ndarray]:
         """The MLP readouts' inputs of every labelled atom."""

@@ -149,7 +149,7 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: d
     missing = [i for i in ids if (kind, i) not in kept]
     if kind == "full":
         if missing:
-            kept.update(zip([(kind, i) for i in missing], LabelledGraph(readout, run.store.atoms(missing)).parts()))
+            kept.update(zip([(kind, i) for i in missing], LabelledGraph.parts_of(readout, run.store.atoms(missing))))
         graph = LabelledGraph.from_parts(readout, [kept[kind, i] for i in ids])
     elif kind == "delta":
         kept.update(zip([(kind, i) for i in missing], readout.hidden_terms(run.store.atoms(missing), committee.layers())))
