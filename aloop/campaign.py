@@ -182,13 +182,6 @@ class FinetuneSettings(Section):
             return "finetune.kind is delta"
         return "finetune.readout is full" if self.readout == "full" else None
 
-    @property
-    def members_only(self) -> bool:
-        """No single model has the committee's average energy (`readout: full`), so the committee is
-        exported as its members alone and has no path of its own to relax. A delta committee's average
-        is one model (delta.py)."""
-        return self.readout == "full"
-
     @model_validator(mode="after")
     def _one_threshold(self) -> "FinetuneSettings":
         if self.force_threshold is not None and self.force_threshold_per_atom is not None:
@@ -436,18 +429,13 @@ class Campaign(Section):
         if why is None:
             return []
         problems = []
-        if self.committee.prior_sigma == "auto" and self.finetune.members_only:
+        if self.committee.prior_sigma == "auto" and self.finetune.readout == "full":
             problems.append(f"committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
-                            f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.05)")
+                            f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.1)")
         if self.acquisition.strategy == "targeted":
             problems.append("acquisition.strategy: targeted needs the energy linear in the trained parameters "
                             f"(its posterior covariance and the observables' directions), and {why}; choose "
                             "max_std or diverse, or finetune.readout: linear")
-        for i, obs in enumerate(self.evaluation.observables):
-            if obs.relax and self.finetune.members_only:
-                problems.append(f"evaluation.observables.{i}.relax: true relaxes the path of the committee-mean "
-                                f"model, and with {why} the members' average is not one model; set relax: false "
-                                "(the barrier on the frozen images), finetune.readout: linear or finetune.kind: delta")
         return problems
 
     def to_dict(self) -> dict:

@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
 
     campaign = load_campaign(args.campaign, run_dir=args.run_dir)
     _threads()
-    from .loop import CampaignRun, members_only
+    from .loop import CampaignRun
     from .report import write_report
 
     run = CampaignRun(campaign, progress=not args.quiet, accept=tuple(args.accept_changes))
@@ -48,8 +48,6 @@ def cmd_run(args) -> int:
     if result.stop_reason:
         for path in run.export():
             print(f"exported {path}")
-        if campaign.finetune.members_only:
-            print(members_only(campaign.finetune))
     summary = write_report(campaign.run_dir)
     print(f"report: {summary}")
     return 0
@@ -79,13 +77,11 @@ def cmd_export(args) -> int:
         raise ValueError(f"{folder}: nothing to export yet: no iteration has finished (`aloop status {folder}` "
                          "says why); run the campaign first")
     _threads()
-    from .loop import CampaignRun, members_only
+    from .loop import CampaignRun
 
     run = CampaignRun.reopen(folder)
     for path in run.export(args.out, members=not args.mean_only):
         print(path)
-    if run.campaign.finetune.members_only:
-        print(members_only(run.campaign.finetune))
     return 0
 
 

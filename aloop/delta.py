@@ -35,14 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from e3nn import o3
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .arrays import Features
 from .committee import PRIOR_AUTO, Committee, TrainingSet, _Objective
 from .full_committee import MemberCommittee
-from .full_readout import FullReadout, position_jacobian
+from .full_readout import FullReadout, MLPBlock, averaged_mlp, position_jacobian
 
 
 class DeltaReadout(FullReadout):
@@ -57,12 +56,7 @@ class DeltaReadout(FullReadout):
         if getattr(readout, "num_heads", 1) > 1:
             raise ValueError("finetune.kind: delta: the base model's MLP readout has several heads; use a single-head "
                              "model, or finetune.kind: readout")
-        single = [o3.Irreps(readout.linear_1.irreps_in), o3.Irreps(readout.linear_1.irreps_out)]
-        if any(len(irreps) != 1 or irreps[0].ir != o3.Irrep("0e") for irreps in single):
-            raise ValueError("finetune.kind: delta: the base model's MLP readout is not a map between scalar "
-                             "channels; use finetune.kind: readout")
-        self.d = self.widths[0]
-        self.m = o3.Irreps(readout.linear_1.irreps_out).dim
+        self.d, self.m = self.widths[0], self.hidden_widths[0]
         self.width = int(width)
         self.act = readout.non_linearity.acts[0]   # e3nn's second-moment-normalised gate
         self.n_elements = len(backbone.z_table)
@@ -143,27 +137,17 @@ class DeltaReadout(FullReadout):
         members = np.atleast_2d(psi)
         n_members = len(members)
         bb, t = self.backbone, self.mlp[0]
-        parts = [[x.numpy() for x in self.parts(torch.as_tensor(p))] for p in members]
-        de0 = np.mean([p[0] for p in parts], axis=0)
+        parts = [self.parts(torch.as_tensor(p)) for p in members]
+        de0 = np.mean([p[0].numpy() for p in parts], axis=0)
         model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), bb.theta0 + self._e0_shift(de0))
         base = model.readouts[t]
-        hidden = self.m + n_members * self.width
-        wider = type(base)(irreps_in=base.linear_1.irreps_in, MLP_irreps=o3.Irreps(f"{hidden}x0e"),
-                           gate=self.act.f, irrep_out=base.linear_2.irreps_out,
-                           **({"num_heads": 1} if hasattr(base, "num_heads") else {})).to(torch.float64)
-        # e3nn's Linear holds its weight [in, out] flattened and divides by √(in): the output weights are
-        # rescaled for the inputs they now share, the base MLP's by √(hidden/m), each member's by
-        # √(hidden/(m + H)) (the width its own correction was scaled for) and 1/K
-        w1 = base.linear_1.weight.detach().reshape(self.d, self.m)
-        w2 = base.linear_2.weight.detach().reshape(self.m, -1)
-        n_out = w2.shape[1]
-        extra = torch.zeros(n_members * self.width, n_out, dtype=torch.float64)
-        v = np.concatenate([p[1] for p in parts]) * np.sqrt(hidden / (self.m + self.width)) / n_members
-        extra[:, bb.head_index if n_out > 1 else 0] = torch.as_tensor(v)
-        with torch.no_grad():
-            wider.linear_1.weight.copy_(torch.cat([w1, *(torch.as_tensor(p[2]) for p in parts)], 1).reshape(-1))
-            wider.linear_2.weight.copy_(torch.cat([w2 * np.sqrt(hidden / self.m), extra]).reshape(-1))
-        model.readouts[t] = wider
+        n_out = base.linear_2.irreps_out.dim
+        blocks = [MLPBlock(base.linear_1.weight, base.linear_2.weight, self.m, 1.0)]
+        for _, v, w in parts:
+            out = torch.zeros(self.width, n_out, dtype=torch.float64)
+            out[:, bb.head_index if n_out > 1 else 0] = v
+            blocks.append(MLPBlock(w, out, self.m + self.width, 1.0 / n_members))
+        model.readouts[t] = averaged_mlp(base, blocks)
         return model.to(bb.source_dtype)
 
     def _e0_shift(self, de0: np.ndarray) -> np.ndarray:

@@ -55,7 +55,8 @@ class MemberCommittee:
 
     def predict(self, inputs: ReadoutInputs) -> tuple[np.ndarray, np.ndarray]:
         """The member-average energy and the spread (sample standard deviation over members), eV. The
-        average is of the members' energies; no single model has it (E is not linear in φ)."""
+        average is of the members' energies (E is not linear in φ; the exported committee-mean model
+        holds every member's MLP side by side, FullReadout.model_with)."""
         energies = self.member_energies(inputs)
         return energies.mean(0), energies.std(0, ddof=1)
 
@@ -78,6 +79,11 @@ class FullCommittee(MemberCommittee):
         self.freeze_inner = freeze_inner
         self.round_steps = round_steps
         self.newton_steps = newton_steps
+
+    @property
+    def tau_(self) -> float:
+        """The prior's τ (eV/atom), fixed by committee.prior_sigma; each iteration records it."""
+        return self.linear.tau_
 
     # --- the prior of ω ---------------------------------------------------------------------------
     def inner_variance(self, h: list[np.ndarray]) -> float:

@@ -26,7 +26,58 @@ import numpy as np
 import torch
 
 from .arrays import Features, ReadoutInputs
-from .backbone import Backbone
+from .backbone import Backbone   # first: it imports mace, which must come before e3nn
+from e3nn import o3  # noqa: E402,I001
+
+
+def _check_scalar_mlp(readout: torch.nn.Module, t: int) -> None:
+    """finetune.readout: full (and kind: delta) need MACE's MLP readout as it is built: W1 from scalar
+    channels to scalar hidden units, a gate, W2 to the heads' energies, no other parameter."""
+    names = sorted(n for n, _ in readout.named_parameters())
+    maps = [getattr(readout, n, None) for n in ("linear_1", "linear_2")]
+    # one block of scalars on each side, so that each map's weight is one [in, out] matrix
+    scalar = all(m is not None and all(len(irreps) == 1 and irreps[0].ir.l == 0 and irreps[0].ir.p == 1
+                                       for irreps in (m.irreps_in, m.irreps_out)) for m in maps)
+    if names != ["linear_1.weight", "linear_2.weight"] or not scalar:
+        raise ValueError(f"readout {t} of this model ({type(readout).__name__}, parameters {', '.join(names)}) is not "
+                         "MACE's MLP readout between scalar channels, which finetune.readout: full and "
+                         "finetune.kind: delta train; use finetune.readout: linear")
+
+
+@dataclass
+class MLPBlock:
+    """Hidden units of an MLP readout and their weight in a sum of MLPs: W1 [d·n] and W2 [n·heads] as
+    e3nn stores them, `fan_in` the width W2 was normalised for (e3nn divides by √fan-in), and the
+    block's coefficient in the sum."""
+    w1: torch.Tensor
+    w2: torch.Tensor
+    fan_in: int
+    coefficient: float
+
+
+def averaged_mlp(base: torch.nn.Module, blocks: list[MLPBlock]) -> torch.nn.Module:
+    """One MLP readout of `base`'s class, gate and heads computing Σ_b coefficient_b · MLP_b: every
+    block's hidden units side by side (with several heads, head by head, since MACE masks the hidden
+    units per head in contiguous slices) and each block's W2 rescaled from its own fan-in to the new
+    width. Exact: the blocks share the input and act on it through hidden units of their own."""
+    d, n_heads = base.linear_1.irreps_in.dim, getattr(base, "num_heads", 1)
+    n_out = base.linear_2.irreps_out.dim
+    w1s = [b.w1.detach().reshape(d, -1) for b in blocks]
+    width = sum(w.shape[1] for w in w1s)
+    w2s = [b.w2.detach().reshape(-1, n_out) * (b.coefficient * np.sqrt(width / b.fan_in)) for b in blocks]
+    if any(w.shape[1] % n_heads for w in w1s):
+        raise ValueError(f"an MLP block's hidden units do not split over the readout's {n_heads} heads")
+    # head j's slice of the new hidden units: head j's slice of every block, in block order
+    slices = [torch.arange(w.shape[1]).reshape(n_heads, -1) for w in w1s]
+    w1 = torch.cat([w[:, s[j]] for j in range(n_heads) for w, s in zip(w1s, slices)], 1)
+    w2 = torch.cat([w[s[j]] for j in range(n_heads) for w, s in zip(w2s, slices)], 0)
+    wider = type(base)(irreps_in=base.linear_1.irreps_in, MLP_irreps=o3.Irreps(f"{width}x0e"),
+                       gate=base.non_linearity.acts[0].f, irrep_out=base.linear_2.irreps_out,
+                       **({"num_heads": n_heads} if hasattr(base, "num_heads") else {})).to(torch.float64)
+    with torch.no_grad():
+        wider.linear_1.weight.copy_(w1.reshape(-1).to(torch.float64))
+        wider.linear_2.weight.copy_(w2.reshape(-1).to(torch.float64))
+    return wider
 
 
 class FullReadout:
@@ -46,13 +97,13 @@ class FullReadout:
         pieces = [backbone.theta0]
         for t in self.mlp:
             readout = model.readouts[t]
-            out_weight = backbone._output_linear(readout).weight
-            names = [(n, p.shape) for n, p in readout.named_parameters() if p is not out_weight]
+            _check_scalar_mlp(readout, t)
+            names = [(n, p.shape) for n, p in readout.named_parameters() if n != "linear_2.weight"]
             self.inner.append(names)
             pieces += [readout.get_parameter(n).detach().cpu().numpy().ravel() for n, _ in names]
-        # the width of each MLP readout's input: that of its first map with irreps
-        self.widths = tuple(next(m for m in model.readouts[t].modules() if hasattr(m, "irreps_in")).irreps_in.dim
-                            for t in self.mlp)
+        # each MLP readout's input width d and hidden width m
+        self.widths = tuple(model.readouts[t].linear_1.irreps_in.dim for t in self.mlp)
+        self.hidden_widths = tuple(model.readouts[t].linear_1.irreps_out.dim for t in self.mlp)
         self.phi0 = np.concatenate(pieces)
         self.n_theta = backbone.n_params
         self.n_params = len(self.phi0)
@@ -138,16 +189,23 @@ class FullReadout:
 
     # --- export --------------------------------------------------------------------------------
     def model_with(self, phi: np.ndarray) -> torch.nn.Module:
-        """An ordinary MACE model (the source file's class and dtype) whose readouts carry φ."""
+        """An ordinary MACE model (the source file's class and dtype) whose readouts carry φ [P]; given a
+        committee φ [K, P], the model of the members' average energy. The energy is linear in θ, and the
+        MLP readouts' average is one MLP: every member's hidden units side by side, each member's output
+        weights divided by K (`averaged_mlp`). So the average is exact, not the model of the average φ."""
         phi = np.asarray(phi, dtype=np.float64)
-        if phi.shape != (self.n_params,):
-            raise ValueError(f"φ has shape {phi.shape}, expected ({self.n_params},)")
+        if phi.shape[-1:] != (self.n_params,) or phi.ndim not in (1, 2):
+            raise ValueError(f"φ has shape {phi.shape}, expected ({self.n_params},) or (members, {self.n_params})")
+        members = np.atleast_2d(phi)
         bb = self.backbone
-        model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), phi[:self.n_theta])
-        with torch.no_grad():
-            for k, t in enumerate(self.mlp):
-                for name, value in self._readout_params(torch.as_tensor(phi), k).items():
-                    model.readouts[t].get_parameter(name).copy_(value)
+        model = bb._write_theta(copy.deepcopy(bb.template).to(torch.float64), members[:, :self.n_theta].mean(0))
+        for k, t in enumerate(self.mlp):
+            blocks = []
+            for p in members:
+                params = self._readout_params(torch.as_tensor(p), k)
+                blocks.append(MLPBlock(params["linear_1.weight"], params["linear_2.weight"], self.hidden_widths[k],
+                                       1.0 / len(members)))
+            model.readouts[t] = averaged_mlp(model.readouts[t], blocks)
         return model.to(bb.source_dtype)
 
     def export(self, phi: np.ndarray, path: str | Path) -> Path:

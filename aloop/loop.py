@@ -46,13 +46,6 @@ from .report_text import one_line
 PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
 
 
-def members_only(finetune) -> str:
-    """What `aloop run` and `aloop export` print when a committee has no mean model."""
-    return (f"{finetune.nonlinear}: the files are the members; the committee's prediction is the average of their "
-            "energies, which no single model gives (the energy is not linear in the trained parameters), so there "
-            "is no committee_mean.model")
-
-
 @dataclass
 class RunResult:
     iterations: int
@@ -230,11 +223,10 @@ class CampaignRun:
 
     def mean_surface(self, committee) -> tuple[Backbone, np.ndarray | None]:
         """The committee mean's energy surface as (backbone, θ) for a CI-NEB: the backbone with the mean
-        θ, or for `kind: delta` the one model of the members' average (θ None: its own)."""
+        θ, or with `readout: full` and `kind: delta` the one model of the members' average (θ None: its
+        own; FullReadout.model_with)."""
         if self.full is None:
             return self.backbone, committee.thetas_.mean(0)
-        if self.campaign.finetune.members_only:
-            raise ValueError(f"{self.campaign.finetune.nonlinear}: no single model has the committee's average energy")
         return Backbone(self.full.model_with(committee.phis_), device=str(self.backbone.device)), None
 
     def fill_features(self, ids: list[int]) -> None:
@@ -652,10 +644,9 @@ class CampaignRun:
         return RunResult(iteration, self.store.count(state=LABELLED), reason)
 
     def export(self, out_dir: str | Path | None = None, members: bool = True) -> list[Path]:
-        """The committee mean (energies are linear in θ, or for `kind: delta` in each member's own
-        output weights, so it is exactly the mean of the members' energies) and each member, as
-        ordinary MACE model files. With `readout: full` the members only: the energy is not linear in
-        φ, so no single model has the members' average energy."""
+        """The committee mean and each member, as ordinary MACE model files. The mean is exactly the
+        members' average energy: energies are linear in θ, and with `readout: full` or `kind: delta`
+        the members' MLP readouts sit side by side in one wider readout (FullReadout.model_with)."""
         records = self.store.iterations()
         if not records:
             raise ValueError(f"{self.run_dir}: nothing to export yet; run the campaign first")
@@ -664,15 +655,9 @@ class CampaignRun:
         out = Path(out_dir) if out_dir else self.layout.export
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out: {out} is a file; give a folder for the model files")
-        if self.campaign.finetune.members_only:
-            if not members:
-                raise ValueError(f"--mean-only: {self.campaign.finetune.nonlinear}, so there is no committee-mean "
-                                 "model (the energy is not linear in the trained parameters); export the members")
-            paths = [self.full.export(phi, out / f"member_{k}.model") for k, phi in enumerate(committee.phis_)]
-            return paths + self.export_multifidelity(records, out)
         if self.full is None:
             export, params, mean = self.backbone.export, committee.thetas_, committee.thetas_.mean(0)
-        else:   # kind: delta, whose export of the whole committee is its mean (DeltaReadout.model_with)
+        else:   # the whole committee's φ gives its mean model
             export, params, mean = self.full.export, committee.phis_, committee.phis_
         paths = [export(mean, out / "committee_mean.model")]
         if members:

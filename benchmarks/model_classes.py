@@ -10,10 +10,9 @@ committee and finetune settings, and scored:
   configurations within 2σ of the committee (σ: the members' spread);
 - prospective 2σ coverage on the labels the run chose after the first N (σ: spread and label error
   bar together), where there are any;
-- the barrier of each observable by relaxed CI-NEB (end points relaxed) on the exported model: the
-  committee-mean file for `linear` and `delta` (a delta committee's mean is one model, every member's
-  hidden units side by side), each member's file for `full` (their average energy is no one model's),
-  reported as the members' mean and spread; against the observable's reference;
+- the barrier of each observable by relaxed CI-NEB (end points relaxed) on the exported
+  committee-mean file (for `full` and `delta` one model too, every member's MLP hidden units side by
+  side), against the observable's reference;
 - with --transfer, the same for a path no label came near (MoS2: the di-vacancy hop), from its end
   points interpolated;
 - force MAE against the test set's forces, where its frames carry them (MoS2: the oracle's): the
@@ -162,15 +161,12 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: d
     return committee, readout, setup, time.perf_counter() - t
 
 
-def surfaces(kind: str, committee, readout) -> list[tuple[Backbone | None, np.ndarray | None]]:
-    """The exported model(s) as (backbone, θ) for relax_path and energy_forces, on the run's device:
-    the committee mean for `linear` (None: the run's backbone) and `delta`, each member for `full`."""
+def surface(kind: str, committee, readout) -> tuple[Backbone | None, np.ndarray | None]:
+    """The exported committee-mean model as (backbone, θ) for relax_path and energy_forces, on the
+    run's device: for `linear` the run's backbone (None) with the mean θ, for the others its own."""
     if kind == "linear":
-        return [(None, committee.thetas_.mean(0))]
-    device = str(readout.backbone.device)
-    if kind == "delta":
-        return [(Backbone(readout.model_with(committee.phis_), device=device), None)]
-    return [(Backbone(readout.model_with(phi), device=device), None) for phi in committee.phis_]
+        return None, committee.thetas_.mean(0)
+    return Backbone(readout.model_with(committee.phis_), device=str(readout.backbone.device)), None
 
 
 def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray, np.ndarray]:
@@ -191,30 +187,30 @@ def bands_of(run: CampaignRun, transfer: tuple | None) -> list[tuple]:
     return bands
 
 
-def barriers(models, run: CampaignRun, bands: list[tuple]) -> dict:
-    """Each band's relaxed CI-NEB barrier (`bands_of`) on the exported model(s)."""
+def barriers(model, run: CampaignRun, bands: list[tuple]) -> dict:
+    """Each band's relaxed CI-NEB barrier (`bands_of`) on the exported model (`surface`)."""
+    backbone, theta = model
     out = {}
     for name, images, reference, settings in bands:
-        values = np.array([relax_path(images, backbone or run.backbone, theta=theta, **settings).barrier
-                           for backbone, theta in models])
-        out[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                     "error": float(values.mean() - reference) if reference is not None else None}
+        barrier = relax_path(images, backbone or run.backbone, theta=theta, **settings).barrier
+        out[name] = {"mean": float(barrier), "error": float(barrier - reference) if reference is not None else None}
     return out
 
 
-def force_mae(models, run: CampaignRun, test, f_ref) -> float | None:
-    """MAE (eV/Å) of the forces of the committee's average energy (the members' average force) against
-    the test set's, or None when its frames carry no forces."""
+def force_mae(model, run: CampaignRun, test, f_ref) -> float | None:
+    """MAE (eV/Å) of the exported model's forces (`surface`) against the test set's, or None when its
+    frames carry no forces."""
     if f_ref is None:
         return None
-    forces = [np.concatenate((backbone or run.backbone).energy_forces(test, theta=theta)[1]) for backbone, theta in models]
-    return float(np.mean(np.abs(np.mean(forces, axis=0) - f_ref)))
+    backbone, theta = model
+    forces = np.concatenate((backbone or run.backbone).energy_forces(test, theta=theta)[1])
+    return float(np.mean(np.abs(forces - f_ref)))
 
 
-def scored(mae: float | None, observables: dict, spread: bool) -> list[str]:
-    """The force MAE and each barrier of a row, as printed (with the members' spread when `spread`)."""
+def scored(mae: float | None, observables: dict) -> list[str]:
+    """The force MAE and each barrier of a row, as printed."""
     return ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"]) + [
-        f"{k} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if spread else "") + " eV" for k, v in observables.items()]
+        f"{k} {v['mean']:.4f} eV" for k, v in observables.items()]
 
 
 def coverage(mean, spread, y, label_sigma) -> float | None:
@@ -237,13 +233,13 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
     bands = bands_of(run, transfer) if with_barriers else []
-    base = [(None, run.backbone.theta0)]
+    base = (None, run.backbone.theta0)
     mae = force_mae(base, run, test, f_test)
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
     rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0, "setup_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
              "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, bands)}]
-    parts = scored(mae, rows[0]["observables"], spread=False)
+    parts = scored(mae, rows[0]["observables"])
     print(f"  {run.run_dir.name} base model: " + (", ".join(parts) or "no force or barrier to score"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in [c for c in checkpoints if c in counts]:
@@ -262,19 +258,19 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                     continue
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
-                       "fit_s": round(seconds, 3), "setup_s": round(setup, 3), "prior_sigma": committee.linear.tau_ if readout else committee.tau_,
+                       "fit_s": round(seconds, 3), "setup_s": round(setup, 3), "prior_sigma": committee.tau_,
                        "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
                        "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
                 if later:
                     m, s = predict(committee, readout, run.backbone, run.store.atoms(later))
                     row["prospective_within_2sigma"] = coverage(m, s, np.array([labels[i] for i in later]),
                                                                 np.array([sigmas[i] for i in later]))
-                models = surfaces(kind, committee, readout)
-                mae = force_mae(models, run, test, f_test)
+                model = surface(kind, committee, readout)
+                mae = force_mae(model, run, test, f_test)
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
-                row["observables"] = barriers(models, run, bands)
+                row["observables"] = barriers(model, run, bands)
                 rows.append(row)
-                parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"], spread=True)
+                parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
                          + [f"set-up {setup:.2f} s, fit {seconds:.2f} s"])
                 print(f"  {row['run']} N={n:3d} {kind:6}: " + ", ".join(parts), flush=True)
     return rows
@@ -292,15 +288,15 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
         result = multifidelity.run_training(run, len(ids), subset=ids, folder=folder / f"mf_{len(ids)}")
     finally:
         run.campaign = saved
-    models = [(Backbone.from_file(result.path, device=str(run.backbone.device)), None)]
-    energies = models[0][0].energy_forces(test)[0]
-    mae = force_mae(models, run, test, f_test)
+    model = (Backbone.from_file(result.path, device=str(run.backbone.device)), None)
+    energies = model[0].energy_forces(test)[0]
+    mae = force_mae(model, run, test, f_test)
     row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": len(ids), "class": "multifidelity",
            "fit_s": round(result.seconds, 3), "test_rmse_meV": 1000 * float(np.sqrt(np.mean((energies - y_test) ** 2))),
            "test_within_2sigma": None, "force_mae_meV_per_A": None if mae is None else 1000 * mae,
            "force_scale": result.force_scale, "settings": settings.model_dump(),
-           "observables": barriers(models, run, bands)}
-    parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"], spread=False)
+           "observables": barriers(model, run, bands)}
+    parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
              + [f"training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)"])
     print(f"  {row['run']} N={len(ids):3d} multifidelity: " + ", ".join(parts), flush=True)
     return row

@@ -49,7 +49,7 @@ def tiny_mace(scale_shift: bool = True, seed: int = 0, dtype=torch.float64, elem
             kwargs["embedding_specs"] = embedding_specs
         if heads is not None:
             kwargs["heads"] = heads
-            kwargs["atomic_energies"] = np.tile(kwargs["atomic_energies"][:, None], (1, len(heads)))
+            kwargs["atomic_energies"] = np.tile(kwargs["atomic_energies"], (len(heads), 1))   # [heads, elements]
         if scale_shift:
             model = modules.ScaleShiftMACE(atomic_inter_scale=0.7, atomic_inter_shift=-0.1, **kwargs)
         else:

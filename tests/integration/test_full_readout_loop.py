@@ -1,6 +1,6 @@
 """A campaign with `finetune.readout: full`, and one with `finetune.kind: delta`, on a tiny model: it
-runs, and its exported members are ordinary MACE files with the members' energies; the delta
-committee's mean is one more such file, whose own path the run relaxes."""
+runs, and its exported members are ordinary MACE files with the members' energies; the committee's
+mean is one more such file, whose own path the run relaxes."""
 import numpy as np
 import pytest
 import torch
@@ -53,11 +53,10 @@ def test_full_readout_campaign_runs_and_exports_members(tmp_path):
     records = run.store.iterations()
     assert records[-1]["prospective"]["n"] == 3 and records[-1]["test"]["n"] == 3
     assert records[-1]["observables"]["barrier"]["path"] == "frozen"
-    with pytest.raises(ValueError, match="--mean-only: finetune.readout is full, so there is no committee-mean model"):
-        run.export(members=False)
+    assert [p.name for p in run.export(tmp_path / "mean", members=False)] == ["committee_mean.model"]
     paths = run.export()
-    assert [p.name for p in paths] == ["member_0.model", "member_1.model"]
-    members_match(run, paths, run.load_committee(records[-1]["iteration"]))
+    assert [p.name for p in paths] == ["committee_mean.model", "member_0.model", "member_1.model"]
+    members_match(run, paths[1:], run.load_committee(records[-1]["iteration"]))
     assert write_report(run.run_dir).exists()
 
 
@@ -82,18 +81,20 @@ def test_a_full_campaign_computes_each_labels_jacobians_once(tmp_path, monkeypat
     np.testing.assert_array_equal(kept.n_atoms, fresh.n_atoms)
 
 
-def test_delta_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path):
-    """A delta committee's average is one model: the run relaxes that model's path (relax: true) and
-    exports it as committee_mean.model, which gives the path's energies as the run recorded them; its
-    prior is the evidence's (prior_sigma: auto)."""
+@pytest.mark.parametrize("finetune, committee", [("kind: delta, delta_width: 4", "prior_sigma: auto"),
+                                                  ("readout: full", "prior_sigma: 0.1")], ids=["delta", "full"])
+def test_a_nonlinear_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path, finetune, committee):
+    """A delta or full committee's average is one model: the run relaxes that model's path (relax: true)
+    and exports it as committee_mean.model, which gives the path's energies as the run recorded them;
+    delta's prior is the evidence's (prior_sigma: auto), full's a fixed one."""
     write_h3_inputs(tmp_path)
-    text = (CAMPAIGN.replace("FINETUNE", "kind: delta, delta_width: 4").replace(", relax: false", "")
-            .replace("committee: {size: 2}", "committee: {size: 2, prior_sigma: auto}"))
-    (tmp_path / "delta.yaml").write_text(text)
-    run = CampaignRun(load_campaign(tmp_path / "delta.yaml"), progress=False)
+    text = (CAMPAIGN.replace("FINETUNE", finetune).replace(", relax: false", "")
+            .replace("committee: {size: 2}", f"committee: {{size: 2, {committee}}}"))
+    (tmp_path / "c.yaml").write_text(text)
+    run = CampaignRun(load_campaign(tmp_path / "c.yaml"), progress=False)
     assert run.run().n_labels == 6
     records = run.store.iterations()
-    assert all(r["prior_sigma"] > 0 for r in records)   # each fit's τ, chosen by the members' evidence
+    assert all(r["prior_sigma"] > 0 for r in records)
     barrier = records[-1]["observables"]["barrier"]
     assert barrier["path"] == "relaxed" and len(barrier["members"]) == 2
     paths = run.export()

@@ -132,21 +132,16 @@ BAD = [
                  id="finetune-typo"),
     pytest.param(_edit("noise_floor: 0.005", "readout: ful"),
                  "campaign.yaml: finetune.readout: expected one of: linear, full; got 'ful'", id="bad-readout"),
-    pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("reference: 0.42}", "reference: 0.42, relax: false}")
-                 .replace("strategy: max_std", "strategy: targeted"),
+    pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("strategy: max_std", "strategy: targeted"),
                  "campaign.yaml: acquisition.strategy: targeted needs the energy linear in the trained parameters",
                  id="full-readout-targeted"),
-    pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("reference: 0.42}", "reference: 0.42, relax: false}")
+    pytest.param(_edit("noise_floor: 0.005", "readout: full")
                  + "committee: {prior_sigma: auto}\n",
                  "campaign.yaml: committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
                  "trained parameters, and finetune.readout is full; give prior_sigma in eV/atom", id="full-readout-auto-prior"),
     pytest.param(VALID + "committee: {prior_sigma: large}\n",
                  "campaign.yaml: committee.prior_sigma: expected a number > 0 (eV/atom) or auto, got 'large'", id="bad-prior-sigma"),
-    pytest.param(_edit("noise_floor: 0.005", "readout: full"),
-                 "campaign.yaml: evaluation.observables.0.relax: true relaxes the path of the committee-mean model, "
-                 "and with finetune.readout is full", id="full-readout-relaxed-observable"),
-    pytest.param(_edit("noise_floor: 0.005", "kind: delta").replace("reference: 0.42}", "reference: 0.42, relax: false}")
-                 .replace("strategy: max_std", "strategy: targeted"),
+    pytest.param(_edit("noise_floor: 0.005", "kind: delta").replace("strategy: max_std", "strategy: targeted"),
                  "acquisition.strategy: targeted needs the energy linear in the trained parameters (its posterior "
                  "covariance and the observables' directions), and finetune.kind is delta", id="delta-targeted"),
     pytest.param(_edit("noise_floor: 0.005", "kind: multifidelity"),
@@ -238,16 +233,16 @@ def test_bad_campaign_message(folder: Path, text: str, expected: str) -> None:
 
 def test_readout_is_linear_unless_full_is_asked_for(folder: Path) -> None:
     assert load_campaign(_write(folder, VALID)).finetune.readout == "linear"
-    text = _edit("noise_floor: 0.005", "readout: full").replace("reference: 0.42}", "reference: 0.42, relax: false}")
-    assert load_campaign(_write(folder, text)).finetune.readout == "full"
+    assert load_campaign(_write(folder, _edit("noise_floor: 0.005", "readout: full"))).finetune.readout == "full"
 
 
-def test_delta_takes_the_evidences_prior_and_relaxes_its_own_path(folder: Path) -> None:
-    """A delta committee's average is one model and each member's energy is linear in what it learns:
-    `prior_sigma: auto` and `relax: true` are accepted, as for linear."""
+def test_the_nonlinear_classes_relax_their_own_path(folder: Path) -> None:
+    """A full or delta committee's average is one model, so `relax: true` is accepted; delta, whose
+    members are linear in what they learn, takes the evidence's prior too."""
+    c = load_campaign(_write(folder, _edit("noise_floor: 0.005", "readout: full")))
+    assert c.evaluation.observables[0].relax
     c = load_campaign(_write(folder, _edit("noise_floor: 0.005", "kind: delta") + "committee: {prior_sigma: auto}\n"))
     assert c.committee.prior_sigma == "auto" and c.evaluation.observables[0].relax
-    assert not c.finetune.members_only
 
 
 def test_targeted_needs_an_observable(folder: Path) -> None:

@@ -64,6 +64,28 @@ def test_any_parameters_are_those_of_the_exported_model(setup, tmp_path):
         np.testing.assert_allclose(frame.get_forces().ravel(), cached_forces[c, :9], atol=1e-9)
 
 
+@pytest.mark.parametrize("heads", [None, ["pbe", "dmc"]], ids=["one-head", "two-heads"])
+def test_the_committee_mean_is_one_model_with_every_members_mlp(heads):
+    """The model of a committee φ [K, P] gives the members' average energy and forces exactly (not
+    those of the average φ), on a one-head model and on the second head of a two-head one, whose MLP
+    masks its hidden units head by head."""
+    # the tiny model's one scale would not index a second head: a plain MACE for two
+    bb = Backbone(tiny_mace(heads=heads, scale_shift=heads is None), device="cpu", head=heads and heads[1])
+    full = FullReadout(bb)
+    atoms = h3_set(4, seed=7)
+    phis = full.phi0 + 0.3 * np.random.default_rng(3).normal(size=(3, full.n_params))
+    members = full.energies(phis, full.inputs(atoms))
+    mean = Backbone(full.model_with(phis), device="cpu", head=bb.head)
+    assert mean.model.readouts[full.mlp[0]].linear_1.irreps_out.dim == 3 * full.hidden_widths[0]
+    energies, forces = mean.energy_forces(atoms)
+    np.testing.assert_allclose(energies, members.mean(0), rtol=0, atol=1e-10)
+    of_average = Backbone(full.model_with(phis.mean(0)), device="cpu", head=bb.head).energy_forces(atoms)[0]
+    assert np.abs(of_average - members.mean(0)).max() > 1e-3   # what the mean model is not
+    one = [Backbone(full.model_with(p), device="cpu", head=bb.head).energy_forces(atoms)[1] for p in phis]
+    for c in range(len(atoms)):
+        np.testing.assert_allclose(forces[c], np.mean([f[c] for f in one], axis=0), rtol=0, atol=1e-10)
+
+
 def test_one_step_lowers_the_loss(setup):
     bb, full, atoms, inputs, graph, data, *_ = setup
     c = committee(full)
