@@ -1,0 +1,107 @@
+"""A `finetune.kind: delta` or `finetune.readout: full` campaign on the MoS2 testbed, choosing its
+own labels, and its scores at the end.
+
+The data-efficiency benchmark's campaign (oracle v2, the committee mean's own relaxed CI-NEB) with
+`--class delta` (`finetune.kind: delta`, the campaign's `prior_sigma: auto` unless --prior-sigma) or
+`--class full` (`finetune.readout: full`, which needs a fixed --prior-sigma in eV/atom), forked from
+that benchmark's shared pool (its features and cached oracle labels), and run to a label budget.
+`targeted` needs the linear class, so the strategy is another. Prints each iteration's tracked
+barrier (mean, spread), τ, the test RMSE and the iteration's wall time; then, on the last
+iteration's committee-mean model (one MACE file for either class): the tracked barrier's error,
+the di-vacancy hop relaxed by CI-NEB (end points relaxed), the force MAE against the oracle on
+hf_test, and the prospective 2σ coverage (raw, and with the σ scale the run recorded before each
+batch). Those go to OUT/CLASS-STRATEGY-sSEED_scores.json.
+
+    python benchmarks/data_efficiency.py --out OUT ...         # makes OUT/pool once
+    python benchmarks/mos2_class_run.py --out OUT --class full --prior-sigma 0.1 --seed 0 \
+        [--strategy diverse] [--max-labels 100]
+
+The run folder is OUT/CLASS-STRATEGY-sSEED; a rerun continues it (or only scores it, once stopped).
+"""
+from __future__ import annotations
+
+import mace  # noqa: F401  (mace must be imported before e3nn)
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.io import read
+
+from aloop.backbone import Backbone
+from aloop.fork import fork_run
+from aloop.loop import CampaignRun
+from aloop.neb import interpolate, relax_path
+from data_efficiency import (CAMPAIGN, STRATEGIES, calibration, campaign_for, positive_tau,
+                             run_to_the_end)
+from testbeds.mos2.geometry import NEB_IMAGES
+
+
+def scores(run: CampaignRun) -> dict:
+    """The last iteration's committee-mean model scored against the oracle (module docstring)."""
+    record = run.store.iterations()[-1]
+    committee = run.load_committee(record["iteration"])
+    model = Backbone(run.full.model_with(committee.phis_), device=str(run.backbone.device))
+    reference = json.loads((CAMPAIGN / "reference.json").read_text())
+    start = interpolate(read(CAMPAIGN / "di_initial.xyz"), read(CAMPAIGN / "di_final.xyz"), NEB_IMAGES)
+    di = relax_path(start, model, fmax=0.03, steps=1500)
+    test = read(run.campaign.evaluation.test_set.path, index=":")
+    forces = np.concatenate(model.energy_forces(test)[1])
+    tracked = record["observables"]["barrier"]["mean"]
+    return {"n_labels": record["n_labels"], "tracked_barrier": tracked,
+            "tracked_error": tracked - reference["mono_barrier_hf"], "test_rmse_meV": 1000 * record["test"]["rmse"],
+            "di_barrier": di.barrier, "di_error": di.barrier - reference["di_barrier_hf"], "di_converged": di.converged,
+            "force_mae_meV_per_A": 1000 * float(np.mean(np.abs(forces - np.concatenate([a.get_forces() for a in test])))),
+            "calibration": calibration(run, record["n_labels"]), "misfit": record.get("misfit")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="a data_efficiency.py --out folder (its pool/)")
+    parser.add_argument("--class", dest="kind", choices=["delta", "full"], default="delta")
+    parser.add_argument("--prior-sigma", type=positive_tau, metavar="TAU",
+                        help="committee.prior_sigma in eV/atom (needed by --class full; delta: the evidence's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategy", default="diverse", choices=[s for s in STRATEGIES if s != "targeted"])
+    parser.add_argument("--max-labels", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if not (args.out / "pool").is_dir():
+        parser.error(f"--out: {args.out} has no pool/; run benchmarks/data_efficiency.py --out {args.out} first")
+    if args.kind == "full" and args.prior_sigma is None:
+        parser.error("--class full needs --prior-sigma TAU (eV/atom, e.g. 0.1): it has no evidence of its own")
+    torch.set_num_threads(args.threads)
+    c = campaign_for(args.out, args.strategy, args.seed, "prism", prior_sigma=args.prior_sigma,
+                     max_labels=args.max_labels)
+    name = f"{args.kind}-{args.strategy}-s{args.seed}"
+    c.run_dir = args.out / name
+    if args.kind == "delta":
+        c.finetune.kind = "delta"
+    else:
+        c.finetune.readout = "full"
+    try:
+        fork_run(args.out / "pool", c.run_dir, 0)
+    except FileExistsError:
+        pass   # a rerun continues it
+    run = CampaignRun(c, progress=False)
+    start = time.perf_counter()
+    for r in run_to_the_end(run):
+        b = r["observables"]["barrier"]
+        print(f"{r['n_labels']:4d} labels: barrier {b['mean']:.4f} ± {b['std']:.4f} eV, τ {r['prior_sigma']:.3g} eV/atom, "
+              f"test RMSE {1000 * r['test']['rmse']:.1f} meV; iteration {sum(r['seconds'].values()):.0f} s "
+              f"(training {r['seconds'].get('train', 0):.0f} s)", flush=True)
+    print(f"campaign: {time.perf_counter() - start:.0f} s", flush=True)
+    result = scores(run)
+    (args.out / f"{name}_scores.json").write_text(json.dumps(result, indent=1, default=float))
+    cal = result["calibration"]
+    print(f"{name} at {result['n_labels']} labels: tracked barrier error {result['tracked_error']:+.3f} eV, di-vacancy "
+          f"{result['di_error']:+.3f} eV, test RMSE {result['test_rmse_meV']:.1f} meV/cell, force MAE "
+          f"{result['force_mae_meV_per_A']:.1f} meV/Å, prospective 2σ {cal.get('within_2sigma')} (calibrated "
+          f"{cal.get('calibrated_within_2sigma')})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
