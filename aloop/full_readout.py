@@ -139,9 +139,8 @@ class FullReadout:
     def _readout_params(self, phi: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """The parameters of MLP readout number k (in self.mlp) as φ holds them."""
         bb, t = self.backbone, self.mlp[k]
-        out_weight = bb._output_linear(bb.model.readouts[t]).weight
-        out_name = next(n for n, p in bb.model.readouts[t].named_parameters() if p is out_weight)
-        params = {out_name: phi[bb.slices[t]].reshape(out_weight.shape)}
+        # W2 is θ's part of the readout (`_check_scalar_mlp`: MACE's MLP readout, W2 its linear_2)
+        params = {"linear_2.weight": phi[bb.slices[t]].reshape(bb.model.readouts[t].linear_2.weight.shape)}
         start = self.n_theta + sum(int(np.prod(s)) for names in self.inner[:k] for _, s in names)
         for name, shape in self.inner[k]:
             size = int(np.prod(shape))

@@ -46,6 +46,15 @@ from .report_text import one_line
 PATH_POINT_TOLERANCE = 0.02   # Å, largest coordinate difference to an earlier path point
 
 
+def mean_surface(backbone: Backbone, full, committee) -> tuple[Backbone, np.ndarray | None]:
+    """The committee mean's energy surface as (backbone, θ) for a CI-NEB or forces: `backbone` with the
+    mean θ, or, with a nonlinear map `full` (`readout: full`, `kind: delta`), the one model of the
+    members' average (θ None: its own; FullReadout.model_with), on `backbone`'s device."""
+    if full is None:
+        return backbone, committee.thetas_.mean(0)
+    return Backbone(full.model_with(committee.phis_), device=str(backbone.device)), None
+
+
 @dataclass
 class RunResult:
     iterations: int
@@ -222,12 +231,7 @@ class CampaignRun:
         return self.backbone.features(frames) if self.full is None else self.full.inputs(frames)
 
     def mean_surface(self, committee) -> tuple[Backbone, np.ndarray | None]:
-        """The committee mean's energy surface as (backbone, θ) for a CI-NEB: the backbone with the mean
-        θ, or with `readout: full` and `kind: delta` the one model of the members' average (θ None: its
-        own; FullReadout.model_with)."""
-        if self.full is None:
-            return self.backbone, committee.thetas_.mean(0)
-        return Backbone(self.full.model_with(committee.phis_), device=str(self.backbone.device)), None
+        return mean_surface(self.backbone, self.full, committee)
 
     def fill_features(self, ids: list[int]) -> None:
         """Compute the features of those of `ids` not cached yet, one block of candidates at a time

@@ -230,11 +230,11 @@ def misfit_raised_at(records: list[dict]) -> list[int]:
     return out
 
 
-def di_barrier(run: CampaignRun, theta: np.ndarray, reference: dict) -> dict:
-    """The di-vacancy hop's CI-NEB (end points relaxed) on θ's surface (a committee mean: the exported
-    model's), a hop no label of the pool comes near."""
+def di_barrier(backbone, theta: np.ndarray | None, reference: dict) -> dict:
+    """The di-vacancy hop's CI-NEB (end points relaxed) on the surface (backbone, θ) (a committee mean:
+    the exported model's), a hop no label of the pool comes near."""
     start = interpolate(read(CAMPAIGN / "di_initial.xyz"), read(CAMPAIGN / "di_final.xyz"), NEB_IMAGES)
-    path = relax_path(start, run.backbone, theta=theta, fmax=0.03, steps=1500)
+    path = relax_path(start, backbone, theta=theta, fmax=0.03, steps=1500)
     return {"barrier": path.barrier, "converged": path.converged, "error": path.barrier - reference["di_barrier_hf"]}
 
 
@@ -264,9 +264,9 @@ def measure_run(run: CampaignRun, evaluation: "Evaluation", observable: str, neb
         entry["at_stop"] = {"n_labels": record["n_labels"],
                             **evaluation.tracked(record["observables"][observable]["mean"])}
     if neb:
-        entry["di_relaxed"] = {str(T2_LABELS): di_barrier(run, mean_theta(run, T2_LABELS)[1], reference)}
+        entry["di_relaxed"] = {str(T2_LABELS): di_barrier(run.backbone, mean_theta(run, T2_LABELS)[1], reference)}
         if first is not None:
-            entry["at_stop"]["di"] = di_barrier(run, theta, reference)
+            entry["at_stop"]["di"] = di_barrier(run.backbone, theta, reference)
     return entry
 
 
@@ -543,7 +543,7 @@ def main() -> None:
             raise SystemExit(f"{previous} holds runs with {field} {earlier[key]}, not {summary[key]}; give another --out")
     base = evaluation.scores(pool.backbone.theta0) | evaluation.tracked(measure.base_observables(pool)[observable]["mean"])
     if not args.no_neb:   # the base model's di-vacancy CI-NEB, once per folder
-        base["di_relaxed"] = earlier.get("base", {}).get("di_relaxed") or di_barrier(pool, pool.backbone.theta0, reference)
+        base["di_relaxed"] = earlier.get("base", {}).get("di_relaxed") or di_barrier(pool.backbone, pool.backbone.theta0, reference)
     summary["base"] = base
     results = {}
     for strategy in args.strategies:

@@ -76,7 +76,7 @@ from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
 from aloop.files import file_digest
 from aloop.full_committee import FullCommittee
 from aloop.full_readout import FullReadout, GraphPart, LabelledGraph
-from aloop.loop import CampaignRun
+from aloop.loop import CampaignRun, mean_surface
 from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED, RunStore
 
@@ -161,14 +161,6 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: d
     return committee, readout, setup, time.perf_counter() - t
 
 
-def surface(kind: str, committee, readout) -> tuple[Backbone | None, np.ndarray | None]:
-    """The exported committee-mean model as (backbone, θ) for relax_path and energy_forces, on the
-    run's device: for `linear` the run's backbone (None) with the mean θ, for the others its own."""
-    if kind == "linear":
-        return None, committee.thetas_.mean(0)
-    return Backbone(readout.model_with(committee.phis_), device=str(readout.backbone.device)), None
-
-
 def predict(committee, readout, backbone: Backbone, frames) -> tuple[np.ndarray, np.ndarray]:
     """Committee mean and spread on `frames`."""
     return committee.predict(backbone.features(frames) if readout is None else readout.inputs(frames))
@@ -188,7 +180,7 @@ def bands_of(run: CampaignRun, transfer: tuple | None) -> list[tuple]:
 
 
 def barriers(model, run: CampaignRun, bands: list[tuple]) -> dict:
-    """Each band's relaxed CI-NEB barrier (`bands_of`) on the exported model (`surface`)."""
+    """Each band's relaxed CI-NEB barrier (`bands_of`) on `model`, (backbone or None: the run's, θ)."""
     backbone, theta = model
     out = {}
     for name, images, reference, settings in bands:
@@ -198,8 +190,8 @@ def barriers(model, run: CampaignRun, bands: list[tuple]) -> dict:
 
 
 def force_mae(model, run: CampaignRun, test, f_ref) -> float | None:
-    """MAE (eV/Å) of the exported model's forces (`surface`) against the test set's, or None when its
-    frames carry no forces."""
+    """MAE (eV/Å) of `model`'s forces, (backbone or None: the run's, θ), against the test set's, or None
+    when its frames carry no forces."""
     if f_ref is None:
         return None
     backbone, theta = model
@@ -265,7 +257,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                     m, s = predict(committee, readout, run.backbone, run.store.atoms(later))
                     row["prospective_within_2sigma"] = coverage(m, s, np.array([labels[i] for i in later]),
                                                                 np.array([sigmas[i] for i in later]))
-                model = surface(kind, committee, readout)
+                model = mean_surface(run.backbone, readout, committee)   # the exported committee-mean model
                 mae = force_mae(model, run, test, f_test)
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
                 row["observables"] = barriers(model, run, bands)

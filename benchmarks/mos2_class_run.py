@@ -31,29 +31,25 @@ import numpy as np
 import torch
 from ase.io import read
 
-from aloop.backbone import Backbone
 from aloop.fork import fork_run
 from aloop.loop import CampaignRun
-from aloop.neb import interpolate, relax_path
-from data_efficiency import (CAMPAIGN, STRATEGIES, calibration, campaign_for, positive_tau,
+from data_efficiency import (CAMPAIGN, STRATEGIES, calibration, campaign_for, di_barrier, positive_tau,
                              run_to_the_end)
-from testbeds.mos2.geometry import NEB_IMAGES
 
 
 def scores(run: CampaignRun) -> dict:
     """The last iteration's committee-mean model scored against the oracle (module docstring)."""
     record = run.store.iterations()[-1]
     committee = run.load_committee(record["iteration"])
-    model = Backbone(run.full.model_with(committee.phis_), device=str(run.backbone.device))
+    model = run.mean_surface(committee)[0]
     reference = json.loads((CAMPAIGN / "reference.json").read_text())
-    start = interpolate(read(CAMPAIGN / "di_initial.xyz"), read(CAMPAIGN / "di_final.xyz"), NEB_IMAGES)
-    di = relax_path(start, model, fmax=0.03, steps=1500)
+    di = di_barrier(model, None, reference)
     test = read(run.campaign.evaluation.test_set.path, index=":")
     forces = np.concatenate(model.energy_forces(test)[1])
     tracked = record["observables"]["barrier"]["mean"]
     return {"n_labels": record["n_labels"], "tracked_barrier": tracked,
             "tracked_error": tracked - reference["mono_barrier_hf"], "test_rmse_meV": 1000 * record["test"]["rmse"],
-            "di_barrier": di.barrier, "di_error": di.barrier - reference["di_barrier_hf"], "di_converged": di.converged,
+            "di_barrier": di["barrier"], "di_error": di["error"], "di_converged": di["converged"],
             "force_mae_meV_per_A": 1000 * float(np.mean(np.abs(forces - np.concatenate([a.get_forces() for a in test])))),
             "calibration": calibration(run, record["n_labels"]), "misfit": record.get("misfit")}
 
