@@ -424,7 +424,9 @@ class Campaign(Section):
 
     def _readout_checks(self) -> list[str]:
         """What needs the energy to be linear in the trained parameters, which `readout: full` and
-        `kind: delta` are not."""
+        `kind: delta` are not. `readout: full` linearises its posterior for `targeted`
+        (FullCommittee.posterior_covariance); `delta`'s members each draw their own hidden layer, so
+        there is no one parameter space to linearise in."""
         why = self.finetune.nonlinear
         if why is None:
             return []
@@ -432,10 +434,10 @@ class Campaign(Section):
         if self.committee.prior_sigma == "auto" and self.finetune.readout == "full":
             problems.append(f"committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
                             f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.1)")
-        if self.acquisition.strategy == "targeted":
-            problems.append("acquisition.strategy: targeted needs the energy linear in the trained parameters "
-                            f"(its posterior covariance and the observables' directions), and {why}; choose "
-                            "max_std or diverse, or finetune.readout: linear")
+        if self.acquisition.strategy == "targeted" and self.finetune.kind == "delta":
+            problems.append("acquisition.strategy: targeted needs one posterior over the trained parameters, and "
+                            "finetune.kind delta's members each train a correction on their own random hidden layer; "
+                            "choose max_std or diverse, or finetune.kind: readout (linear or full)")
         return problems
 
     def to_dict(self) -> dict:

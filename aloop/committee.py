@@ -307,6 +307,11 @@ class Committee:
         self._check_fitted()
         return features.energies(self.thetas_)
 
+    def energy_rows(self, features: Features) -> np.ndarray:
+        """∂E/∂θ [n, P]: the features' a, the energy being linear in θ (`FullCommittee.energy_rows`
+        linearises its own)."""
+        return features.a
+
     def predict(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         """Committee mean and spread (sample standard deviation over members), eV."""
         energies = self.member_energies(features)

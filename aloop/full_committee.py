@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arrays import ReadoutInputs, feature_moment
+from .arrays import Features, ReadoutInputs, feature_moment
 from .committee import Committee, NotConverged, TrainingSet
 from .full_readout import FullReadout, LabelledGraph
 
@@ -81,6 +81,11 @@ class FullCommittee(MemberCommittee):
         self.newton_steps = newton_steps
 
     @property
+    def effective_floor(self) -> float:
+        """σ_floor of the energy term (prior_sigma is given, so no model error is fitted)."""
+        return self.linear.noise_floor
+
+    @property
     def tau_(self) -> float:
         """The prior's τ (eV/atom), fixed by committee.prior_sigma; each iteration records it."""
         return self.linear.tau_
@@ -91,7 +96,7 @@ class FullCommittee(MemberCommittee):
         full = self.full
         phi0 = torch.as_tensor(full.phi0, device=full.device)
         hs = [torch.as_tensor(x, device=full.device) for x in h]
-        jac = torch.func.jacrev(lambda p: full.node_energies(p, hs))(phi0)[:, full.inner_slice]
+        jac = full.node_jacobian(phi0, hs)[:, full.inner_slice]
         return self.linear.prior_sigma**2 / float((jac**2).sum(1).mean())
 
     # --- fitting --------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ class FullCommittee(MemberCommittee):
             return torch.cat([free, c[n_free:]])
 
         def whitening(free):
-            jac = torch.func.jacrev(lambda x: problem.energies(phi_of(x)))(free)
+            jac = problem.energy_jacobian(phi_of(free))[:, :n_free]
             hessian = 2 * (jac.T * (w * problem.inv_var)) @ jac + torch.diag(2 / sc**2)
             eye = torch.eye(n_free, dtype=torch.float64, device=dev)
             return torch.linalg.solve_triangular(torch.linalg.cholesky(hessian).T, eye, upper=True)
@@ -230,6 +235,57 @@ class FullCommittee(MemberCommittee):
         value, grad = value_and_grad(free, whitening(free), zero.clone().requires_grad_(True))
         return free, value, grad
 
+    # --- the posterior, linearised (targeted acquisition) ---------------------------------------
+    def energy_rows(self, inputs: ReadoutInputs, block: int = 512) -> np.ndarray:
+        """∂E/∂φ [n, P] at the members' mean φ̄, a block of configurations at a time. Linearised
+        there, E(φ) ≈ E(φ̄) + row·(φ − φ̄): targeted acquisition uses the rows as the linear class
+        uses its features, with `posterior_covariance` as Σ."""
+        self._check_fitted()
+        full = self.full
+        phi = torch.as_tensor(self.phis_.mean(0), device=full.device)
+        f, n = inputs.features, len(inputs.features.e)
+        starts = np.concatenate([[0], np.cumsum(f.n_atoms)])
+        rows = np.empty((n, full.n_params))
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            part = ReadoutInputs(Features(f.a[lo:hi], f.e[lo:hi], f.n_atoms[lo:hi]),
+                                 [x[starts[lo]:starts[hi]] for x in inputs.h])
+            a, _, h, index = full.tensors(part)
+            rows[lo:hi] = full.energy_jacobian_t(phi, a, h, index).cpu().numpy()
+        return rows
+
+    def posterior_covariance(self, data: TrainingSet, graph: LabelledGraph, n_elements: int,
+                             moment: np.ndarray | None = None) -> np.ndarray:
+        """Σ [P, P]: the Laplace posterior of φ at the members' mean φ̄ with every label at weight 1,
+        the committee's J linearised there (as `Committee.posterior_covariance` for θ, where nothing
+        needs linearising). ½∇²J is taken Gauss-Newton for the energy term, JᵀWJ with J = ∂E/∂φ,
+        and the prior's I/s²; exactly for the force penalty, by Hessian-vector products over the
+        labels whose forces leave the threshold (none, commonly: then it adds nothing). The
+        linearisation drops r ∂²E/∂φ², which can make ∇²J indefinite away from a minimiser; the
+        Gauss-Newton part cannot be, and curvature below the prior's own (from the penalty's second
+        derivatives) is raised to it, so Σ is never wider than the prior. Parameters the fit holds
+        fixed (`freeze_inner`) have zero variance."""
+        self._check_fitted()
+        problem, _, _, scale = self.problem(data, graph, n_elements, moment)
+        dev = self.full.device
+        n_free = len(scale)
+        phi = torch.as_tensor(self.phis_.mean(0), device=dev)
+        jac = problem.energy_jacobian(phi)[:, :n_free]
+        sc = torch.as_tensor(scale, device=dev)
+        half_hessian = (jac.T * problem.inv_var) @ jac + torch.diag(1 / sc**2)
+        if problem.lam > 0:
+            with torch.no_grad():
+                active = (problem.excess(phi) > 0).to(torch.float64)
+            if bool(active.any()):
+                def penalty(free):
+                    return problem.lam * (active * problem.excess(torch.cat([free, phi[n_free:]])) ** 2).sum()
+                half_hessian = half_hessian + 0.5 * torch.autograd.functional.hessian(penalty, phi[:n_free].clone())
+        values, vectors = torch.linalg.eigh(0.5 * (half_hessian + half_hessian.T))
+        values = torch.maximum(values, (1 / sc**2).min())
+        sigma = np.zeros((self.full.n_params, self.full.n_params))
+        sigma[:n_free, :n_free] = ((vectors / values) @ vectors.T).cpu().numpy()
+        return 0.5 * (sigma + sigma.T)
+
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path) -> None:
         self._check_fitted()
@@ -281,14 +337,20 @@ class _FullObjective:
     def energies(self, phi: torch.Tensor) -> torch.Tensor:
         return self.full.energies_t(phi, self.a, self.e, self.h, self.index)
 
+    def energy_jacobian(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.full.energy_jacobian_t(phi, self.a, self.h, self.index)
+
+    def excess(self, phi: torch.Tensor, mlp_forces: torch.Tensor | None = None) -> torch.Tensor:
+        """‖ΔF‖² − t² where positive, else 0 [n]: the force penalty is λ Σ w excess²."""
+        return torch.clamp((self.forces_delta(phi, mlp_forces) ** 2).sum(1) - self.t2, min=0.0)
+
     def value(self, phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.lam == 0:
             r = self.energies(phi) - self.y
             return (w * self.inv_var * r**2).sum()
         mlp_energy, mlp_forces = self.graph.mlp(phi)
         r = self.full.linear_energies(phi, self.a, self.e) + mlp_energy - self.y
-        excess = torch.clamp((self.forces_delta(phi, mlp_forces) ** 2).sum(1) - self.t2, min=0.0)
-        return (w * self.inv_var * r**2).sum() + self.lam * (w * excess**2).sum()
+        return (w * self.inv_var * r**2).sum() + self.lam * (w * self.excess(phi, mlp_forces) ** 2).sum()
 
 
 def _conjugate_gradients(hvp, b: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor | None:

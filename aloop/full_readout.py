@@ -158,6 +158,22 @@ class FullReadout:
             total = total + out[:, bb.head_index]
         return self._scale * total
 
+    def node_jacobian(self, phi: torch.Tensor, h: list[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
+        """∂ε_i/∂φ [atoms, P] of `node_energies`: one gradient per atom, each from that atom's inputs
+        alone. (Reverse mode over all atoms at once, `jacrev`, carries every atom's intermediates for
+        every output: memory grew with the square of the atoms, 20 GB for 150 MoS2 labels.)"""
+        def one(p, rows):
+            return self.node_energies(p, [x[None] for x in rows])[0]
+        per_atom = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), chunk_size=chunk)
+        return per_atom(phi, list(h))
+
+    def energy_jacobian_t(self, phi: torch.Tensor, a: torch.Tensor, h: list[torch.Tensor],
+                          index: torch.Tensor) -> torch.Tensor:
+        """∂E_c/∂φ [configurations, P] of `energies_t`."""
+        jac = torch.zeros(len(a), self.n_params, dtype=torch.float64, device=self.device)
+        jac[:, :self.n_theta] = a * self._linear_mask
+        return jac.index_add_(0, index, self.node_jacobian(phi, h))
+
     def energies_t(self, phi: torch.Tensor, a: torch.Tensor, e: torch.Tensor, h: list[torch.Tensor],
                    index: torch.Tensor) -> torch.Tensor:
         """E_c(φ) for every configuration, in torch (differentiable in φ)."""

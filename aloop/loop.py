@@ -359,16 +359,22 @@ class CampaignRun:
         """What `acquisition.targeted` needs besides σ (`committee`: the one of iteration − 1, which
         selects for `iteration`): the committee's posterior covariance (prior
         scaled on the whole pool, as in `train`), the target observables' directions, the predicted
-        noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows."""
-        _, data = self.training_set()
+        noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows. With
+        `readout: full` all of these are linearised at the members' mean φ̄ (FullCommittee), and the
+        rows, ∂E/∂φ, are computed here for every available candidate (P numbers each)."""
+        ids, data = self.training_set()
         moment = self.prior_moment()
         directions = measure.observable_directions(self, committee, iteration - 1)
         targets = self.campaign.acquisition.targets or list(directions)
         label_sigma = self.labels()[2]
-        return {"sigma": committee.posterior_covariance(data, moment),
-                "directions": np.array([directions[name] for name in targets]),
-                "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)),
-                "rows": PoolRows(self.feature_cache, available, per_atom=False)}
+        if self.full is None:
+            sigma = committee.posterior_covariance(data, moment)
+            rows = PoolRows(self.feature_cache, available, per_atom=False)
+        else:
+            sigma = committee.posterior_covariance(data, self.graph(ids), len(self.backbone.z_table), moment)
+            rows = committee.energy_rows(self.inputs(available))
+        return {"sigma": sigma, "directions": np.array([directions[name] for name in targets]),
+                "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)), "rows": rows}
 
     def cost_model(self) -> CostModel:
         """Predicted label costs: fitted to the finished labels of this labeler whose cost is known

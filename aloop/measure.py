@@ -81,7 +81,8 @@ def base_observables(run) -> dict[str, dict]:
 
 
 def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarray]:
-    """∂o/∂θ [P] of each observable at the mean of the committee of `iteration`: for a barrier
+    """∂o/∂θ [P] of each observable at the mean of the committee of `iteration` (∂o/∂φ, linearised
+    at the members' mean, for `readout: full`; `energy_rows`): for a barrier
     a(saddle) − a(first image), for a difference a(last) − a(first). On a relaxed path (the mean's own, kept by `observables`) the images
     are stationary, so moving them changes the barrier only at second order and this is its
     gradient; on the frozen pool images the saddle is the image of highest committee-mean energy (the
@@ -90,11 +91,12 @@ def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarra
     for obs in run.campaign.evaluation.observables:
         relaxed = reaction_path.load(run.layout.path(obs.name, iteration)) if obs.relax else None
         if relaxed is not None:
-            feats, saddle = run.backbone.features(relaxed.images), relaxed.saddle
+            inputs, saddle = run.frame_inputs(relaxed.images), relaxed.saddle
         else:
-            feats = run.features(run.store.source_ids(obs.path))
-            saddle = -1 if obs.kind == "difference" else int(np.argmax(committee.predict(feats)[0]))
-        directions[obs.name] = feats.a[saddle] - feats.a[0]
+            inputs = run.inputs(run.store.source_ids(obs.path))
+            saddle = -1 if obs.kind == "difference" else int(np.argmax(committee.predict(inputs)[0]))
+        rows = committee.energy_rows(inputs)
+        directions[obs.name] = rows[saddle] - rows[0]
     return directions
 
 

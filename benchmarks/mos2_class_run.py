@@ -5,7 +5,7 @@ The data-efficiency benchmark's campaign (oracle v2, the committee mean's own re
 `--class delta` (`finetune.kind: delta`, the campaign's `prior_sigma: auto` unless --prior-sigma) or
 `--class full` (`finetune.readout: full`, which needs a fixed --prior-sigma in eV/atom), forked from
 that benchmark's shared pool (its features and cached oracle labels), and run to a label budget.
-`targeted` needs the linear class, so the strategy is another. Prints each iteration's tracked
+`targeted` takes `full` (its posterior linearised at the members' mean), not `delta`. Prints each iteration's tracked
 barrier (mean, spread), τ, the test RMSE and the iteration's wall time; then, on the last
 iteration's committee-mean model (one MACE file for either class): the tracked barrier's error,
 the di-vacancy hop relaxed by CI-NEB (end points relaxed), the force MAE against the oracle on
@@ -14,7 +14,7 @@ batch). Those go to OUT/CLASS-STRATEGY-sSEED_scores.json.
 
     python benchmarks/data_efficiency.py --out OUT ...         # makes OUT/pool once
     python benchmarks/mos2_class_run.py --out OUT --class full --prior-sigma 0.1 --seed 0 \
-        [--strategy diverse] [--max-labels 100]
+        [--strategy diverse|targeted|...] [--max-labels 100]
 
 The run folder is OUT/CLASS-STRATEGY-sSEED; a rerun continues it (or only scores it, once stopped).
 """
@@ -61,12 +61,14 @@ def main() -> None:
     parser.add_argument("--prior-sigma", type=positive_tau, metavar="TAU",
                         help="committee.prior_sigma in eV/atom (needed by --class full; delta: the evidence's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default="diverse", choices=[s for s in STRATEGIES if s != "targeted"])
+    parser.add_argument("--strategy", default="diverse", choices=list(STRATEGIES))
     parser.add_argument("--max-labels", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if not (args.out / "pool").is_dir():
         parser.error(f"--out: {args.out} has no pool/; run benchmarks/data_efficiency.py --out {args.out} first")
+    if args.kind == "delta" and args.strategy == "targeted":
+        parser.error("--strategy targeted takes --class full, not delta (each delta member has its own hidden layer)")
     if args.kind == "full" and args.prior_sigma is None:
         parser.error("--class full needs --prior-sigma TAU (eV/atom, e.g. 0.1): it has no evidence of its own")
     torch.set_num_threads(args.threads)

@@ -81,20 +81,27 @@ def test_a_full_campaign_computes_each_labels_jacobians_once(tmp_path, monkeypat
     np.testing.assert_array_equal(kept.n_atoms, fresh.n_atoms)
 
 
-@pytest.mark.parametrize("finetune, committee", [("kind: delta, delta_width: 4", "prior_sigma: auto"),
-                                                  ("readout: full", "prior_sigma: 0.1")], ids=["delta", "full"])
-def test_a_nonlinear_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path, finetune, committee):
+@pytest.mark.parametrize("finetune, committee, strategy", [("kind: delta, delta_width: 4", "prior_sigma: auto", "max_std"),
+                                                            ("readout: full", "prior_sigma: 0.1", "targeted")],
+                         ids=["delta", "full"])
+def test_a_nonlinear_campaign_relaxes_its_committee_means_path_and_exports_that_model(tmp_path, finetune, committee,
+                                                                                       strategy):
     """A delta or full committee's average is one model: the run relaxes that model's path (relax: true)
     and exports it as committee_mean.model, which gives the path's energies as the run recorded them;
-    delta's prior is the evidence's (prior_sigma: auto), full's a fixed one."""
+    delta's prior is the evidence's (prior_sigma: auto), full's a fixed one. `full` chooses its
+    labels by `targeted` on the relaxed barrier, its posterior linearised at the members' mean."""
     write_h3_inputs(tmp_path)
     text = (CAMPAIGN.replace("FINETUNE", finetune).replace(", relax: false", "")
-            .replace("committee: {size: 2}", f"committee: {{size: 2, {committee}}}"))
+            .replace("committee: {size: 2}", f"committee: {{size: 2, {committee}}}")
+            .replace("strategy: max_std", f"strategy: {strategy}"))
     (tmp_path / "c.yaml").write_text(text)
     run = CampaignRun(load_campaign(tmp_path / "c.yaml"), progress=False)
     assert run.run().n_labels == 6
     records = run.store.iterations()
     assert all(r["prior_sigma"] > 0 for r in records)
+    if strategy == "targeted":   # each pick's reduction of the barrier's variance, eV²
+        scores = [r.score for r in run.store.rows(iteration=1)]
+        assert len(scores) == 3 and all(x > 0 for x in scores)
     barrier = records[-1]["observables"]["barrier"]
     assert barrier["path"] == "relaxed" and len(barrier["members"]) == 2
     paths = run.export()

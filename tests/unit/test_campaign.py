@@ -132,9 +132,6 @@ BAD = [
                  id="finetune-typo"),
     pytest.param(_edit("noise_floor: 0.005", "readout: ful"),
                  "campaign.yaml: finetune.readout: expected one of: linear, full; got 'ful'", id="bad-readout"),
-    pytest.param(_edit("noise_floor: 0.005", "readout: full").replace("strategy: max_std", "strategy: targeted"),
-                 "campaign.yaml: acquisition.strategy: targeted needs the energy linear in the trained parameters",
-                 id="full-readout-targeted"),
     pytest.param(_edit("noise_floor: 0.005", "readout: full")
                  + "committee: {prior_sigma: auto}\n",
                  "campaign.yaml: committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
@@ -142,8 +139,8 @@ BAD = [
     pytest.param(VALID + "committee: {prior_sigma: large}\n",
                  "campaign.yaml: committee.prior_sigma: expected a number > 0 (eV/atom) or auto, got 'large'", id="bad-prior-sigma"),
     pytest.param(_edit("noise_floor: 0.005", "kind: delta").replace("strategy: max_std", "strategy: targeted"),
-                 "acquisition.strategy: targeted needs the energy linear in the trained parameters (its posterior "
-                 "covariance and the observables' directions), and finetune.kind is delta", id="delta-targeted"),
+                 "acquisition.strategy: targeted needs one posterior over the trained parameters, and finetune.kind "
+                 "delta's members each train a correction on their own random hidden layer", id="delta-targeted"),
     pytest.param(_edit("noise_floor: 0.005", "kind: multifidelity"),
                  "campaign.yaml: finetune.kind: multifidelity trains the backbone on the base model's own data as well "
                  "as the labels; give model.training_data", id="multifidelity-without-training-data"),
@@ -243,6 +240,13 @@ def test_the_nonlinear_classes_relax_their_own_path(folder: Path) -> None:
     assert c.evaluation.observables[0].relax
     c = load_campaign(_write(folder, _edit("noise_floor: 0.005", "kind: delta") + "committee: {prior_sigma: auto}\n"))
     assert c.committee.prior_sigma == "auto" and c.evaluation.observables[0].relax
+
+
+def test_full_readout_takes_targeted(folder: Path) -> None:
+    """`readout: full` linearises its posterior at the members' mean, so targeted is accepted."""
+    c = load_campaign(_write(folder, _edit("noise_floor: 0.005", "readout: full").replace("strategy: max_std",
+                                                                                          "strategy: targeted")))
+    assert c.acquisition.strategy == "targeted" and c.finetune.readout == "full"
 
 
 def test_targeted_needs_an_observable(folder: Path) -> None:

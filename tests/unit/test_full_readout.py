@@ -86,6 +86,20 @@ def test_the_committee_mean_is_one_model_with_every_members_mlp(heads):
         np.testing.assert_allclose(forces[c], np.mean([f[c] for f in one], axis=0), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("heads", [None, ["pbe", "dmc"]], ids=["one-head", "two-heads"])
+def test_energy_jacobians_are_those_of_reverse_mode(heads):
+    """Each atom's gradient ∂ε_i/∂φ, taken atom by atom in chunks, and the configurations' ∂E/∂φ
+    summed from them, equal torch's Jacobian of the energies (the whitening and τ's ω part use them)."""
+    bb = Backbone(tiny_mace(heads=heads, scale_shift=heads is None), device="cpu", head=heads and heads[1])
+    full = FullReadout(bb)
+    a, e, h, index = full.tensors(full.inputs(h3_set(5, seed=2)))
+    phi = torch.as_tensor(full.phi0 + 0.2 * np.random.default_rng(4).normal(size=full.n_params))
+    nodes = torch.func.jacrev(lambda p: full.node_energies(p, h))(phi)
+    np.testing.assert_allclose(full.node_jacobian(phi, h, chunk=4), nodes, rtol=0, atol=1e-12)
+    configs = torch.func.jacrev(lambda p: full.energies_t(p, a, e, h, index))(phi)
+    np.testing.assert_allclose(full.energy_jacobian_t(phi, a, h, index), configs, rtol=0, atol=1e-12)
+
+
 def test_one_step_lowers_the_loss(setup):
     bb, full, atoms, inputs, graph, data, *_ = setup
     c = committee(full)
@@ -109,6 +123,40 @@ def test_with_w1_frozen_full_finds_the_linear_exact_solution(setup):
     np.testing.assert_allclose(frozen.objective_, linear.objective_, rtol=1e-11)
     np.testing.assert_allclose(frozen.member_energies(inputs), linear.member_energies(inputs.features), atol=1e-11)
     np.testing.assert_array_equal(frozen.phis_[:, full.inner_slice], np.tile(full.phi0[full.inner_slice], (3, 1)))
+
+
+def test_the_linearised_posterior_with_w1_frozen_is_the_linear_classs(setup):
+    """With W1 frozen the energy is linear in θ: `targeted`'s inputs for `full` (Σ, linearised at the
+    members' mean, and the rows ∂E/∂φ) are then the linear class's Σ and features, the force
+    penalty's exact Hessian included (its threshold is crossed here); ω has no variance."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    settings = dict(size=3, noise_floor=0.002, force_weight=1.0, force_threshold=0.05)
+    moment = feature_moment(inputs.features)
+    linear = make_committee(bb.theta0, **settings).fit(data, 1, moment=moment)
+    frozen = FullCommittee(full, make_committee(bb.theta0, **settings), freeze_inner=True).fit(data, graph, 1, moment)
+    problem = frozen.problem(data, graph, 1, moment)[0]
+    assert float(problem.excess(torch.as_tensor(frozen.phis_.mean(0))).max()) > 0   # the penalty has curvature
+    sigma = frozen.posterior_covariance(data, graph, 1, moment)
+    theta = slice(0, full.n_theta)
+    np.testing.assert_allclose(sigma[theta, theta], linear.posterior_covariance(data, moment), rtol=1e-6, atol=1e-12)
+    assert not sigma[full.inner_slice].any()
+    np.testing.assert_allclose(frozen.energy_rows(inputs, block=3)[:, theta], inputs.features.a, rtol=0, atol=1e-10)
+
+
+def test_the_linearised_posterior_knows_a_label_to_its_error_bar(setup):
+    """Trained W1 and all: Σ is a covariance, and a labelled configuration's energy, linearised at
+    the members' mean, is known to at most its label's variance (σ² + σ_floor²), unlabelled
+    configurations less well."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+    c = committee(full, prior_sigma=0.1, size=3).fit(data, graph, 1)
+    sigma = c.posterior_covariance(data, graph, 1)
+    np.testing.assert_array_equal(sigma, sigma.T)
+    assert np.linalg.eigvalsh(sigma).min() > 0
+    rows = c.energy_rows(inputs)
+    labelled = np.einsum("ip,pq,iq->i", rows, sigma, rows)
+    assert (labelled <= data.sigma**2 + 0.002**2).all()
+    others = c.energy_rows(full.inputs(h3_set(10, seed=11)))
+    assert np.median(np.einsum("ip,pq,iq->i", others, sigma, others)) > np.median(labelled)
 
 
 def test_forces_inside_the_threshold_cost_nothing(setup):

@@ -16,7 +16,7 @@ def test_observable_direction_is_the_barrier_gradient_at_the_committee_mean():
     run = SimpleNamespace(
         campaign=SimpleNamespace(evaluation=SimpleNamespace(observables=[SimpleNamespace(name="b", kind="barrier", path="path", relax=False)])),
         store=SimpleNamespace(source_ids=lambda source: path[source]),
-        features=lambda ids: feats if list(ids) == path["path"] else None)
+        inputs=lambda ids: feats if list(ids) == path["path"] else None)
     committee = make_committee(np.zeros(P), size=3).use_members(rng.normal(size=(3, P)))
     direction = measure.observable_directions(run, committee, 0)["b"]
     mean = committee.thetas_.mean(0)
