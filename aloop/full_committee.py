@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .arrays import Features, ReadoutInputs, feature_moment
+from .arrays import ReadoutInputs, feature_moment
 from .committee import Committee, NotConverged, TrainingSet
 from .full_readout import FullReadout, LabelledGraph
 
@@ -236,23 +236,15 @@ class FullCommittee(MemberCommittee):
         return free, value, grad
 
     # --- the posterior, linearised (targeted acquisition) ---------------------------------------
-    def energy_rows(self, inputs: ReadoutInputs, block: int = 512) -> np.ndarray:
-        """∂E/∂φ [n, P] at the members' mean φ̄, a block of configurations at a time. Linearised
-        there, E(φ) ≈ E(φ̄) + row·(φ − φ̄): targeted acquisition uses the rows as the linear class
-        uses its features, with `posterior_covariance` as Σ."""
+    def energy_rows(self, inputs: ReadoutInputs) -> np.ndarray:
+        """∂E/∂φ [n, P] at the members' mean φ̄. Linearised there, E(φ) ≈ E(φ̄) + row·(φ − φ̄):
+        targeted acquisition uses the rows as the linear class uses its features, with
+        `posterior_covariance` as Σ (a pool is passed a block at a time: `PoolRows.features`)."""
         self._check_fitted()
         full = self.full
         phi = torch.as_tensor(self.phis_.mean(0), device=full.device)
-        f, n = inputs.features, len(inputs.features.e)
-        starts = np.concatenate([[0], np.cumsum(f.n_atoms)])
-        rows = np.empty((n, full.n_params))
-        for lo in range(0, n, block):
-            hi = min(lo + block, n)
-            part = ReadoutInputs(Features(f.a[lo:hi], f.e[lo:hi], f.n_atoms[lo:hi]),
-                                 [x[starts[lo]:starts[hi]] for x in inputs.h])
-            a, _, h, index = full.tensors(part)
-            rows[lo:hi] = full.energy_jacobian_t(phi, a, h, index).cpu().numpy()
-        return rows
+        a, _, h, index = full.tensors(inputs)
+        return full.energy_jacobian_t(phi, a, h, index).cpu().numpy()
 
     def posterior_covariance(self, data: TrainingSet, graph: LabelledGraph, n_elements: int,
                              moment: np.ndarray | None = None) -> np.ndarray:

@@ -168,11 +168,15 @@ class FullReadout:
         return per_atom(phi, list(h))
 
     def energy_jacobian_t(self, phi: torch.Tensor, a: torch.Tensor, h: list[torch.Tensor],
-                          index: torch.Tensor) -> torch.Tensor:
-        """∂E_c/∂φ [configurations, P] of `energies_t`."""
+                          index: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """∂E_c/∂φ [configurations, P] of `energies_t`, the per-atom rows summed `chunk` atoms at a
+        time: memory holds the configurations' rows, never every atom's (a pool's would be GBs)."""
         jac = torch.zeros(len(a), self.n_params, dtype=torch.float64, device=self.device)
         jac[:, :self.n_theta] = a * self._linear_mask
-        return jac.index_add_(0, index, self.node_jacobian(phi, h))
+        for lo in range(0, len(index), chunk):
+            part = [x[lo:lo + chunk] for x in h]
+            jac.index_add_(0, index[lo:lo + chunk], self.node_jacobian(phi, part, chunk))
+        return jac
 
     def energies_t(self, phi: torch.Tensor, a: torch.Tensor, e: torch.Tensor, h: list[torch.Tensor],
                    index: torch.Tensor) -> torch.Tensor:

@@ -361,7 +361,8 @@ class CampaignRun:
         scaled on the whole pool, as in `train`), the target observables' directions, the predicted
         noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows. With
         `readout: full` all of these are linearised at the members' mean φ̄ (FullCommittee), and the
-        rows, ∂E/∂φ, are computed here for every available candidate (P numbers each)."""
+        rows, ∂E/∂φ, are computed here for every available candidate (P numbers each), streamed
+        from the cache a block of candidates at a time."""
         ids, data = self.training_set()
         moment = self.prior_moment()
         directions = measure.observable_directions(self, committee, iteration - 1)
@@ -372,7 +373,9 @@ class CampaignRun:
             rows = PoolRows(self.feature_cache, available, per_atom=False)
         else:
             sigma = committee.posterior_covariance(data, self.graph(ids), len(self.backbone.z_table), moment)
-            rows = committee.energy_rows(self.inputs(available))
+            rows = np.empty((len(available), self.full.n_params))
+            for s, inputs in self.pool_rows(available).features():
+                rows[s] = committee.energy_rows(inputs)
         return {"sigma": sigma, "directions": np.array([directions[name] for name in targets]),
                 "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)), "rows": rows}
 
