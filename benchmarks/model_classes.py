@@ -179,23 +179,23 @@ def bands_of(run: CampaignRun, transfer: tuple | None) -> list[tuple]:
     return bands
 
 
-def barriers(model, run: CampaignRun, bands: list[tuple]) -> dict:
-    """Each band's relaxed CI-NEB barrier (`bands_of`) on `model`, (backbone or None: the run's, θ)."""
+def barriers(model, bands: list[tuple]) -> dict:
+    """Each band's relaxed CI-NEB barrier (`bands_of`) on `model`, (backbone, θ)."""
     backbone, theta = model
     out = {}
     for name, images, reference, settings in bands:
-        barrier = relax_path(images, backbone or run.backbone, theta=theta, **settings).barrier
+        barrier = relax_path(images, backbone, theta=theta, **settings).barrier
         out[name] = {"mean": float(barrier), "error": float(barrier - reference) if reference is not None else None}
     return out
 
 
-def force_mae(model, run: CampaignRun, test, f_ref) -> float | None:
-    """MAE (eV/Å) of `model`'s forces, (backbone or None: the run's, θ), against the test set's, or None
-    when its frames carry no forces."""
+def force_mae(model, test, f_ref) -> float | None:
+    """MAE (eV/Å) of `model`'s forces, (backbone, θ), against the test set's, or None when its frames
+    carry no forces."""
     if f_ref is None:
         return None
     backbone, theta = model
-    forces = np.concatenate((backbone or run.backbone).energy_forces(test, theta=theta)[1])
+    forces = np.concatenate(backbone.energy_forces(test, theta=theta)[1])
     return float(np.mean(np.abs(forces - f_ref)))
 
 
@@ -225,12 +225,12 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
     bands = bands_of(run, transfer) if with_barriers else []
-    base = (None, run.backbone.theta0)
-    mae = force_mae(base, run, test, f_test)
+    base = (run.backbone, run.backbone.theta0)
+    mae = force_mae(base, test, f_test)
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
     rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0, "setup_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
-             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, run, bands)}]
+             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, bands)}]
     parts = scored(mae, rows[0]["observables"])
     print(f"  {run.run_dir.name} base model: " + (", ".join(parts) or "no force or barrier to score"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,9 +258,9 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                     row["prospective_within_2sigma"] = coverage(m, s, np.array([labels[i] for i in later]),
                                                                 np.array([sigmas[i] for i in later]))
                 model = mean_surface(run.backbone, readout, committee)   # the exported committee-mean model
-                mae = force_mae(model, run, test, f_test)
+                mae = force_mae(model, test, f_test)
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
-                row["observables"] = barriers(model, run, bands)
+                row["observables"] = barriers(model, bands)
                 rows.append(row)
                 parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
                          + [f"set-up {setup:.2f} s, fit {seconds:.2f} s"])
@@ -282,12 +282,12 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
         run.campaign = saved
     model = (Backbone.from_file(result.path, device=str(run.backbone.device)), None)
     energies = model[0].energy_forces(test)[0]
-    mae = force_mae(model, run, test, f_test)
+    mae = force_mae(model, test, f_test)
     row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": len(ids), "class": "multifidelity",
            "fit_s": round(result.seconds, 3), "test_rmse_meV": 1000 * float(np.sqrt(np.mean((energies - y_test) ** 2))),
            "test_within_2sigma": None, "force_mae_meV_per_A": None if mae is None else 1000 * mae,
            "force_scale": result.force_scale, "settings": settings.model_dump(),
-           "observables": barriers(model, run, bands)}
+           "observables": barriers(model, bands)}
     parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
              + [f"training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)"])
     print(f"  {row['run']} N={len(ids):3d} multifidelity: " + ", ".join(parts), flush=True)
