@@ -423,22 +423,14 @@ class Campaign(Section):
         return problems
 
     def _readout_checks(self) -> list[str]:
-        """What needs the energy to be linear in the trained parameters, which `readout: full` and
-        `kind: delta` are not. `readout: full` linearises its posterior for `targeted`
-        (FullCommittee.posterior_covariance); `delta`'s members each draw their own hidden layer, so
-        there is no one parameter space to linearise in."""
-        why = self.finetune.nonlinear
-        if why is None:
-            return []
-        problems = []
-        if self.committee.prior_sigma == "auto" and self.finetune.readout == "full":
-            problems.append(f"committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
-                            f"trained parameters, and {why}; give prior_sigma in eV/atom (e.g. 0.1)")
+        """What needs one parameter space for the whole committee: `targeted` acquisition. `readout: full`
+        linearises its posterior there (FullCommittee.posterior_covariance); `delta`'s members each draw
+        their own hidden layer, so there is none."""
         if self.acquisition.strategy == "targeted" and self.finetune.kind == "delta":
-            problems.append("acquisition.strategy: targeted needs one posterior over the trained parameters, and "
-                            "finetune.kind delta's members each train a correction on their own random hidden layer; "
-                            "choose max_std or diverse, or finetune.kind: readout (linear or full)")
-        return problems
+            return ["acquisition.strategy: targeted needs one posterior over the trained parameters, and "
+                    "finetune.kind delta's members each train a correction on their own random hidden layer; "
+                    "choose max_std or diverse, or finetune.kind: readout (linear or full)"]
+        return []
 
     def to_dict(self) -> dict:
         """All settings, defaults filled in, paths as absolute strings; JSON-serialisable."""

@@ -17,6 +17,10 @@ take it to the minimiser's round-off (`FullCommittee.polish`). Full batch, a fix
 rate, no random mini-batches and no validation split: the result is a function of the labels, their
 weights and the prior (a local minimiser, the one reached from the member's own prior draw), not of
 which two of eight labels an early-stopping split happened to hold out (docs/method.md).
+
+With `committee.prior_sigma: auto` (τ, m) come from the labels' evidence before the members are fit
+(`FullCommittee.evidence_prior`): MacKay's fixed point of the Laplace evidence, each round one fit of
+the prior's mean, m the model error that joins σ_floor in quadrature, as the linear class's does.
 """
 from __future__ import annotations
 
@@ -25,7 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .arrays import ReadoutInputs, feature_moment
-from .committee import Committee, NotConverged, TrainingSet
+from .committee import MODEL_ERROR_RANGE, PRIOR_AUTO, TAU_RANGE, Committee, NotConverged, TrainingSet
+
+# `prior_sigma: auto`: MacKay's fixed point starts at this τ (eV/atom) with no model error, and stops when
+# a round moves τ and m by less than EVIDENCE_TOLERANCE (relative), or after EVIDENCE_ROUNDS rounds
+EVIDENCE_START = 0.1
+EVIDENCE_TOLERANCE = 0.02
+EVIDENCE_ROUNDS = 8
 from .full_readout import FullReadout, LabelledGraph
 
 
@@ -82,13 +92,17 @@ class FullCommittee(MemberCommittee):
 
     @property
     def effective_floor(self) -> float:
-        """σ_floor of the energy term (prior_sigma is given, so no model error is fitted)."""
-        return self.linear.noise_floor
+        """σ_floor of the energy term, with the evidence's model error in quadrature (auto; 0 when τ is given)."""
+        return self.linear.effective_floor
 
     @property
     def tau_(self) -> float:
-        """The prior's τ (eV/atom), fixed by committee.prior_sigma; each iteration records it."""
+        """The prior's τ (eV/atom): committee.prior_sigma, or the evidence's (auto); each iteration records it."""
         return self.linear.tau_
+
+    @property
+    def model_error_(self) -> float:
+        return self.linear.model_error_
 
     # --- the prior of ω ---------------------------------------------------------------------------
     def inner_variance(self, h: list[np.ndarray]) -> float:
@@ -97,7 +111,7 @@ class FullCommittee(MemberCommittee):
         phi0 = torch.as_tensor(full.phi0, device=full.device)
         hs = [torch.as_tensor(x, device=full.device) for x in h]
         jac = full.node_jacobian(phi0, hs)[:, full.inner_slice]
-        return self.linear.prior_sigma**2 / float((jac**2).sum(1).mean())
+        return self.linear.tau_**2 / float((jac**2).sum(1).mean())
 
     # --- fitting --------------------------------------------------------------------------------
     def problem(self, data: TrainingSet, graph: LabelledGraph, n_elements: int, moment: np.ndarray | None = None):
@@ -124,6 +138,9 @@ class FullCommittee(MemberCommittee):
             progress: bool = False) -> "FullCommittee":
         """Every member by L-BFGS to `tolerance`. `graph` holds the labelled configurations of `data`,
         in its order; `moment` scales θ's prior as in `Committee.fit`."""
+        self.evidence_rounds_ = 0
+        if self.linear.prior_sigma == PRIOR_AUTO:
+            self.evidence_rounds_ = self.evidence_prior(data, graph, n_elements, moment)
         problem, weights, centres, scale = self.problem(data, graph, n_elements, moment)
         phis, objective, steps, gradient = [], [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members ({self.kind})", unit="member", disable=not progress):
@@ -131,7 +148,7 @@ class FullCommittee(MemberCommittee):
             if g > self.tolerance:
                 raise NotConverged(f"committee fit ({self.kind}): member {k}: L-BFGS stopped after {n} steps, and "
                                    f"Newton's polish after it, with gradient {g:.2e} above the tolerance {self.tolerance:.0e} (objective {value:.6g}). "
-                                   f"A smaller committee.prior_sigma (now {self.linear.prior_sigma} eV/atom) holds W1 "
+                                   f"A smaller committee.prior_sigma (now {self.tau_:.3g} eV/atom) holds W1 "
                                    "nearer the base model's, where L-BFGS settles (docs/method.md, 'The optimiser'); "
                                    "finetune.readout: linear has an exact fit")
             phis.append(phi)
@@ -143,6 +160,78 @@ class FullCommittee(MemberCommittee):
         self.lbfgs_steps_ = np.array(steps)
         self.gradient_ = np.array(gradient)
         return self
+
+    def prior_mean(self, data: TrainingSet, n_elements: int) -> np.ndarray:
+        """φ's prior without a member's draw: θ0 with E0 refit to every label at weight 1, and ω0."""
+        lin, phi = self.linear, self.full.phi0.copy()
+        phi[lin.theta0.size - n_elements:lin.theta0.size] += lin._e0_refit(data, np.ones((1, len(data))), n_elements)[0]
+        return phi
+
+    def evidence_prior(self, data: TrainingSet, graph: LabelledGraph, n_elements: int,
+                       moment: np.ndarray | None = None) -> int:
+        """Set (τ, m) to MacKay's fixed point of the Laplace evidence; returns the rounds taken.
+
+        Each round fits the prior's mean (every label at weight 1, no draw) at the current (τ, m), and
+        takes the curvature there, in coordinates whitened by the prior: data Hessian H̃ = S H S (S the
+        prior's scales, H `data_curvature`) with eigenvalues λ. γ = Σ λ/(1 + λ) parameters are
+        determined by the labels; the prior is as wide as the fit's own move if τ² ← τ² ‖u‖²/γ, with
+        u = (φ − prior mean)/S, and the labels' scatter is what their error bars and m allow if
+        Σ r²/(σ² + σ_floor² + m²) = n − γ (MacKay 1992; Bishop, PRML §3.5.2). The linear class
+        maximises its exact evidence on a grid instead (Committee.evidence_prior); here every point of
+        a grid would cost a fit, and the fixed point is reached in a few (2 on MoS2's 100 labels from
+        τ = 0.1, docs/method.md). τ stays within TAU_RANGE and m within MODEL_ERROR_RANGE, and below
+        any τ at which the fit of the prior's mean does not converge."""
+        lin = self.linear
+        lin.tau_, lin.model_error_ = EVIDENCE_START, 0.0
+        dev = self.full.device
+        n = len(data)
+        base = data.sigma**2 + lin.noise_floor**2
+        fitted = None   # the last (τ, m) whose fit converged
+        for rounds in range(1, EVIDENCE_ROUNDS + 1):
+            problem, _, _, scale = self.problem(data, graph, n_elements, moment)
+            centre = self.prior_mean(data, n_elements)
+            n_free = len(scale)
+            phi, _, _, gradient = self.minimise(problem, np.ones(n), centre, scale, self.max_steps)
+            if gradient > self.tolerance:
+                # no minimiser, so no Laplace evidence here: back off halfway (in log τ) to the last τ
+                # whose fit converged. Few labels and a weak prior do this (3 H3 labels asked for τ = 10)
+                if fitted is None:
+                    break   # even the start: the members' fit will say so
+                lin.tau_, lin.model_error_ = float(np.sqrt(fitted[0] * lin.tau_)), fitted[1]
+                continue
+            fitted = (lin.tau_, lin.model_error_)
+            phi_t, sc = torch.as_tensor(phi, device=dev), torch.as_tensor(scale, device=dev)
+            curvature = self.data_curvature(problem, phi_t, n_free)
+            lam = torch.linalg.eigvalsh(sc[:, None] * curvature * sc[None, :]).clamp(min=0).cpu().numpy()
+            gamma = float(np.sum(lam / (1 + lam)))
+            u2 = float(np.sum(((phi[:n_free] - centre[:n_free]) / scale) ** 2))
+            with torch.no_grad():
+                r2 = ((problem.energies(phi_t) - problem.y) ** 2).cpu().numpy()
+            tau = float(np.clip(lin.tau_ * np.sqrt(u2 / max(gamma, 1e-12)), *TAU_RANGE))
+            m = _model_error(r2, base, n - gamma)
+            moved = abs(np.log(tau / lin.tau_)) > EVIDENCE_TOLERANCE or abs(m - lin.model_error_) > EVIDENCE_TOLERANCE * max(m, lin.noise_floor)
+            if not moved:
+                break
+            lin.tau_, lin.model_error_ = tau, m
+        else:
+            if fitted is not None:   # the last proposal was never fitted: keep the last one that was
+                lin.tau_, lin.model_error_ = fitted
+        return rounds
+
+    def data_curvature(self, problem: "_FullObjective", phi: torch.Tensor, n_free: int) -> torch.Tensor:
+        """½∇² of J's data part at φ, every label at weight 1, over the first `n_free` parameters:
+        Gauss-Newton for the energy term (GᵀWG, G = ∂E/∂φ), exact for the force penalty, by
+        Hessian-vector products over the labels whose forces leave the threshold (none, commonly)."""
+        jac = problem.energy_jacobian(phi)[:, :n_free]
+        curvature = (jac.T * problem.inv_var) @ jac
+        if problem.lam > 0:
+            with torch.no_grad():
+                active = (problem.excess(phi) > 0).to(torch.float64)
+            if bool(active.any()):
+                def penalty(free):
+                    return problem.lam * (active * problem.excess(torch.cat([free, phi[n_free:]])) ** 2).sum()
+                curvature = curvature + 0.5 * torch.autograd.functional.hessian(penalty, phi[:n_free].clone())
+        return 0.5 * (curvature + curvature.T)
 
     def minimise(self, problem: "_FullObjective", w, centre, scale, max_steps: int):
         """(φ, J, steps, largest gradient component) of one member by L-BFGS from its prior centre.
@@ -262,17 +351,8 @@ class FullCommittee(MemberCommittee):
         dev = self.full.device
         n_free = len(scale)
         phi = torch.as_tensor(self.phis_.mean(0), device=dev)
-        jac = problem.energy_jacobian(phi)[:, :n_free]
         sc = torch.as_tensor(scale, device=dev)
-        half_hessian = (jac.T * problem.inv_var) @ jac + torch.diag(1 / sc**2)
-        if problem.lam > 0:
-            with torch.no_grad():
-                active = (problem.excess(phi) > 0).to(torch.float64)
-            if bool(active.any()):
-                def penalty(free):
-                    return problem.lam * (active * problem.excess(torch.cat([free, phi[n_free:]])) ** 2).sum()
-                half_hessian = half_hessian + 0.5 * torch.autograd.functional.hessian(penalty, phi[:n_free].clone())
-        values, vectors = torch.linalg.eigh(0.5 * (half_hessian + half_hessian.T))
+        values, vectors = torch.linalg.eigh(self.data_curvature(problem, phi, n_free) + torch.diag(1 / sc**2))
         values = torch.maximum(values, (1 / sc**2).min())
         sigma = np.zeros((self.full.n_params, self.full.n_params))
         sigma[:n_free, :n_free] = ((vectors / values) @ vectors.T).cpu().numpy()
@@ -282,7 +362,7 @@ class FullCommittee(MemberCommittee):
     def save(self, path) -> None:
         self._check_fitted()
         np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, steps=self.lbfgs_steps_,
-                 gradient=self.gradient_)
+                 gradient=self.gradient_, tau=self.tau_, model_error=self.model_error_)
 
     def load(self, path) -> "FullCommittee":
         with np.load(path) as f:
@@ -294,6 +374,8 @@ class FullCommittee(MemberCommittee):
                 raise ValueError(f"{path}: committee checkpoint belongs to a different base model")
             self.phis_, self.objective_ = f["phis"], f["objective"]
             self.lbfgs_steps_, self.gradient_ = f["steps"], f["gradient"]
+            if "tau" in f.files:   # the τ and m it was fitted with (auto: the evidence's)
+                self.linear.tau_, self.linear.model_error_ = float(f["tau"]), float(f["model_error"])
         return self
 
 
@@ -305,7 +387,7 @@ class _FullObjective:
         self.full, self.graph = full, graph
         self.a, self.e, self.h, self.index = full.tensors(ReadoutInputs(data.features, graph.energy_inputs()))
         self.y = torch.as_tensor(data.energy, device=dev)
-        self.inv_var = torch.as_tensor(1.0 / (data.sigma**2 + linear.noise_floor**2), device=dev)
+        self.inv_var = torch.as_tensor(1.0 / (data.sigma**2 + linear.effective_floor**2), device=dev)
         self.lam = linear.force_weight
         n_atoms = data.features.n_atoms
         self.t2 = torch.as_tensor(linear.force_threshold**2 * n_atoms if linear.threshold_per_atom
@@ -343,6 +425,23 @@ class _FullObjective:
         mlp_energy, mlp_forces = self.graph.mlp(phi)
         r = self.full.linear_energies(phi, self.a, self.e) + mlp_energy - self.y
         return (w * self.inv_var * r**2).sum() + self.lam * (w * self.excess(phi, mlp_forces) ** 2).sum()
+
+
+def _model_error(r2: np.ndarray, variance: np.ndarray, dof: float) -> float:
+    """m ≥ 0 with Σ r²/(variance + m²) = dof (0 where the error bars alone leave no more scatter), at most
+    MODEL_ERROR_RANGE's upper end."""
+    def excess(m):
+        return float(np.sum(r2 / (variance + m**2))) - dof
+    hi = MODEL_ERROR_RANGE[1]
+    if dof <= 0 or excess(0.0) <= 0:
+        return 0.0
+    if excess(hi) > 0:
+        return hi
+    lo = 0.0
+    for _ in range(100):   # bisection: excess falls with m
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def _conjugate_gradients(hvp, b: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor | None:

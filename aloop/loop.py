@@ -31,7 +31,7 @@ from .domain import DomainGuard
 from .delta import DeltaCommittee, DeltaReadout, HiddenTerms, nonlinear_map
 from .feature_cache import AtomRowsCache, FeatureCache, PoolRows, stream_predict
 from .full_committee import FullCommittee
-from .full_readout import GraphPart, LabelledGraph
+from .full_readout import FullReadout, GraphPart, LabelledGraph
 from .files import atomic_open, file_digest
 from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
@@ -557,21 +557,23 @@ class CampaignRun:
                         terms.save(handle)
         return [HiddenTerms.load(folder / f"{i}.npz") for i in ids]
 
-    def graph(self, ids: list[int]) -> LabelledGraph:
+    def graph(self, ids: list[int], full: FullReadout | None = None) -> LabelledGraph:
         """`readout: full`: the labelled graph of `ids`, each configuration's part computed once and
         kept (it depends on the configuration and the base model only): an iteration pays the
         per-atom Jacobians of its new labels, not of every label again (4.6 s a 47-atom MoS2 cell on
-        2 CPU threads)."""
+        2 CPU threads). `full`: a FullReadout of this run's base model, for a run of another class
+        (a bench refitting its labels with `readout: full`)."""
+        full = self.full if full is None else full
         folder = self.cache / "full_graph"
         folder.mkdir(exist_ok=True)
         missing = [i for i in ids if not (folder / f"{i}.npz").exists()]
         for lo in tqdm(range(0, len(missing), 16), desc="per-atom Jacobians of new labels", unit="batch",
                        disable=not self.progress or not missing):
             chunk = missing[lo:lo + 16]
-            for cid, part in zip(chunk, LabelledGraph.parts_of(self.full, self.store.atoms(chunk))):
+            for cid, part in zip(chunk, LabelledGraph.parts_of(full, self.store.atoms(chunk))):
                 with atomic_open(folder / f"{cid}.npz") as handle:
                     part.save(handle)
-        return LabelledGraph.from_parts(self.full, [GraphPart.load(folder / f"{i}.npz") for i in ids])
+        return LabelledGraph.from_parts(full, [GraphPart.load(folder / f"{i}.npz") for i in ids])
 
     def train(self, iteration: int) -> Committee | FullCommittee:
         ids, data = self.training_set()

@@ -18,9 +18,10 @@ committee and finetune settings, and scored:
 - force MAE against the test set's forces, where its frames carry them (MoS2: the oracle's): the
   forces of the committee's average energy;
 - the fit's wall time (one committee) and, apart, its set-up: the per-atom Jacobians of `full` or
-  the hidden layers' forces of `delta`, of the checkpoint's new labels only (each label's are kept
-  for the run's later checkpoints, as a campaign keeps them); features and force Jacobians are the
-  run's cache.
+  the hidden layers' forces of `delta`, of the checkpoint's labels not set up before: `delta`'s
+  are kept for the run's later checkpoints, `full`'s in the run's cache (cache/full_graph, which a
+  `full` campaign has already filled, so its set-up is a read); features and force Jacobians are
+  the run's cache too.
 
 Everything runs on the campaign's device (`device: auto` is CUDA where there is one), the exported
 models' CI-NEB and forces too. --no-barriers leaves out the CI-NEB barriers, the slowest part, for a
@@ -75,7 +76,7 @@ from aloop.committee import PRIOR_AUTO, Committee, NotConverged
 from aloop.delta import DeltaCommittee, DeltaReadout, HiddenTerms
 from aloop.files import file_digest
 from aloop.full_committee import FullCommittee
-from aloop.full_readout import FullReadout, GraphPart, LabelledGraph
+from aloop.full_readout import FullReadout
 from aloop.loop import CampaignRun, mean_surface
 from aloop.neb import interpolate, relax_path
 from aloop.store import LABELLED, RunStore
@@ -130,26 +131,25 @@ def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
     return cls.from_settings(readout, settings, c.finetune), readout
 
 
-def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: dict[tuple[str, int], HiddenTerms | GraphPart]):
+def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: dict[tuple[str, int], HiddenTerms]):
     """(committee, readout map or None, seconds of the set-up, seconds of the fit alone). `kept` holds
-    the per-label set-up across checkpoints, keyed by (class, candidate): `delta`'s hidden-layer terms
-    (its layers depend on the committee settings only) and `full`'s graph parts, as a campaign keeps
-    them, so a checkpoint's set-up is that of its new labels. With
-    prior_sigma: auto the other classes take the τ the linear class's evidence chose on the same labels
-    (every class's prior is the RMS change of per-atom energies a draw makes): `full` has no evidence
-    of its own, and `delta`'s own (per member) would compare the classes under different priors."""
+    `delta`'s hidden-layer terms across checkpoints, keyed by (class, candidate) (its layers depend on
+    the committee settings only); `full`'s graph parts are the run's cache (`CampaignRun.graph`). A
+    checkpoint's set-up is that of its new labels. With prior_sigma: auto `full` takes τ and the
+    model error from its own evidence (FullCommittee.evidence_prior), as a `full` campaign does, and
+    `delta` the τ the linear class's evidence chose on the same labels (every class's prior is the
+    RMS change of per-atom energies a draw makes; `delta`'s own evidence, per member, would compare
+    the classes under different priors)."""
     ids, data = run.training_set(ids)   # in the store's order, which the graph must follow
     n_elements = len(run.backbone.z_table)
     tau = None
-    if kind != "linear" and run.campaign.committee.prior_sigma == PRIOR_AUTO:
+    if kind == "delta" and run.campaign.committee.prior_sigma == PRIOR_AUTO:
         tau = committee_of("linear", run)[0].fit(data, n_elements, moment=moment).tau_
     committee, readout = committee_of(kind, run, tau)
     t = time.perf_counter()
     missing = [i for i in ids if (kind, i) not in kept]
     if kind == "full":
-        if missing:
-            kept.update(zip([(kind, i) for i in missing], LabelledGraph.parts_of(readout, run.store.atoms(missing))))
-        graph = LabelledGraph.from_parts(readout, [kept[kind, i] for i in ids])
+        graph = run.graph(ids, readout)   # the run's per-label cache: a campaign's own, or filled here once
     elif kind == "delta":
         kept.update(zip([(kind, i) for i in missing], readout.hidden_terms(run.store.atoms(missing), committee.layers())))
         graph = [kept[kind, i] for i in ids]
@@ -220,7 +220,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     y_test = np.array([a.info[spec.energy_key] if spec.energy_key in a.info else a.get_potential_energy() for a in test])
     has_forces = all("forces" in a.arrays or (a.calc is not None and "forces" in a.calc.results) for a in test)
     f_test = np.concatenate([a.get_forces() for a in test]) if has_forces else None
-    kept: dict[tuple[str, int], HiddenTerms | GraphPart] = {}
+    kept: dict[tuple[str, int], HiddenTerms] = {}
     moment = feature_moment(run.pool_rows(run.store.ids()))
     label_ids, energies, label_sigmas = run.store.labels()
     labels, sigmas = dict(zip(label_ids, energies)), dict(zip(label_ids, label_sigmas))
@@ -251,6 +251,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 mean, spread = predict(committee, readout, run.backbone, test)
                 row = {"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": n, "class": kind,
                        "fit_s": round(seconds, 3), "setup_s": round(setup, 3), "prior_sigma": committee.tau_,
+                       "model_error": getattr(committee, "model_error_", None),
                        "test_rmse_meV": 1000 * float(np.sqrt(np.mean((mean - y_test) ** 2))),
                        "test_within_2sigma": coverage(mean, spread, y_test, np.zeros(len(y_test)))}
                 if later:
@@ -341,17 +342,22 @@ def main() -> None:
     parser.add_argument("--transfer", nargs=3, metavar=("INITIAL", "FINAL", "REFERENCE"),
                         help="a path no label came near: its end points (files) and reference barrier (eV)")
     parser.add_argument("--no-barriers", action="store_true", help="leave out every CI-NEB barrier")
-    parser.add_argument("--prior-sigma", type=float, metavar="TAU",
-                        help="every class's committee.prior_sigma fixed at TAU eV/atom in place of the runs' own "
-                             "(a full campaign needs a fixed one: it has no evidence of its own)")
+    parser.add_argument("--prior-sigma", metavar="TAU",
+                        help="every class's committee.prior_sigma in place of the runs' own: TAU eV/atom, or auto "
+                             "(each class's evidence; delta takes linear's)")
     parser.add_argument("--base", type=Path, metavar="MODEL",
                         help="refit with this base model (a MACE file) in place of the runs' own, on copies of "
                              "the runs made next to --out (OUT's name without .json, then -runs)")
     args = parser.parse_args()
     if args.base is not None and not args.base.is_file():
         parser.error(f"--base: no model file {args.base}")
-    if args.prior_sigma is not None and not args.prior_sigma > 0:
-        parser.error(f"--prior-sigma: a τ in eV/atom greater than 0, got {args.prior_sigma}")
+    if args.prior_sigma is not None and args.prior_sigma != PRIOR_AUTO:
+        try:
+            args.prior_sigma = float(args.prior_sigma)
+        except ValueError:
+            args.prior_sigma = -1.0
+        if not args.prior_sigma > 0:
+            parser.error(f"--prior-sigma: a τ in eV/atom greater than 0, or {PRIOR_AUTO}")
     transfer = None
     if args.transfer and args.no_barriers:
         parser.error("--transfer asks for a barrier and --no-barriers for none: give one of them")

@@ -2,21 +2,22 @@
 own labels, and its scores at the end.
 
 The data-efficiency benchmark's campaign (oracle v2, the committee mean's own relaxed CI-NEB) with
-`--class delta` (`finetune.kind: delta`, the campaign's `prior_sigma: auto` unless --prior-sigma) or
-`--class full` (`finetune.readout: full`, which needs a fixed --prior-sigma in eV/atom), forked from
+`--class delta` (`finetune.kind: delta`) or `--class full` (`finetune.readout: full`), each with the
+campaign's `prior_sigma: auto` (its own evidence) unless --prior-sigma fixes τ in eV/atom, forked from
 that benchmark's shared pool (its features and cached oracle labels), and run to a label budget.
 `targeted` takes `full` (its posterior linearised at the members' mean), not `delta`. Prints each iteration's tracked
 barrier (mean, spread), τ, the test RMSE and the iteration's wall time; then, on the last
 iteration's committee-mean model (one MACE file for either class): the tracked barrier's error,
 the di-vacancy hop relaxed by CI-NEB (end points relaxed), the force MAE against the oracle on
 hf_test, and the prospective 2σ coverage (raw, and with the σ scale the run recorded before each
-batch). Those go to OUT/CLASS-STRATEGY-sSEED_scores.json.
+batch). Those go to OUT/RUN_scores.json, RUN the run folder's name.
 
     python benchmarks/data_efficiency.py --out OUT ...         # makes OUT/pool once
     python benchmarks/mos2_class_run.py --out OUT --class full --prior-sigma 0.1 --seed 0 \
         [--strategy diverse|targeted|...] [--max-labels 100]
 
-The run folder is OUT/CLASS-STRATEGY-sSEED; a rerun continues it (or only scores it, once stopped).
+The run folder is OUT/CLASS-STRATEGY-sSEED (a `full` run with the evidence's τ: OUT/full-auto-STRATEGY-sSEED);
+a rerun continues it (or only scores it, once stopped).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="a data_efficiency.py --out folder (its pool/)")
     parser.add_argument("--class", dest="kind", choices=["delta", "full"], default="delta")
     parser.add_argument("--prior-sigma", type=positive_tau, metavar="TAU",
-                        help="committee.prior_sigma in eV/atom (needed by --class full; delta: the evidence's)")
+                        help="committee.prior_sigma in eV/atom (default: the campaign's auto, each class's evidence)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", default="diverse", choices=list(STRATEGIES))
     parser.add_argument("--max-labels", type=int, default=100)
@@ -69,12 +70,12 @@ def main() -> None:
         parser.error(f"--out: {args.out} has no pool/; run benchmarks/data_efficiency.py --out {args.out} first")
     if args.kind == "delta" and args.strategy == "targeted":
         parser.error("--strategy targeted takes --class full, not delta (each delta member has its own hidden layer)")
-    if args.kind == "full" and args.prior_sigma is None:
-        parser.error("--class full needs --prior-sigma TAU (eV/atom, e.g. 0.1): it has no evidence of its own")
     torch.set_num_threads(args.threads)
     c = campaign_for(args.out, args.strategy, args.seed, "prism", prior_sigma=args.prior_sigma,
                      max_labels=args.max_labels)
-    name = f"{args.kind}-{args.strategy}-s{args.seed}"
+    # a full run with the campaign's prior_sigma: auto is named apart from the fixed-τ runs measured before it
+    evidence = "-auto" if args.kind == "full" and args.prior_sigma is None else ""
+    name = f"{args.kind}{evidence}-{args.strategy}-s{args.seed}"
     c.run_dir = args.out / name
     if args.kind == "delta":
         c.finetune.kind = "delta"
@@ -88,7 +89,7 @@ def main() -> None:
     start = time.perf_counter()
     for r in run_to_the_end(run):
         b = r["observables"]["barrier"]
-        print(f"{r['n_labels']:4d} labels: barrier {b['mean']:.4f} ± {b['std']:.4f} eV, τ {r['prior_sigma']:.3g} eV/atom, "
+        print(f"{r['n_labels']:4d} labels: barrier {b['mean']:.4f} ± {b['std']:.4f} eV, τ {r['prior_sigma']:.3g} eV/atom, m {r.get('model_error', 0):.3g} eV, "
               f"test RMSE {1000 * r['test']['rmse']:.1f} meV; iteration {sum(r['seconds'].values()):.0f} s "
               f"(training {r['seconds'].get('train', 0):.0f} s)", flush=True)
     print(f"campaign: {time.perf_counter() - start:.0f} s", flush=True)

@@ -132,10 +132,6 @@ BAD = [
                  id="finetune-typo"),
     pytest.param(_edit("noise_floor: 0.005", "readout: ful"),
                  "campaign.yaml: finetune.readout: expected one of: linear, full; got 'ful'", id="bad-readout"),
-    pytest.param(_edit("noise_floor: 0.005", "readout: full")
-                 + "committee: {prior_sigma: auto}\n",
-                 "campaign.yaml: committee.prior_sigma: auto weighs the labels' evidence under a model linear in the "
-                 "trained parameters, and finetune.readout is full; give prior_sigma in eV/atom", id="full-readout-auto-prior"),
     pytest.param(VALID + "committee: {prior_sigma: large}\n",
                  "campaign.yaml: committee.prior_sigma: expected a number > 0 (eV/atom) or auto, got 'large'", id="bad-prior-sigma"),
     pytest.param(_edit("noise_floor: 0.005", "kind: delta").replace("strategy: max_std", "strategy: targeted"),

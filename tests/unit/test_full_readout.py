@@ -241,3 +241,30 @@ def test_a_model_whose_readouts_are_all_linear_is_refused():
     model.readouts[1] = model.readouts[0].__class__(model.readouts[1].linear_1.irreps_in)   # a linear last readout
     with pytest.raises(ValueError, match="every readout of this model is one linear map; use finetune.readout: linear"):
         FullReadout(Backbone(model, device="cpu"))
+
+
+def test_prior_sigma_auto_follows_the_correction_and_the_scatter_the_labels_hold(tmp_path):
+    """`prior_sigma: auto` (MacKay's fixed point of the Laplace evidence): τ grows with the correction
+    the labels hold, scatter beyond the labels' error bars becomes the model error m and scatter
+    they explain does not, and a loaded committee keeps the τ and m it was fitted with."""
+    bb = Backbone(tiny_mace(), device="cpu")
+    full = FullReadout(bb)
+    atoms = h3_set(16, seed=5)
+    inputs, graph, jac = full.inputs(atoms), LabelledGraph(full, atoms), bb.force_jacobians(atoms)
+    rng = np.random.default_rng(4)
+    xi, noise = rng.normal(size=full.n_params), rng.normal(size=len(atoms))
+
+    def auto(y, bars):
+        data = TrainingSet.build(inputs.features, y, np.full(len(y), bars), jac, [j.f0 for j in jac], ids=np.arange(len(y)))
+        return committee(full, prior_sigma="auto").fit(data, graph, 1), data
+
+    small, _ = auto(full.energies(full.phi0 + 0.03 * xi, inputs) + 0.01 * noise, 0.01)
+    large, data = auto(full.energies(full.phi0 + 0.3 * xi, inputs) + 0.01 * noise, 0.01)
+    assert large.tau_ > 4 * small.tau_
+    assert large.model_error_ < 0.005 and large.evidence_rounds_ < 8   # the fixed point is reached
+    scattered = full.energies(full.phi0 + 0.03 * xi, inputs) + 0.05 * noise
+    assert auto(scattered, 0.001)[0].model_error_ > 0.02 > auto(scattered, 0.05)[0].model_error_
+    large.save(tmp_path / "auto.npz")
+    loaded = committee(full, prior_sigma="auto").load(tmp_path / "auto.npz")
+    assert (loaded.tau_, loaded.model_error_) == (large.tau_, large.model_error_)
+    np.testing.assert_array_equal(loaded.posterior_covariance(data, graph, 1), large.posterior_covariance(data, graph, 1))
