@@ -168,8 +168,7 @@ class Committee:
         binds only outside its threshold).
         Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
         method moves relative energies, where a fixed τ has to be guessed before any label exists."""
-        centre = self.theta0.copy()
-        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data.energy))), n_elements, self.noise_floor)[0]
+        centre = self.prior_mean(data, n_elements, self.noise_floor)
         residual = data.energy - data.features.energies(centre)
         log_taus = np.log(np.logspace(np.log10(TAU_RANGE[0]), np.log10(TAU_RANGE[1]), 61))
 
@@ -193,6 +192,13 @@ class Committee:
         if at_zero[0] <= value:   # the labels' own error bars explain the scatter: no model error
             return float(np.exp(at_zero[1])), 0.0
         return float(np.exp(profile(float(np.exp(log_m)))[1])), float(np.exp(log_m))
+
+    def prior_mean(self, data: TrainingSet, n_elements: int, floor: float | None = None) -> np.ndarray:
+        """θ0 with E0 refit to every label at weight 1: the prior's centre without a member's draw
+        (`floor` as in `_e0_refit`)."""
+        centre = self.theta0.copy()
+        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data))), n_elements, floor)[0]
+        return centre
 
     def prior_centres(self, data: TrainingSet, weights: np.ndarray, n_elements: int, s2: float) -> np.ndarray:
         """[K, P]: θ0 with each member's least-squares E0 shift, plus its draw of the prior."""

@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from .arrays import ReadoutInputs, feature_moment
 from .committee import MODEL_ERROR_RANGE, PRIOR_AUTO, TAU_RANGE, Committee, NotConverged, TrainingSet
+from .full_readout import FullReadout, LabelledGraph
 
 # `prior_sigma: auto`: MacKay's fixed point starts at this τ (eV/atom) with no model error, and stops when
 # a round moves τ and m by less than EVIDENCE_TOLERANCE (relative), or after EVIDENCE_ROUNDS rounds
 EVIDENCE_START = 0.1
 EVIDENCE_TOLERANCE = 0.02
 EVIDENCE_ROUNDS = 8
-from .full_readout import FullReadout, LabelledGraph
 
 
 class MemberCommittee:
@@ -163,8 +163,8 @@ class FullCommittee(MemberCommittee):
 
     def prior_mean(self, data: TrainingSet, n_elements: int) -> np.ndarray:
         """φ's prior without a member's draw: θ0 with E0 refit to every label at weight 1, and ω0."""
-        lin, phi = self.linear, self.full.phi0.copy()
-        phi[lin.theta0.size - n_elements:lin.theta0.size] += lin._e0_refit(data, np.ones((1, len(data))), n_elements)[0]
+        phi = self.full.phi0.copy()
+        phi[:self.full.n_theta] = self.linear.prior_mean(data, n_elements)
         return phi
 
     def evidence_prior(self, data: TrainingSet, graph: LabelledGraph, n_elements: int,

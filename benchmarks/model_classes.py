@@ -121,7 +121,7 @@ def label_order(run: CampaignRun) -> tuple[list[int], list[int]]:
 
 def committee_of(kind: str, run: CampaignRun, tau: float | None = None):
     """The class's committee with the campaign's settings; `tau`, when given, replaces prior_sigma
-    (`fit`: the linear class's evidence, so that every class has the same prior)."""
+    (`fit`: `delta`'s takes the linear class's evidence, so that both have the same prior)."""
     c, bb = run.campaign, run.backbone
     if kind == "linear":
         return Committee.from_settings(bb.theta0, c.committee, c.finetune), None
@@ -147,10 +147,10 @@ def fit(kind: str, run: CampaignRun, ids: list[int], moment: np.ndarray, kept: d
         tau = committee_of("linear", run)[0].fit(data, n_elements, moment=moment).tau_
     committee, readout = committee_of(kind, run, tau)
     t = time.perf_counter()
-    missing = [i for i in ids if (kind, i) not in kept]
     if kind == "full":
         graph = run.graph(ids, readout)   # the run's per-label cache: a campaign's own, or filled here once
     elif kind == "delta":
+        missing = [i for i in ids if (kind, i) not in kept]
         kept.update(zip([(kind, i) for i in missing], readout.hidden_terms(run.store.atoms(missing), committee.layers())))
         graph = [kept[kind, i] for i in ids]
     setup, t = time.perf_counter() - t, time.perf_counter()

@@ -89,7 +89,8 @@ def main() -> None:
     start = time.perf_counter()
     for r in run_to_the_end(run):
         b = r["observables"]["barrier"]
-        print(f"{r['n_labels']:4d} labels: barrier {b['mean']:.4f} ± {b['std']:.4f} eV, τ {r['prior_sigma']:.3g} eV/atom, m {r.get('model_error', 0):.3g} eV, "
+        m = f"m {r['model_error']:.3g} eV, " if "model_error" in r else ""   # delta's members have one each
+        print(f"{r['n_labels']:4d} labels: barrier {b['mean']:.4f} ± {b['std']:.4f} eV, τ {r['prior_sigma']:.3g} eV/atom, {m}"
               f"test RMSE {1000 * r['test']['rmse']:.1f} meV; iteration {sum(r['seconds'].values()):.0f} s "
               f"(training {r['seconds'].get('train', 0):.0f} s)", flush=True)
     print(f"campaign: {time.perf_counter() - start:.0f} s", flush=True)
