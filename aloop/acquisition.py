@@ -140,6 +140,52 @@ def posterior_products(S: np.ndarray, directions, rows) -> tuple[np.ndarray, np.
     return c, v
 
 
+class ReadColumns:
+    """Energy rows [n, P] widened by one column per configuration an observable reads (`columns`:
+    candidate index → column): 1 in a candidate's own column, 0 elsewhere. Indexed as the rows are,
+    one block at a time."""
+
+    def __init__(self, rows, columns: dict[int, int]):
+        self.rows, self.columns = rows, columns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        base = np.asarray(self.rows[key], dtype=float)
+        index = np.arange(len(self.rows))[key]
+        extra = np.zeros((len(base), len(self.columns)))
+        for candidate, column in self.columns.items():
+            extra[index == candidate, column] = 1.0
+        return np.hstack([base, extra])
+
+
+def with_read_errors(sigma, directions, noise, rows, points, variance: float) -> dict:
+    """`targeted`'s inputs with the model error of the configurations the targets read made a
+    parameter of its own (docs/method.md, "Targeted acquisition"). The evidence's model error m is a
+    misfit of the model at a configuration: a label of that very configuration measures it, and no
+    change of θ predicts it. Each configuration that a target reads and the pool holds (`points`:
+    per target, (sign, candidate index) pairs) gets a column δ with prior variance m² (`variance`),
+    taken out of that candidate's noise; each such target gains a second direction, Σ sign·δ, its
+    part the parameters do not carry. The first direction stays aθ, so the rest of a batch still
+    goes where θ is uncertain once the read points are picked."""
+    read = sorted({index for pairs in points for _, index in pairs})
+    columns = {index: k for k, index in enumerate(read)}
+    P, k = len(sigma), len(read)
+    S = np.zeros((P + k, P + k))
+    S[:P, :P], S[P:, P:] = sigma, variance * np.eye(k)
+    D = [np.concatenate([d, np.zeros(k)]) for d in np.atleast_2d(directions)]
+    for pairs in points:
+        if pairs:
+            d = np.zeros(P + k)
+            for sign, index in pairs:
+                d[P + columns[index]] += sign
+            D.append(d)
+    noise = np.array(np.broadcast_to(np.asarray(noise, dtype=float), (len(rows),)))
+    noise[read] -= variance
+    return {"sigma": S, "directions": np.array(D), "noise": noise, "rows": ReadColumns(rows, columns)}
+
+
 def own_scores(strategy: str, std, *, sigma=None, directions=None, noise=None, rows=None,
                products: tuple | None = None) -> np.ndarray:
     """Each candidate's score on its own, in the units of the strategy's `scores`: σ, or for

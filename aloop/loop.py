@@ -37,7 +37,7 @@ from .ingest import retry
 from .labelers import PENDING, LabelError, LocalLabeler, make_labeler
 from .labelers.base import WaitingForLabels
 from .labelers.qmcpack import QMCPACKLabeler
-from .pool import Geometries, PoolError, generate, read_frames, screen, trajectories
+from .pool import Geometries, PoolError, generate, read_frames, same_geometry, screen, trajectories
 from .rundir import RunDir, candidate_id, label_key
 from .store import FAILED, LABELLED, POOL, SELECTED, RunStore
 from .report_text import one_line
@@ -362,7 +362,9 @@ class CampaignRun:
         noise of a label (σ_floor² + the labels' median σ²) and the candidates' energy rows. With
         `readout: full` all of these are linearised at the members' mean φ̄ (FullCommittee), and the
         rows, ∂E/∂φ, are computed here for every available candidate (P numbers each), streamed
-        from the cache a block of candidates at a time."""
+        from the cache a block of candidates at a time. Where the evidence found a model error, the
+        configurations the targets read that wait in the pool carry it as parameters of their own
+        (`acquisition.with_read_errors`)."""
         ids, data = self.training_set()
         moment = self.prior_moment()
         directions = measure.observable_directions(self, committee, iteration - 1)
@@ -376,8 +378,30 @@ class CampaignRun:
             rows = np.empty((len(available), self.full.n_params))
             for s, inputs in self.pool_rows(available).features():
                 rows[s] = committee.energy_rows(inputs)
-        return {"sigma": sigma, "directions": np.array([directions[name] for name in targets]),
-                "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)), "rows": rows}
+        inputs = {"sigma": sigma, "directions": np.array([directions[name][0] for name in targets]),
+                  "noise": committee.effective_floor**2 + float(np.median(label_sigma**2)), "rows": rows}
+        if committee.model_error_ == 0:
+            return inputs
+        points = [self.read_candidates(name, directions[name][1], available) for name in targets]
+        return acquisition.with_read_errors(**inputs, points=points, variance=committee.model_error_**2)
+
+    def read_candidates(self, name: str, reads: list[tuple], available: list[int]) -> list[tuple[float, int]]:
+        """(sign, index into `available`) of the configurations observable `name` reads that wait
+        in the pool unlabelled: the pool's own image, or the path point of `path:NAME` within
+        PATH_POINT_TOLERANCE of a relaxed path's (the one `add_path_points` kept for it). A labelled
+        one is left out: its label has measured its model error already."""
+        where = {cid: i for i, cid in enumerate(available)}
+        waiting = set(self.store.ids(state=POOL))
+        points = self.store.source_ids(f"path:{name}")
+        points = [cid for cid in points if cid in waiting]
+        found = []
+        for sign, cid, atoms in reads:
+            if cid is None:
+                cid = next((c for c, other in zip(points, self.store.atoms(points))
+                            if same_geometry(atoms, other, PATH_POINT_TOLERANCE)), None)
+            if cid in waiting and cid in where:
+                found.append((sign, where[cid]))
+        return found
 
     def cost_model(self) -> CostModel:
         """Predicted label costs: fitted to the finished labels of this labeler whose cost is known

@@ -80,23 +80,28 @@ def base_observables(run) -> dict[str, dict]:
     return out
 
 
-def observable_directions(run, committee, iteration: int) -> dict[str, np.ndarray]:
-    """∂o/∂θ [P] of each observable at the mean of the committee of `iteration` (∂o/∂φ, linearised
-    at the members' mean, for `readout: full`; `energy_rows`): for a barrier
-    a(saddle) − a(first image), for a difference a(last) − a(first). On a relaxed path (the mean's own, kept by `observables`) the images
-    are stationary, so moving them changes the barrier only at second order and this is its
-    gradient; on the frozen pool images the saddle is the image of highest committee-mean energy (the
-    maximum is piecewise linear in θ; this is its gradient where the committee stands)."""
+def observable_directions(run, committee, iteration: int) -> dict[str, tuple[np.ndarray, list[tuple]]]:
+    """Each observable's (∂o/∂θ [P], the configurations it reads) at the mean of the committee of
+    `iteration` (∂o/∂φ, linearised at the members' mean, for `readout: full`; `energy_rows`). For a
+    barrier o = E(saddle) − E(first image), for a difference E(last) − E(first); the configurations
+    are (+1, store id or None, atoms) and (−1, ...) for those two (the id where they are the pool's
+    own images). On a relaxed path (the mean's own, kept by `observables`) the images are
+    stationary, so moving them changes the barrier only at second order and this is its gradient; on
+    the frozen pool images the saddle is the image of highest committee-mean energy (the maximum is
+    piecewise linear in θ; this is its gradient where the committee stands)."""
     directions = {}
     for obs in run.campaign.evaluation.observables:
         relaxed = reaction_path.load(run.layout.path(obs.name, iteration)) if obs.relax else None
         if relaxed is not None:
-            inputs, saddle = run.frame_inputs(relaxed.images), relaxed.saddle
+            images, ids = relaxed.images, [None] * len(relaxed.images)
+            inputs, saddle = run.frame_inputs(images), relaxed.saddle
         else:
-            inputs = run.inputs(run.store.source_ids(obs.path))
+            ids = run.store.source_ids(obs.path)
+            images, inputs = None, run.inputs(ids)
             saddle = -1 if obs.kind == "difference" else int(np.argmax(committee.predict(inputs)[0]))
         rows = committee.energy_rows(inputs)
-        directions[obs.name] = rows[saddle] - rows[0]
+        reads = [(sign, ids[i], None if images is None else images[i]) for sign, i in ((1.0, saddle), (-1.0, 0))]
+        directions[obs.name] = (rows[saddle] - rows[0], reads)
     return directions
 
 

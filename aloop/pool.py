@@ -155,6 +155,11 @@ class Geometries:
         positions.insert(at, atoms.positions.copy())
 
 
+def same_geometry(a: Atoms, b: Atoms, tolerance: float) -> bool:
+    """Whether `Geometries` would count b as a repeat of a (atoms, cell, charge state, coordinates)."""
+    return Geometries._key(a) == Geometries._key(b) and np.abs(a.positions - b.positions).max() <= tolerance
+
+
 @dataclass
 class Screening:
     keep: list[int]                       # indices of the frames worth a label

@@ -112,6 +112,44 @@ def test_targeted_score_is_the_variance_a_refit_loses(posterior_problem):
     assert scores[1] == pytest.approx(after_one - after_two, rel=1e-10)
 
 
+def summed_variance(S, D) -> float:
+    return float(np.einsum("tp,pq,tq->", D, S, D))
+
+
+def conditioned(S, a, noise):
+    g = S @ a
+    return S - np.outer(g, g) / (noise + a @ g)
+
+
+def test_the_configurations_a_target_reads_carry_their_model_error(posterior_problem, monkeypatch):
+    # the evidence's model error m is a misfit at a configuration: labelling the very configuration
+    # a target reads measures it, which no other label does and the posterior over θ cannot see
+    committee, data, pool, direction = posterior_problem   # direction reads pool[3] (+) and pool[0] (−)
+    sigma = committee.posterior_covariance(data, moment=np.eye(P))
+    m2, noise = 0.2**2, 0.03**2 + committee.noise_floor**2
+    rng = np.random.default_rng(0)
+    plain = acquisition.own_scores("targeted", np.ones(40), sigma=sigma, directions=direction[None],
+                                   noise=noise + m2, rows=pool)
+    read = acquisition.with_read_errors(sigma, direction[None], noise + m2, pool, [[(1.0, 3), (-1.0, 0)]], m2)
+    own = acquisition.own_scores("targeted", np.ones(40), **read)
+    # a read point adds its own misfit, m⁴/(its variance + m² + noise), to what it tells of θ
+    for x in (3, 0):
+        assert own[x] == pytest.approx(plain[x] + m2**2 / (noise + m2 + pool[x] @ sigma @ pool[x]), rel=1e-10)
+    others = np.setdiff1d(np.arange(40), [0, 3])
+    np.testing.assert_allclose(own[others], plain[others], rtol=1e-12)
+    assert np.argmax(plain) not in (0, 3)   # without the model error neither read point comes first
+    monkeypatch.setattr(acquisition, "blocks", lambda n: (slice(lo, min(lo + 7, n)) for lo in range(0, n, 7)))
+    idx, scores = acquisition.targeted(np.ones(40), None, 4, rng=rng, **read)
+    assert set(idx[:2]) == {0, 3}
+    # each pick is scored given the ones before, in the widened Gaussian (θ, δ3, δ0)
+    S, D = read["sigma"], read["directions"]
+    for x, score in zip(idx, scores):
+        a, n = read["rows"][[x]][0], read["noise"][x]
+        after = conditioned(S, a, n)
+        assert score == pytest.approx(summed_variance(S, D) - summed_variance(after, D), rel=1e-9)
+        S = after
+
+
 def test_targeted_does_not_take_a_copy_of_its_first_pick():
     # two identical candidates carry the information once: after one is labelled (conditioning) the
     # other's value drops, while an unconditioned ranking would take both

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.io import write
 from conftest import h3_set, tiny_mace
@@ -13,7 +15,7 @@ from conftest import h3_set, tiny_mace
 from aloop import metrics
 from aloop.campaign import load_campaign
 from aloop.fork import fork_run
-from aloop.loop import CampaignRun
+from aloop.loop import PATH_POINT_TOLERANCE, CampaignRun
 from aloop.store import LABELLED, POOL, RunStore
 
 CAMPAIGN = """
@@ -141,3 +143,22 @@ def test_forks_number_their_own_candidates_apart_so_the_shared_caches_never_mix_
         c.run_dir = store.run_dir
         sibling = CampaignRun(c, progress=False)
         np.testing.assert_allclose(sibling.features([cid]).a[0], sibling.backbone.features([atoms]).a[0])
+
+
+def test_a_targets_read_points_are_found_in_the_pool_unlabelled(tmp_path):
+    # the relaxed path's saddle settles by a few mÅ between iterations: the path point the pool kept
+    # for it (within PATH_POINT_TOLERANCE) stands for it; a labelled one has measured its misfit
+    def frame(x):
+        return Atoms("H2", positions=[[0, 0, 0], [x, 0, 0]], cell=[5, 5, 5], pbc=True)
+
+    store = RunStore(tmp_path)
+    md = store.add_candidates([frame(0.7), frame(0.8)], "md")
+    initial, saddle = store.add_candidates([frame(1.0), frame(1.5)], "path:b", roles=["initial", "saddle"])
+    store.mark_selected([initial], 1, [0.0], [0.1], [0.0])
+    store.add_label(initial, -1.0, 0.01, {})
+    available = md + [saddle]
+    reads = [(1.0, None, frame(1.5 + 0.5 * PATH_POINT_TOLERANCE)), (-1.0, None, frame(1.0))]
+    run = SimpleNamespace(store=store)
+    assert CampaignRun.read_candidates(run, "b", reads, available) == [(1.0, 2)]
+    moved = [(1.0, None, frame(1.5 + 2 * PATH_POINT_TOLERANCE))]   # a saddle the pool has not seen
+    assert CampaignRun.read_candidates(run, "b", moved, available) == []
