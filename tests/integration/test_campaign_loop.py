@@ -13,11 +13,11 @@ from ase.io import write
 from conftest import h3, h3_set, tiny_mace
 from mace.calculators import MACECalculator
 
-from aloop import metrics
+from aloop import acquisition, metrics
 from aloop.campaign import load_campaign
 from aloop.loop import CampaignRun
 from aloop.report import status_text
-from aloop.store import LABELLED, RunStore
+from aloop.store import LABELLED, POOL, RunStore
 
 CAMPAIGN = """
 name: {name}
@@ -137,6 +137,24 @@ def test_targeted_cost_aware_iteration(campaign_dir):
     assert [r.data["relevance"]["barrier"] for r in chosen] == pytest.approx(expected)
     assert records[1]["relevant_errors"]["barrier"] == pytest.approx(expected.sum(), abs=1e-3)
     assert all(r.data["provenance"]["threads"] >= 1 for r in run.store.rows(state=LABELLED))
+    # a model error (the evidence's m) makes the configurations the barrier reads, its saddle and
+    # first image, parameters of their own where they wait in the pool: with a large one they are
+    # picked first (here the pool's frozen images: this tiny model's relaxed paths leave the domain)
+    run.campaign.evaluation.observables[0].relax = False
+    committee, available = run.load_committee(1), run.store.ids(state=POOL)
+    committee.model_error_ = 0.0
+    plain = run.targeted_inputs(committee, 2, available)
+    images = run.store.source_ids("path")
+    saddle = images[int(np.argmax(committee.predict(run.inputs(images))[0]))]
+    read = [available.index(cid) for cid in (saddle, images[0]) if cid in available]
+    assert read, "the test needs a read image unlabelled in the pool"
+    committee.model_error_ = 1.0
+    widened = run.targeted_inputs(committee, 2, available)
+    assert widened["directions"].shape == (2, len(plain["sigma"]) + len(read))
+    np.testing.assert_allclose(widened["noise"][read], plain["noise"])
+    assert np.delete(widened["noise"], read) == pytest.approx(plain["noise"] + 1.0)
+    picked, _ = acquisition.targeted(np.ones(len(available)), None, len(read), rng=np.random.default_rng(0), **widened)
+    assert set(picked) == set(read)
 
 
 def test_targeted_repeats_label_a_configuration_again_when_the_pool_is_spent(campaign_dir):
