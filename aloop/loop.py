@@ -392,13 +392,12 @@ class CampaignRun:
         one is left out: its label has measured its model error already."""
         where = {cid: i for i, cid in enumerate(available)}
         waiting = set(self.store.ids(state=POOL))
-        points = self.store.source_ids(f"path:{name}")
-        points = [cid for cid in points if cid in waiting]
+        points = [cid for cid in self.store.source_ids(f"path:{name}") if cid in waiting]
+        points = list(zip(points, self.store.atoms(points)))
         found = []
         for sign, cid, atoms in reads:
             if cid is None:
-                cid = next((c for c, other in zip(points, self.store.atoms(points))
-                            if same_geometry(atoms, other, PATH_POINT_TOLERANCE)), None)
+                cid = next((c for c, other in points if same_geometry(atoms, other, PATH_POINT_TOLERANCE)), None)
             if cid in waiting and cid in where:
                 found.append((sign, where[cid]))
         return found
