@@ -153,7 +153,8 @@ class ReadColumns:
 
     def __getitem__(self, key) -> np.ndarray:
         base = np.asarray(self.rows[key], dtype=float)
-        index = np.arange(len(self.rows))[key]
+        # a block's own indices, not the whole pool's arange cut down: this runs once per block and pick
+        index = np.arange(*key.indices(len(self.rows))) if isinstance(key, slice) else np.asarray(key)
         extra = np.zeros((len(base), len(self.columns)))
         for candidate, column in self.columns.items():
             extra[index == candidate, column] = 1.0
