@@ -548,11 +548,20 @@ class CampaignRun:
         return ids, energy, sigma
 
     def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
-        """Every label (or those of the candidates in `subset`) in the form the committee fits."""
+        """Every label (or those of the candidates in `subset`) in the form the committee fits, each
+        marked where an observable reads its configuration (`read_sources`)."""
         ids, energy, sigma = self.labels(subset)
         jacobians = self.jacobians(ids)
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
-        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)
+        sources, read = self.store.sources(ids), self.read_sources()
+        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids,
+                                      read=[source in read for source in sources])
+
+    def read_sources(self) -> set[str]:
+        """The pool sources whose configurations an observable reads: a relaxed observable's path points
+        (`path:NAME`, every iteration's), a frozen one's images. Their labels carry no model error in
+        the fit (committee.label_variance)."""
+        return {f"path:{o.name}" if o.relax else o.path for o in self.campaign.evaluation.observables}
 
     def no_labels(self, iteration: int) -> str:
         failed = self.store.rows(state=FAILED)
