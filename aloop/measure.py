@@ -181,7 +181,8 @@ def iteration_record(run, iteration: int, committee, seconds: dict, observed: di
         observables=observed, objective=committee.objective_.tolist(),
         newton_steps=committee.newton_steps_.tolist() if hasattr(committee, "newton_steps_") else None,
         lbfgs_steps=committee.lbfgs_steps_.tolist() if hasattr(committee, "lbfgs_steps_") else None,
-        prior_sigma=getattr(committee, "tau_", None), model_error=getattr(committee, "model_error_", None), relevant=relevant_errors(run.store, iteration, observed),
+        prior_sigma=getattr(committee, "tau_", None), model_error=getattr(committee, "model_error_", None),
+        tau_backoffs=getattr(committee, "tau_backoffs_", 0), relevant=relevant_errors(run.store, iteration, observed),
         label_noise=noise, misfit_before=metrics.misfit_raised([r for r in run.store.iterations() if r["iteration"] < iteration]),
         saddles={name: saddle_errors(run.store, iteration, name, noise["scale"]) for name in observed},
         seeds={"selection": [c.seed, iteration, 1], "committee": c.committee.seed}, seconds=seconds)

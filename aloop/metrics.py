@@ -247,13 +247,15 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
                      observables: dict, objective, newton_steps, seeds: dict, seconds: dict,
                      core_hours: float | None = None, lbfgs_steps=None, prior_sigma: float | None = None,
                      model_error: float | None = None, relevant: dict | None = None, label_noise: dict | None = None,
-                     misfit_before: bool = False, saddles: dict | None = None, loo: tuple | None = None) -> dict:
+                     misfit_before: bool = False, saddles: dict | None = None, loo: tuple | None = None,
+                     tau_backoffs: int = 0) -> dict:
     """The record of one iteration. `batch` is (error, committee σ, label σ) of this iteration's
     labels, `history` (error, committee σ, label σ, iteration) of every prospective label so far;
     `observables` maps a name to its record (see `observable`); `core_hours` what every label so far
     cost (None when one's cost is unknown). A committee of `finetune.readout: full` has `lbfgs_steps`
     and None for `newton_steps`. `prior_sigma`: the τ the fit used (eV/atom; chosen by the labels'
-    evidence with `committee.prior_sigma: auto`), and `model_error` the model error m it found (eV per
+    evidence with `committee.prior_sigma: auto`, smaller by √2 per `tau_backoffs` where a member
+    did not converge at the evidence's), and `model_error` the model error m it found (eV per
     configuration; 0 with a given τ). `relevant`: each observable's `relevant_errors`;
     `label_noise`: the repeats' verdict on the labels' error bars (`label_noise`), which every label
     σ given here already includes. `misfit_before`: the misfit warning stood at the previous
@@ -295,6 +297,7 @@ def iteration_record(iteration: int, *, n_labels: int, n_failed: int, label_sigm
         **({"lbfgs_steps": list(lbfgs_steps)} if lbfgs_steps is not None else {}),
         **({"prior_sigma": float(prior_sigma)} if prior_sigma is not None else {}),
         **({"model_error": float(model_error)} if model_error is not None else {}),
+        **({"tau_backoffs": int(tau_backoffs)} if tau_backoffs else {}),
         "seeds": seeds,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }

@@ -18,6 +18,9 @@ def one_line(record: dict) -> str:
         parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV"
                      + (f" (path outside the base model's domain, {o['outside_domain']})" if o.get("outside_domain") else "")
                      + (f" (its saddles labelled {saddle['mean_error']:+.2f} eV off the model)" if saddle.get("raised") else ""))
+    if record.get("tau_backoffs"):
+        parts.append(f"τ {record['prior_sigma']:.3g} eV/atom, the evidence's over √2^{record['tau_backoffs']} "
+                     "(a member did not converge at it)")
     if (record.get("misfit") or {}).get("raised"):
         parts.append("MISFIT warning (aloop status)")
     if record.get("stop"):

@@ -268,3 +268,47 @@ def test_prior_sigma_auto_follows_the_correction_and_the_scatter_the_labels_hold
     loaded = committee(full, prior_sigma="auto").load(tmp_path / "auto.npz")
     assert (loaded.tau_, loaded.model_error_) == (large.tau_, large.model_error_)
     np.testing.assert_array_equal(loaded.posterior_covariance(data, graph, 1), large.posterior_covariance(data, graph, 1))
+
+
+def test_a_member_that_does_not_converge_at_the_evidences_tau_sends_every_member_to_a_smaller_one(setup, tmp_path):
+    """With `prior_sigma: auto`, a member with no minimiser in reach at the evidence's τ (J is not
+    convex in W1) makes every member refit at τ/√2, as often as needed up to TAU_BACKOFFS; the count is
+    kept with the committee. A τ the user gave is never changed: the fit says it did not converge."""
+    bb, full, atoms, inputs, graph, data, *_ = setup
+
+    def stalling_above(c, limit):
+        """Members whose fit stalls (gradient 1) while τ is above `limit` (the evidence's own fits do
+        not), and the τ of every member fit."""
+        minimise, evidence, seen = c.minimise, c.evidence_prior, []
+
+        def member(*args):
+            phi, value, n, g = minimise(*args)
+            seen.append(c.tau_)
+            return phi, value, n, (1.0 if c.tau_ > limit else g)
+
+        def evidence_prior(*args):
+            c.minimise = minimise
+            rounds = evidence(*args)
+            c.minimise = member
+            return rounds
+        c.minimise, c.evidence_prior = member, evidence_prior
+        return seen
+
+    reference = committee(full, size=2, prior_sigma="auto").fit(data, graph, 1)
+    evidence = reference.tau_
+    c = committee(full, size=2, prior_sigma="auto")
+    seen = stalling_above(c, evidence / 1.9)   # converges at τ/2, two back-offs
+    c.fit(data, graph, 1)
+    assert c.tau_backoffs_ == 2 and c.tau_ == pytest.approx(evidence / 2)
+    assert seen[-2:] == [c.tau_, c.tau_]   # both members at the final τ
+    assert (c.gradient_ <= c.tolerance).all() and reference.tau_backoffs_ == 0
+    c.save(tmp_path / "c.npz")
+    assert committee(full, size=2, prior_sigma="auto").load(tmp_path / "c.npz").tau_backoffs_ == 2
+    hopeless = committee(full, size=2, prior_sigma="auto")
+    stalling_above(hopeless, 0.0)
+    with pytest.raises(NotConverged, match="the evidence's τ was .* refitted at τ smaller by √2, 3 times"):
+        hopeless.fit(data, graph, 1)
+    given = committee(full, size=2, prior_sigma=0.1)
+    stalling_above(given, 0.05)
+    with pytest.raises(NotConverged, match=r"prior_sigma \(now 0.1 eV/atom\)"):
+        given.fit(data, graph, 1)
