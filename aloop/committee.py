@@ -173,11 +173,11 @@ class Committee:
 
     def evidence_prior(self, data: TrainingSet, n_elements: int, trace: float) -> tuple[float, float]:
         """(τ eV/atom, m eV) that maximise the evidence of the labels, p(E_HF | τ, m), under the energy
-        term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²),
-        θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with E0 refit to the labels weighted by
-        their error bars (the prior centre without a member's draw). m is the model error: what no θ
-        of this readout fits, which a fit that took the labels' error bars at their word would chase
-        with ever larger τ. The force penalty is left out of the evidence (it is no likelihood: it
+        term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²) (m left
+        out where an observable reads, `label_variance`), θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the
+        base θ with E0 refit to the labels weighted by their error bars (the prior centre without a
+        member's draw). m is the model error: what no θ of this readout fits, which a fit that took the
+        labels' error bars at their word would chase with ever larger τ. The force penalty is left out of the evidence (it is no likelihood: it
         binds only outside its threshold).
         Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
         method moves relative energies, where a fixed τ has to be guessed before any label exists."""
