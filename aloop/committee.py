@@ -51,38 +51,25 @@ class TrainingSet:
     B: np.ndarray  # [n, 3Nmax, P]
     f_lf: np.ndarray  # [n, 3Nmax] low-fidelity forces
     ids: np.ndarray = field(default=None)  # [n] int
-    read: np.ndarray = field(default=None)  # [n] bool: a configuration an observable reads (label_variance)
 
     def __post_init__(self):
         self.ids = np.arange(len(self.energy)) if self.ids is None else np.asarray(self.ids, dtype=np.int64)
         if len(np.unique(self.ids)) != len(self.ids):
             raise ValueError("training set: configuration ids must be unique")
-        self.read = np.zeros(len(self.energy), bool) if self.read is None else np.asarray(self.read, dtype=bool)
 
     @classmethod
     def build(cls, features: Features, energy, sigma, jacobians: list[ForceJacobian], f_lf: list[np.ndarray],
-              ids=None, read=None):
+              ids=None):
         n, P = features.a.shape
         width = 3 * max((len(j.f0) for j in jacobians), default=0)
         f0, B, lf = np.zeros((n, width)), np.zeros((n, width, P)), np.zeros((n, width))
         for c, (jac, forces) in enumerate(zip(jacobians, f_lf)):
             m = 3 * len(jac.f0)
             f0[c, :m], B[c, :m], lf[c, :m] = jac.f0.ravel(), jac.B.reshape(m, P), np.asarray(forces).ravel()
-        return cls(features, np.asarray(energy, float), np.asarray(sigma, float), f0, B, lf, ids, read)
+        return cls(features, np.asarray(energy, float), np.asarray(sigma, float), f0, B, lf, ids)
 
     def __len__(self) -> int:
         return len(self.energy)
-
-
-def label_variance(data: TrainingSet, noise_floor: float, model_error: float = 0.0) -> np.ndarray:
-    """[n] eV²: each label's variance in the fit, σ² + σ_floor² + m², without m at the configurations an
-    observable reads (`data.read`). The model error m is the misfit the readout leaves at a configuration,
-    the same every time that configuration is evaluated; an observable reads the surface there, so the
-    label, which measures that misfit, is the answer the fit must hold to its error bar. Weighed down by
-    m, the few saddle and end-point labels of a barrier gave way to the many MD frames: the MoS2 fit left
-    its saddles 0.10 eV above the model and its first images 0.06 eV below (docs/mos2-svac.md, "The
-    labels a barrier reads")."""
-    return data.sigma**2 + noise_floor**2 + np.where(data.read, 0.0, model_error**2)
 
 
 class NotConverged(RuntimeError):
@@ -173,21 +160,21 @@ class Committee:
 
     def evidence_prior(self, data: TrainingSet, n_elements: int, trace: float) -> tuple[float, float]:
         """(τ eV/atom, m eV) that maximise the evidence of the labels, p(E_HF | τ, m), under the energy
-        term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²) (m left
-        out where an observable reads, `label_variance`), θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the
-        base θ with E0 refit to the labels weighted by their error bars (the prior centre without a
-        member's draw). m is the model error: what no θ of this readout fits, which a fit that took the
-        labels' error bars at their word would chase with ever larger τ. The force penalty is left out of the evidence (it is no likelihood: it
+        term's linear-Gaussian model: E_HF = a·θ + e + noise, noise ~ N(0, σ_c² + σ_floor² + m²),
+        θ ~ N(θ_c, s² I), s² = τ²/`trace`, θ_c the base θ with E0 refit to the labels weighted by
+        their error bars (the prior centre without a member's draw). m is the model error: what no θ
+        of this readout fits, which a fit that took the labels' error bars at their word would chase
+        with ever larger τ. The force penalty is left out of the evidence (it is no likelihood: it
         binds only outside its threshold).
         Empirical Bayes, as scikit-learn's BayesianRidge: the labels say how far the high-fidelity
         method moves relative energies, where a fixed τ has to be guessed before any label exists."""
-        centre = self.prior_mean(data, n_elements, 0.0)
+        centre = self.prior_mean(data, n_elements, self.noise_floor)
         residual = data.energy - data.features.energies(centre)
         log_taus = np.log(np.logspace(np.log10(TAU_RANGE[0]), np.log10(TAU_RANGE[1]), 61))
 
         def profile(m: float) -> tuple[float, float]:
             """(−log evidence, τ) at model error m, maximised over τ."""
-            var = label_variance(data, self.noise_floor, m)
+            var = data.sigma**2 + self.noise_floor**2 + m**2
             u, singular, _ = np.linalg.svd(data.features.a / np.sqrt(var)[:, None], full_matrices=False)
             r = residual / np.sqrt(var)
             lam, proj = singular**2, u.T @ r
@@ -206,11 +193,11 @@ class Committee:
             return float(np.exp(at_zero[1])), 0.0
         return float(np.exp(profile(float(np.exp(log_m)))[1])), float(np.exp(log_m))
 
-    def prior_mean(self, data: TrainingSet, n_elements: int, model_error: float | None = None) -> np.ndarray:
+    def prior_mean(self, data: TrainingSet, n_elements: int, floor: float | None = None) -> np.ndarray:
         """θ0 with E0 refit to every label at weight 1: the prior's centre without a member's draw
-        (`model_error` as in `_e0_refit`)."""
+        (`floor` as in `_e0_refit`)."""
         centre = self.theta0.copy()
-        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data))), n_elements, model_error)[0]
+        centre[-n_elements:] += self._e0_refit(data, np.ones((1, len(data))), n_elements, floor)[0]
         return centre
 
     def prior_centres(self, data: TrainingSet, weights: np.ndarray, n_elements: int, s2: float) -> np.ndarray:
@@ -219,12 +206,13 @@ class Committee:
         centres[:, -n_elements:] += self._e0_refit(data, weights, n_elements)
         return centres
 
-    def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int, model_error: float | None = None) -> np.ndarray:
+    def _e0_refit(self, data: TrainingSet, weights: np.ndarray, n_elem: int, floor: float | None = None) -> np.ndarray:
         """Weighted least-squares shift of E0 per element, one per row of `weights`: [K, n_elem].
-        Each label weighs 1/`label_variance`; `model_error` defaults to the evidence's."""
+        Each label weighs 1/(σ² + floor²); `floor` defaults to the effective floor (model error included)."""
         counts = data.features.a[:, -n_elem:]
         residual = data.energy - data.features.energies(self.theta0)
-        inv_var = 1.0 / label_variance(data, self.noise_floor, self.model_error_ if model_error is None else model_error)
+        floor = self.effective_floor if floor is None else floor
+        inv_var = 1.0 / (data.sigma**2 + floor**2)
         shifts = np.zeros((len(weights), n_elem))
         for k in range(len(weights)):
             w = np.sqrt(weights[k] * inv_var)
@@ -247,8 +235,8 @@ class Committee:
         s2 = self.prior_variance(moment)
         weights = self.weights(data.ids)
         centres = self.prior_centres(data, weights, n_elements, s2)
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
-                             self.threshold_per_atom, self.model_error_)
+        problem = _Objective(data, self.effective_floor, self.force_threshold, self.force_weight, self.theta0,
+                             self.threshold_per_atom)
         thetas, objective, steps = [], [], []
         for k in tqdm(range(self.size), desc=f"fitting {self.size} members", unit="member", disable=not progress):
             theta, value, n_steps = problem.minimise(weights[k], centres[k], s2, self.max_steps)
@@ -272,8 +260,8 @@ class Committee:
         """
         self._check_fitted()
         s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
-                             self.threshold_per_atom, self.model_error_)
+        problem = _Objective(data, self.effective_floor, self.force_threshold, self.force_weight, self.theta0,
+                             self.threshold_per_atom)
         mean = self.thetas_.mean(0)
         _, H = problem.gradient_hessian(mean, np.ones(len(data)), mean, s2)
         # H ≥ 2I/s², so the Cholesky factorisation fails only on non-finite inputs
@@ -299,8 +287,8 @@ class Committee:
         the very estimator it scales."""
         self._check_fitted()
         s2 = self.prior_variance(moment if moment is not None else feature_moment(data.features))
-        problem = _Objective(data, self.noise_floor, self.force_threshold, self.force_weight, self.theta0,
-                             self.threshold_per_atom, self.model_error_)
+        problem = _Objective(data, self.effective_floor, self.force_threshold, self.force_weight, self.theta0,
+                             self.threshold_per_atom)
         a = data.features.a
         keys = np.arange(len(a)) if groups is None else np.asarray(groups)
         blocks = [np.flatnonzero(keys == key) for key in np.unique(keys)]
@@ -391,10 +379,10 @@ class _Objective:
     """J(θ) of one member for given weights and prior, with its exact gradient and Hessian."""
 
     def __init__(self, data: TrainingSet, noise_floor: float, threshold: float, force_weight: float,
-                 theta0: np.ndarray, per_atom: bool = False, model_error: float = 0.0):
+                 theta0: np.ndarray, per_atom: bool = False):
         self.a = data.features.a
         self.r0 = data.features.e - data.energy  # E(c; θ) − E_HF(c) = a·θ + r0
-        self.inv_var = 1.0 / label_variance(data, noise_floor, model_error)
+        self.inv_var = 1.0 / (data.sigma**2 + noise_floor**2)
         # per atom, t = threshold × √N: ‖ΔF‖ over 3N components grows as √N for the same change per atom
         self.t2 = threshold**2 * data.features.n_atoms if per_atom else threshold**2
         self.lam = force_weight

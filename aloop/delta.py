@@ -221,9 +221,9 @@ class DeltaCommittee(MemberCommittee):
             scale = np.concatenate([np.full(n_elements, tau), np.full(delta.width, s_v)])
             features = Features(np.hstack([counts, g]) * scale, base_energy, data.features.n_atoms)
             B = np.concatenate([np.zeros((len(hidden), width, n_elements)), dg], axis=2) * scale
-            member = TrainingSet(features, data.energy, data.sigma, data.f0, B, data.f_lf, data.ids, data.read)
-            problem = _Objective(member, lin.noise_floor, lin.force_threshold, lin.force_weight, np.zeros(len(scale)),
-                                 lin.threshold_per_atom, error)
+            member = TrainingSet(features, data.energy, data.sigma, data.f0, B, data.f_lf, data.ids)
+            problem = _Objective(member, float(np.hypot(lin.noise_floor, error)), lin.force_threshold,
+                                 lin.force_weight, np.zeros(len(scale)), lin.threshold_per_atom)
             centre = np.concatenate([e0_centres[k] / tau, v_draws[k]])
             u, value, n = problem.minimise(weights[k], centre, 1.0, lin.max_steps)
             phis.append(np.concatenate([u * scale, layers[k]]))
@@ -248,7 +248,7 @@ class DeltaCommittee(MemberCommittee):
         probe = Committee(np.zeros(x.shape[1] + counts.shape[1]), size=2, bootstrap=False, prior_sigma=PRIOR_AUTO,
                           force_threshold=lin.force_threshold, force_weight=0.0, noise_floor=lin.noise_floor, seed=0)
         features = Features(np.hstack([x, counts]), base_energy, data.features.n_atoms)
-        labelled = TrainingSet(features, data.energy, data.sigma, data.f0, data.B, data.f_lf, data.ids, data.read)
+        labelled = TrainingSet(features, data.energy, data.sigma, data.f0, data.B, data.f_lf, data.ids)
         return probe.evidence_prior(labelled, counts.shape[1], 1.0)
 
     def save(self, path) -> None:

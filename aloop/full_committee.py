@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .arrays import ReadoutInputs, feature_moment
-from .committee import MODEL_ERROR_RANGE, PRIOR_AUTO, TAU_RANGE, Committee, NotConverged, TrainingSet, label_variance
+from .committee import MODEL_ERROR_RANGE, PRIOR_AUTO, TAU_RANGE, Committee, NotConverged, TrainingSet
 from .full_readout import FullReadout, LabelledGraph
 
 # `prior_sigma: auto`: MacKay's fixed point starts at this τ (eV/atom) with no model error, and stops when
@@ -199,7 +199,7 @@ class FullCommittee(MemberCommittee):
         prior's scales, H `data_curvature`) with eigenvalues λ. γ = Σ λ/(1 + λ) parameters are
         determined by the labels; the prior is as wide as the fit's own move if τ² ← τ² ‖u‖²/γ, with
         u = (φ − prior mean)/S, and the labels' scatter is what their error bars and m allow if
-        Σ r²/(σ² + σ_floor² + m²) = n − γ (m left out where an observable reads, `label_variance`; MacKay 1992; Bishop, PRML §3.5.2). The linear class
+        Σ r²/(σ² + σ_floor² + m²) = n − γ (MacKay 1992; Bishop, PRML §3.5.2). The linear class
         maximises its exact evidence on a grid instead (Committee.evidence_prior); here every point of
         a grid would cost a fit, and the fixed point is reached in a few (2 on MoS2's 100 labels from
         τ = 0.1, docs/method.md). τ stays within TAU_RANGE and m within MODEL_ERROR_RANGE, and below
@@ -208,7 +208,7 @@ class FullCommittee(MemberCommittee):
         lin.tau_, lin.model_error_ = EVIDENCE_START, 0.0
         dev = self.full.device
         n = len(data)
-        base = label_variance(data, lin.noise_floor)
+        base = data.sigma**2 + lin.noise_floor**2
         fitted = None   # the last (τ, m) whose fit converged
         for rounds in range(1, EVIDENCE_ROUNDS + 1):
             problem, _, _, scale = self.problem(data, graph, n_elements, moment)
@@ -231,7 +231,7 @@ class FullCommittee(MemberCommittee):
             with torch.no_grad():
                 r2 = ((problem.energies(phi_t) - problem.y) ** 2).cpu().numpy()
             tau = float(np.clip(lin.tau_ * np.sqrt(u2 / max(gamma, 1e-12)), *TAU_RANGE))
-            m = _model_error(r2, base, n - gamma, ~data.read)
+            m = _model_error(r2, base, n - gamma)
             moved = abs(np.log(tau / lin.tau_)) > EVIDENCE_TOLERANCE or abs(m - lin.model_error_) > EVIDENCE_TOLERANCE * max(m, lin.noise_floor)
             if not moved:
                 break
@@ -412,7 +412,7 @@ class _FullObjective:
         self.full, self.graph = full, graph
         self.a, self.e, self.h, self.index = full.tensors(ReadoutInputs(data.features, graph.energy_inputs()))
         self.y = torch.as_tensor(data.energy, device=dev)
-        self.inv_var = torch.as_tensor(1.0 / label_variance(data, linear.noise_floor, linear.model_error_), device=dev)
+        self.inv_var = torch.as_tensor(1.0 / (data.sigma**2 + linear.effective_floor**2), device=dev)
         self.lam = linear.force_weight
         n_atoms = data.features.n_atoms
         self.t2 = torch.as_tensor(linear.force_threshold**2 * n_atoms if linear.threshold_per_atom
@@ -452,13 +452,13 @@ class _FullObjective:
         return (w * self.inv_var * r**2).sum() + self.lam * (w * self.excess(phi, mlp_forces) ** 2).sum()
 
 
-def _model_error(r2: np.ndarray, variance: np.ndarray, dof: float, applies: np.ndarray) -> float:
-    """m ≥ 0 with Σ r²/(variance + m² [where m `applies`]) = dof (0 where the error bars alone leave no
-    more scatter), at most MODEL_ERROR_RANGE's upper end."""
+def _model_error(r2: np.ndarray, variance: np.ndarray, dof: float) -> float:
+    """m ≥ 0 with Σ r²/(variance + m²) = dof (0 where the error bars alone leave no more scatter), at most
+    MODEL_ERROR_RANGE's upper end."""
     def excess(m):
-        return float(np.sum(r2 / (variance + np.where(applies, m**2, 0.0)))) - dof
+        return float(np.sum(r2 / (variance + m**2))) - dof
     hi = MODEL_ERROR_RANGE[1]
-    if dof <= 0 or not applies.any() or excess(0.0) <= 0:
+    if dof <= 0 or excess(0.0) <= 0:
         return 0.0
     if excess(hi) > 0:
         return hi

@@ -548,25 +548,11 @@ class CampaignRun:
         return ids, energy, sigma
 
     def training_set(self, subset: list[int] | None = None) -> tuple[list[int], TrainingSet]:
-        """Every label (or those of the candidates in `subset`) in the form the committee fits, each
-        marked where an observable reads its configuration (`read_sources`)."""
+        """Every label (or those of the candidates in `subset`) in the form the committee fits."""
         ids, energy, sigma = self.labels(subset)
         jacobians = self.jacobians(ids)
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
-        sources, read = self.store.sources(ids), self.read_sources()
-        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids,
-                                      read=[source in read for source in sources])
-
-    def read_sources(self) -> set[str]:
-        """`readout: full`: the pool sources whose configurations an observable reads, a relaxed
-        observable's path points (`path:NAME`, every iteration's) and a frozen one's images. Their labels
-        carry no model error in the fit (committee.label_variance). Not for the other classes, whose
-        features cannot carry a barrier's correction: refitted so, `linear`'s MoS2 committees at 100
-        labels did worse on held-out energies on three seeds of three (by 22–84 meV/cell) and their
-        barrier moved either way (docs/mos2-svac.md, "The labels a barrier reads")."""
-        if self.full is None or isinstance(self.full, DeltaReadout):
-            return set()
-        return {f"path:{o.name}" if o.relax else o.path for o in self.campaign.evaluation.observables}
+        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)
 
     def no_labels(self, iteration: int) -> str:
         failed = self.store.rows(state=FAILED)

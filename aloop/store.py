@@ -142,12 +142,6 @@ class RunStore:
             out.append(atoms)
         return out
 
-    def sources(self, ids) -> list[str]:
-        """The source of each candidate in `ids`, in their order (from the index table, as `ids`)."""
-        with self._sql() as con:
-            found = dict(con.execute("SELECT id, value FROM text_key_values WHERE key = 'source'"))
-        return [found[int(i)] for i in ids]
-
     def source_ids(self, source: str) -> list[int]:
         """The source's frames in their order (an NEB path's images), without the repeats' copies."""
         rows = [r for r in self.db.select(source=source, include_data=False) if r.get("repeat_of") is None]

@@ -7,7 +7,7 @@ from mace.calculators import MACECalculator
 from aloop.arrays import Features, ForceJacobian, feature_moment
 from aloop.backbone import Backbone
 from aloop.campaign import CommitteeSettings, FinetuneSettings
-from aloop.committee import Committee, TrainingSet, _Objective, label_variance
+from aloop.committee import Committee, TrainingSet, _Objective
 
 
 def test_force_penalty_zero_inside_threshold_quartic_outside():
@@ -242,23 +242,6 @@ def test_evidence_recovers_the_prior_width_and_the_model_error(model_error):
     else:
         assert committee.model_error_ < 0.003
     assert committee.effective_floor == pytest.approx(np.hypot(1e-4, committee.model_error_))
-
-
-def test_the_labels_an_observable_reads_are_held_to_their_error_bars():
-    """The model error is the misfit at a configuration; at one an observable reads, the label is the
-    answer: the fit holds those labels to their error bars (σ 10 meV here) where the others scatter by
-    m, and the evidence takes m from the others alone."""
-    theta0, data, trace = synthetic_labels(300, tau=0.8, model_error=0.2)
-    settings = dict(prior_sigma="auto", noise_floor=1e-4, bootstrap=False)   # no member leaves a label out
-    plain = make_committee(theta0, **settings).fit(data, 1)
-    read = np.zeros(len(data), bool)
-    read[:5] = True
-    data.read = read
-    marked = make_committee(theta0, **settings).fit(data, 1)
-    residual = {name: np.abs(c.predict(data.features)[0] - data.energy) for name, c in [("plain", plain), ("marked", marked)]}
-    assert residual["plain"][read].mean() > 0.1 and residual["marked"][read].max() < 0.03
-    assert marked.model_error_ == pytest.approx(plain.model_error_, rel=0.1)
-    np.testing.assert_allclose(label_variance(data, 1e-4, 0.2), np.where(read, 0.01**2 + 1e-8, 0.01**2 + 1e-8 + 0.04))
 
 
 def test_a_given_prior_sigma_is_used_as_given_and_auto_round_trips(tmp_path):

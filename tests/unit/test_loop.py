@@ -13,11 +13,8 @@ from ase.io import write
 from conftest import h3_set, tiny_mace
 
 from aloop import metrics
-from aloop.backbone import Backbone
 from aloop.campaign import load_campaign
-from aloop.delta import DeltaReadout
 from aloop.fork import fork_run
-from aloop.full_readout import FullReadout
 from aloop.loop import PATH_POINT_TOLERANCE, CampaignRun
 from aloop.store import LABELLED, POOL, RunStore
 
@@ -165,15 +162,3 @@ def test_a_targets_read_points_are_found_in_the_pool_unlabelled(tmp_path):
     assert CampaignRun.read_candidates(run, "b", reads, available) == [(1.0, 2)]
     moved = [(1.0, None, frame(1.5 + 2 * PATH_POINT_TOLERANCE))]   # a saddle the pool has not seen
     assert CampaignRun.read_candidates(run, "b", moved, available) == []
-
-
-def test_a_full_fit_holds_the_labels_its_observables_read_and_the_other_classes_do_not():
-    # relaxed: every iteration's path points; frozen: the pool's images. `linear` and `delta` keep the
-    # model error on every label (their features cannot carry a barrier's correction)
-    observables = [SimpleNamespace(name="hop", relax=True, path="neb"), SimpleNamespace(name="flip", relax=False, path="flip_images")]
-    campaign = SimpleNamespace(evaluation=SimpleNamespace(observables=observables))
-    full = FullReadout(Backbone(tiny_mace(), device="cpu"))
-    assert CampaignRun.read_sources(SimpleNamespace(full=full, campaign=campaign)) == {"path:hop", "flip_images"}
-    assert CampaignRun.read_sources(SimpleNamespace(full=None, campaign=campaign)) == set()
-    delta = DeltaReadout(Backbone(tiny_mace(), device="cpu"), width=4)
-    assert CampaignRun.read_sources(SimpleNamespace(full=delta, campaign=campaign)) == set()
