@@ -386,7 +386,7 @@ class FullCommittee(MemberCommittee):
         self._check_fitted()
         np.savez(path, phis=self.phis_, phi0=self.full.phi0, objective=self.objective_, steps=self.lbfgs_steps_,
                  gradient=self.gradient_, tau=self.tau_, model_error=self.model_error_,
-                 tau_backoffs=getattr(self, "tau_backoffs_", 0))
+                 tau_backoffs=self.tau_backoffs_)
 
     def load(self, path) -> "FullCommittee":
         with np.load(path) as f:
