@@ -16,6 +16,10 @@ from tqdm.auto import tqdm
 
 from .charge import charge_state
 
+# ASE 3.29 changed NEB's default tangent from its own "aseneb" to "improvedtangent" (Henkelman and
+# Jónsson's); named here so that a band relaxes the same way on every ASE the package accepts
+TANGENT = "improvedtangent"
+
 
 class BatchedCalculator(Calculator):
     """Serves a fixed set of configurations (NEB images) from one batched model call: the first
@@ -49,7 +53,7 @@ def interpolate(initial: Atoms, final: Atoms, n_images: int, guess: Atoms | None
     images = [initial.copy()]
     for segment, end in zip(per_segment, stops[1:]):
         piece = [images[-1]] + [images[-1].copy() for _ in segment] + [end.copy()]
-        NEB(piece, allow_shared_calculator=True).interpolate(method="idpp")
+        NEB(piece, method=TANGENT, allow_shared_calculator=True).interpolate(method="idpp")
         images += piece[1:]
     return images
 
@@ -94,7 +98,7 @@ def relax_band(images: list[Atoms], backbone, *, theta: np.ndarray | None = None
     calc = BatchedCalculator(backbone, band, theta)
     for image in band:
         image.calc = calc
-    optimizer = FIRE(NEB(band, climb=climb, allow_shared_calculator=True), logfile=None)
+    optimizer = FIRE(NEB(band, climb=climb, method=TANGENT, allow_shared_calculator=True), logfile=None)
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     optimizer.attach(lambda: bar.update(1))
     converged = bool(optimizer.run(fmax=fmax, steps=steps))

@@ -39,6 +39,7 @@ from mace import tools as mace_tools
 from mace.calculators import MACECalculator
 
 from aloop.labelers.pyscf import energy_and_forces, single_point
+from aloop.neb import TANGENT
 from mace_fit import Schedule, build_model, loader, rmse, train, train_valid_split
 from h3_reference import BASIS, CAMPAIGN, barrier, collinear_h3, endpoints
 
@@ -144,7 +145,7 @@ def neb_barrier(model_path: Path, reactant: Atoms, product: Atoms) -> dict:
     images = [reactant.copy() for _ in range(8)] + [product.copy()]
     for image in images:
         image.calc = calc
-    neb = NEB(images, climb=True, allow_shared_calculator=True)
+    neb = NEB(images, climb=True, method=TANGENT, allow_shared_calculator=True)
     neb.interpolate()
     converged = FIRE(neb, logfile=None).run(fmax=0.01, steps=3000)
     energies = [image.get_potential_energy() for image in images]

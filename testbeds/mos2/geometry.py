@@ -21,6 +21,8 @@ from ase.io import read
 from ase.mep import NEB
 from ase.optimize import FIRE
 
+from aloop.neb import TANGENT
+
 from .oracle import SyntheticHF
 
 CAMPAIGN = Path(__file__).resolve().parents[2] / "campaigns" / "mos2-svac"
@@ -180,7 +182,7 @@ def neb(initial: Atoms, final: Atoms, calc, fmax: float = 0.03, steps: int = 150
         calc = calc(images)
     for image in images:
         image.calc = calc
-    band = NEB(images, climb=True, allow_shared_calculator=True)
+    band = NEB(images, climb=True, method=TANGENT, allow_shared_calculator=True)
     if start is None:
         band.interpolate(mic=True)
     optimizer = FIRE(band, logfile=None)
