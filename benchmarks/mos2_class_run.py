@@ -14,7 +14,7 @@ batch). Those go to OUT/RUN_scores.json, RUN the run folder's name.
 
     python benchmarks/data_efficiency.py --out OUT ...         # makes OUT/pool once
     python benchmarks/mos2_class_run.py --out OUT --class full --prior-sigma 0.1 --seed 0 \
-        [--strategy diverse|targeted|...] [--max-labels 100]
+        [--strategy diverse|targeted|...] [--max-labels 100] [--batch-schedule 9 9 9 9 9 9 9 25]
 
 The run folder is OUT/CLASS-STRATEGY-sSEED (a `full` run with the evidence's τ: OUT/full-auto-STRATEGY-sSEED);
 a rerun continues it (or only scores it, once stopped).
@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--strategy", default="diverse", choices=list(STRATEGIES))
     parser.add_argument("--max-labels", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-schedule", type=int, nargs="+", metavar="N",
+                        help="the batch sizes after the first 37 labels, the last one repeated (default: the "
+                             "benchmark's); the run folder's name ends in -b and the first of them")
     args = parser.parse_args()
     if not (args.out / "pool").is_dir():
         parser.error(f"--out: {args.out} has no pool/; run benchmarks/data_efficiency.py --out {args.out} first")
@@ -76,6 +79,11 @@ def main() -> None:
     # a full run with the campaign's prior_sigma: auto is named apart from the fixed-τ runs measured before it
     evidence = "-auto" if args.kind == "full" and args.prior_sigma is None else ""
     name = f"{args.kind}{evidence}-{args.strategy}-s{args.seed}"
+    if args.batch_schedule:
+        if min(args.batch_schedule) < 1:
+            parser.error("--batch-schedule: batch sizes of at least 1")
+        c.acquisition.batch_schedule = args.batch_schedule
+        name += f"-b{args.batch_schedule[0]}"
     c.run_dir = args.out / name
     if args.kind == "delta":
         c.finetune.kind = "delta"
