@@ -24,6 +24,7 @@ from __future__ import annotations
 import mace  # noqa: F401  (mace must be imported before e3nn)
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -55,6 +56,16 @@ def scores(run: CampaignRun) -> dict:
             "calibration": calibration(run, record["n_labels"]), "misfit": record.get("misfit")}
 
 
+def schedule_name(sizes: list[int]) -> str:
+    """Every batch size, a run of one size as NxK: [9, 9, 9, 25] → 9x3-25, so that two schedules never
+    share a run folder."""
+    parts = []
+    for size, run in itertools.groupby(sizes):
+        count = len(list(run))
+        parts.append(f"{size}x{count}" if count > 1 else str(size))
+    return "-".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="a data_efficiency.py --out folder (its pool/)")
@@ -67,7 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-schedule", type=int, nargs="+", metavar="N",
                         help="the batch sizes after the first 37 labels, the last one repeated (default: the "
-                             "benchmark's); the run folder's name ends in -b and the first of them")
+                             "benchmark's); the run folder's name ends in -b and the schedule, e.g. -b9x7-25")
     args = parser.parse_args()
     if not (args.out / "pool").is_dir():
         parser.error(f"--out: {args.out} has no pool/; run benchmarks/data_efficiency.py --out {args.out} first")
@@ -83,7 +94,7 @@ def main() -> None:
         if min(args.batch_schedule) < 1:
             parser.error("--batch-schedule: batch sizes of at least 1")
         c.acquisition.batch_schedule = args.batch_schedule
-        name += f"-b{args.batch_schedule[0]}"
+        name += "-b" + schedule_name(args.batch_schedule)
     c.run_dir = args.out / name
     if args.kind == "delta":
         c.finetune.kind = "delta"
