@@ -39,9 +39,9 @@ _ANCHOR, _WEIGHT, _INNER_ANCHOR = 0, 1, 2
 class TrainingSet:
     """Labelled configurations in the form the loss needs; force arrays padded to the largest N.
 
-    `ids` name the configurations (candidate ids in a run): a member's bootstrap weight of a label
-    is drawn from its id, so it is the same whatever the order of the rows and whichever labels
-    join later.
+    `ids` name the configurations (in a run, `RunStore.draw_ids` of the candidates): a member's
+    bootstrap weight of a label is drawn from its id, so it is the same whatever the order of the
+    rows and whichever labels join later.
     """
 
     features: Features

@@ -552,7 +552,7 @@ class CampaignRun:
         ids, energy, sigma = self.labels(subset)
         jacobians = self.jacobians(ids)
         f_lf = [self.lf_forces(cid, jac) for cid, jac in zip(ids, jacobians)]
-        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=ids)
+        return ids, TrainingSet.build(self.features(ids), energy, sigma, jacobians, f_lf, ids=self.store.draw_ids(ids))
 
     def no_labels(self, iteration: int) -> str:
         failed = self.store.rows(state=FAILED)

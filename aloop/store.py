@@ -26,6 +26,8 @@ POOL, SELECTED, LABELLED, FAILED = "pool", "selected", "labelled", "failed"
 # the keys a candidate's selection, label or failure writes (a fork before the selection drops them)
 SELECTION_KEYS = ("state", "iteration", "pred_energy", "pred_sigma", "score", "pred_core_hours", "energy_hf",
                   "sigma_hf", "reason")
+# meta key: [[first id, shift], ...], a fork's additions renumbered for the draws (RunStore.draw_ids)
+DRAW_SHIFTS = "draw_id_shifts"
 
 
 class RunStore:
@@ -215,6 +217,16 @@ class RunStore:
         return [json.loads(r[0]) for r in rows]
 
     # --- forks -------------------------------------------------------------------------------
+    def draw_ids(self, ids) -> list[int]:
+        """The ids the committee's random draws (each label's bootstrap counts) are keyed by: each
+        candidate's own, except a fork's additions, which draw under the ids an unforked run would
+        have given them. A fork numbers its additions past its source's, in a range set by its fork
+        number (fork.FORK_ID_STRIDE); keyed by those ids, a path point's counts, and so the fit, would
+        depend on which fork a benchmark run happened to be (two forks of one pool fitting the same
+        labels at 46 MoS2 labels landed 0.04 eV apart on the barrier)."""
+        shifts = self.get_meta(DRAW_SHIFTS, [])
+        return [_unshifted(int(i), shifts) for i in ids]
+
     def max_id(self) -> int:
         """The largest candidate id in use (0 in an empty store)."""
         with closing(sqlite3.connect(self.path, timeout=60)) as con:
@@ -254,5 +266,27 @@ class RunStore:
                     raise ValueError(f"{self.path}: ids up to {self.max_id()} are in use; a fork cannot add from {first_new_id}")
                 if not con.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'systems'", (first_new_id - 1,)).rowcount:
                     con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('systems', ?)", (first_new_id - 1,))
+            _record_draw_shift(con)
         os.replace(tmp, target)
         return RunStore(run_dir)
+
+
+def _unshifted(cid: int, shifts: list[list[int]]) -> int:
+    for first, shift in reversed(shifts):
+        if cid >= first:
+            return cid - shift
+    return cid
+
+
+def _record_draw_shift(con: sqlite3.Connection) -> None:
+    """In a forked store (`con`, its copy being made): the shift from the id its next candidate
+    will get to the one an unforked run would have given it (the last kept candidate's, unshifted,
+    plus one), appended to the shifts the source carried (`RunStore.draw_ids`)."""
+    row = con.execute("SELECT value FROM aloop_meta WHERE key = ?", (DRAW_SHIFTS,)).fetchone()
+    shifts = [] if row is None else json.loads(row[0])
+    kept = int(con.execute("SELECT COALESCE(MAX(id), 0) FROM systems").fetchone()[0])
+    seq = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'systems'").fetchone()
+    first = max(kept, 0 if seq is None else int(seq[0])) + 1
+    shift = first - (_unshifted(kept, shifts) + 1)
+    if shift:
+        con.execute("INSERT OR REPLACE INTO aloop_meta VALUES (?, ?)", (DRAW_SHIFTS, json.dumps(shifts + [[first, shift]])))

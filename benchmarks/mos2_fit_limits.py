@@ -87,7 +87,7 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
         if record["n_labels"] not in checkpoints:
             continue
         keep = [r.id for r in labelled if r.iteration <= record["iteration"]]
-        _, data = run.training_set(subset=keep)
+        ids, data = run.training_set(subset=keep)
         auto = Committee.from_settings(run.backbone.theta0, run.campaign.committee.model_copy(update={"prior_sigma": PRIOR_AUTO}),
                                        run.campaign.finetune).fit(data, len(run.backbone.z_table), moment=moment)
         thetas = {"run": run.load_committee(record["iteration"]).thetas_.mean(0), "auto": auto.thetas_.mean(0),
@@ -105,7 +105,7 @@ def measure(out: Path, name: str, relax_at: int | None, hf_path: np.ndarray, pat
         row = {"strategy": strategy, "seed": seed, "n_labels": record["n_labels"], "tau": auto.tau_,
                "model_error": auto.model_error_, "campaign_tau": run.campaign.committee.prior_sigma}
         # the end points and saddles of the run's own relaxed paths that were labelled by then
-        on_path = np.isin(data.ids, [r.id for r in labelled if r.source.startswith("path:")])
+        on_path = np.isin(ids, [r.id for r in labelled if r.source.startswith("path:")])
         for fit, theta in thetas.items():
             residual = data.features.energies(theta) - data.energy
             row[f"{fit}_label_rmse_meV"] = 1000 * float(np.sqrt(np.mean(residual**2)))

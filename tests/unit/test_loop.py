@@ -145,6 +145,28 @@ def test_forks_number_their_own_candidates_apart_so_the_shared_caches_never_mix_
         np.testing.assert_allclose(sibling.features([cid]).a[0], sibling.backbone.features([atoms]).a[0])
 
 
+def test_forks_refit_alike_whatever_their_fork_number(folder, finished):
+    """Bootstrap counts are drawn from each label's id; a fork's own candidates (its paths' points)
+    are numbered by its fork number, but drawn under the id the source would have given them, so
+    two forks that add and label the same point fit the same committee."""
+    run, _ = finished
+    atoms = h3_set(1, seed=50)[0]
+    atoms.calc = EMT()
+    energy = atoms.get_potential_energy()
+    c = campaign(folder, "source")
+    fits, added = [], []
+    for k in range(2):
+        store = fork_run(run.run_dir, folder / "runs" / f"refit{k}", len(run.store.iterations()))
+        (cid,) = store.add_candidates([atoms], "path:barrier")
+        store.mark_selected([cid], 3, [0.0], [0.1], [0.0])
+        store.add_label(cid, energy, 0.01, {})
+        c.run_dir = store.run_dir
+        fits.append(CampaignRun(c, progress=False).train(4).thetas_)
+        added.append(cid)
+    assert added[0] != added[1]
+    np.testing.assert_array_equal(fits[0], fits[1])
+
+
 def test_a_targets_read_points_are_found_in_the_pool_unlabelled(tmp_path):
     # the relaxed path's saddle settles by a few mÅ between iterations: the path point the pool kept
     # for it (within PATH_POINT_TOLERANCE) stands for it; a labelled one has measured its misfit

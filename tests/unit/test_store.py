@@ -48,3 +48,28 @@ def test_a_fork_before_a_selection_keeps_what_the_candidate_was(tmp_path):
     assert {r.state for r in rows} == {POOL}
     assert not any(k in r.key_value_pairs for r in rows for k in ("iteration", "pred_energy", "energy_hf"))
     assert not any("relevance" in r.data or "provenance" in r.data for r in rows)
+
+
+def test_a_forks_own_candidates_draw_under_the_ids_an_unforked_run_gives_them(tmp_path):
+    """Bootstrap counts are keyed by id (Committee.weights). A fork numbers what it adds in a range
+    of its own, so that forks sharing a cache never mix candidates; for the draws those ids map back
+    to the ones the source itself would have given next, through a fork of a fork too."""
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 0.01 * i]]) for i in range(8)]
+    source = RunStore(tmp_path / "source")
+    pool = source.add_candidates(frames[:4], source="md")
+    source.write_iteration(0, {"iteration": 0})
+    first_path = source.add_candidates(frames[4:6], source="path:barrier", added=1)
+    source.write_iteration(1, {"iteration": 1})
+    assert source.draw_ids(pool + first_path) == pool + first_path
+
+    fork = source.fork(tmp_path / "fork", 1, first_new_id=source.max_id() + 1 + 3 * 10_000)
+    added = fork.add_candidates(frames[4:6], source="path:barrier", added=1)
+    assert min(added) > source.max_id()
+    assert fork.draw_ids(pool + added) == pool + first_path   # as the source numbered its own
+    fork.write_iteration(1, {"iteration": 1})
+    later = fork.add_candidates(frames[6:7], source="path:barrier", added=2)
+
+    again = fork.fork(tmp_path / "fork-of-fork", 2, first_new_id=fork.max_id() + 1 + 10_000)
+    (own,) = again.add_candidates(frames[7:8], source="path:barrier", added=2)
+    assert own > fork.max_id()
+    assert again.draw_ids(pool + added + [own]) == pool + first_path + fork.draw_ids(later)
