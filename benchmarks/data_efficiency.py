@@ -101,7 +101,8 @@ def campaign_for(out: Path, strategy: str, seed: int, oracle: str = "prism", pri
     c.evaluation.observables = [o.model_copy(update={"reference": reference}) for o in c.evaluation.observables]
     c.run_dir = out / f"{strategy}-s{seed}"
     c.seed, c.committee.seed = seed, seed
-    c.acquisition.strategy = strategy
+    c.acquisition.strategy, c.acquisition.targets = strategy, None
+    c.finetune.readout = "linear"   # the campaign's full is mos2_class_run.py's; this benchmark measures linear
     c.acquisition.initial_size = CHECKPOINTS[0]
     c.acquisition.batch_schedule = BATCHES
     c.stop.max_labels = max_labels

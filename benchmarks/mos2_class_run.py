@@ -97,7 +97,7 @@ def main() -> None:
         name += "-b" + schedule_name(args.batch_schedule)
     c.run_dir = args.out / name
     if args.kind == "delta":
-        c.finetune.kind = "delta"
+        c.finetune.kind, c.finetune.readout = "delta", "linear"
     else:
         c.finetune.readout = "full"
     try:
