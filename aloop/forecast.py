@@ -204,9 +204,11 @@ def rmse_series(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def spread_series(records: list[dict], name: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, committee spread of observable `name` × `scale`, its standard error): the standard
-    deviation of K members has a standard error of about std/√(2(K − 1))."""
+    deviation of K members has a standard error of about std/√(2(K − 1)). An iteration whose path
+    left the base model's domain has no barrier, so no spread of one: it is left out."""
     rows = [(r["n_labels"], scale * o["std"], scale * o["std"] / np.sqrt(2 * (len(o["members"]) - 1)))
-            for r in records if (o := r["observables"].get(name)) and o["std"] > 0 and len(o["members"]) > 1]
+            for r in records if (o := r["observables"].get(name)) and o["std"] > 0 and len(o["members"]) > 1
+            and not o.get("outside_domain")]
     return tuple(np.array(col, dtype=float) for col in zip(*rows)) if rows else (np.array([]),) * 3
 
 

@@ -143,20 +143,31 @@ def learning_curve(records, out: Path, forecasts: list[Forecast] = ()) -> Path:
     return _save(fig, out / "learning_curve.png")
 
 
+def observable_series(records, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, left) of observable `name` per record: NaN where the record has none, or where its
+    path left the base model's domain (`left` True), since a value over geometries the backbone never
+    saw is no barrier (a collapsed MoS2 band read 0.000 eV, docs/mos2-svac.md)."""
+    vals = [r["observables"].get(name) or {} for r in records]
+    left = np.array([bool(v.get("outside_domain")) for v in vals], dtype=bool)
+    mean = np.array([v["mean"] if v and not out else np.nan for v, out in zip(vals, left)], dtype=float)
+    std = np.array([v["std"] if v and not out else np.nan for v, out in zip(vals, left)], dtype=float)
+    return mean, std, left
+
+
 def observables(records, specs: dict, base: dict, stop: str | None, out: Path) -> Path:
     names = list(records[-1]["observables"])
     fig = Figure(figsize=(8.4, 3.4 * len(names)))
     x = np.array([r["n_labels"] for r in records])
     for i, name in enumerate(names):
         ax = fig.add_subplot(len(names), 1, i + 1)
-        vals = [r["observables"].get(name) for r in records]
-        mean = np.array([v["mean"] if v else np.nan for v in vals])
-        std = np.array([v["std"] if v else np.nan for v in vals])
+        mean, std, left = observable_series(records, name)
         spec = specs.get(name, {})
         relaxed = (records[-1]["observables"][name] or {}).get("path") == "relaxed"   # older records: frozen
         ax.plot(x, mean, "o-", color="C0", label="committee mean model, own relaxed CI-NEB" if relaxed
                 else "committee mean, base model's frozen path (relax: false)")
         ax.fill_between(x, mean - std, mean + std, color="C0", alpha=0.25, label="±1 std of members on that path")
+        for k, n in enumerate(x[left]):
+            ax.axvline(n, color="C1", ls="--", lw=1.5, zorder=3, label="path left the base model's domain: no value" if k == 0 else None)
         if name in base:
             ax.axhline(base[name]["mean"], color="gray", ls=":", label="base model" + (", own relaxed CI-NEB" if relaxed else ""))
         if spec.get("reference") is not None:

@@ -173,8 +173,10 @@ def write_report(run_dir) -> Path:
         for name, o in last["observables"].items():
             ref = specs.get(name, {}).get("reference")
             b = base.get(name, {}).get("mean")
-            lines.append(f"| {name} | {o.get('path', 'frozen')} | {o['mean']:.4f} ± {o['std']:.4f} | {'—' if b is None else f'{b:.4f}'} | "
-                         f"{'—' if ref is None else f'{ref:.4f}'} | {'—' if ref is None else _meV(o['mean'] - ref)} |")
+            left = o.get("outside_domain")   # a path through geometries the backbone never saw: no value
+            value = f"none: path outside the base model's domain ({left})" if left else f"{o['mean']:.4f} ± {o['std']:.4f}"
+            lines.append(f"| {name} | {o.get('path', 'frozen')} | {value} | {'—' if b is None else f'{b:.4f}'} | "
+                         f"{'—' if ref is None else f'{ref:.4f}'} | {'—' if ref is None or left else _meV(o['mean'] - ref)} |")
         lines.append("")
     lines += ["## Errors", ""]
     p = next((r for r in reversed(records) if r["prospective"]), None)

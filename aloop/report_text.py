@@ -68,10 +68,12 @@ def saddle_warning(record: dict) -> str | None:
                       f"{'above' if b['mean_error'] > 0 else 'below'} the prediction (z = {b['z']:+.1f}, "
                       f"p = {b['p_value']:.1g})" for name, b in off.items())
     return (f"warning: the labels at the saddles of the committee mean's own relaxed paths sit off what the "
-            f"committee predicted for them ({where}). The barrier is likely off in the same direction (too low "
-            "where the labels sit above), by up to about as much, whatever its ± says: the relaxed path runs where the "
-            "fit's errors take it. The observable stop rule does not fire while this stands. A readout that cannot "
-            "express the correction near the saddle does this; see the misfit warning, if it stands, for what to try.")
+            f"committee predicted for them ({where}). The surface is wrong where the relaxed path crosses, so the "
+            "barrier may be off in the same direction (too low where the labels sit above), by up to about as much, "
+            "whatever its ± says. That is a bound, not an estimate: a saddle a fraction of an ångström beside the "
+            "true one, where the true surface rises across the path, gives the same labels with the barrier right "
+            "(docs/campaign.md, `stop`). The observable stop rule does not fire while this stands. A readout that "
+            "cannot express the correction near the saddle does this; see the misfit warning, if it stands, for what to try.")
 
 
 def status_warnings(record: dict) -> list[str]:

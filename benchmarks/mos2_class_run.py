@@ -7,7 +7,8 @@ campaign's `prior_sigma: auto` (its own evidence) unless --prior-sigma fixes τ 
 that benchmark's shared pool (its features and cached oracle labels), and run to a label budget.
 `targeted` takes `full` (its posterior linearised at the members' mean), not `delta`. Prints each iteration's tracked
 barrier (mean, spread), τ, the test RMSE and the iteration's wall time; then, on the last
-iteration's committee-mean model (one MACE file for either class): the tracked barrier's error,
+iteration's committee-mean model (one MACE file for either class): the tracked barrier's error
+(none, and where, when its relaxed path left the base model's domain),
 the di-vacancy hop relaxed by CI-NEB (end points relaxed), the force MAE against the oracle on
 hf_test, and the prospective 2σ coverage (raw, and with the σ scale the run recorded before each
 batch). Those go to OUT/RUN_scores.json, RUN the run folder's name.
@@ -48,9 +49,13 @@ def scores(run: CampaignRun) -> dict:
     di = di_barrier(model, None, reference)
     test = read(run.campaign.evaluation.test_set.path, index=":")
     forces = np.concatenate(model.energy_forces(test)[1])
-    tracked = record["observables"]["barrier"]["mean"]
-    return {"n_labels": record["n_labels"], "tracked_barrier": tracked,
-            "tracked_error": tracked - reference["mono_barrier_hf"], "test_rmse_meV": 1000 * record["test"]["rmse"],
+    barrier = record["observables"]["barrier"]
+    # a path outside the base model's domain has no barrier to score (the run's record says where it left)
+    left = barrier.get("outside_domain")
+    tracked = None if left else barrier["mean"]
+    return {"n_labels": record["n_labels"], "tracked_barrier": tracked, "outside_domain": left,
+            "tracked_error": None if left else tracked - reference["mono_barrier_hf"],
+            "test_rmse_meV": 1000 * record["test"]["rmse"],
             "di_barrier": di["barrier"], "di_error": di["error"], "di_converged": di["converged"],
             "force_mae_meV_per_A": 1000 * float(np.mean(np.abs(forces - np.concatenate([a.get_forces() for a in test])))),
             "calibration": calibration(run, record["n_labels"]), "misfit": record.get("misfit")}
@@ -116,7 +121,9 @@ def main() -> None:
     result = scores(run)
     (args.out / f"{name}_scores.json").write_text(json.dumps(result, indent=1, default=float))
     cal = result["calibration"]
-    print(f"{name} at {result['n_labels']} labels: tracked barrier error {result['tracked_error']:+.3f} eV, di-vacancy "
+    tracked = (f"path outside the base model's domain ({result['outside_domain']})" if result["outside_domain"]
+               else f"{result['tracked_error']:+.3f} eV")
+    print(f"{name} at {result['n_labels']} labels: tracked barrier error {tracked}, di-vacancy "
           f"{result['di_error']:+.3f} eV, test RMSE {result['test_rmse_meV']:.1f} meV/cell, force MAE "
           f"{result['force_mae_meV_per_A']:.1f} meV/Å, prospective 2σ {cal.get('within_2sigma')} (calibrated "
           f"{cal.get('calibrated_within_2sigma')})", flush=True)

@@ -256,3 +256,26 @@ def test_a_barrier_over_a_path_outside_the_domain_is_marked_where_the_user_reads
     assert "left the base model's domain ('barrier' at image 4" in warning and "stop rule does not count it" in warning
     del record["observables"]["barrier"]["outside_domain"]
     assert status_warnings(record) == []
+
+
+def test_a_final_path_outside_the_domain_gives_no_value_in_the_summary_plot_or_forecast(tmp_path):
+    from aloop.forecast import spread_series
+    from aloop.plots import observable_series
+    run = tmp_path / "run"
+    store = _fake_run(run, stopped=False)
+    records = store.iterations()
+    # the MoS2 failure: a collapsed band whose highest image is an end point reads a barrier of 0
+    last = records[-1]
+    last["observables"]["barrier"] = {**last["observables"]["barrier"], "mean": 0.0, "std": 0.486,
+                                      "outside_domain": "image 1: S-S at 1.749 Å, floor 2.199 Å"}
+    store.write_iteration(last["iteration"], last)
+    records = store.iterations()
+    mean, std, left = observable_series(records, "barrier")
+    assert left.tolist() == [False, False, False, True]
+    assert np.isnan(mean[-1]) and np.isnan(std[-1]) and mean[2] == pytest.approx(0.421)
+    n, spread, _ = spread_series(records, "barrier")
+    assert n.tolist() == [4, 8, 12]                         # the collapsed path's 0.486 is no spread of a barrier
+    text = write_report(run).read_text()
+    _assert_png(run / "report" / "observables.png")
+    assert "none: path outside the base model's domain (image 1: S-S at 1.749 Å" in text
+    assert "0.0000 ± 0.4861" not in text and "-418" not in text and "−418" not in text
