@@ -179,13 +179,19 @@ def bands_of(run: CampaignRun, transfer: tuple | None) -> list[tuple]:
     return bands
 
 
-def barriers(model, bands: list[tuple]) -> dict:
-    """Each band's relaxed CI-NEB barrier (`bands_of`) on `model`, (backbone, θ)."""
+def barriers(model, bands: list[tuple], run: CampaignRun) -> dict:
+    """Each band's relaxed CI-NEB barrier (`bands_of`) on `model`, (backbone, θ). A path that left
+    `run`'s base-model domain (its guard) has no error: it is kept, with where it left, and left out
+    of the summary, as the loop leaves such a path out of its stop rule."""
     backbone, theta = model
     out = {}
     for name, images, reference, settings in bands:
-        barrier = relax_path(images, backbone, theta=theta, **settings).barrier
-        out[name] = {"mean": float(barrier), "error": float(barrier - reference) if reference is not None else None}
+        path = relax_path(images, backbone, theta=theta, **settings)
+        left = reaction_path.outside_domain(run, path.images)
+        out[name] = {"mean": float(path.barrier),
+                     "error": float(path.barrier - reference) if reference is not None and not left else None}
+        if left:
+            out[name]["outside_domain"] = left
     return out
 
 
@@ -202,7 +208,8 @@ def force_mae(model, test, f_ref) -> float | None:
 def scored(mae: float | None, observables: dict) -> list[str]:
     """The force MAE and each barrier of a row, as printed."""
     return ([] if mae is None else [f"force MAE {1000 * mae:.1f} meV/Å"]) + [
-        f"{k} {v['mean']:.4f} eV" for k, v in observables.items()]
+        f"{k} {v['mean']:.4f} eV" + (f" (path outside the domain, {v['outside_domain']})" if v.get("outside_domain") else "")
+        for k, v in observables.items()]
 
 
 def coverage(mean, spread, y, label_sigma) -> float | None:
@@ -230,7 +237,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
     # no test RMSE: the base model's energies hold its teacher's per-element references, not the labels'
     rows = [{"run": run.run_dir.name, "seed": run.campaign.seed, "n_labels": 0, "class": "base", "fit_s": 0.0, "setup_s": 0.0,
              "test_rmse_meV": None, "test_within_2sigma": None,
-             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, bands)}]
+             "force_mae_meV_per_A": None if mae is None else 1000 * mae, "observables": barriers(base, bands, run)}]
     parts = scored(mae, rows[0]["observables"])
     print(f"  {run.run_dir.name} base model: " + (", ".join(parts) or "no force or barrier to score"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +268,7 @@ def measure(run: CampaignRun, checkpoints: list[int], classes: list[str], transf
                 model = mean_surface(run.backbone, readout, committee)   # the exported committee-mean model
                 mae = force_mae(model, test, f_test)
                 row["force_mae_meV_per_A"] = None if mae is None else 1000 * mae
-                row["observables"] = barriers(model, bands)
+                row["observables"] = barriers(model, bands, run)
                 rows.append(row)
                 parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
                          + [f"set-up {setup:.2f} s, fit {seconds:.2f} s"])
@@ -288,7 +295,7 @@ def multifidelity_row(run: CampaignRun, ids: list[int], folder: Path, settings: 
            "fit_s": round(result.seconds, 3), "test_rmse_meV": 1000 * float(np.sqrt(np.mean((energies - y_test) ** 2))),
            "test_within_2sigma": None, "force_mae_meV_per_A": None if mae is None else 1000 * mae,
            "force_scale": result.force_scale, "settings": settings.model_dump(),
-           "observables": barriers(model, bands)}
+           "observables": barriers(model, bands, run)}
     parts = ([f"test RMSE {row['test_rmse_meV']:7.2f} meV"] + scored(mae, row["observables"])
              + [f"training {result.seconds:.0f} s (s_F {1000 * result.force_scale:.1f} meV/Å)"])
     print(f"  {row['run']} N={len(ids):3d} multifidelity: " + ", ".join(parts), flush=True)
