@@ -15,9 +15,10 @@ def one_line(record: dict) -> str:
         parts.append(f"pool σ95 {record['pool_sigma']['p95'] * 1000:.1f} meV")
     for name, o in record["observables"].items():
         saddle = o.get("saddle_labels") or {}
-        parts.append(f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV"
-                     + (f" (path outside the base model's domain, {o['outside_domain']})" if o.get("outside_domain") else "")
-                     + (f" (its saddles labelled {saddle['mean_error']:+.2f} eV off the model)" if saddle.get("raised") else ""))
+        # a path through geometries the backbone never saw has no value to print (a collapsed MoS2 band read 0.000)
+        value = (f"{name}: none, path outside the base model's domain ({o['outside_domain']})" if o.get("outside_domain")
+                 else f"{name} {o['mean']:.3f} ± {o['std']:.3f} eV")
+        parts.append(value + (f" (its saddles labelled {saddle['mean_error']:+.2f} eV off the model)" if saddle.get("raised") else ""))
     if record.get("tau_backoffs"):
         parts.append(f"τ {record['prior_sigma']:.3g} eV/atom, the evidence's over √2^{record['tau_backoffs']} "
                      "(a member did not converge at it)")
