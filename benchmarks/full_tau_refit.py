@@ -28,7 +28,7 @@ from ase.io import read
 
 from aloop.loop import CampaignRun
 from aloop.neb import relax_path
-from aloop.reaction_path import band_settings, outside_domain
+from aloop.reaction_path import band_settings, observable
 
 
 def refit(run: CampaignRun, tau: float, model_error: float):
@@ -79,11 +79,11 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         backbone, theta = run.mean_surface(committee)
         path = relax_path(start, backbone, theta=theta, **band_settings(run.campaign, obs))
-        members = np.asarray(committee.member_energies(run.frame_inputs(path.images)))
+        record = observable(run, path, committee)   # as the loop records it: spread, domain
         result = {"tau": tau, "fit_s": round(fit_s), "barrier": path.barrier,
                   "error": None if obs.reference is None else path.barrier - obs.reference,
-                  "spread": float((members - members[:, :1]).max(1).std(ddof=1)),
-                  "neb_converged": path.converged, "outside_domain": outside_domain(run, path.images)}
+                  "spread": record["std"], "neb_converged": path.converged,
+                  "outside_domain": record.get("outside_domain")}
         if probe is not None:
             at = np.asarray(committee.member_energies(run.frame_inputs(probe)))
             at = at[:, args.image] - at[:, 0]
